@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a machine with python3 (3.11+), make and git:
+#   make demo   the all-in-one demo (`fleet up`) on the embedded broker
+#   make test   lint, type-check and the whole test suite
+# Both create .venv when it is missing. `make test` also installs the Debian packages the
+# interop tests need (Mosquitto and its clients, openssl) when they are missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := mosquitto mosquitto-clients openssl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test lint deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fleet up
+
+deps:
+	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null \
+	    || ! [ -x /usr/sbin/mosquitto ]; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) deps lint
+	$(BIN)/pytest
+
+bench: $(STAMP) deps
+	$(BIN)/python bench/broker_scale.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
