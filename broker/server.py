@@ -201,6 +201,9 @@ class Broker:
         self.stats.messages_received += 1
         if message.retain:
             self.retained.store(message)
+        self._route(message)
+
+    def _route(self, message: Message) -> None:
         acl = self.acl
         qos = message.qos
         for session, granted in self.subscriptions.match(message.topic).items():
@@ -273,8 +276,7 @@ class Broker:
         for topic, value in self.sys_values().items():
             message = Message(topic, value.encode(), 0, True)
             self.retained.store(message)
-            for session in self.subscriptions.match(topic):
-                session.deliver(message, 0)
+            self._route(message)
 
     async def _sys_loop(self, interval: float) -> None:
         while True:

@@ -12,6 +12,7 @@ import getpass
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,15 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _until_signalled() -> None:
-    """Return on SIGINT or SIGTERM: cancellation means shutdown."""
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM, installed before anything is announced."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        yield stop
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -102,12 +104,12 @@ async def _run_broker(settings: Any) -> None:
     from broker.server import running
 
     try:
-        async with running(settings) as server:
-            for url in server.urls:
-                click.echo(f"fleet broker: listening on {url}")
-            sys.stdout.flush()
-            await _until_signalled()
-            click.echo("fleet broker: shutting down")
+        with _stop_on_signals() as stop:
+            async with running(settings) as server:
+                for url in server.urls:
+                    click.echo(f"fleet broker: listening on {url}")
+                await stop.wait()
+                click.echo("fleet broker: shutting down")
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

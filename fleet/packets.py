@@ -1,8 +1,8 @@
-"""MQTT 3.1.1 packets: values, a strict sans-I/O decoder, and encoders.
+"""MQTT 3.1.1 packets: values, strict sans-I/O decoders for both directions, and encoders.
 
 No I/O happens here. A transport feeds bytes to a `FrameReader`, gets whole frames back, and
-`decode_client_packet` turns each into a value or raises `ProtocolError` naming the rule broken.
-The encoders return bytes ready for the wire.
+`decode_client_packet` (on the broker) or `decode_server_packet` (on a client) turns each into a
+value or raises `ProtocolError` naming the rule broken. The encoders return bytes for the wire.
 """
 
 from __future__ import annotations
@@ -20,18 +20,28 @@ __all__ = [
     "CONNACK_NOT_AUTHORIZED",
     "CONNACK_UNACCEPTABLE_PROTOCOL",
     "SUBACK_FAILURE",
+    "Connack",
     "Connect",
     "Disconnect",
     "FrameReader",
     "PacketId",
     "Pingreq",
+    "Pingresp",
     "Publish",
+    "Suback",
     "Subscribe",
+    "Unsuback",
     "Unsubscribe",
     "Will",
     "connack",
     "decode_client_packet",
+    "decode_server_packet",
+    "disconnect",
+    "encode_connect",
     "encode_publish",
+    "encode_subscribe",
+    "encode_unsubscribe",
+    "pingreq",
     "pingresp",
     "puback",
     "pubcomp",
@@ -115,7 +125,30 @@ class Disconnect:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Connack:
+    session_present: bool
+    return_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suback:
+    packet_id: int
+    return_codes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsuback:
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pingresp:
+    pass
+
+
 ClientPacket = Connect | Publish | PacketId | Subscribe | Unsubscribe | Pingreq | Disconnect
+ServerPacket = Connack | Publish | PacketId | Suback | Unsuback | Pingresp
 
 
 class FrameReader:
@@ -260,6 +293,36 @@ def decode_client_packet(kind: int, flags: int, body: bytes) -> ClientPacket:
     return _decode_unsubscribe(body)
 
 
+def decode_server_packet(kind: int, flags: int, body: bytes) -> ServerPacket:
+    """Decode one frame sent by a broker, or raise ProtocolError naming the rule it breaks."""
+    if kind == PUBLISH:
+        return _decode_publish(flags, body)
+    if flags != (2 if kind == PUBREL else 0):
+        raise ProtocolError(f"reserved flags of packet type {kind} must be 0 [MQTT-2.2.2-2]")
+    if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK):
+        if len(body) != 2:
+            raise ProtocolError(f"packet type {kind} must have a remaining length of 2")
+        (packet_id,) = _U16.unpack(body)
+        return Unsuback(packet_id) if kind == UNSUBACK else PacketId(kind, packet_id)
+    if kind == CONNACK:
+        if len(body) != 2 or body[0] & 0xFE:
+            raise ProtocolError("malformed CONNACK [MQTT-3.2.2-1]")
+        return Connack(bool(body[0] & 1), body[1])
+    if kind == SUBACK:
+        if len(body) < 3:
+            raise ProtocolError("SUBACK without return codes")
+        (packet_id,) = _U16.unpack_from(body)
+        codes = tuple(body[2:])
+        if any(code not in (0, 1, 2, SUBACK_FAILURE) for code in codes):
+            raise ProtocolError("SUBACK with a return code other than 0, 1, 2 or 0x80 [MQTT-3.9.3-2]")
+        return Suback(packet_id, codes)
+    if kind == PINGRESP:
+        if body:
+            raise ProtocolError("PINGRESP must have a remaining length of 0")
+        return Pingresp()
+    raise ProtocolError(f"packet type {kind} may not be sent by a broker")
+
+
 def _decode_publish(flags: int, body: bytes) -> Publish:
     qos = (flags >> 1) & 0x03
     if qos == 3:
@@ -365,6 +428,50 @@ def encode_publish(
     if qos:
         variable += _U16.pack(packet_id)
     return bytes((first,)) + _remaining_length(len(variable) + len(payload)) + variable + payload
+
+
+def _text(value: str) -> bytes:
+    data = value.encode("utf-8")
+    return _U16.pack(len(data)) + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + _remaining_length(len(body)) + body
+
+
+def encode_connect(connect: Connect) -> bytes:
+    """Encode a CONNECT (protocol name and level are taken from `connect`)."""
+    flags = 0x02 if connect.clean_session else 0
+    payload = _text(connect.client_id)
+    will = connect.will
+    if will is not None:
+        flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
+        payload += _text(will.topic) + _U16.pack(len(will.payload)) + will.payload
+    if connect.username is not None:
+        flags |= 0x80
+        payload += _text(connect.username)
+    if connect.password is not None:
+        flags |= 0x40
+        payload += _U16.pack(len(connect.password)) + connect.password
+    header = _text(connect.protocol_name) + bytes((connect.protocol_level, flags))
+    return _packet(0x10, header + _U16.pack(connect.keepalive) + payload)
+
+
+def encode_subscribe(packet_id: int, topics: list[tuple[str, int]]) -> bytes:
+    body = _U16.pack(packet_id) + b"".join(_text(topic) + bytes((qos,)) for topic, qos in topics)
+    return _packet(0x82, body)
+
+
+def encode_unsubscribe(packet_id: int, filters: list[str]) -> bytes:
+    return _packet(0xA2, _U16.pack(packet_id) + b"".join(_text(f) for f in filters))
+
+
+def pingreq() -> bytes:
+    return b"\xc0\x00"
+
+
+def disconnect() -> bytes:
+    return b"\xe0\x00"
 
 
 def connack(session_present: bool, return_code: int) -> bytes:

@@ -12,6 +12,9 @@ from broker.config import BrokerSettings
 from broker.server import Broker, running
 from tests.rawmqtt import RawClient
 
+# Subprocess, paho and Mosquitto helpers with their fixtures.
+pytest_plugins = ["tests.procs"]
+
 BrokerFactory = Callable[..., contextlib.AbstractAsyncContextManager[Broker]]
 
 

@@ -1,0 +1,215 @@
+"""The `fleet` command as a real subprocess (`python -m fleet`): listeners, signals, config errors, passwd."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import (
+    LISTENING,
+    MOSQUITTO_PUB,
+    MOSQUITTO_SUB,
+    SUB_WAIT,
+    TIMEOUT,
+    Proc,
+    connect_packet,
+    fleet_argv,
+    mosquitto,
+    needs_mosquitto_clients,
+    run,
+)
+
+Fleet = Callable[..., Proc]
+
+TEST_NET_1 = "192.0.2.1"  # RFC 5737: documentation only, never assigned to a host.
+
+
+@pytest.fixture
+def fleet() -> Iterator[Fleet]:
+    """Start `python -m fleet ARGS` subprocesses; each is stopped by PID at teardown."""
+    started: list[Proc] = []
+
+    def start(*args: str | Path | int) -> Proc:
+        proc = Proc(fleet_argv(*args))
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def fleet_run(*args: str | Path | int, input: str | None = None) -> tuple[int, str, str]:
+    """Run `python -m fleet ARGS` to completion (bounded); return (exit code, stdout, stderr)."""
+    done = run(fleet_argv(*args), input=input, timeout=30)
+    return done.returncode, done.stdout, done.stderr
+
+
+def listening_port(proc: Proc, scheme: str = "mqtt") -> int:
+    """Wait (bounded) for the 'listening on SCHEME://127.0.0.1:PORT' line; return PORT."""
+
+    def announces(line: str) -> bool:
+        found = LISTENING.match(line)
+        return found is not None and found["scheme"] == scheme
+
+    try:
+        index = proc.stdout.wait_for(announces)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{proc.describe()}") from None
+    found = LISTENING.match(proc.stdout.lines[index])
+    assert found is not None
+    return int(found["port"])
+
+
+def assert_mqtt_accepts(port: int) -> None:
+    """A raw MQTT 3.1.1 CONNECT to 127.0.0.1:port is answered with CONNACK 'accepted'."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(connect_packet("cli-probe"))
+        data = b""
+        while len(data) < 4 and (chunk := sock.recv(4 - len(data))):
+            data += chunk
+    assert data == b"\x20\x02\x00\x00"
+
+
+def assert_clean_exit(proc: Proc) -> None:
+    code = proc.wait()
+    assert code == 0, proc.describe()
+    assert proc.stdout.lines[-1] == "fleet broker: shutting down", proc.describe()
+    assert "Traceback" not in proc.stderr.text, proc.describe()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_broker_prints_listener_url_and_stops_cleanly_on_signal(fleet: Fleet, sig: signal.Signals) -> None:
+    """`fleet broker --port 0 --ws-port 0` prints its mqtt:// URL, serves it, exits 0 on SIGINT/SIGTERM."""
+    proc = fleet("broker", "--port", 0, "--ws-port", 0)
+    port = listening_port(proc)
+    assert port != 0
+    assert_mqtt_accepts(port)
+
+    proc.signal(sig)
+    assert_clean_exit(proc)
+    assert proc.stdout.lines == [
+        f"fleet broker: listening on mqtt://127.0.0.1:{port}",
+        "fleet broker: shutting down",
+    ]
+
+
+def test_config_value_of_wrong_type_names_file_field_and_reason(tmp_path: Path) -> None:
+    """A `[broker] port = "x"` file exits non-zero with 'FILE: broker.port: <reason>', no traceback."""
+    config = tmp_path / "fleet.toml"
+    config.write_text('[broker]\nport = "x"\n')
+    code, stdout, stderr = fleet_run("broker", "--config", config)
+    assert code != 0
+    assert f"{config}: broker.port: Input should be a valid integer" in stderr
+    assert "Traceback" not in stderr
+    assert "listening" not in stdout
+
+
+def test_config_unknown_key_is_reported_as_unknown_key(tmp_path: Path) -> None:
+    """A misspelt key, `[broker] prot = 1`, is refused as 'FILE: broker.prot: unknown key'."""
+    config = tmp_path / "fleet.toml"
+    config.write_text("[broker]\nprot = 1\n")
+    code, _, stderr = fleet_run("broker", "--config", config)
+    assert code != 0
+    assert f"{config}: broker.prot: unknown key" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    """`--config` naming a file that does not exist exits non-zero with 'FILE: no such file'."""
+    config = tmp_path / "absent.toml"
+    code, stdout, stderr = fleet_run("broker", "--config", config)
+    assert code != 0
+    assert f"{config}: no such file" in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
+
+
+def _bind_errno(host: str) -> int | None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, 0))
+        except OSError as exc:
+            return exc.errno
+    return None
+
+
+def test_non_loopback_host_warns_about_anonymous_access_before_failing_to_bind(fleet: Fleet) -> None:
+    """`--host 192.0.2.1` logs the anonymous-access warning on stderr, then fails with 'cannot listen'."""
+    if _bind_errno(TEST_NET_1) != errno.EADDRNOTAVAIL:
+        pytest.skip(f"binding {TEST_NET_1} does not fail with EADDRNOTAVAIL on this machine")
+
+    proc = fleet("broker", "--host", TEST_NET_1, "--port", 0, "--ws-port", 0)
+    code = proc.wait(30)
+    assert code != 0, proc.describe()
+    lines = proc.stderr.lines
+    loud = f"WARNING broker: !!! listening on {TEST_NET_1} with anonymous access"
+    warning = next(i for i, line in enumerate(lines) if loud in line)
+    assert "--password-file" in lines[warning]
+    failure = next(i for i, line in enumerate(lines) if "cannot listen" in line)
+    assert warning < failure, proc.describe()
+    assert not any(line.startswith("fleet broker: listening") for line in proc.stdout.lines)
+    assert "Traceback" not in proc.stderr.text
+
+
+@needs_mosquitto_clients
+def test_passwd_file_lets_user_in_and_keeps_wrong_password_and_anonymous_out(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    """`fleet passwd` users can publish with mosquitto_pub; a wrong password and anonymous are refused."""
+    password_file = tmp_path / "passwd"
+    code, stdout, stderr = fleet_run("passwd", password_file, "user", "--password-stdin", input="secret\n")
+    assert code == 0, stderr
+    assert stdout == f"fleet passwd: user set in {password_file}\n"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert password_file.read_text().startswith("user:$7$")
+
+    proc = fleet("broker", "--password-file", password_file, "--port", 0, "--ws-port", 0)
+    port = listening_port(proc)
+
+    def pub(topic: str, payload: str, *credentials: str) -> tuple[int, str]:
+        done = run(mosquitto(MOSQUITTO_PUB, port, *credentials, "-t", topic, "-r", "-q", 1, "-m", payload))
+        return done.returncode, done.stderr
+
+    assert pub("auth/ok", "let in", "-u", "user", "-P", "secret") == (0, "")
+    code, stderr = pub("auth/wrong", "wrong password", "-u", "user", "-P", "Secret")
+    assert code != 0
+    assert "bad user name or password" in stderr.lower()
+    code, stderr = pub("auth/anonymous", "anonymous")
+    assert code != 0
+    assert "not authori" in stderr.lower()
+
+    # Only the accepted message was retained: after it, the next message must be the live one.
+    user = ("-u", "user", "-P", "secret")
+    sub = Proc(mosquitto(MOSQUITTO_SUB, port, *user, "-t", "auth/#", "-v", "-C", 2, "-W", SUB_WAIT))
+    try:
+        sub.stdout.wait_for("auth/ok ")
+        assert pub("auth/live", "live", "-u", "user", "-P", "secret")[0] == 0
+        assert sub.wait(TIMEOUT + 5) == 0, sub.describe()
+        assert sub.stdout.lines == ["auth/ok let in", "auth/live live"]
+    finally:
+        sub.stop()
+
+    proc.signal(signal.SIGTERM)
+    assert_clean_exit(proc)
+
+
+def test_up_runs_the_configured_broker_and_stops_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
+    """`fleet up --config FILE` starts the broker from FILE's [broker] table and exits 0 on SIGTERM."""
+    config = tmp_path / "demo.toml"
+    config.write_text("[broker]\nport = 0\nws_port = 0\nsys_interval = 0\n")
+    proc = fleet("up", "--config", config)
+    port = listening_port(proc)
+    assert proc.stdout.lines[0].startswith(f"fleet up: demo from {config}")
+    assert_mqtt_accepts(port)
+
+    proc.signal(signal.SIGTERM)
+    assert_clean_exit(proc)
