@@ -52,6 +52,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_frames",
         "_last_heard",
+        "_out",
         "_timer",
         "broker",
         "client_id",
@@ -78,6 +79,7 @@ class Connection(asyncio.Protocol):
         self.keepalive = 0.0
         self._last_heard = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] | None = None
         self.will: Will | None = None
 
     # asyncio.Protocol
@@ -136,13 +138,25 @@ class Connection(asyncio.Protocol):
         return transport is None or transport.get_write_buffer_size() > CONGESTED_BYTES
 
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
-            self.transport.write(data)
+        """Queue `data`; the broker writes each connection's queue once per event-loop turn."""
+        if self.transport is None or self.closing:
+            return
+        if self._out is None:
+            self._out = [data]
+            self.broker.flush_soon(self)
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        out, self._out = self._out, None
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # Closing
 
     def close(self) -> None:
-        """Flush what was written, then close."""
+        """Flush what was sent, then close."""
+        self.flush()
         self.closing = True
         if self.transport is not None:
             self.transport.close()
@@ -150,6 +164,7 @@ class Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Close at once without flushing: the peer sees a reset or EOF, never a DISCONNECT."""
         self.closing = True
+        self._out = None
         if self.transport is not None:
             self.transport.abort()
 

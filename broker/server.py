@@ -72,6 +72,18 @@ class Broker:
         self.tls_port: int | None = None
         self.started = time.monotonic()
         self.closing = False
+        self._unflushed: list[Connection] = []
+
+    def flush_soon(self, connection: Connection) -> None:
+        """Write `connection`'s queued packets at the end of this loop turn, in one system call."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unflushed.append(connection)
+
+    def _flush(self) -> None:
+        unflushed, self._unflushed = self._unflushed, []
+        for connection in unflushed:
+            connection.flush()
 
     # Connections
 

@@ -1,0 +1,1116 @@
+"""Broker scale benchmark: fleet's embedded broker against Mosquitto, in the same run.
+
+What it measures, for each client count N (``--clients``) and each broker (``--brokers``), on a
+fresh broker process per N, over loopback only:
+
+1. **connect** -- N device clients each open a TCP connection, send CONNECT (MQTT 3.1.1, clean
+   session, keepalive 60, client id ``dev-<i>``), wait for CONNACK, SUBSCRIBE to their own
+   ``fleet/dev-<i>/cmd`` at QoS 1 and wait for SUBACK, with at most ``--concurrency`` of them in
+   flight at once.  Reported: seconds from the first connect to the last SUBACK, and connects/s.
+2. **routing** -- with all N connected, one extra publisher sends QoS 1 PUBLISHes (200-byte
+   payload) to random devices' cmd topics, keeping ``--window`` PUBLISHes un-PUBACKed in flight
+   (and at most ``--backlog`` sent but not yet delivered).  Devices PUBACK each delivery.  After a
+   warm-up of ``--warmup-msgs`` deliveries, deliveries/s is measured over ``--seconds``.  Also
+   reported: delivery latency p50/p99 (publisher write to device read), broker CPU and load
+   generator CPU during the window (100 % = one core), lost / misrouted / duplicate deliveries.
+3. **memory** -- broker RSS (psutil, the broker process plus its children) once ready and idle,
+   and after all N clients are connected, subscribed and idle: KB/conn = (after - before) / N.
+
+How to read the output: one table per broker (one row per N), then one ratio table per
+non-baseline broker against Mosquitto (``connect s`` and ``KB/conn`` ratios: lower is better;
+``msg/s`` ratio: higher is better), then the acceptance targets of the fleet broker.  ``timeout``
+means a phase did not finish within its cap (``--phase-timeout`` for connect, ``--warmup-timeout``
+for routing).  ``LOADGEN-BOUND`` next to a figure means this load generator used >= 90 % of a
+core during that phase, so the broker may be faster than the figure says (the machine has 2
+cores: one for the broker, one for the generator); Mosquitto usually is.  ``listen ovf`` counts
+the host's TCP accept-queue overflows during the connect phase: each one costs a client a 1 s SYN
+retransmit, which shows as a ~1 s step in ``connect s``.  The default ``--concurrency 100``
+equals Mosquitto's fixed listen backlog (100), so that Mosquitto is not penalised for it.
+
+The load generator is this process: a hand-written asyncio MQTT 3.1.1 client (asyncio Protocols,
+raw bytes, no MQTT library), lean enough that a Python broker, not the generator, is the limit.
+
+Mosquitto runs with its defaults except ``listener PORT 127.0.0.1`` and ``allow_anonymous true``
+(so ``max_inflight_messages 20``, ``max_queued_messages 1000``, no persistence, default logging to
+stderr, which goes to a log file).  amqtt (optional, ``--brokers ...,amqtt``) runs as shipped with
+one TCP listener and only the anonymous-auth plugin.
+
+Usage::
+
+    .venv/bin/python bench/broker_scale.py [--clients 1000,5000,10000]
+        [--brokers fleet,mosquitto] [--seconds 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import datetime
+import functools
+import gc
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BASELINE = "mosquitto"
+KNOWN_BROKERS = ("fleet", "mosquitto", "amqtt")
+MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+PAYLOAD_BYTES = 200
+KEEPALIVE_S = 60
+HOST = "127.0.0.1"
+
+# Acceptance targets of the fleet broker (see bench/README.md).
+TARGET_CONNECT_CLIENTS = 10_000
+TARGET_CONNECT_S = 10.0
+TARGET_MSG_S = 5_000.0
+TARGET_KB_PER_CONN = 20.0
+OTHER_CPU_WARN = 25.0  # % of a core used by other processes that makes a run suspect
+
+
+# --------------------------------------------------------------------------------------------
+# MQTT 3.1.1 codec: only what the workload needs.
+# --------------------------------------------------------------------------------------------
+
+CONNACK, PUBLISH, PUBACK, SUBACK, PINGRESP = 2, 3, 4, 9, 13
+PINGREQ_PKT = b"\xc0\x00"
+DISCONNECT_PKT = b"\xe0\x00"
+_U16 = struct.Struct("!H")
+_PUBACK = struct.Struct("!BBH")
+
+
+def varint(n: int) -> bytes:
+    """Encode an MQTT remaining length."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def mqtt_str(s: bytes) -> bytes:
+    return _U16.pack(len(s)) + s
+
+
+def connect_pkt(client_id: bytes, keepalive: int = KEEPALIVE_S) -> bytes:
+    # protocol name "MQTT", level 4, flags 0x02 = clean session, no will/user/password
+    body = mqtt_str(b"MQTT") + b"\x04\x02" + _U16.pack(keepalive) + mqtt_str(client_id)
+    return b"\x10" + varint(len(body)) + body
+
+
+def subscribe_pkt(packet_id: int, topic: bytes, qos: int = 1) -> bytes:
+    body = _U16.pack(packet_id) + mqtt_str(topic) + bytes([qos])
+    return b"\x82" + varint(len(body)) + body
+
+
+def publish_prefix(topic: bytes, payload_len: int) -> bytes:
+    """Fixed header + topic of a QoS 1 PUBLISH; the packet id and payload follow."""
+    return b"\x32" + varint(2 + len(topic) + 2 + payload_len) + mqtt_str(topic)
+
+
+def cmd_topic(i: int) -> bytes:
+    return b"fleet/dev-%d/cmd" % i
+
+
+class Stats:
+    """Counters shared by all the clients of one run (one process, one event loop)."""
+
+    __slots__ = (
+        "acked",
+        "delivered",
+        "dups",
+        "lat_ns",
+        "lost_conns",
+        "misrouted",
+        "protocol_errors",
+        "publisher",
+        "recording",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.delivered = 0
+        self.misrouted = 0
+        self.dups = 0
+        self.protocol_errors: Counter[str] = Counter()
+        self.lost_conns = 0
+        self.recording = False
+        self.lat_ns: list[int] = []
+        self.publisher: Publisher | None = None
+
+
+class Client(asyncio.Protocol):
+    """Raw MQTT 3.1.1 client: parses fixed header + remaining length, dispatches by type."""
+
+    def __init__(self, stats: Stats, topic: bytes) -> None:
+        self.stats = stats
+        self.topic = topic
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        loop = asyncio.get_running_loop()
+        self.connack: asyncio.Future[int] = loop.create_future()
+        self.suback: asyncio.Future[int] = loop.create_future()
+        self.last_tx = time.monotonic()
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        err = ConnectionError(f"connection closed by broker ({exc!r})")
+        for fut in (self.connack, self.suback):
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # mark retrieved: nobody may be waiting any more
+        if not self.closing:
+            self.stats.lost_conns += 1
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        self.last_tx = time.monotonic()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.transport.is_closing():
+            with contextlib.suppress(Exception):
+                self.transport.write(DISCONNECT_PKT)
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        while n - pos >= 2:
+            i = pos + 1
+            length = 0
+            shift = 0
+            while i < n:
+                b = buf[i]
+                length |= (b & 0x7F) << shift
+                i += 1
+                if not b & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    self.stats.protocol_errors["bad remaining length"] += 1
+                    self.close()
+                    return
+            else:
+                break  # remaining length incomplete
+            end = i + length
+            if end > n:
+                break
+            first = buf[pos]
+            kind = first >> 4
+            if kind == PUBLISH:
+                self.on_publish(first, buf, i, end)
+            elif kind == PUBACK:
+                self.on_puback((buf[i] << 8) | buf[i + 1])
+            elif kind == CONNACK:
+                if not self.connack.done():
+                    self.connack.set_result(buf[i + 1])
+            elif kind == SUBACK:
+                if not self.suback.done():
+                    self.suback.set_result(buf[i + 2])
+            elif kind != PINGRESP:
+                self.stats.protocol_errors[f"unexpected packet type {kind}"] += 1
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def on_publish(self, first: int, buf: bytearray, i: int, end: int) -> None:
+        st = self.stats
+        tlen = (buf[i] << 8) | buf[i + 1]
+        p = i + 2 + tlen
+        if buf[i + 2 : p] != self.topic:
+            st.misrouted += 1
+        if first & 0x06:  # QoS > 0: packet id follows, ack it
+            assert self.transport is not None
+            self.transport.write(_PUBACK.pack(0x40, 2, (buf[p] << 8) | buf[p + 1]))
+            self.last_tx = time.monotonic()
+            p += 2
+        if first & 0x08:
+            st.dups += 1
+        st.delivered += 1
+        if st.recording:
+            st.lat_ns.append(time.perf_counter_ns() - int.from_bytes(buf[p : p + 8], "big"))
+        pub = st.publisher
+        if pub is not None and pub.blocked:
+            pub.pump()
+
+    def on_puback(self, packet_id: int) -> None:
+        self.stats.protocol_errors["PUBACK on a device connection"] += 1
+
+
+class Publisher(Client):
+    """The one publisher: QoS 1 to random devices, a window of un-PUBACKed packets in flight."""
+
+    def __init__(self, stats: Stats, prefixes: list[bytes], window: int, backlog: int) -> None:
+        super().__init__(stats, b"")
+        self.prefixes = prefixes
+        self.window = window
+        self.min_batch = max(1, window // 8)
+        self.backlog = backlog
+        self.inflight: set[int] = set()
+        self.next_id = 0
+        self.running = False
+        self.blocked = False
+        self.paused = False
+        self.filler = b"\x00" * (PAYLOAD_BYTES - 8)
+
+    def pump(self) -> None:
+        """Refill the window, one write per batch (the packets of a batch share a timestamp).
+
+        Refills wait until window/8 slots are free, so that a broker that PUBACKs one packet per
+        read does not drive the generator into one write per message.
+        """
+        st = self.stats
+        if not self.running or self.paused or self.transport is None or self.transport.is_closing():
+            return
+        free = self.window - len(self.inflight)
+        room = min(free, self.backlog - (st.sent - st.delivered))
+        self.blocked = room < free  # held back by the backlog cap: deliveries call pump()
+        if room <= 0 or (room < self.min_batch and self.inflight and not self.blocked):
+            return
+        ts = time.perf_counter_ns().to_bytes(8, "big")
+        prefixes = self.prefixes
+        count = len(prefixes)
+        inflight = self.inflight
+        parts: list[bytes] = []
+        for _ in range(room):
+            pid = self.next_id
+            while True:
+                pid = pid % 65535 + 1
+                if pid not in inflight:
+                    break
+            self.next_id = pid
+            inflight.add(pid)
+            parts += (prefixes[random.randrange(count)], _U16.pack(pid), ts, self.filler)
+        st.sent += room
+        self.send(b"".join(parts))
+
+    def on_puback(self, packet_id: int) -> None:
+        try:
+            self.inflight.remove(packet_id)
+        except KeyError:
+            self.stats.protocol_errors["PUBACK for an unknown packet id"] += 1
+            return
+        self.stats.acked += 1
+        self.pump()
+
+    def on_publish(self, first: int, buf: bytearray, i: int, end: int) -> None:
+        self.stats.protocol_errors["PUBLISH delivered to the publisher"] += 1
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+
+async def open_client(
+    factory: Callable[[], Client], port: int, client_id: bytes, topic: bytes | None, limit_s: float
+) -> Client:
+    """TCP connect, CONNECT/CONNACK and (if topic) SUBSCRIBE/SUBACK, all within `limit_s` seconds."""
+    loop = asyncio.get_running_loop()
+    proto: Client | None = None
+    try:
+        async with asyncio.timeout(limit_s):
+            _, proto = await loop.create_connection(factory, HOST, port)
+            proto.send(connect_pkt(client_id))
+            rc = await proto.connack
+            if rc != 0:
+                raise ConnectionError(f"CONNACK return code {rc}")
+            if topic is not None:
+                proto.send(subscribe_pkt(1, topic))
+                granted = await proto.suback
+                if granted == 0x80:
+                    raise ConnectionError("SUBACK failure (0x80)")
+                if granted != 1:
+                    raise ConnectionError(f"SUBACK granted QoS {granted}, asked 1")
+    except BaseException:
+        if proto is not None:
+            proto.close()
+        raise
+    return proto
+
+
+# --------------------------------------------------------------------------------------------
+# Broker processes.
+# --------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Best effort: the broker gets SIGTERM if this process dies without cleaning up (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Broker:
+    """One broker subprocess on a free loopback port, its output in a log file."""
+
+    def __init__(self, kind: str, workdir: Path, tag: str) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.log_path = workdir / f"{kind}-{tag}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+        self.ready_line_seen = False
+        self.cmd = self._command(workdir, tag)
+
+    def _command(self, workdir: Path, tag: str) -> list[str]:
+        if self.kind == "fleet":
+            return [
+                sys.executable,
+                "-m",
+                "fleet",
+                "broker",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--ws-port",
+                "0",
+            ]
+        if self.kind == "mosquitto":
+            conf = workdir / f"mosquitto-{tag}.conf"
+            conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\n")
+            conf.chmod(0o644)
+            return [MOSQUITTO_BIN, "-c", str(conf)]
+        if self.kind == "amqtt":
+            conf = workdir / f"amqtt-{tag}.yaml"
+            conf.write_text(
+                "listeners:\n  default:\n    type: tcp\n"
+                f"    bind: {HOST}:{self.port}\n"
+                "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                "    allow_anonymous: true\n"
+            )
+            amqtt_bin = Path(sys.executable).with_name("amqtt")
+            return [str(amqtt_bin), "-c", str(conf)]
+        raise ValueError(f"unknown broker {self.kind!r}")
+
+    def start(self) -> None:
+        root = Path(__file__).resolve().parent.parent
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=root,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        self.ps = psutil.Process(self.proc.pid)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join("    | " + line for line in text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        assert self.proc is not None
+        rc = self.proc.poll()
+        if rc is not None:
+            raise BenchError(f"{self.kind} exited with code {rc}; log tail:\n{self.log_tail()}")
+
+    async def wait_ready(self, stats: Stats, limit_s: float) -> None:
+        """Poll with an MQTT CONNECT until it is answered, within `limit_s` seconds."""
+        deadline = time.monotonic() + limit_s
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                probe = await open_client(lambda: Client(stats, b""), self.port, b"bench-probe", None, 2.0)
+            except (OSError, TimeoutError) as exc:
+                last = exc
+                await asyncio.sleep(0.05)
+                continue
+            probe.close()
+            self.ready_line_seen = f"mqtt://{HOST}:{self.port}" in self.log_path.read_text(errors="replace")
+            return
+        raise BenchError(
+            f"{self.kind} not ready after {limit_s:.0f} s ({last!r}); log tail:\n{self.log_tail()}"
+        )
+
+    def rss(self) -> int:
+        """RSS in bytes of the broker process and all its children."""
+        assert self.ps is not None
+        procs = [self.ps, *self.ps.children(recursive=True)]
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+    def cpu_seconds(self) -> float:
+        assert self.ps is not None
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` s; only this broker's own PID (and its children)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        children: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            assert self.ps is not None
+            children = self.ps.children(recursive=True)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"  ! {self.kind} ignored SIGTERM for {timeout:.0f} s: killing pid {self.proc.pid}")
+            self.proc.kill()
+            self.proc.wait(5)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+class BenchError(Exception):
+    """A broker failed in a way that makes the rest of its run meaningless."""
+
+
+# --------------------------------------------------------------------------------------------
+# The three workloads.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    broker: str
+    clients: int
+    connect_s: float | None = None
+    connects_per_s: float | None = None
+    connected: int = 0
+    connect_status: str = "not run"
+    connect_errors: dict[str, int] = field(default_factory=dict)
+    connect_broker_cpu_pct: float | None = None
+    connect_loadgen_cpu_pct: float | None = None
+    connect_other_cpu_pct: float | None = None
+    listen_overflows: int | None = None
+    syn_retransmits: int | None = None
+    msg_per_s: float | None = None
+    routing_status: str = "not run"
+    delivered_in_window: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    broker_cpu_pct: float | None = None
+    loadgen_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None
+    lost: int | None = None
+    misrouted: int = 0
+    duplicates: int = 0
+    rss_before_kb: float | None = None
+    rss_after_kb: float | None = None
+    rss_after_routing_kb: float | None = None
+    kb_per_conn: float | None = None
+    unexpected_disconnects: int = 0
+    protocol_errors: dict[str, int] = field(default_factory=dict)
+    ready_line_seen: bool | None = None
+    error: str | None = None
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process, the load generator."""
+    t = os.times()
+    return t.user + t.system
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds all CPUs of the host spent busy (not idle, not waiting for I/O) so far."""
+    t = psutil.cpu_times()
+    idle = t.idle + sum(getattr(t, k, 0.0) for k in ("iowait", "steal", "guest", "guest_nice"))
+    return float(sum(t) - idle)
+
+
+def other_cpu_pct(h0: float, c0: float, m0: float, broker: Broker, wall: float) -> float:
+    """CPU % (100 = one core) used by everything but the broker and the generator since h0/c0/m0.
+
+    Includes the kernel's softirq work for loopback traffic that is not charged to a process, so
+    it is a few % even on a quiet host; tens of % mean another workload competed for the CPUs.
+    """
+    busy = host_busy_seconds() - h0
+    ours = (broker.cpu_seconds() - c0) + (own_cpu_seconds() - m0)
+    return max(0.0, 100 * (busy - ours) / wall)
+
+
+def tcp_counters() -> dict[str, int]:
+    """Host-wide TCP counters that explain slow connects: accept-queue overflows, SYN retransmits."""
+    want = ("ListenOverflows", "TCPSynRetrans")
+    try:
+        rows = [
+            ln.split()
+            for ln in Path("/proc/net/netstat").read_text().splitlines()
+            if ln.startswith("TcpExt:")
+        ]
+        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True) if k in want}
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+async def keepalive(clients: list[Client]) -> None:
+    """PINGREQ every client idle for > keepalive/2, so slow phases never trip the broker's timer."""
+    while True:
+        await asyncio.sleep(10)
+        limit = time.monotonic() - KEEPALIVE_S / 2
+        for c in clients:
+            if c.last_tx < limit and c.transport is not None and not c.transport.is_closing():
+                c.send(PINGREQ_PKT)
+
+
+async def connect_phase(
+    args: argparse.Namespace, broker: Broker, stats: Stats, res: Result, devices: list[Client]
+) -> None:
+    """Connect + subscribe res.clients devices, --concurrency at a time, into `devices`."""
+    n = res.clients
+    ids: Iterator[int] = iter(range(n))
+    errors: Counter[str] = Counter()
+
+    async def worker() -> None:
+        for i in ids:
+            topic = cmd_topic(i)
+            try:
+                dev = await open_client(
+                    functools.partial(Client, stats, topic),
+                    broker.port,
+                    b"dev-%d" % i,
+                    topic,
+                    args.conn_timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
+                if sum(errors.values()) >= args.max_errors:
+                    raise BenchError(f"{args.max_errors} connect errors, giving up") from exc
+                continue
+            devices.append(dev)
+
+    tcp0 = tcp_counters()
+    c0, m0, h0 = broker.cpu_seconds(), own_cpu_seconds(), host_busy_seconds()
+    t0 = time.perf_counter()
+    workers = [asyncio.create_task(worker()) for _ in range(min(args.concurrency, n))]
+    try:
+        async with asyncio.timeout(args.phase_timeout):
+            await asyncio.gather(*workers)
+        res.connect_status = "ok" if not errors else f"{sum(errors.values())} failed"
+    except TimeoutError:
+        res.connect_status = "timeout"
+    except BenchError as exc:
+        res.connect_status = "failed"
+        res.error = str(exc)
+    finally:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    elapsed = time.perf_counter() - t0
+    res.connect_broker_cpu_pct = 100 * (broker.cpu_seconds() - c0) / elapsed
+    res.connect_loadgen_cpu_pct = 100 * (own_cpu_seconds() - m0) / elapsed
+    res.connect_other_cpu_pct = other_cpu_pct(h0, c0, m0, broker, elapsed)
+    tcp1 = tcp_counters()
+    res.listen_overflows = tcp1.get("ListenOverflows", 0) - tcp0.get("ListenOverflows", 0)
+    res.syn_retransmits = tcp1.get("TCPSynRetrans", 0) - tcp0.get("TCPSynRetrans", 0)
+    res.connected = len(devices)
+    res.connect_errors = dict(errors)
+    if res.connect_status == "timeout":
+        res.error = f"connect phase capped at {args.phase_timeout:.0f} s: {len(devices)}/{n} connected"
+    else:
+        res.connect_s = elapsed
+        res.connects_per_s = len(devices) / elapsed
+
+
+async def routing_phase(
+    args: argparse.Namespace, broker: Broker, stats: Stats, res: Result, devices: list[Client]
+) -> None:
+    prefixes = [publish_prefix(d.topic, PAYLOAD_BYTES) for d in devices]
+    pub = await open_client(
+        lambda: Publisher(stats, prefixes, args.window, args.backlog),
+        broker.port,
+        b"bench-pub",
+        None,
+        args.conn_timeout,
+    )
+    assert isinstance(pub, Publisher)
+    stats.publisher = pub
+    try:
+        pub.running = True
+        pub.pump()
+        # Warm-up by message count, bounded in time; progress checks catch a stalled broker.
+        if not await wait_until(lambda: stats.delivered >= args.warmup_msgs, args.warmup_timeout, broker):
+            res.routing_status = "timeout"
+            res.error = (
+                f"warm-up: {stats.delivered}/{args.warmup_msgs} deliveries in {args.warmup_timeout:.0f} s"
+            )
+            return
+        c0, m0, h0 = broker.cpu_seconds(), own_cpu_seconds(), host_busy_seconds()
+        d0 = stats.delivered
+        stats.lat_ns.clear()
+        stats.recording = True
+        t0 = time.perf_counter()
+        stalled = False
+        last_progress, last_count = t0, d0
+        while (now := time.perf_counter()) - t0 < args.seconds:
+            await asyncio.sleep(min(0.2, args.seconds - (now - t0)))
+            broker.check_alive()
+            if stats.delivered != last_count:
+                last_progress, last_count = time.perf_counter(), stats.delivered
+            elif time.perf_counter() - last_progress > args.stall_timeout:
+                stalled = True
+                break
+        t1 = time.perf_counter()
+        d1 = stats.delivered
+        stats.recording = False
+        wall = t1 - t0
+        res.broker_cpu_pct = 100 * (broker.cpu_seconds() - c0) / wall
+        res.loadgen_cpu_pct = 100 * (own_cpu_seconds() - m0) / wall
+        res.other_cpu_pct = other_cpu_pct(h0, c0, m0, broker, wall)
+        res.delivered_in_window = d1 - d0
+        res.msg_per_s = (d1 - d0) / wall
+        lat = sorted(stats.lat_ns)
+        if lat:
+            res.latency_p50_ms = lat[len(lat) // 2] / 1e6
+            res.latency_p99_ms = lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6
+        res.routing_status = f"stalled > {args.stall_timeout:.0f} s" if stalled else "ok"
+        # Drain: stop publishing, wait for every PUBACKed message to be delivered.
+        pub.running = False
+        drained = await wait_until(
+            lambda: not pub.inflight and stats.delivered >= stats.acked, args.drain_timeout, broker
+        )
+        res.lost = stats.acked - stats.delivered + stats.dups if drained else None
+        if not drained:
+            res.routing_status += (
+                f"; drain timeout: {stats.acked - stats.delivered} acked not delivered, "
+                f"{len(pub.inflight)} unacked"
+            )
+        res.misrouted = stats.misrouted
+        res.duplicates = stats.dups
+        if res.routing_status != "ok":
+            res.error = f"routing: {res.routing_status}"
+    finally:
+        pub.running = False
+        stats.publisher = None
+        pub.close()
+
+
+async def wait_until(cond: Callable[[], bool], limit_s: float, broker: Broker) -> bool:
+    """Poll `cond` every 20 ms for at most `limit_s` seconds; fail fast if the broker died."""
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() >= deadline:
+            return False
+        broker.check_alive()
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) -> Result:
+    res = Result(broker=kind, clients=n)
+    stats = Stats()
+    broker = Broker(kind, workdir, f"{n}")
+    devices: list[Client] = []
+    pinger: asyncio.Task[None] | None = None
+    print(f"- {kind}, {n} clients: starting on port {broker.port} ...", flush=True)
+    try:
+        broker.start()
+        await broker.wait_ready(stats, args.ready_timeout)
+        if kind == "fleet":
+            res.ready_line_seen = broker.ready_line_seen
+        await asyncio.sleep(args.settle)
+        res.rss_before_kb = broker.rss() / 1024
+        pinger = asyncio.create_task(keepalive(devices))
+
+        await connect_phase(args, broker, stats, res, devices)
+        print(
+            f"  connect: {res.connect_status}, {res.connected}/{n} in "
+            f"{fmt(res.connect_s, '.2f')} s ({fmt(res.connects_per_s, ',.0f')}/s), "
+            f"broker CPU {fmt(res.connect_broker_cpu_pct, '.0f')} %, "
+            f"loadgen CPU {fmt(res.connect_loadgen_cpu_pct, '.0f')} %, "
+            f"other CPU {fmt(res.connect_other_cpu_pct, '.0f')} %, "
+            f"accept-queue overflows {res.listen_overflows}, SYN retransmits {res.syn_retransmits}",
+            flush=True,
+        )
+        broker.check_alive()
+        await asyncio.sleep(args.settle)
+        res.rss_after_kb = broker.rss() / 1024
+        if res.connected:
+            res.kb_per_conn = (res.rss_after_kb - res.rss_before_kb) / res.connected
+        print(
+            f"  memory: {res.rss_before_kb / 1024:.1f} MB -> {res.rss_after_kb / 1024:.1f} MB, "
+            f"{fmt(res.kb_per_conn, '.1f')} KB/conn",
+            flush=True,
+        )
+
+        if res.connect_status.startswith(("timeout", "failed")) or not devices:
+            res.routing_status = "skipped (connect phase incomplete)"
+        else:
+            gc.collect()
+            gc.freeze()  # 10k long-lived protocol objects: keep them out of the load generator's GC
+            try:
+                await routing_phase(args, broker, stats, res, devices)
+            finally:
+                gc.unfreeze()
+            res.rss_after_routing_kb = broker.rss() / 1024
+            print(
+                f"  routing: {res.routing_status}, {fmt(res.msg_per_s, ',.0f')} msg/s, "
+                f"p50 {fmt(res.latency_p50_ms, '.1f')} ms, p99 {fmt(res.latency_p99_ms, '.1f')} ms, "
+                f"broker CPU {fmt(res.broker_cpu_pct, '.0f')} %, loadgen CPU "
+                f"{fmt(res.loadgen_cpu_pct, '.0f')} %, other CPU {fmt(res.other_cpu_pct, '.0f')} %, "
+                f"lost {fmt(res.lost, 'd')}, misrouted {res.misrouted}, duplicates {res.duplicates}",
+                flush=True,
+            )
+        broker.check_alive()
+    except BenchError as exc:
+        res.error = str(exc)
+        print(f"  ! {exc}", flush=True)
+    finally:
+        try:
+            res.unexpected_disconnects = stats.lost_conns
+            res.protocol_errors = dict(stats.protocol_errors)
+            if pinger is not None:
+                pinger.cancel()
+            for d in devices:
+                d.close()
+            devices.clear()
+            await asyncio.sleep(0.2)  # let the loop flush DISCONNECTs and close the sockets
+        finally:
+            broker.stop()  # even when cancelled (Ctrl-C, SIGTERM) while cleaning up
+    problems = [
+        f"{res.unexpected_disconnects} connections closed by the broker"
+        if res.unexpected_disconnects
+        else "",
+        f"{res.lost} QoS 1 messages lost" if res.lost else "",
+        f"{res.misrouted} deliveries on the wrong topic" if res.misrouted else "",
+        f"protocol errors {res.protocol_errors}" if res.protocol_errors else "",
+    ]
+    if any(problems) and res.error is None:
+        res.error = "; ".join(p for p in problems if p)
+    if res.unexpected_disconnects:
+        print(f"  ! {res.unexpected_disconnects} connections closed by the broker unexpectedly", flush=True)
+    if res.protocol_errors:
+        print(f"  ! protocol errors: {res.protocol_errors}", flush=True)
+    if res.connect_errors:
+        print(f"  ! connect errors: {res.connect_errors}", flush=True)
+    if kind == "fleet" and res.ready_line_seen is False:
+        print(
+            f"  ! fleet was ready but its log has no 'mqtt://{HOST}:{broker.port}' line "
+            "(printed without flush=True?)",
+            flush=True,
+        )
+    return res
+
+
+# --------------------------------------------------------------------------------------------
+# Output.
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x" if a / b >= 0.1 else f"{a / b:.3f}x"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join([line, sep, *body])
+
+
+def connect_cell(r: Result) -> str:
+    if r.connect_status == "timeout":
+        return "timeout"
+    cell = fmt(r.connect_s, ".2f")
+    if r.connect_loadgen_cpu_pct is not None and r.connect_loadgen_cpu_pct >= 90:
+        cell += " LOADGEN-BOUND"
+    return cell + ("" if r.connect_status == "ok" else f" ({r.connect_status})")
+
+
+def msgs_cell(r: Result) -> str:
+    if r.msg_per_s is None:
+        if r.routing_status.startswith(("skipped", "timeout")):
+            return r.routing_status.split(" ")[0]
+        return "error" if r.error else "-"
+    cell = f"{r.msg_per_s:,.0f}"
+    if r.loadgen_cpu_pct is not None and r.loadgen_cpu_pct >= 90:
+        cell += " LOADGEN-BOUND"
+    if r.routing_status != "ok":
+        cell += f" ({r.routing_status.split(';')[0]})"
+    return cell
+
+
+def report(results: list[Result], args: argparse.Namespace) -> str:
+    out: list[str] = []
+    brokers = [b for b in args.brokers if any(r.broker == b for r in results)]
+    by = {(r.broker, r.clients): r for r in results}
+    for b in brokers:
+        rows = []
+        for n in args.clients:
+            r = by.get((b, n))
+            if r is None:
+                continue
+            rows.append(
+                [
+                    f"{n:,}",
+                    connect_cell(r),
+                    fmt(r.connects_per_s, ",.0f"),
+                    msgs_cell(r),
+                    fmt(r.latency_p50_ms, ".1f"),
+                    fmt(r.latency_p99_ms, ".1f"),
+                    fmt(r.kb_per_conn, ".1f"),
+                    fmt(None if r.rss_after_kb is None else r.rss_after_kb / 1024, ".1f"),
+                    fmt(r.broker_cpu_pct, ".0f"),
+                    fmt(r.loadgen_cpu_pct, ".0f"),
+                    fmt(r.other_cpu_pct, ".0f"),
+                    fmt(r.listen_overflows, "d"),
+                    fmt(r.lost, "d"),
+                    str(r.unexpected_disconnects),
+                ]
+            )
+        out += [
+            f"\n{b}",
+            table(
+                [
+                    "clients",
+                    "connect s",
+                    "conn/s",
+                    "msg/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "KB/conn",
+                    "RSS MB",
+                    "broker CPU%",
+                    "loadgen CPU%",
+                    "other CPU%",
+                    "listen ovf",
+                    "lost",
+                    "dropped conns",
+                ],
+                rows,
+            ),
+        ]
+    if BASELINE in brokers:
+        for b in brokers:
+            if b == BASELINE:
+                continue
+            rows = []
+            for n in args.clients:
+                r, m = by.get((b, n)), by.get((BASELINE, n))
+                if r is None or m is None:
+                    continue
+                rows.append(
+                    [
+                        f"{n:,}",
+                        ratio(r.connect_s, m.connect_s),
+                        ratio(r.msg_per_s, m.msg_per_s),
+                        ratio(r.kb_per_conn, m.kb_per_conn),
+                    ]
+                )
+            out += [
+                f"\nratios {b}/{BASELINE} (connect s, KB/conn: lower is better; msg/s: higher is better)",
+                table(["clients", "connect s", "msg/s", "KB/conn"], rows),
+            ]
+    for b in brokers:
+        if b == BASELINE:
+            continue
+        out.append(f"\nacceptance targets ({b}):")
+        out += ["  " + line for line in targets([r for r in results if r.broker == b])]
+    for r in results:
+        if r.error:
+            out.append(f"\nERROR {r.broker}@{r.clients:,}: {r.error}")
+    busy = [r for r in results if max(r.other_cpu_pct or 0, r.connect_other_cpu_pct or 0) > OTHER_CPU_WARN]
+    if busy:
+        runs = ", ".join(f"{r.broker}@{r.clients:,}" for r in busy)
+        out.append(
+            f"\nWARNING: other processes used > {OTHER_CPU_WARN:.0f} % CPU during {runs}: "
+            "those figures are disturbed; rerun on a quiet machine."
+        )
+    return "\n".join(out)
+
+
+def targets(rs: list[Result]) -> list[str]:
+    lines = []
+    big = [r for r in rs if r.clients >= TARGET_CONNECT_CLIENTS]
+    if big:
+        r = big[0]
+        ok = r.connect_s is not None and r.connect_status == "ok" and r.connect_s <= TARGET_CONNECT_S
+        lines.append(
+            f"[{'PASS' if ok else 'FAIL'}] {r.clients:,} clients connect+subscribe <= "
+            f"{TARGET_CONNECT_S:.0f} s: {connect_cell(r)}"
+        )
+    else:
+        lines.append(f"[ n/a] connect target needs --clients to include {TARGET_CONNECT_CLIENTS:,}")
+    rates = [r.msg_per_s for r in rs]
+    ok = bool(rates) and all(x is not None and x >= TARGET_MSG_S for x in rates)
+    shown = ", ".join(fmt(x, ",.0f") for x in rates)
+    if len(rates) > 1 and rates[0] and rates[-1] is not None:
+        shown += f" (largest N / smallest N: {rates[-1] / rates[0]:.2f})"
+    lines.append(f"[{'PASS' if ok else 'FAIL'}] routing >= {TARGET_MSG_S:,.0f} msg/s at every N: {shown}")
+    kbs = [r.kb_per_conn for r in rs]
+    ok = bool(kbs) and all(x is not None and x <= TARGET_KB_PER_CONN for x in kbs)
+    shown = ", ".join(fmt(x, ".1f") for x in kbs)
+    lines.append(f"[{'PASS' if ok else 'FAIL'}] <= {TARGET_KB_PER_CONN:.0f} KB per idle connection: {shown}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--clients", default="1000,5000,10000", help="comma-separated client counts N")
+    p.add_argument("--brokers", default="fleet,mosquitto", help=f"comma-separated: {','.join(KNOWN_BROKERS)}")
+    p.add_argument("--seconds", type=float, default=5.0, help="routing measurement window (s)")
+    p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    p.add_argument("--concurrency", type=int, default=100, help="connects in flight at once")
+    p.add_argument("--window", type=int, default=100, help="un-PUBACKed PUBLISHes in flight")
+    p.add_argument("--backlog", type=int, default=1000, help="max sent-but-undelivered messages")
+    p.add_argument("--warmup-msgs", type=int, default=2000, help="deliveries before the window opens")
+    p.add_argument("--phase-timeout", type=float, default=120.0, help="cap on the connect phase (s)")
+    p.add_argument("--conn-timeout", type=float, default=30.0, help="cap on one client's connect+subscribe")
+    p.add_argument("--warmup-timeout", type=float, default=30.0)
+    p.add_argument("--stall-timeout", type=float, default=10.0, help="abort routing after this long idle")
+    p.add_argument("--drain-timeout", type=float, default=10.0)
+    p.add_argument("--ready-timeout", type=float, default=30.0, help="cap on a broker's start-up (s)")
+    p.add_argument("--settle", type=float, default=2.0, help="idle pause before each RSS reading (s)")
+    p.add_argument("--max-errors", type=int, default=100, help="connect errors before giving up on a run")
+    p.add_argument("--log-dir", type=Path, help="keep broker logs and configs here (default: temp dir)")
+    args = p.parse_args(argv)
+    try:
+        args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--clients: not a list of integers: {args.clients!r}")
+    args.brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    bad = [b for b in args.brokers if b not in KNOWN_BROKERS]
+    if bad:
+        p.error(f"--brokers: unknown {bad}; known: {list(KNOWN_BROKERS)}")
+    if not args.clients or min(args.clients) < 1:
+        p.error("--clients: give positive counts")
+    if "mosquitto" in args.brokers and not Path(MOSQUITTO_BIN).exists():
+        p.error(f"mosquitto not found at {MOSQUITTO_BIN} (apt-get install mosquitto)")
+    return args
+
+
+def raise_fd_limit(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the brokers inherit it too
+        soft = hard
+    if need > soft:
+        raise SystemExit(f"need ~{need} file descriptors, the limit is {soft} (hard {hard})")
+    return soft
+
+
+async def amain(args: argparse.Namespace, results: list[Result]) -> None:
+    """Run every (N, broker) pair in turn, appending to `results` as each finishes."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.ExitStack() as stack:
+        if args.log_dir:
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            workdir = args.log_dir
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="broker_scale-")))
+        os.chmod(workdir, 0o755)  # mosquitto may drop to its own user
+        for n in args.clients:
+            for kind in args.brokers:
+                results.append(await run_one(args, kind, n, workdir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    fd_limit = raise_fd_limit(max(args.clients) + 100)
+    started = datetime.datetime.now(datetime.UTC)
+    command = " ".join([".venv/bin/python", "bench/broker_scale.py", *sys.argv[1:]])
+    print(f"broker_scale {started:%Y-%m-%d %H:%M} UTC: {command}")
+    print(
+        f"  {os.cpu_count()} CPUs, Python {platform.python_version()}, fd limit {fd_limit}, "
+        f"payload {PAYLOAD_BYTES} B, QoS 1, window {args.window}, connect concurrency {args.concurrency}"
+    )
+    print(
+        "  mosquitto: defaults except 'listener PORT 127.0.0.1' + 'allow_anonymous true' "
+        "(max_inflight_messages 20, max_queued_messages 1000, no persistence)"
+    )
+    results: list[Result] = []
+    try:
+        asyncio.run(amain(args, results))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted: brokers stopped, sockets closed", file=sys.stderr)
+        if results:
+            print("results so far:" + report(results, args))
+        return 130
+    print(report(results, args))
+    if args.json:
+        doc: dict[str, Any] = {
+            "date": started.isoformat(timespec="seconds"),
+            "command": command,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "targets": {
+                "connect_clients": TARGET_CONNECT_CLIENTS,
+                "connect_s": TARGET_CONNECT_S,
+                "msg_per_s": TARGET_MSG_S,
+                "kb_per_conn": TARGET_KB_PER_CONN,
+            },
+            "results": [asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
