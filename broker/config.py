@@ -37,10 +37,12 @@ class BrokerSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> BrokerSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_cert is not None and self.tls_key is None:
+            raise ValueError("tls_key: required with tls_cert")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_cert: required with tls_key")
         if self.allow_anonymous is False and self.password_file is None:
-            raise ValueError("allow_anonymous is false but there is no password_file: nobody could connect")
+            raise ValueError("allow_anonymous: false without a password_file would let nobody connect")
         return self
 
     @property

@@ -31,6 +31,7 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager
@@ -116,18 +117,198 @@ async def _run_broker(settings: Any) -> None:
         raise click.ClickException(f"cannot listen: {exc}") from None
 
 
-@cli.command()
-@click.option("--config", type=click.Path(path_type=Path), default=DEMO_CONFIG, show_default=True)
-def up(config: Path) -> None:
-    """Run the all-in-one demo: the embedded broker (the fleet and bridges join as they land)."""
-    from broker.config import load_broker_settings
+def _load_fleet(path: Path, seed: int | None) -> Any:
+    from fleet.schema import load_fleet_config
 
     try:
-        settings = load_broker_settings(config, {})
+        config = load_fleet_config(path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"fleet up: demo from {config}; press Ctrl-C to stop")
-    asyncio.run(_run_broker(settings))
+    return config if seed is None else config.model_copy(update={"seed": seed})
+
+
+def _target(config: Any, url: str | None) -> Any:
+    from fleet.simulator import make_target
+
+    try:
+        return make_target(config, url)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+async def _run_fleet(
+    config_path: Path,
+    config: Any,
+    target: Any,
+    *,
+    duration: float | None,
+    shard: Any,
+    workers: int,
+) -> Any:
+    from rich.console import Console
+
+    from broker.config import load_broker_settings
+    from broker.server import running
+    from fleet.progress import progress
+    from fleet.simulator import Live, Target, simulate
+    from fleet.transport import Endpoint
+    from fleet.workers import simulate_in_workers
+
+    console = Console(stderr=True)
+    async with contextlib.AsyncExitStack() as stack:
+        if target is None:
+            try:
+                settings = load_broker_settings(config_path, {})
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+            server = await stack.enter_async_context(running(settings))
+            for url in server.urls:
+                click.echo(f"fleet broker: listening on {url}", err=True)
+            target = Target(Endpoint("mqtt", settings.host, server.port))
+        click.echo(f"fleet: {config.size:,} devices -> {target.endpoint}", err=True)
+        live = Live()
+        stop = stack.enter_context(_stop_on_signals())
+        async with progress(console, lambda: live):
+            if workers > 1:
+                return await simulate_in_workers(
+                    config, target, workers=workers, duration=duration, stop=stop, shard=shard, live=live
+                )
+            return await simulate(config, target, duration=duration, stop=stop, shard=shard, live=live)
+
+
+def _finish(report: Any, report_path: Path | None) -> None:
+    from rich.console import Console
+
+    from fleet.progress import summary_table
+
+    Console().print(summary_table(report))
+    if report_path is not None:
+        report.write(report_path)
+        click.echo(f"fleet: report written to {report_path}", err=True)
+    fleet = report.fleet()
+    if fleet.connect_failures and not fleet.connects:
+        reason = fleet.errors.most_common(1)[0][0] if fleet.errors else "unknown"
+        raise click.ClickException(f"no device could connect: {reason}")
+
+
+def _simulate(config_path: Path, config: Any, target: Any, **options: Any) -> Any:
+    from fleet.errors import ConnectRefused, FleetError
+
+    try:
+        return asyncio.run(_run_fleet(config_path, config, target, **options))
+    except* ConnectRefused as group:
+        raise click.ClickException(f"the broker refused the devices: {_first(group)}") from None
+    except* FleetError as group:
+        raise click.ClickException(str(_first(group))) from None
+    except* OSError as group:
+        raise click.ClickException(f"cannot listen: {_first(group)}") from None
+
+
+def _first(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first leaf of a (nested) exception group: task groups nest theirs."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _shard(text: str | None) -> Any:
+    from fleet.simulator import Shard
+
+    try:
+        return Shard() if text is None else Shard.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
+
+
+@cli.command("run")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option(
+    "--broker", "broker_url", help="mqtt[s]:// or ws[s]:// URL; default: the config's, else embedded"
+)
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: the config's"
+)
+@click.option("--seed", type=int, help="overrides the config's seed")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="processes")
+@click.option("--shard", help="I/N: run the I-th of N deterministic parts of the fleet")
+def run_command(
+    config_path: Path,
+    broker_url: str | None,
+    duration: float | None,
+    seed: int | None,
+    report_path: Path | None,
+    workers: int,
+    shard: str | None,
+) -> None:
+    """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C."""
+    config = _load_fleet(config_path, seed)
+    report = _simulate(
+        config_path,
+        config,
+        _target(config, broker_url),
+        duration=duration or config.duration,
+        shard=_shard(shard),
+        workers=workers,
+    )
+    _finish(report, report_path)
+
+
+@cli.command()
+@click.argument("config_paths", metavar="CONFIG...", nargs=-1, required=True, type=click.Path(path_type=Path))
+def validate(config_paths: tuple[Path, ...]) -> None:
+    """Check fleet config files; print each error as 'file: field.path: reason'."""
+    from broker.config import load_broker_settings
+
+    failed = False
+    for path in config_paths:
+        try:
+            config = _load_fleet(path, None)
+            if config.broker is None:
+                load_broker_settings(path, {})
+        except click.ClickException as exc:
+            click.echo(exc.message, err=True)
+            failed = True
+        except ConfigError as exc:
+            click.echo(str(exc), err=True)
+            failed = True
+        else:
+            click.echo(f"{path}: ok, {config.size:,} devices in {len(config.groups)} groups")
+    if failed:
+        sys.exit(1)
+
+
+@cli.group()
+def report() -> None:
+    """Work with JSON reports of `fleet run`."""
+
+
+@report.command("merge")
+@click.argument("paths", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write the merged JSON here")
+def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
+    """Merge the reports of several shards into one, and print its summary."""
+    from fleet.report import Report, merge_reports
+
+    try:
+        merged = merge_reports(Report.load(path) for path in paths)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _finish(merged, output)
+
+
+@cli.command()
+@click.option("--config", type=click.Path(path_type=Path), default=DEMO_CONFIG, show_default=True)
+@click.option(
+    "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: until Ctrl-C"
+)
+def up(config: Path, duration: float | None) -> None:
+    """The all-in-one demo: the embedded broker and the demo fleet, until Ctrl-C."""
+    click.echo(f"fleet up: demo from {config}; press Ctrl-C to stop", err=True)
+    fleet_config = _load_fleet(config, None)
+    target = _target(fleet_config, None)
+    _finish(_simulate(config, fleet_config, target, duration=duration, shard=_shard(None), workers=1), None)
 
 
 @cli.command()

@@ -5,13 +5,27 @@ Exception tree::
     FleetError
     ├── ConfigError          a config, password or ACL file is invalid
     ├── TopicError           a topic name or topic filter is invalid
-    └── ProtocolError        a peer broke the MQTT protocol
-        └── UnsupportedProtocol   a CONNECT for another protocol level (MQTT 5)
+    ├── ProtocolError        a peer broke the MQTT protocol
+    │   └── UnsupportedProtocol   a CONNECT for another protocol level (MQTT 5)
+    ├── ConnectRefused       a broker answered CONNECT with a refusal (CONNACK return code 1-5)
+    ├── TransportError       a connection could not be opened, or failed; the message says what
+    │   └── ConnectionLost   an open connection ended, or a QoS 1/2 message's session was discarded
+    └── UnsupportedOperation a transport cannot do what was asked (go_silent over aiomqtt)
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "FleetError", "ProtocolError", "TopicError", "UnsupportedProtocol"]
+__all__ = [
+    "ConfigError",
+    "ConnectRefused",
+    "ConnectionLost",
+    "FleetError",
+    "ProtocolError",
+    "TopicError",
+    "TransportError",
+    "UnsupportedOperation",
+    "UnsupportedProtocol",
+]
 
 
 class FleetError(Exception):
@@ -42,3 +56,37 @@ class UnsupportedProtocol(ProtocolError):
         super().__init__(f"unsupported protocol {name!r} level {level}")
         self.name = name
         self.level = level
+
+
+# The CONNACK return codes of MQTT 3.1.1 (table 3.1); 6-255 are reserved.
+_REFUSALS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+}
+
+
+class ConnectRefused(FleetError):
+    """A broker refused a CONNECT; `return_code` is the CONNACK return code, `reason` says it in words."""
+
+    def __init__(self, return_code: int) -> None:
+        self.return_code = return_code
+        self.reason = _REFUSALS.get(return_code, f"reserved return code {return_code}")
+        super().__init__(
+            f"the broker refused the connection: {self.reason} (CONNACK return code {return_code})"
+        )
+
+
+class TransportError(FleetError):
+    """A connection could not be opened (refused, unreachable, TLS failure, timeout) or failed."""
+
+
+class ConnectionLost(TransportError):
+    """An open connection ended without a clean DISCONNECT, or the session a QoS 1/2 message waited in
+    was discarded, so it will never be acknowledged."""
+
+
+class UnsupportedOperation(FleetError, NotImplementedError):
+    """A transport cannot do what was asked, for example `go_silent()` over aiomqtt."""

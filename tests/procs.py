@@ -393,3 +393,45 @@ def run(
         list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False, cwd=ROOT,
         env=CHILD_ENV,
     )  # fmt: skip
+
+
+# Mosquitto, the reference broker: tests that must hold against any broker run against it too.
+
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+)
+
+
+class Mosquitto:
+    """A running Mosquitto on 127.0.0.1:`port`, anonymous, logging to the process's stderr."""
+
+    def __init__(self, proc: Proc, port: int) -> None:
+        self.proc = proc
+        self.port = port
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """Mosquitto on a free loopback port, anonymous, fresh for each test; stopped by PID at teardown."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
+    started: list[Proc] = []
+    try:
+        for _ in range(3):  # free_port() can race with another listener: try another port
+            port = free_port()
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\n")
+            proc = Proc([MOSQUITTO, "-c", conf])
+            started.append(proc)
+            try:
+                proc.stderr.wait_for(" running")  # stderr: its stdout is block-buffered in a pipe
+            except AssertionError:
+                proc.stop()
+                continue
+            yield Mosquitto(proc, port)
+            break
+        else:
+            raise AssertionError(f"mosquitto did not start:\n{started[-1].describe()}")
+    finally:
+        for proc in started:
+            proc.stop()

@@ -202,14 +202,23 @@ def test_passwd_file_lets_user_in_and_keeps_wrong_password_and_anonymous_out(
     assert_clean_exit(proc)
 
 
-def test_up_runs_the_configured_broker_and_stops_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
-    """`fleet up --config FILE` starts the broker from FILE's [broker] table and exits 0 on SIGTERM."""
+def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
+    """`fleet up --config FILE` runs FILE's broker and fleet; on SIGTERM it prints a summary and exits 0."""
     config = tmp_path / "demo.toml"
-    config.write_text("[broker]\nport = 0\nws_port = 0\nsys_interval = 0\n")
+    config.write_text(
+        "[broker]\nport = 0\nws_port = 0\nsys_interval = 0\n\n"
+        '[[groups]]\nname = "probe"\ncount = 2\ninterval = 0.2\n'
+    )
     proc = fleet("up", "--config", config)
-    port = listening_port(proc)
-    assert proc.stdout.lines[0].startswith(f"fleet up: demo from {config}")
-    assert_mqtt_accepts(port)
+    index = proc.stderr.wait_for(lambda line: LISTENING.match(line) is not None)
+    found = LISTENING.match(proc.stderr.lines[index])
+    assert found is not None
+    births = run(
+        mosquitto(MOSQUITTO_SUB, int(found["port"]), "-t", "fleet/+/status", "-C", 2, "-W", SUB_WAIT)
+    )
+    assert births.stdout.count('"online":true') == 2, births
 
     proc.signal(signal.SIGTERM)
-    assert_clean_exit(proc)
+    assert proc.wait() == 0, proc.describe()
+    assert any("fleet run" in line for line in proc.stdout.lines), proc.describe()
+    assert "Traceback" not in proc.stderr.text, proc.describe()

@@ -1,0 +1,211 @@
+"""What a fleet run did: counters and latency histograms per group, mergeable across shards.
+
+Latencies go into log-bucketed histograms (about 2% resolution), so the reports of eight shards
+merge into the percentiles one run of the whole fleet would have given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import ConfigError
+
+__all__ = ["GroupStats", "Histogram", "Report", "merge_reports"]
+
+_BUCKETS_PER_DOUBLING = 32
+_PERCENTILES = (50, 90, 99)
+
+
+class Histogram:
+    """Counts of positive values (seconds) in log buckets; percentiles are bucket midpoints."""
+
+    __slots__ = ("buckets", "count", "maximum", "total")
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.total = 0.0
+        self.maximum = 0.0
+
+    def add(self, value: float) -> None:
+        value = max(value, 1e-6)
+        self.buckets[math.floor(math.log2(value) * _BUCKETS_PER_DOUBLING)] += 1
+        self.count += 1
+        self.total += value
+        self.maximum = max(self.maximum, value)
+
+    def merge(self, other: Histogram) -> None:
+        self.buckets.update(other.buckets)
+        self.count += other.count
+        self.total += other.total
+        self.maximum = max(self.maximum, other.maximum)
+
+    def percentile(self, p: float) -> float | None:
+        if not self.count:
+            return None
+        rank = math.ceil(self.count * p / 100)
+        seen = 0
+        for bucket in sorted(self.buckets):
+            seen += self.buckets[bucket]
+            if seen >= rank:
+                return min(2 ** ((bucket + 0.5) / _BUCKETS_PER_DOUBLING), self.maximum)
+        return self.maximum
+
+    def summary(self) -> dict[str, float | int | None]:
+        out: dict[str, float | int | None] = {"count": self.count}
+        for p in _PERCENTILES:
+            value = self.percentile(p)
+            out[f"p{p}"] = None if value is None else round(value, 4)
+        out["max"] = round(self.maximum, 4) if self.count else None
+        out["mean"] = round(self.total / self.count, 4) if self.count else None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
+            "count": self.count,
+            "total": self.total,
+            "max": self.maximum,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Histogram:
+        histogram = cls()
+        histogram.buckets.update({int(k): int(v) for k, v in data["buckets"].items()})
+        histogram.count = int(data["count"])
+        histogram.total = float(data["total"])
+        histogram.maximum = float(data["max"])
+        return histogram
+
+
+_COUNTERS = ("published", "acked", "drops", "errors", "commands")
+
+
+@dataclass(slots=True)
+class GroupStats:
+    """Everything counted for one group (or, merged, for the fleet)."""
+
+    devices: int = 0
+    published: Counter[str] = field(default_factory=Counter)  # by QoS: "0", "1", "2"
+    acked: Counter[str] = field(default_factory=Counter)  # QoS 1 and 2 publishes the broker acknowledged
+    connects: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    drops: Counter[str] = field(default_factory=Counter)  # clean, abrupt, silent, lost
+    wills_expected: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    commands: Counter[str] = field(default_factory=Counter)  # by op
+    connect_latency: Histogram = field(default_factory=Histogram)
+    reconnect_time: Histogram = field(default_factory=Histogram)
+
+    def merge(self, other: GroupStats) -> None:
+        self.devices += other.devices
+        self.connects += other.connects
+        self.reconnects += other.reconnects
+        self.connect_failures += other.connect_failures
+        self.wills_expected += other.wills_expected
+        for name in _COUNTERS:
+            getattr(self, name).update(getattr(other, name))
+        self.connect_latency.merge(other.connect_latency)
+        self.reconnect_time.merge(other.reconnect_time)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "published": dict(sorted(self.published.items())),
+            "acked": dict(sorted(self.acked.items())),
+            "connects": self.connects,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+            "drops": dict(sorted(self.drops.items())),
+            "wills_expected": self.wills_expected,
+            "errors": dict(sorted(self.errors.items())),
+            "commands": dict(sorted(self.commands.items())),
+            "connect_latency_s": self.connect_latency.summary(),
+            "reconnect_time_s": self.reconnect_time.summary(),
+            "histograms": {
+                "connect_latency": self.connect_latency.to_json(),
+                "reconnect_time": self.reconnect_time.to_json(),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GroupStats:
+        stats = cls(
+            devices=int(data["devices"]),
+            connects=int(data["connects"]),
+            reconnects=int(data["reconnects"]),
+            connect_failures=int(data["connect_failures"]),
+            wills_expected=int(data["wills_expected"]),
+            connect_latency=Histogram.from_json(data["histograms"]["connect_latency"]),
+            reconnect_time=Histogram.from_json(data["histograms"]["reconnect_time"]),
+        )
+        for name in _COUNTERS:
+            getattr(stats, name).update(data[name])
+        return stats
+
+
+@dataclass(slots=True)
+class Report:
+    """A run's report: per-group stats plus what identifies the run."""
+
+    groups: dict[str, GroupStats] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def group(self, name: str) -> GroupStats:
+        stats = self.groups.get(name)
+        if stats is None:
+            stats = self.groups[name] = GroupStats()
+        return stats
+
+    def fleet(self) -> GroupStats:
+        total = GroupStats()
+        for stats in self.groups.values():
+            total.merge(stats)
+        return total
+
+    def merge(self, other: Report) -> None:
+        for name, stats in other.groups.items():
+            self.group(name).merge(stats)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "meta": self.meta,
+            "fleet": self.fleet().to_json(),
+            "groups": {name: stats.to_json() for name, stats in sorted(self.groups.items())},
+        }
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Report:
+        report = cls(meta=dict(data.get("meta", {})))
+        for name, stats in data["groups"].items():
+            report.groups[name] = GroupStats.from_json(stats)
+        return report
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        try:
+            report = cls.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise ConfigError(str(path), "no such file") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(str(path), f"not a fleet report: {exc!r}") from None
+        return report
+
+
+def merge_reports(reports: Iterable[Report]) -> Report:
+    """One report for several shards: counters add up, histograms merge, shard labels are listed."""
+    merged = Report(meta={"merged": []})
+    for report in reports:
+        merged.merge(report)
+        merged.meta["merged"].append(report.meta)
+    return merged

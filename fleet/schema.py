@@ -1,0 +1,259 @@
+"""The fleet config file: its schema, defaults and cross-field checks.
+
+A config describes a fleet once: groups of devices with their topics, QoS, sessions, telemetry,
+connectivity and command handling, and the broker they talk to. `load_fleet_config` returns a
+validated, frozen `FleetConfig` or raises ConfigError naming file, field path and reason.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WrapValidator, model_validator
+
+from fleet.config import load_toml, untagged, validated
+from fleet.errors import ConfigError, TopicError
+from fleet.generators import MetricSpec
+from fleet.topics import validate_filter, validate_topic
+
+__all__ = [
+    "Backoff",
+    "BrokerTarget",
+    "Connectivity",
+    "Duration",
+    "FleetConfig",
+    "Group",
+    "Topics",
+    "load_fleet_config",
+]
+
+
+def _check_fields(name: str, template: str, allowed: set[str]) -> None:
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as exc:
+        raise ValueError(f"{name}: bad template {template!r}: {exc}") from None
+    unknown = sorted(fields - allowed)
+    if unknown:
+        raise ValueError(f"{name}: unknown placeholder {{{unknown[0]}}}; use {sorted(allowed)}")
+
+
+class _Model(BaseModel):
+    # strict: a TOML string is never silently turned into a number or a boolean
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Fixed(_Model):
+    dist: Literal["fixed"]
+    value: float = Field(ge=0)
+
+
+class Uniform(_Model):
+    dist: Literal["uniform"]
+    min: float = Field(ge=0)
+    max: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if self.min > self.max:
+            raise ValueError(f"min: must not be more than max ({self.min:g} > {self.max:g})")
+        return self
+
+
+class Exponential(_Model):
+    dist: Literal["exponential"]
+    mean: float = Field(gt=0)
+
+
+class Normal(_Model):
+    dist: Literal["normal"]
+    mean: float = Field(ge=0)
+    stddev: float = Field(ge=0)
+
+
+Duration = Annotated[
+    Fixed | Uniform | Exponential | Normal, Field(discriminator="dist"), WrapValidator(untagged("dist"))
+]
+"""Seconds, drawn from a distribution; negative draws count as 0."""
+
+
+class Ends(_Model):
+    """Weights of the ways an online period ends."""
+
+    clean: float = Field(default=1.0, ge=0, description="DISCONNECT")
+    abrupt: float = Field(default=0.0, ge=0, description="socket closed without DISCONNECT")
+    silent: float = Field(default=0.0, ge=0, description="no more packets: keepalive expires")
+
+    @model_validator(mode="after")
+    def _some(self) -> Ends:
+        if self.clean + self.abrupt + self.silent <= 0:
+            raise ValueError("clean: at least one weight must be positive")
+        return self
+
+
+class Connectivity(_Model):
+    mode: Literal["always", "intermittent"] = "always"
+    online: Duration | None = None
+    offline: Duration | None = None
+    ends: Ends = Ends()
+
+    @model_validator(mode="after")
+    def _durations(self) -> Connectivity:
+        if self.mode == "intermittent" and (self.online is None or self.offline is None):
+            missing = "online" if self.online is None else "offline"
+            raise ValueError(f"{missing}: required when mode is 'intermittent'")
+        return self
+
+
+class Backoff(_Model):
+    """Reconnect delays: min(max, initial * multiplier**attempt), with full jitter."""
+
+    initial: float = Field(default=0.5, gt=0)
+    max: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: Literal["full", "none"] = "full"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Backoff:
+        if self.initial > self.max:
+            raise ValueError(f"initial: must not be more than max ({self.initial:g} > {self.max:g})")
+        return self
+
+
+class Topics(_Model):
+    """Topic templates; `{device}` and `{group}` are replaced."""
+
+    telemetry: str = "fleet/{device}/telemetry"
+    status: str = "fleet/{device}/status"
+    command: str = "fleet/{device}/cmd"
+    ack: str = "fleet/{device}/cmd/ack"
+
+    @model_validator(mode="after")
+    def _valid(self) -> Topics:
+        for name in ("telemetry", "status", "command", "ack"):
+            template = getattr(self, name)
+            _check_fields(name, template, {"device", "group"})
+            sample = template.format(device="d", group="g")
+            try:
+                validate_filter(sample) if name == "command" else validate_topic(sample)
+            except TopicError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return self
+
+
+class Qos(_Model):
+    telemetry: Literal[0, 1, 2] = 0
+    status: Literal[0, 1, 2] = 1
+    command: Literal[0, 1, 2] = 1
+
+
+class Group(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    count: int = Field(ge=0, le=1_000_000)
+    id: str = "{group}-{index:04d}"
+    interval: float = Field(default=5.0, gt=0, description="seconds between telemetry messages")
+    jitter: float = Field(default=0.1, ge=0, lt=1, description="interval varies by ± this fraction")
+    qos: Qos = Qos()
+    retain: bool = Field(default=False, description="retain telemetry")
+    clean_session: bool = True
+    keepalive: int = Field(default=60, ge=0, le=65535)
+    birth: bool = Field(default=True, description="publish a retained online status on connect")
+    will: bool = Field(default=True, description="a retained last will on the status topic")
+    commands: bool = Field(default=True, description="subscribe to the command topic and ack")
+    payload_size: int = Field(default=0, ge=0, le=1 << 20, description="pad telemetry to this size")
+    topics: Topics = Topics()
+    telemetry: dict[str, MetricSpec] = Field(default_factory=dict)
+    connectivity: Connectivity = Connectivity()
+    backoff: Backoff = Backoff()
+
+    @model_validator(mode="after")
+    def _check(self) -> Group:
+        _check_fields("id", self.id, {"group", "index"})
+        try:
+            device = self.device_id(0)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"id: bad template {self.id!r}: {exc}") from None
+        for name in ("telemetry", "status", "command", "ack"):
+            topic = getattr(self.topics, name).format(device=device, group=self.name)
+            try:
+                validate_topic(topic)
+            except TopicError as exc:
+                raise ValueError(f"id: device id {device!r} makes an invalid {name} topic: {exc}") from None
+        if self.connectivity.ends.silent and not self.keepalive:
+            raise ValueError("keepalive: silent ends need a keepalive above 0, or the broker never notices")
+        return self
+
+    def device_id(self, index: int) -> str:
+        return self.id.format(group=self.name, index=index)
+
+
+class BrokerTarget(_Model):
+    """An external broker the devices connect to, instead of the embedded one."""
+
+    url: str = Field(pattern=r"^(mqtt|mqtts|ws|wss)://", description="mqtt://, mqtts://, ws:// or wss://")
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    insecure: bool = Field(default=False, description="TLS without verifying the broker's certificate")
+
+
+class FleetConfig(_Model):
+    seed: int = 0
+    duration: float | None = Field(default=None, gt=0, description="seconds; none: until Ctrl-C")
+    connect_rate: float = Field(default=1000.0, gt=0, description="fleet-wide connects per second")
+    broker: BrokerTarget | None = None
+    embedded: dict[str, Any] = Field(
+        default_factory=dict, description="the [broker] table, when it configures the embedded broker"
+    )
+    groups: list[Group] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FleetConfig:
+        names: set[str] = set()
+        owners: dict[str, int] = {}
+        for number, group in enumerate(self.groups):
+            if group.name in names:
+                raise ValueError(f"groups: group name {group.name!r} is used twice")
+            names.add(group.name)
+            for index in range(group.count):
+                device = group.device_id(index)
+                if device in owners:
+                    raise ValueError(
+                        f"groups: device id {device!r} of groups[{number}] is also one of "
+                        f"groups[{owners[device]}]; make the id templates differ"
+                    )
+                owners[device] = number
+        return self
+
+    @property
+    def size(self) -> int:
+        return sum(group.count for group in self.groups)
+
+
+def load_fleet_config(path: Path) -> FleetConfig:
+    """Load and validate a fleet config file.
+
+    Its `[broker]` table either targets an external broker (it has `url`) or holds the embedded
+    broker's settings, as `fleet broker --config` reads them; the command that starts the embedded
+    broker validates those.
+    """
+    data = load_toml(path)
+    if "embedded" in data:
+        raise ConfigError(f"{path}: embedded", "unknown key")
+    broker = data.get("broker")
+    if isinstance(broker, dict) and "url" not in broker:
+        data = {key: value for key, value in data.items() if key != "broker"}
+        data["embedded"] = broker
+    elif isinstance(broker, dict):
+        # Files named in the config are relative to the config's folder.
+        data["broker"] = {
+            key: str(path.parent / value)
+            if key in ("ca_file", "client_cert", "client_key") and isinstance(value, str)
+            else value
+            for key, value in broker.items()
+        }
+    return validated(FleetConfig, data, where=str(path))

@@ -1,0 +1,416 @@
+"""The fleet simulator: runs every device of a config against a broker, in one asyncio loop.
+
+Each device is one task that loops through its online periods: connect (with backoff and the
+fleet-wide connect ramp), announce itself, publish telemetry, answer commands, and end the period
+the way its connectivity model says (DISCONNECT, a dropped socket, or silence until keepalive
+expires). Device behaviour lives in `fleet.device`; the MQTT connection is a `fleet.transport.Link`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleet.device import Command, Device
+from fleet.errors import ConnectRefused, TransportError
+from fleet.packets import Connect, Publish, Will
+from fleet.report import GroupStats, Report
+from fleet.schema import FleetConfig
+from fleet.transport import ClientSession, Endpoint, Link
+
+__all__ = ["Live", "Shard", "Target", "make_target", "simulate"]
+
+CONNECT_TIMEOUT = 10.0
+# How an online period ended.
+_LOST, _REBOOT, _OFFLINE, _SCHEDULED = "lost", "reboot", "offline", "scheduled"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the devices connect, and as whom."""
+
+    endpoint: Endpoint
+    username: str | None = None
+    password: str | None = None
+    ssl: ssl.SSLContext | None = None
+
+
+def make_target(config: FleetConfig, url: str | None) -> Target | None:
+    """Where the devices connect: `url`, else the config's [broker] url; None: the embedded broker.
+
+    Raises ValueError for a bad URL and OSError for unreadable TLS files.
+    """
+    broker = config.broker
+    url = url or (broker.url if broker is not None else None)
+    if url is None:
+        return None
+    endpoint = Endpoint.parse(url)
+    if broker is None:
+        return Target(endpoint)
+    context = None
+    if endpoint.tls:
+        context = ssl.create_default_context(cafile=broker.ca_file)
+        if broker.client_cert is not None:
+            context.load_cert_chain(broker.client_cert, broker.client_key)
+        if broker.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    return Target(endpoint, broker.username, broker.password, context)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Run every device whose fleet-wide index i has i % count == number - 1.
+
+    Within a shard, worker w of `workers` processes runs the devices with (i // count) % workers == w.
+    """
+
+    number: int = 1
+    count: int = 1
+    worker: int = 0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.number <= self.count:
+            raise ValueError(f"shard {self.number}/{self.count}: need 1 <= I <= N")
+        if not 0 <= self.worker < self.workers:
+            raise ValueError(f"worker {self.worker} of {self.workers}: need 0 <= w < workers")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        number, sep, count = text.partition("/")
+        if not sep or not number.isdigit() or not count.isdigit():
+            raise ValueError(f"shard {text!r}: expected I/N, for example 3/8")
+        return cls(int(number), int(count))
+
+    def __contains__(self, index: int) -> bool:
+        return index % self.count == self.number - 1 and (index // self.count) % self.workers == self.worker
+
+
+@dataclass(slots=True)
+class Live:
+    """Running totals for the progress display; the simulator is their only writer."""
+
+    target: int = 0
+    connected: int = 0
+    published: int = 0
+    reconnects: int = 0
+    errors: int = 0
+    last_error: str = ""
+    ever_connected: bool = False
+
+
+def _fleet_devices(config: FleetConfig, shard: Shard) -> list[Device]:
+    devices = []
+    index = 0
+    for group in config.groups:
+        for number in range(group.count):
+            if index in shard:
+                devices.append(Device(group, number, config.seed))
+            index += 1
+    return devices
+
+
+class _Ramp:
+    """A fleet-wide limit on connects per second: each connect takes the next free slot."""
+
+    __slots__ = ("_interval", "_next")
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class _Wake:
+    """A sleep that a command or a lost connection can cut short."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+
+    async def until(self, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        future = self._future = loop.create_future()
+        handle = loop.call_at(when, _resolve, future)
+        try:
+            await future
+        finally:
+            handle.cancel()
+            self._future = None
+
+    def wake(self) -> None:
+        if self._future is not None:
+            _resolve(self._future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    config: FleetConfig
+    target: Target
+    report: Report
+    live: Live
+    ramp: _Ramp
+
+
+async def simulate(
+    config: FleetConfig,
+    target: Target,
+    *,
+    duration: float | None = None,
+    stop: asyncio.Event | None = None,
+    shard: Shard = Shard(),
+    live: Live | None = None,
+    ready: Callable[[], None] | None = None,
+) -> Report:
+    """Run the fleet until `duration` seconds pass or `stop` is set; return its report.
+
+    Then every connected device publishes its clean offline status and disconnects, so no will
+    fires; cancelling this coroutine does the same. `ready` is called once every device has
+    connected once.
+    """
+    devices = _fleet_devices(config, shard)
+    report = Report(
+        meta={"seed": config.seed, "shard": f"{shard.number}/{shard.count}", "devices": len(devices)}
+    )
+    for device in devices:
+        report.group(device.group.name).devices += 1
+    live = live if live is not None else Live()
+    live.target = len(devices)
+    run = _Run(config, target, report, live, _Ramp(config.connect_rate))
+    started = time.time()
+    first_connects: set[str] = set()
+
+    def connected(device: Device) -> None:
+        if ready is not None and device.id not in first_connects:
+            first_connects.add(device.id)
+            if len(first_connects) == len(devices):
+                ready()
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            running = [
+                tasks.create_task(
+                    _DeviceRunner(run, device, connected).run(), name=f"fleet.device[{device.id}]"
+                )
+                for device in devices
+            ]
+            if ready is not None and not devices:
+                ready()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(duration):
+                        await (stop or asyncio.Event()).wait()
+            finally:
+                for task in running:  # cancellation is shutdown: each device leaves cleanly
+                    task.cancel()
+    finally:
+        report.meta["duration_s"] = round(time.time() - started, 3)
+    return report
+
+
+class _DeviceRunner:
+    __slots__ = ("_command", "_connected", "_link", "_run", "_wake", "device", "session", "stats")
+
+    def __init__(self, run: _Run, device: Device, connected: Callable[[Device], None]) -> None:
+        self._run = run
+        self.device = device
+        self.stats: GroupStats = run.report.group(device.group.name)
+        self.session = ClientSession()
+        self._wake = _Wake()
+        self._link: Link | None = None
+        self._command: Command | None = None
+        self._connected = connected
+
+    async def run(self) -> None:
+        device = self.device
+        loop = asyncio.get_running_loop()
+        cycle = 0
+        since: float | None = None  # when a reconnect became due
+        live = self._run.live
+        while True:
+            link, present = await self._connect(cycle, since)
+            self._link = link
+            live.connected += 1
+            try:
+                await self._announce(link, present)
+                outcome, offline_for = await self._online(link, cycle)
+            except asyncio.CancelledError:
+                await self._shutdown(link)
+                raise
+            finally:
+                self._link = None
+                live.connected -= 1
+            if outcome == _SCHEDULED:
+                offline_for = device.offline_for(cycle)
+                cycle += 1
+            if offline_for:
+                await asyncio.sleep(offline_for)
+            since = loop.time()
+
+    async def _connect(self, cycle: int, since: float | None) -> tuple[Link, bool]:
+        """Connect, retrying with backoff; return the link and whether the session was present."""
+        run, device, stats = self._run, self.device, self.stats
+        group = device.group
+        loop = asyncio.get_running_loop()
+        will = None
+        if group.will:
+            will = Will(device.topics.status, device.will_payload(), group.qos.status, True)
+        password = run.target.password.encode() if run.target.password is not None else None
+        packet = Connect(
+            "MQTT", 4, group.clean_session, group.keepalive, device.id, will, run.target.username, password
+        )
+        attempt = 0
+        while True:
+            await run.ramp.acquire()
+            started = loop.time()
+            try:
+                link, present = await Link.open(
+                    run.target.endpoint,
+                    packet,
+                    session=self.session,
+                    on_message=self._on_message,
+                    ssl=run.target.ssl,
+                    timeout=CONNECT_TIMEOUT,
+                )
+            except ConnectRefused as exc:
+                if exc.return_code in (4, 5) and not run.live.ever_connected:
+                    raise  # bad credentials from the start: end the run with the broker's reason
+                self._error(f"connect refused: {exc.reason}")
+            except TransportError as exc:
+                self._error(f"connect failed: {exc}")
+            else:
+                now = loop.time()
+                stats.connect_latency.add(now - started)
+                stats.connects += 1
+                run.live.ever_connected = True
+                if since is not None:
+                    stats.reconnects += 1
+                    run.live.reconnects += 1
+                    stats.reconnect_time.add(now - since)
+                self._connected(device)
+                return link, present
+            stats.connect_failures += 1
+            await asyncio.sleep(device.backoff(cycle, attempt))
+            attempt += 1
+
+    async def _announce(self, link: Link, present: bool) -> None:
+        device = self.device
+        group = device.group
+        link.closed.add_done_callback(lambda _: self._wake.wake())
+        if group.commands and (group.clean_session or not present):
+            await link.subscribe([(device.topics.command, group.qos.command)])
+        if group.birth:
+            self._publish(
+                link, device.topics.status, device.status(True, None, time.time()), group.qos.status, True
+            )
+
+    def _error(self, kind: str) -> None:
+        self.stats.errors[kind] += 1
+        self._run.live.errors += 1
+        self._run.live.last_error = f"{self.device.id}: {kind}"
+
+    def _publish(self, link: Link, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+        stats = self.stats
+        future = link.publish(topic, payload, qos, retain)
+        stats.published[_QOS[qos]] += 1
+        self._run.live.published += 1
+        if future is not None:
+            future.add_done_callback(lambda f: _count_ack(stats, qos, f))
+
+    def _on_message(self, message: Publish) -> None:
+        device = self.device
+        link = self._link
+        if link is None or message.topic != device.topics.command:
+            return
+        command = device.command(message.payload, time.time())
+        self.stats.commands[command.op] += 1
+        self._publish(link, device.topics.ack, command.ack, device.group.qos.command)
+        if command.reconnect or command.offline_for is not None:
+            self._command = command
+            self._wake.wake()
+
+    async def _online(self, link: Link, cycle: int) -> tuple[str, float]:
+        device, stats = self.device, self.stats
+        group = device.group
+        loop = asyncio.get_running_loop()
+        online_for = device.online_for(cycle)
+        deadline = math.inf if online_for is None else loop.time() + online_for
+        telemetry_topic, qos, retain = device.topics.telemetry, group.qos.telemetry, group.retain
+        while True:
+            await self._wake.until(min(loop.time() + device.next_delay(), deadline))
+            if link.closed.done():
+                stats.drops["lost"] += 1
+                self._error("connection lost")
+                return _LOST, 0.0
+            command, self._command = self._command, None
+            if command is not None:
+                await self._end_clean(link)
+                if command.reconnect:
+                    return _REBOOT, 0.0
+                return _OFFLINE, command.offline_for or 0.0
+            if loop.time() >= deadline:
+                await self._end(link, device.end_kind(cycle))
+                return _SCHEDULED, 0.0
+            self._publish(link, telemetry_topic, device.telemetry(time.time()), qos, retain)
+
+    async def _end(self, link: Link, kind: str) -> None:
+        stats = self.stats
+        stats.drops[kind] += 1
+        if kind == "clean":
+            await self._end_clean(link)
+            return
+        if self.device.group.will:
+            stats.wills_expected += 1
+        if kind == "abrupt":
+            link.abort()
+            return
+        link.go_silent()
+        keepalive = self.device.group.keepalive
+        try:
+            async with asyncio.timeout(keepalive * 2 + 5):
+                await link.closed
+        except TimeoutError:
+            self._error("silent: the broker never closed the connection")
+            link.abort()
+
+    async def _end_clean(self, link: Link) -> None:
+        device = self.device
+        if device.group.birth or device.group.will:
+            status = device.status(False, "clean", time.time())
+            self._publish(link, device.topics.status, status, device.group.qos.status, True)
+        await link.disconnect()
+
+    async def _shutdown(self, link: Link) -> None:
+        """Cancelled: leave cleanly, so that no will fires by accident."""
+        if not link.closed.done():
+            try:
+                await asyncio.wait_for(self._end_clean(link), 5.0)
+            except (TimeoutError, TransportError, OSError):
+                link.abort()
+
+
+_QOS = ("0", "1", "2")
+
+
+def _count_ack(stats: GroupStats, qos: int, future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        stats.acked[_QOS[qos]] += 1

@@ -1,0 +1,1109 @@
+"""The device transport: one lean MQTT 3.1.1 client connection per simulated device.
+
+A fleet runs thousands of these in one event loop, so a `Link` is an `asyncio.Protocol` with
+`__slots__`: no task per connection, no timeout or Event per publish. Keepalive is one
+`loop.call_later` handle per link that re-arms itself, and only QoS 1/2 publishes get a future.
+
+    session = ClientSession()
+    link, present = await Link.open(Endpoint.parse("mqtt://127.0.0.1:1883"), make_connect("dev-1"),
+                                    session=session, on_message=print)
+    link.publish("fleet/dev-1/telemetry", b"{}")          # QoS 0: written, returns None
+    await link.publish("fleet/dev-1/status", b"{}", qos=1)  # QoS 1: resolves on PUBACK
+    await link.disconnect()
+
+Ways a link ends, as the broker sees them: `disconnect()` sends DISCONNECT (the will is discarded);
+`abort()` closes the socket without it (the will fires); `go_silent()` stops writing while the
+socket stays open, so the broker drops the link after 1.5 x keepalive (the will fires).
+
+`AiomqttLink` offers the same API on aiomqtt, as the reference the lean transport is checked and
+benchmarked against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Callable, Container
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from fleet.errors import (
+    ConnectionLost,
+    ConnectRefused,
+    ProtocolError,
+    TransportError,
+    UnsupportedOperation,
+)
+from fleet.packets import (
+    PUBACK,
+    PUBCOMP,
+    PUBREC,
+    PUBREL,
+    Connack,
+    Connect,
+    FrameReader,
+    PacketId,
+    Pingresp,
+    Publish,
+    Suback,
+    Unsuback,
+    Will,
+    decode_server_packet,
+    disconnect,
+    encode_connect,
+    encode_publish,
+    encode_subscribe,
+    encode_unsubscribe,
+    pingreq,
+    puback,
+    pubcomp,
+    pubrec,
+    pubrel,
+)
+from fleet.topics import validate_filter, validate_topic
+
+__all__ = ["AiomqttLink", "ClientSession", "Endpoint", "InFlight", "Link", "make_connect"]
+
+log = logging.getLogger("fleet.transport")
+
+Scheme = Literal["mqtt", "mqtts", "ws", "wss"]
+DEFAULT_PORTS: dict[str, int] = {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 443}
+DEFAULT_WS_PATH = "/mqtt"
+# Incoming packets larger than this close the link (the embedded broker's default limit, too).
+MAX_PACKET_SIZE = 1 << 20
+# A connection is congested when more than this is waiting in its write buffer.
+WRITE_HIGH_WATER = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a broker listens, parsed from a URL: mqtt://, mqtts:// (TLS), ws:// or wss:// (WebSocket)."""
+
+    scheme: Scheme
+    host: str
+    port: int
+    path: str = DEFAULT_WS_PATH
+
+    def __post_init__(self) -> None:
+        if self.scheme not in DEFAULT_PORTS:
+            raise ValueError(f"scheme must be mqtt, mqtts, ws or wss, got {self.scheme!r}")
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1-65535, got {self.port}")
+        if not self.path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {self.path!r}")
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """Parse a broker URL; default ports are 1883, 8883, 8083 (ws) and 443 (wss).
+
+        Raises ValueError saying what is wrong with the URL.
+        """
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            raise ValueError(f"broker URL {url!r}: the scheme must be mqtt, mqtts, ws or wss")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"broker URL {url!r}: give credentials in the device config, not in the URL")
+        host = parts.hostname
+        if not host:
+            raise ValueError(f"broker URL {url!r} has no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"broker URL {url!r}: the port must be a number from 1 to 65535") from None
+        if port == 0:
+            raise ValueError(f"broker URL {url!r}: the port must be a number from 1 to 65535")
+        if parts.query or parts.fragment:
+            raise ValueError(f"broker URL {url!r} must not have a query or fragment")
+        path = parts.path
+        if scheme in ("mqtt", "mqtts"):
+            if path not in ("", "/"):
+                raise ValueError(f"broker URL {url!r}: an {scheme}:// URL has no path")
+            path = DEFAULT_WS_PATH
+        elif not path:
+            path = DEFAULT_WS_PATH
+        return cls(scheme, host, DEFAULT_PORTS[scheme] if port is None else port, path)  # type: ignore[arg-type]
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme in ("mqtts", "wss")
+
+    @property
+    def websocket(self) -> bool:
+        return self.scheme in ("ws", "wss")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        path = self.path if self.websocket else ""
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+
+def make_connect(
+    client_id: str,
+    *,
+    keepalive: int = 60,
+    clean_session: bool = True,
+    will: Will | None = None,
+    username: str | None = None,
+    password: bytes | None = None,
+) -> Connect:
+    """An MQTT 3.1.1 CONNECT for a device."""
+    if not 0 <= keepalive <= 65535:
+        raise ValueError(f"keepalive must be 0-65535 seconds, got {keepalive}")
+    if password is not None and username is None:
+        raise ValueError("a password needs a user name [MQTT-3.1.2-22]")
+    return Connect("MQTT", 4, clean_session, keepalive, client_id, will, username, password)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """An outgoing QoS 1/2 message not yet acknowledged; `released` once PUBREC came and PUBREL went."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    released: bool
+    future: asyncio.Future[None]
+
+
+class ClientSession:
+    """Client-side session state that survives the reconnects of a persistent session.
+
+    It holds the outgoing QoS 1/2 messages not yet acknowledged (`inflight`: packet id -> `InFlight`),
+    the ids of incoming QoS 2 messages delivered but not yet released (`received`), and the packet id
+    counter. When a link connects with CleanSession=0 it re-sends what is in flight, PUBLISH with
+    DUP=1 or PUBREL, with the original ids [MQTT-4.4.0-1]. A CleanSession=1 connect, or the loss of
+    a clean-session link, discards the session, and the futures of its messages fail with
+    ConnectionLost. One session serves one link at a time.
+    """
+
+    __slots__ = ("_next_id", "inflight", "received")
+
+    def __init__(self) -> None:
+        self.inflight: dict[int, InFlight] = {}
+        self.received: set[int] = set()
+        self._next_id = 0
+
+    def next_packet_id(self, busy: Container[int] = ()) -> int:
+        """A packet id (1-65535) that is neither in flight nor in `busy` [MQTT-2.3.1-2]."""
+        inflight = self.inflight
+        packet_id = self._next_id
+        for _ in range(65535):
+            packet_id = packet_id % 65535 + 1
+            if packet_id not in inflight and packet_id not in busy:
+                self._next_id = packet_id
+                return packet_id
+        raise TransportError("all 65535 packet identifiers are in use")
+
+    def discard(self, reason: str = "the session was discarded") -> None:
+        """Forget everything; each in-flight message's future fails with ConnectionLost(reason)."""
+        inflight = self.inflight
+        self.inflight = {}
+        self.received = set()
+        for packet_id, message in inflight.items():
+            future = message.future
+            if not future.done():
+                future.set_exception(ConnectionLost(f"{reason}: QoS {message.qos} message {packet_id} lost"))
+                future.exception()  # Not logged if nobody awaits it; awaiting it still raises.
+
+    def __repr__(self) -> str:
+        return f"<ClientSession inflight={len(self.inflight)} received={len(self.received)}>"
+
+
+def _tls_context(endpoint: Endpoint, context: ssl_module.SSLContext | None) -> ssl_module.SSLContext | None:
+    if endpoint.tls:
+        return context if context is not None else ssl_module.create_default_context()
+    if context is not None:
+        raise ValueError(f"an SSL context was given for {endpoint}, which is not a TLS endpoint")
+    return None
+
+
+def _validated_filters(topics: list[tuple[str, int]]) -> None:
+    if not topics:
+        raise ValueError("subscribe needs at least one topic filter [MQTT-3.8.3-3]")
+    for topic_filter, qos in topics:
+        validate_filter(topic_filter)
+        if qos not in (0, 1, 2):
+            raise ValueError(f"QoS must be 0, 1 or 2, got {qos} for {topic_filter!r}")
+
+
+class Link(asyncio.Protocol):
+    """One device connection: MQTT 3.1.1 over TCP, TLS or WebSocket.
+
+    Open it with `Link.open()`. Incoming PUBLISH packets go to `on_message`, exactly once for QoS 2;
+    QoS 1 is acknowledged after `on_message` returns. A protocol violation by the broker closes
+    the link, and `closed` resolves with the ProtocolError.
+    """
+
+    __slots__ = (
+        "_aborted",
+        "_clean",
+        "_clean_close",
+        "_closed",
+        "_closed_view",
+        "_closing",
+        "_connack",
+        "_error",
+        "_frames",
+        "_held",
+        "_keepalive",
+        "_last_sent",
+        "_loop",
+        "_on_message",
+        "_paused",
+        "_ping_sent",
+        "_requests",
+        "_session",
+        "_silent",
+        "_timer",
+        "_topics",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        session: ClientSession,
+        on_message: Callable[[Publish], None],
+        *,
+        max_packet_size: int = MAX_PACKET_SIZE,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._session = session
+        self._on_message = on_message
+        self._frames = FrameReader(max_packet_size)
+        self._transport: asyncio.WriteTransport | None = None
+        self._closed: asyncio.Future[Exception | None] = self._loop.create_future()
+        self._closed_view: asyncio.Future[Exception | None] | None = None
+        self._connack: asyncio.Future[bool] | None = None
+        # SUBSCRIBE and UNSUBSCRIBE waiting for their ack: packet id -> (future, topic count or 0).
+        self._requests: dict[int, tuple[asyncio.Future[tuple[int, ...]], int]] = {}
+        # Topic names already validated, and their UTF-8 form.
+        self._topics: dict[str, bytes] = {}
+        self._error: Exception | None = None
+        # Messages that arrive while open() is returning wait here, so that on_message never runs
+        # before the caller holds the link (a persistent session's queue comes right after CONNACK).
+        self._held: list[Publish] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._keepalive = 0
+        self._last_sent = 0.0
+        self._ping_sent = 0.0
+        self._clean = True
+        self._closing = False
+        self._clean_close = False
+        self._aborted = False
+        self._silent = False
+        self._paused = False
+
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        connect: Connect,
+        *,
+        session: ClientSession,
+        on_message: Callable[[Publish], None],
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 10.0,
+        max_packet_size: int = MAX_PACKET_SIZE,
+    ) -> tuple[Link, bool]:
+        """Connect, send CONNECT and wait for CONNACK, all within `timeout` seconds.
+
+        Returns the link and CONNACK's session-present flag. With CleanSession=1 the `session` is
+        discarded first; with CleanSession=0 its in-flight messages are re-sent right after CONNACK.
+        `on_message` is never called before this returns: messages that come with the CONNACK (a
+        persistent session's queue) are delivered, and acknowledged, once the caller next yields.
+        Raises ConnectRefused for a refusal, TransportError if the connection fails or times out,
+        and ProtocolError if the broker answers with something other than CONNACK.
+        """
+        link = cls(session, on_message, max_packet_size=max_packet_size)
+        present = await link._open(endpoint, connect, _tls_context(endpoint, ssl), timeout)
+        return link, present
+
+    async def _open(
+        self, endpoint: Endpoint, connect: Connect, context: ssl_module.SSLContext | None, timeout: float
+    ) -> bool:
+        if connect.clean_session:
+            self._session.discard(f"{connect.client_id!r} connected with a clean session")
+        self._clean = connect.clean_session
+        self._keepalive = connect.keepalive
+        connack: asyncio.Future[bool] = self._loop.create_future()
+        self._connack = connack
+        stage = "connect"
+        try:
+            async with asyncio.timeout(timeout):
+                if endpoint.websocket:
+                    await _WebSocketTransport.open(self, endpoint, context, connect.client_id)
+                else:
+                    await self._loop.create_connection(
+                        lambda: self, endpoint.host, endpoint.port, ssl=context
+                    )
+                stage = "connack"
+                self._write(encode_connect(connect))
+                present = await connack
+        except TimeoutError:
+            self.abort()
+            what = "no CONNACK" if stage == "connack" else "could not connect"
+            raise TransportError(f"{endpoint}: {what} within {timeout}s") from None
+        except OSError as exc:
+            self.abort()
+            raise TransportError(f"cannot connect to {endpoint}: {exc.strerror or exc}") from exc
+        except BaseException:  # a refusal, a protocol error or cancellation: no half-open socket
+            self.abort()
+            raise
+        finally:
+            self._connack = None
+        if self._held:
+            self._loop.call_soon(self._release)
+        else:
+            self._held = None
+        return present
+
+    def _release(self) -> None:
+        held = self._held
+        self._held = None
+        for packet in held or ():
+            self._on_publish(packet)
+
+    # State
+
+    @property
+    def closed(self) -> asyncio.Future[Exception | None]:
+        """Resolves when the connection is gone: None after a clean `disconnect()`, else the reason.
+
+        The reason is ConnectionLost (the broker closed, the network failed, or `abort()`), or the
+        ProtocolError the broker committed. It is a shielded view of the link's own future, so a
+        timeout around `await link.closed` cancels only the view; the next access gives a fresh one.
+        """
+        view = self._closed_view
+        if view is None or view.cancelled():
+            view = self._closed_view = asyncio.shield(self._closed)
+        return view
+
+    @property
+    def connected(self) -> bool:
+        """True from CONNACK until the link is closed, closing, or lost."""
+        return self._transport is not None and not self._closing and self._connack is None
+
+    @property
+    def silent(self) -> bool:
+        return self._silent
+
+    @property
+    def congested(self) -> bool:
+        """True while the socket's write buffer is over its high-water mark."""
+        return self._paused
+
+    @property
+    def session(self) -> ClientSession:
+        return self._session
+
+    # Sending
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            raise ConnectionLost("the link is closed")
+        if not self._silent:
+            transport.write(data)
+            self._last_sent = self._loop.time()
+
+    def _topic(self, topic: str) -> bytes:
+        encoded = self._topics.get(topic)
+        if encoded is None:
+            encoded = validate_topic(topic).encode("utf-8")
+            if len(self._topics) >= 64:
+                self._topics.clear()
+            self._topics[topic] = encoded
+        return encoded
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> asyncio.Future[None] | None:
+        """Publish. QoS 0: write it and return None. QoS 1/2: keep it in the session, write it, and
+        return a future that resolves on PUBACK/PUBCOMP.
+
+        The future stays pending across reconnects of a persistent session, where the re-sent
+        message's ack resolves it; it fails with ConnectionLost only when the session is discarded.
+        After `go_silent()` nothing is written: QoS 0 is dropped, QoS 1/2 waits in the session.
+        Raises ConnectionLost if the link is closed, TopicError for an invalid topic name.
+        """
+        encoded = self._topics.get(topic)
+        if encoded is None:
+            encoded = self._topic(topic)
+        transport = self._transport
+        if transport is None or self._closing:
+            raise ConnectionLost("the link is closed")
+        if qos == 0:
+            if not self._silent:
+                transport.write(encode_publish(encoded, payload, 0, retain=retain))
+                self._last_sent = self._loop.time()
+            return None
+        if qos not in (1, 2):
+            raise ValueError(f"QoS must be 0, 1 or 2, got {qos}")
+        session = self._session
+        packet_id = session.next_packet_id(self._requests)
+        future: asyncio.Future[None] = self._loop.create_future()
+        session.inflight[packet_id] = InFlight(topic, payload, qos, retain, False, future)
+        if not self._silent:
+            transport.write(encode_publish(encoded, payload, qos, retain=retain, packet_id=packet_id))
+            self._last_sent = self._loop.time()
+        return future
+
+    async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> tuple[int, ...]:
+        """Subscribe to (filter, QoS) pairs; return SUBACK's return codes (granted QoS, or 0x80)."""
+        _validated_filters(topics)
+        packet_id = self._session.next_packet_id(self._requests)
+        return await self._request(packet_id, encode_subscribe(packet_id, topics), len(topics), timeout)
+
+    async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
+        """Unsubscribe from topic filters and wait for UNSUBACK."""
+        if not filters:
+            raise ValueError("unsubscribe needs at least one topic filter [MQTT-3.10.3-2]")
+        for topic_filter in filters:
+            validate_filter(topic_filter)
+        packet_id = self._session.next_packet_id(self._requests)
+        await self._request(packet_id, encode_unsubscribe(packet_id, filters), 0, timeout)
+
+    async def _request(self, packet_id: int, packet: bytes, count: int, timeout: float) -> tuple[int, ...]:
+        if self._silent:
+            raise TransportError("the link is silent: it sends nothing")
+        future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
+        self._write(packet)
+        self._requests[packet_id] = (future, count)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            what = "SUBACK" if count else "UNSUBACK"
+            raise TransportError(f"no {what} within {timeout}s") from None
+        finally:
+            self._requests.pop(packet_id, None)
+
+    # Ending
+
+    async def disconnect(self, timeout: float = 10.0) -> None:
+        """Clean shutdown: send DISCONNECT (the broker discards the will), then wait for the broker
+        to close the connection, so that it has processed the DISCONNECT when this returns.
+
+        After `timeout` seconds the link closes its side anyway. On a silent link nothing can be
+        sent: this is then the same as `abort()`.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if not self._closing:
+            if self._silent:
+                self.abort()
+            else:
+                self._closing = True
+                self._clean_close = True
+                self._cancel_timer()
+                transport.write(disconnect())
+                if transport.can_write_eof():
+                    transport.write_eof()
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._closed)
+        except TimeoutError:
+            log.info("the broker did not close the connection within %ss of DISCONNECT", timeout)
+            transport.close()
+            await asyncio.shield(self._closed)
+
+    def abort(self) -> None:
+        """Abrupt loss: close the socket at once, without DISCONNECT, so the broker publishes the will."""
+        transport = self._transport
+        if transport is None:
+            return
+        if not self._clean_close:
+            self._aborted = True
+        self._closing = True
+        self._cancel_timer()
+        transport.abort()
+
+    def go_silent(self) -> None:
+        """Stop writing anything (no PINGREQ, no acks, no publishes) while the socket stays open and
+        incoming packets are still read: the broker drops the link after 1.5 x keepalive."""
+        self._silent = True
+        self._cancel_timer()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # Keepalive: one timer per link, armed for when the link will have been quiet for `keepalive`.
+
+    def _start_keepalive(self) -> None:
+        if self._keepalive and not self._silent:
+            self._timer = self._loop.call_later(self._keepalive, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or self._closing or self._silent:
+            return
+        keepalive = self._keepalive
+        now = self._loop.time()
+        if self._ping_sent and now - self._ping_sent >= keepalive:
+            # A client should close the connection when a PINGRESP does not come [MQTT-3.1.2-24].
+            self._fail(ConnectionLost(f"no PINGRESP within the keepalive of {keepalive}s"))
+            return
+        delay = keepalive - (now - self._last_sent)
+        if delay <= 0.001:
+            transport.write(pingreq())
+            self._last_sent = now
+            if not self._ping_sent:
+                self._ping_sent = now
+            delay = keepalive
+        if self._ping_sent:
+            delay = min(delay, self._ping_sent + keepalive - now)
+        self._timer = self._loop.call_later(delay, self._keepalive_due)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is None or (self._closing and not self._clean_close):
+            return
+        try:
+            for kind, flags, body in self._frames.feed(data):
+                if kind == PUBACK and not flags and len(body) == 2 and self._connack is None:
+                    # The hot path of QoS 1: skip building a packet value.
+                    self._acknowledged(PUBACK, (body[0] << 8) | body[1])
+                    continue
+                self._dispatch(decode_server_packet(kind, flags, body))
+                if self._transport is None or (self._closing and not self._clean_close):
+                    return
+        except ProtocolError as exc:
+            log.warning("closing the link: the broker broke the protocol: %s", exc)
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # Close our side too; connection_lost follows.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._closing = True
+        self._cancel_timer()
+        result: Exception | None
+        if self._clean_close:
+            result = None
+        elif self._error is not None:
+            result = self._error
+        elif self._aborted:
+            result = ConnectionLost("the link was aborted")
+        elif exc is not None:
+            result = ConnectionLost(f"the connection failed: {exc}")
+            result.__cause__ = exc
+        else:
+            result = ConnectionLost("the broker closed the connection")
+        connack = self._connack
+        if connack is not None and not connack.done():
+            connack.set_exception(result or ConnectionLost("the connection closed before CONNACK"))
+        requests = self._requests
+        self._requests = {}
+        for future, _ in requests.values():
+            if not future.done():
+                future.set_exception(ConnectionLost("the link closed before the broker acknowledged"))
+        if self._clean and connack is None:
+            self._session.discard("a clean-session link ended")
+        if not self._closed.done():
+            self._closed.set_result(result)
+
+    # Incoming packets
+
+    def _dispatch(self, packet: object) -> None:
+        connack = self._connack
+        if connack is not None:
+            if not isinstance(packet, Connack):
+                raise ProtocolError(f"the broker sent {type(packet).__name__} before CONNACK [MQTT-3.2.0-1]")
+            self._on_connack(connack, packet)
+        elif isinstance(packet, Publish):
+            self._on_publish(packet)
+        elif isinstance(packet, PacketId):
+            kind = packet.kind
+            if kind == PUBREL:
+                self._session.received.discard(packet.packet_id)
+                self._send(pubcomp(packet.packet_id))
+            else:
+                self._acknowledged(kind, packet.packet_id)
+        elif isinstance(packet, Pingresp):
+            self._ping_sent = 0.0
+        elif isinstance(packet, Suback):
+            self._on_ack(packet.packet_id, packet.return_codes, "SUBACK")
+        elif isinstance(packet, Unsuback):
+            self._on_ack(packet.packet_id, (), "UNSUBACK")
+        else:
+            raise ProtocolError("a second CONNACK on one connection [MQTT-3.2.0-1]")
+
+    def _send(self, data: bytes) -> None:
+        """Write a packet the protocol requires (an ack); dropped once closing or silent."""
+        transport = self._transport
+        if transport is not None and not self._closing and not self._silent:
+            transport.write(data)
+            self._last_sent = self._loop.time()
+
+    def _on_connack(self, connack: asyncio.Future[bool], packet: Connack) -> None:
+        if packet.return_code:
+            error = ConnectRefused(packet.return_code)
+            self._error = error
+            if not connack.done():
+                connack.set_exception(error)
+            self.abort()
+            return
+        self._connack = None
+        if not self._clean:
+            # Re-send what is in flight, in order, with the original ids [MQTT-4.4.0-1].
+            for packet_id, message in self._session.inflight.items():
+                if message.released:
+                    self._send(pubrel(packet_id))
+                    continue
+                topic, payload, qos, retain = message.topic, message.payload, message.qos, message.retain
+                data = encode_publish(
+                    self._topic(topic), payload, qos, retain=retain, dup=True, packet_id=packet_id
+                )
+                self._send(data)
+        self._held = []
+        self._start_keepalive()
+        if not connack.done():
+            connack.set_result(packet.session_present)
+
+    def _on_publish(self, packet: Publish) -> None:
+        held = self._held
+        if held is not None:
+            held.append(packet)
+            return
+        qos = packet.qos
+        if qos == 2:
+            packet_id = packet.packet_id
+            assert packet_id is not None
+            received = self._session.received
+            if packet_id not in received:
+                received.add(packet_id)
+                self._deliver(packet)
+            self._send(pubrec(packet_id))
+            return
+        self._deliver(packet)
+        if qos:
+            assert packet.packet_id is not None
+            self._send(puback(packet.packet_id))
+
+    def _deliver(self, packet: Publish) -> None:
+        try:
+            self._on_message(packet)
+        except Exception:
+            log.exception("on_message failed for a message on %s", packet.topic)
+
+    def _acknowledged(self, kind: int, packet_id: int) -> None:
+        inflight = self._session.inflight
+        message = inflight.get(packet_id)
+        if message is None:
+            if kind == PUBREC:
+                # Not ours any more (already completed): let the broker finish its side.
+                self._send(pubrel(packet_id))
+            return
+        expected = PUBACK if message.qos == 1 else (PUBCOMP if message.released else PUBREC)
+        if kind != expected:
+            if message.qos == 2 and kind == PUBREC:
+                self._send(pubrel(packet_id))  # A repeated PUBREC: repeat PUBREL.
+                return
+            raise ProtocolError(
+                f"packet type {kind} for QoS {message.qos} message {packet_id} [MQTT-4.3.{message.qos + 1}]"
+            )
+        if kind == PUBREC:
+            message.released = True
+            self._send(pubrel(packet_id))
+            return
+        del inflight[packet_id]
+        future = message.future
+        if not future.done():
+            future.set_result(None)
+
+    def _on_ack(self, packet_id: int, codes: tuple[int, ...], what: str) -> None:
+        entry = self._requests.get(packet_id)
+        if entry is None:
+            return  # Its waiter timed out.
+        future, count = entry
+        if (count == 0) != (what == "UNSUBACK"):
+            raise ProtocolError(f"{what} {packet_id} answers a different request")
+        if count and len(codes) != count:
+            raise ProtocolError(f"SUBACK has {len(codes)} return codes for {count} filters [MQTT-3.9.3-1]")
+        if not future.done():
+            future.set_result(codes)
+
+
+class _WebSocketTransport(asyncio.WriteTransport):
+    """Runs a `Link` over a websockets client connection: a reader task feeds each binary message to
+    the link, and a sender task sends what the link wrote as binary messages [MQTT-6.0.0-1]."""
+
+    def __init__(self, websocket: Any, link: Link, name: str) -> None:
+        super().__init__()
+        self._websocket = websocket
+        self._link = link
+        self._buffer = bytearray()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._tasks = (
+            asyncio.create_task(self._read(), name=f"fleet.link[{name}].ws-reader"),
+            asyncio.create_task(self._send(), name=f"fleet.link[{name}].ws-sender"),
+        )
+
+    @classmethod
+    async def open(
+        cls, link: Link, endpoint: Endpoint, context: ssl_module.SSLContext | None, name: str
+    ) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+        from websockets.typing import Subprotocol
+
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        uri = f"{endpoint.scheme}://{host}:{endpoint.port}{endpoint.path}"
+        try:
+            websocket = await connect(
+                uri,
+                subprotocols=[Subprotocol("mqtt")],
+                compression=None,
+                proxy=None,
+                open_timeout=None,  # Link.open bounds the whole handshake.
+                ping_interval=None,  # MQTT keepalive is the liveness check; a silent link stays silent.
+                max_size=None,  # The link's FrameReader enforces the packet size.
+                ssl=context,
+            )
+        except WebSocketException as exc:
+            raise TransportError(f"WebSocket handshake with {endpoint} failed: {exc}") from exc
+        if websocket.subprotocol != "mqtt":
+            await websocket.close()
+            raise TransportError(f"{endpoint} did not accept the WebSocket subprotocol 'mqtt'")
+        transport = cls(websocket, link, name)
+        link.connection_made(transport)
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        link = self._link
+        error: Exception | None = None
+        try:
+            async for message in self._websocket:
+                if isinstance(message, str):
+                    link._fail(
+                        ProtocolError("a text WebSocket frame; MQTT uses binary frames [MQTT-6.0.0-1]")
+                    )
+                    break
+                link.data_received(message)
+        except ConnectionClosed as exc:
+            if exc.rcvd is None or exc.rcvd.code != 1000:
+                error = exc
+        finally:
+            self._closing = True
+            self._wakeup.set()
+            self._websocket.transport.abort()
+            link.connection_lost(error)
+
+    async def _send(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        websocket = self._websocket
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                if self._buffer:
+                    data = bytes(self._buffer)
+                    self._buffer.clear()
+                    await websocket.send(data)
+                if self._closing:
+                    await websocket.close()
+                    return
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._websocket.transport.get_extra_info(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._buffer += data
+            self._wakeup.set()
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """WebSocket links buffer without a limit (they are few)."""
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._buffer.clear()
+        self._websocket.transport.abort()
+        self._wakeup.set()
+
+
+# aiomqtt reports a v3.1.1 CONNACK refusal as paho's MQTT 5 reason code; these are the 3.1.1 codes.
+_PAHO_REFUSALS = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
+
+
+class AiomqttLink:
+    """The `Link` API on aiomqtt 2.5.1: the reference transport for fidelity checks and benchmarks.
+
+    What aiomqtt allows, and where this differs from `Link`:
+
+    - `abort()` shuts down the paho socket (`shutdown(SHUT_RDWR)`) without DISCONNECT. The broker sees
+      the connection end and publishes the will, as with `Link.abort()`; paho then notices the EOF
+      and closes the socket itself.
+    - `go_silent()` raises UnsupportedOperation: paho writes PINGREQ from its own housekeeping and
+      has no way to stop writing while keeping the socket open.
+    - There is no client-side session: each `open()` makes a new paho client, which knows nothing of
+      the previous one's unacknowledged messages, so nothing is re-sent on reconnect [MQTT-4.4.0-1].
+      The `session` argument is accepted for API compatibility only. Publish futures still pending
+      when the link ends fail with ConnectionLost.
+    - `publish()` runs aiomqtt's `Client.publish` coroutine in a task, because the API is
+      synchronous; the task's Event and timeout are aiomqtt's own cost, kept on purpose for the
+      benchmark. Incoming messages are read by one task per link from `Client.messages`.
+    - CONNACK's session-present flag is read by wrapping paho's `on_connect` (aiomqtt hides it).
+    - Incoming PUBLISH values carry `dup=False`: aiomqtt does not expose the flag.
+    """
+
+    def __init__(self, session: ClientSession, on_message: Callable[[Publish], None]) -> None:
+        self._session = session
+        self._on_message = on_message
+        self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[Exception | None] = self._loop.create_future()
+        self._closed_view: asyncio.Future[Exception | None] | None = None
+        self._client: Any = None
+        self._session_present = False
+        self._aborted = False
+        self._clean_close = False
+        self._pending: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        connect: Connect,
+        *,
+        session: ClientSession,
+        on_message: Callable[[Publish], None],
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 10.0,
+    ) -> tuple[AiomqttLink, bool]:
+        """Connect as `Link.open` does; same errors, same return value."""
+        link = cls(session, on_message)
+        await link._open(endpoint, connect, _tls_context(endpoint, ssl), timeout)
+        return link, link._session_present
+
+    async def _open(
+        self, endpoint: Endpoint, connect: Connect, context: ssl_module.SSLContext | None, timeout: float
+    ) -> None:
+        import aiomqtt
+        from aiomqtt.exceptions import MqttConnectError
+
+        if connect.clean_session:
+            self._session.discard(f"{connect.client_id!r} connected with a clean session")
+        will = connect.will
+        client = aiomqtt.Client(
+            endpoint.host,
+            endpoint.port,
+            identifier=connect.client_id,
+            clean_session=connect.clean_session,
+            keepalive=connect.keepalive,
+            will=None if will is None else aiomqtt.Will(will.topic, will.payload, will.qos, will.retain),
+            transport="websockets" if endpoint.websocket else "tcp",
+            websocket_path=endpoint.path if endpoint.websocket else None,
+            tls_context=context,
+            timeout=timeout,
+        )
+        paho = client._client
+        if connect.username is not None:
+            # paho keeps a bytes password as it is (its annotation says str).
+            paho.username_pw_set(connect.username, cast(str | None, connect.password))
+        on_connect = paho.on_connect
+
+        def record_session_present(*args: Any) -> None:
+            self._session_present = bool(args[2].session_present)
+            if on_connect is not None:
+                on_connect(*args)
+
+        paho.on_connect = record_session_present
+        self._client = client
+        try:
+            async with asyncio.timeout(timeout):
+                await client.__aenter__()
+        except MqttConnectError as exc:
+            rc = exc.rc
+            code = rc if isinstance(rc, int) else (0 if rc is None else int(rc.value))
+            raise ConnectRefused(_PAHO_REFUSALS.get(code, code)) from exc
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
+        except TimeoutError:
+            raise TransportError(f"{endpoint}: no CONNACK within {timeout}s") from None
+        client._disconnected.add_done_callback(self._disconnected)
+        self._reader = self._loop.create_task(self._read(), name=f"aiomqtt[{connect.client_id}].fleet-reader")
+
+    async def _read(self) -> None:
+        import aiomqtt
+
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in self._client.messages:
+                packet = Publish(
+                    message.topic.value,
+                    message.payload,
+                    message.qos,
+                    message.retain,
+                    False,
+                    message.mid or None,
+                )
+                try:
+                    self._on_message(packet)
+                except Exception:
+                    log.exception("on_message failed for a message on %s", packet.topic)
+
+    def _disconnected(self, future: asyncio.Future[None]) -> None:
+        error = None if future.cancelled() else future.exception()
+        result: Exception | None
+        if self._clean_close:
+            result = None
+        elif self._aborted:
+            result = ConnectionLost("the link was aborted")
+        else:
+            result = ConnectionLost(f"the connection failed: {error}")
+            result.__cause__ = error
+        self._end(result)
+
+    def _end(self, result: Exception | None) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for future in list(self._pending):
+            if not future.done():
+                future.set_exception(ConnectionLost("the link closed before the broker acknowledged"))
+                future.exception()
+        self._pending.clear()
+        if not self._closed.done():
+            self._closed.set_result(result)
+
+    @property
+    def closed(self) -> asyncio.Future[Exception | None]:
+        """As `Link.closed`."""
+        view = self._closed_view
+        if view is None or view.cancelled():
+            view = self._closed_view = asyncio.shield(self._closed)
+        return view
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and not self._closed.done() and not self._aborted
+
+    @property
+    def session(self) -> ClientSession:
+        return self._session
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+    ) -> asyncio.Future[None] | None:
+        """As `Link.publish`, through `aiomqtt.Client.publish` run in a task."""
+        validate_topic(topic)
+        if qos not in (0, 1, 2):
+            raise ValueError(f"QoS must be 0, 1 or 2, got {qos}")
+        if not self.connected:
+            raise ConnectionLost("the link is closed")
+        task = self._loop.create_task(self._client.publish(topic, payload, qos, retain))
+        self._tasks.add(task)
+        if qos == 0:
+            task.add_done_callback(self._forget)
+            return None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._pending.add(future)
+
+        def settle(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            self._pending.discard(future)
+            if future.done():
+                return
+            if task.cancelled():
+                future.set_exception(ConnectionLost("the link closed before the broker acknowledged"))
+            elif task.exception() is not None:
+                future.set_exception(TransportError(f"publish failed: {task.exception()}"))
+            else:
+                future.set_result(None)
+                return
+            future.exception()  # Not logged if nobody awaits it, as with Link's futures.
+
+        task.add_done_callback(settle)
+        return future
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a QoS 0 publish over aiomqtt failed: %s", task.exception())
+
+    async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> tuple[int, ...]:
+        """As `Link.subscribe`."""
+        import aiomqtt
+
+        _validated_filters(topics)
+        try:
+            codes = await self._client.subscribe(topics, timeout=timeout)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscribe failed: {exc}") from exc
+        return tuple(int(getattr(code, "value", code)) for code in codes)
+
+    async def disconnect(self, timeout: float = 10.0) -> None:
+        """Send DISCONNECT and close. paho closes its socket right after writing DISCONNECT, so unlike
+        `Link.disconnect()` this does not wait for the broker to have processed it."""
+        if self._closed.done():
+            return
+        self._clean_close = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(timeout):
+                await self._client.__aexit__(None, None, None)
+        self._end(None)
+
+    def abort(self) -> None:
+        """Shut the socket down without DISCONNECT; paho sees the EOF and ends the connection."""
+        if self._closed.done() or self._aborted:
+            return
+        self._aborted = True
+        sock = self._client._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def go_silent(self) -> None:
+        """Unsupported over aiomqtt (see the class docstring)."""
+        raise UnsupportedOperation(
+            "go_silent() is not possible over aiomqtt: paho sends PINGREQ on its own and cannot stop "
+            "writing while keeping the socket open; use Link"
+        )

@@ -1,0 +1,314 @@
+"""`fleet validate`, `fleet run` and `fleet report merge` as real subprocesses (`python -m fleet`), each
+bounded by a timeout: exit codes, one-line errors without tracebacks, reports, shards, workers, seeds."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.auth import set_password
+from fleet.device import Device
+from fleet.schema import load_fleet_config
+from tests.procs import FleetBroker, Paho, Proc, fleet_argv, free_port, run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+RUN_TIMEOUT = 30.0
+
+# 9 devices in two groups, one with QoS 1 telemetry.
+GROUPS = """\
+[[groups]]
+name = "a"
+count = 5
+interval = 0.2
+jitter = 0
+
+[groups.telemetry.t]
+kind = "uniform"
+min = 0
+max = 1000
+decimals = 3
+
+[[groups]]
+name = "b"
+count = 4
+interval = 0.3
+qos = { telemetry = 1 }
+"""
+SIZE = 9
+# The fleet on an embedded broker on free ports.
+FLEET = "seed = 3\n\n[broker]\nport = 0\nws_port = 0\nsys_interval = 0\n\n" + GROUPS
+# The fleet without a [broker] table, for `--broker URL`.
+DEVICES_ONLY = "seed = 3\n\n" + GROUPS
+
+
+def external(url: str, credentials: str = "") -> str:
+    """The fleet with a [broker] table that targets `url`."""
+    return f'seed = 3\n\n[broker]\nurl = "{url}"\n{credentials}\n' + GROUPS
+
+
+def fleet(*args: str | Path | float, timeout: float = RUN_TIMEOUT) -> tuple[int, str, str]:
+    """Run `python -m fleet ARGS` to completion (bounded); return (exit code, stdout, stderr)."""
+    done = run(fleet_argv(*(str(arg) for arg in args)), timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def write(tmp_path: Path, text: str, name: str = "fleet.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_line(code: int, stderr: str) -> str:
+    """Check a failed run: non-zero exit, no traceback, and one 'Error: ...' line, last; return it."""
+    assert code != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    assert lines[-1] == errors[0], stderr
+    return errors[0]
+
+
+def load(path: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+def assert_consistent(report: dict[str, Any], devices: int) -> None:
+    """The fleet totals are the sums of the groups', and they describe a fleet that ran."""
+    total, groups = report["fleet"], report["groups"].values()
+    for key in ("devices", "connects", "reconnects", "connect_failures", "wills_expected"):
+        assert total[key] == sum(group[key] for group in groups), key
+    for key in ("published", "acked", "drops", "errors", "commands"):
+        summed: dict[str, int] = {}
+        for group in groups:
+            for name, count in group[key].items():
+                summed[name] = summed.get(name, 0) + count
+        assert total[key] == summed, key
+    assert total["devices"] == devices
+    assert total["connects"] >= devices
+    assert sum(total["published"].values()) > 0
+    assert total["connect_latency_s"]["count"] == total["connects"]
+    for qos, acked in total["acked"].items():
+        assert acked <= total["published"][qos]
+
+
+# fleet validate
+
+
+def test_validate_prints_ok_for_every_shipped_config() -> None:
+    """`fleet validate configs/*.toml` exits 0 and prints one ok line per file."""
+    code, stdout, stderr = fleet("validate", *CONFIGS)
+    assert code == 0, stderr
+    for path in CONFIGS:
+        assert any(line.startswith(f"{path}: ok") for line in stdout.splitlines()), (path, stdout)
+    assert "Traceback" not in stderr
+
+
+def test_validate_reports_each_bad_file_as_file_path_reason(tmp_path: Path) -> None:
+    """Bad files print 'file: field.path: reason' each, good ones 'ok'; exit code 1, no traceback."""
+    good = write(tmp_path, FLEET, "good.toml")
+    bad_range = write(
+        tmp_path,
+        '[[groups]]\nname = "a"\ncount = 1\n[[groups]]\nname = "b"\ncount = 1\n'
+        '[groups.telemetry.temperature]\nkind = "uniform"\nmin = 30\nmax = 25\n',
+        "range.toml",
+    )
+    unknown = write(tmp_path, '[[groups]]\nname = "a"\ncount = 1\ncolour = "red"\n', "unknown.toml")
+    broker_key = write(tmp_path, '[broker]\nportt = 1\n[[groups]]\nname = "a"\ncount = 1\n', "broker.toml")
+    not_toml = write(tmp_path, "[[groups]\n", "syntax.toml")
+    missing = tmp_path / "missing.toml"
+    code, stdout, stderr = fleet("validate", good, bad_range, unknown, broker_key, not_toml, missing)
+    assert code == 1
+    assert "Traceback" not in stderr
+    assert stdout.splitlines() == [f"{good}: ok, {SIZE} devices in 2 groups"]
+    lines = stderr.strip().splitlines()
+    assert lines[:4] == [
+        f"{bad_range}: groups[1].telemetry.temperature.min: must be less than max (30 >= 25)",
+        f"{unknown}: groups[0].colour: unknown key",
+        f"{broker_key}: broker.portt: unknown key",
+        lines[3],
+    ]
+    assert lines[3].startswith(f"{not_toml}: not valid TOML: ")
+    assert lines[4:] == [f"{missing}: no such file"]
+
+
+# fleet run
+
+
+def test_run_with_embedded_broker_writes_a_consistent_report(tmp_path: Path) -> None:
+    """`fleet run CONFIG --duration 2 --report out.json` on an embedded broker exits 0 with a sound report."""
+    config = write(tmp_path, FLEET)
+    out = tmp_path / "out.json"
+    code, _, stderr = fleet("run", config, "--duration", 2, "--report", out)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+    report = load(out)
+    assert_consistent(report, SIZE)
+    assert report["meta"]["seed"] == 3
+    assert report["meta"]["devices"] == SIZE
+    assert 1.9 <= report["meta"]["duration_s"] < 10
+    assert report["fleet"]["reconnects"] == 0
+    assert report["fleet"]["wills_expected"] == 0
+    assert report["groups"]["b"]["published"]["1"] > 0
+    assert set(report["groups"]) == {"a", "b"}
+
+
+def test_run_against_nothing_listening_fails_with_one_line(tmp_path: Path) -> None:
+    """`--broker mqtt://127.0.0.1:<closed port> --duration 3` exits non-zero with a one-line reason."""
+    config = write(tmp_path, FLEET)
+    out = tmp_path / "out.json"
+    port = free_port()
+    code, _, stderr = fleet(
+        "run", config, "--broker", f"mqtt://127.0.0.1:{port}", "--duration", 3, "--report", out
+    )
+    line = error_line(code, stderr)
+    assert "connect" in line
+    assert f"127.0.0.1:{port}" in line
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path, start_fleet_broker: Callable[..., FleetBroker]) -> FleetBroker:
+    """`fleet broker` with a password file (alice / secret), so anonymous clients are refused."""
+    passwords = tmp_path / "passwords"
+    set_password(passwords, "alice", "secret")
+    return start_fleet_broker("--port", 0, "--ws-port", 0, "--password-file", passwords)
+
+
+@pytest.mark.parametrize(
+    ("credentials", "reason"),
+    [
+        ("", "not authorized (CONNACK return code 5)"),
+        ('username = "alice"\npassword = "wrong"\n', "bad user name or password (CONNACK return code 4)"),
+    ],
+    ids=["anonymous", "wrong-password"],
+)
+def test_run_against_a_broker_that_refuses_fails_with_refused(
+    tmp_path: Path, password_broker: FleetBroker, credentials: str, reason: str
+) -> None:
+    """A broker refusing the devices' CONNECT makes `fleet run` fail with one line: refused, and why."""
+    url = f"mqtt://127.0.0.1:{password_broker.port}"
+    config = write(tmp_path, external(url, credentials))
+    code, _, stderr = fleet("run", config, "--duration", 3, timeout=RUN_TIMEOUT)
+    line = error_line(code, stderr)
+    assert "refused" in line
+    assert reason in line
+
+
+def test_run_with_the_right_password_connects(tmp_path: Path, password_broker: FleetBroker) -> None:
+    """With the password file's credentials in [broker], the same fleet connects and exits 0."""
+    url = f"mqtt://127.0.0.1:{password_broker.port}"
+    config = write(tmp_path, external(url, 'username = "alice"\npassword = "secret"\n'))
+    out = tmp_path / "out.json"
+    code, _, stderr = fleet("run", config, "--duration", 1, "--report", out)
+    assert code == 0, stderr
+    assert_consistent(load(out), SIZE)
+
+
+def test_run_with_a_missing_config_is_a_clear_error(tmp_path: Path) -> None:
+    """`fleet run` naming a config that does not exist exits non-zero with 'file: no such file'."""
+    missing = tmp_path / "absent.toml"
+    code, stdout, stderr = fleet("run", missing, "--duration", 1)
+    assert error_line(code, stderr) == f"Error: {missing}: no such file"
+    assert stdout == ""
+
+
+def test_run_with_an_invalid_config_names_the_field(tmp_path: Path) -> None:
+    """`fleet run` on an invalid config exits non-zero with 'file: field.path: reason' and starts nothing."""
+    config = write(tmp_path, FLEET.replace("interval = 0.3", "interval = 0"))
+    code, _, stderr = fleet("run", config, "--duration", 1)
+    assert error_line(code, stderr).startswith(f"Error: {config}: groups[1].interval: ")
+    assert "listening" not in stderr
+
+
+@pytest.mark.parametrize("shard", ["3/2", "0/2", "1", "a/b"])
+def test_run_with_a_bad_shard_is_a_usage_error(tmp_path: Path, shard: str) -> None:
+    """A --shard that is not I/N with 1 <= I <= N is a usage error naming --shard."""
+    config = write(tmp_path, FLEET)
+    code, _, stderr = fleet("run", config, "--shard", shard, "--duration", 1)
+    assert code == 2
+    assert "--shard" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_shard_reports_merge_into_the_whole_fleet(tmp_path: Path, procs: Callable[..., Proc]) -> None:
+    """`--shard 1/2` and `--shard 2/2` run disjoint parts; `fleet report merge A B -o M` counts the fleet."""
+    config = write(tmp_path, FLEET)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    shards = [
+        procs(*fleet_argv("run", config, "--shard", f"{n}/2", "--duration", 2, "--report", path))
+        for n, path in zip((1, 2), paths, strict=True)
+    ]
+    for proc in shards:
+        assert proc.wait(RUN_TIMEOUT) == 0, proc.describe()
+    first, second = (load(path) for path in paths)
+    assert [first["meta"]["shard"], second["meta"]["shard"]] == ["1/2", "2/2"]
+    assert first["fleet"]["devices"] + second["fleet"]["devices"] == SIZE
+    assert abs(first["fleet"]["devices"] - second["fleet"]["devices"]) <= 1
+    assert_consistent(first, first["fleet"]["devices"])
+
+    merged_path = tmp_path / "merged.json"
+    code, _, stderr = fleet("report", "merge", paths[0], paths[1], "-o", merged_path)
+    assert code == 0, stderr
+    merged = load(merged_path)
+    assert_consistent(merged, SIZE)
+    for key in ("connects", "wills_expected"):
+        assert merged["fleet"][key] == first["fleet"][key] + second["fleet"][key]
+    assert merged["fleet"]["connect_latency_s"]["count"] == SIZE
+    assert [meta["shard"] for meta in merged["meta"]["merged"]] == ["1/2", "2/2"]
+
+
+def test_report_merge_of_a_missing_report_is_a_clear_error(tmp_path: Path) -> None:
+    """`fleet report merge` naming a file that does not exist exits non-zero with one line, no traceback."""
+    missing = tmp_path / "absent.json"
+    code, _, stderr = fleet("report", "merge", missing)
+    assert error_line(code, stderr) == f"Error: {missing}: no such file"
+
+
+def test_workers_run_the_whole_fleet(tmp_path: Path) -> None:
+    """`fleet run --workers 2` spreads the fleet over two processes and reports every device."""
+    config = write(tmp_path, FLEET)
+    out = tmp_path / "out.json"
+    code, _, stderr = fleet("run", config, "--workers", 2, "--duration", 2, "--report", out)
+    assert code == 0, stderr
+    report = load(out)
+    assert_consistent(report, SIZE)
+    assert report["meta"]["workers"] == 2
+    assert report["fleet"]["connects"] == SIZE
+
+
+def test_seed_option_changes_device_values(
+    tmp_path: Path, start_fleet_broker: Callable[..., FleetBroker], paho_client: Callable[..., Paho]
+) -> None:
+    """`--seed 11` overrides the config's seed: the devices send the values seed 11 gives, not seed 3's."""
+    broker = start_fleet_broker("--port", 0, "--ws-port", 0)
+    observer = paho_client("seed-observer")
+    observer.connect(broker.port)
+    assert observer.subscribe("fleet/+/telemetry", 1) == [1]
+    config = write(tmp_path, DEVICES_ONLY)
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    out = tmp_path / "out.json"
+    code, _, stderr = fleet("run", config, "--broker", url, "--seed", 11, "--duration", 1.5, "--report", out)
+    assert code == 0, stderr
+    assert load(out)["meta"]["seed"] == 11
+
+    group = load_fleet_config(config).groups[0]  # "a": a uniform metric, no jitter
+    expected: dict[str, Any] = {}
+    with_config_seed: dict[str, Any] = {}
+    for index in range(group.count):
+        for seed, into in ((11, expected), (3, with_config_seed)):
+            device = Device(group, index, seed)
+            device.next_delay()  # as the simulator does before each message
+            into[device.id] = json.loads(device.telemetry(0.0))["values"]
+    assert expected != with_config_seed
+    seen: dict[str, Any] = {}
+    while set(seen) < set(expected):  # each message() waits a bounded time
+        body = json.loads(observer.message().payload)
+        if body["seq"] == 0 and body["device"] in expected:
+            seen[body["device"]] = body["values"]
+    assert seen == expected
