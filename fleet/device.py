@@ -18,9 +18,10 @@ from typing import Any, Literal
 from fleet.generators import Generator, make_generator
 from fleet.schema import Duration, Exponential, Fixed, Group, Normal, Uniform
 
-__all__ = ["Command", "Device", "DeviceTopics", "EndKind", "draw_duration"]
+__all__ = ["KNOWN_OPS", "Command", "Device", "DeviceTopics", "EndKind", "draw_duration"]
 
 EndKind = Literal["clean", "abrupt", "silent"]
+KNOWN_OPS = frozenset({"set_interval", "reboot", "go_offline", "ping"})
 _END_KINDS: tuple[EndKind, ...] = ("clean", "abrupt", "silent")
 
 
@@ -186,9 +187,7 @@ class Device:
             if value < 0:
                 return _refuse(command_id, op, "value must not be negative")
             return Command(op, _ack(command_id, True), offline_for=float(value))
-        return _refuse(
-            command_id, str(op), f"unknown op {op!r}; known: set_interval, reboot, go_offline, ping"
-        )
+        return _refuse(command_id, str(op), f"unknown op {op!r}; known: {', '.join(sorted(KNOWN_OPS))}")
 
 
 def _ack(command_id: Any, ok: bool, **extra: Any) -> bytes:

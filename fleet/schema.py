@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, WrapValidator, model_validato
 from fleet.config import load_toml, untagged, validated
 from fleet.errors import ConfigError, TopicError
 from fleet.generators import MetricSpec
-from fleet.topics import validate_filter, validate_topic
+from fleet.topics import validate_topic
 
 __all__ = [
     "Backoff",
@@ -137,7 +137,7 @@ class Topics(_Model):
             _check_fields(name, template, {"device", "group"})
             sample = template.format(device="d", group="g")
             try:
-                validate_filter(sample) if name == "command" else validate_topic(sample)
+                validate_topic(sample)
             except TopicError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return self

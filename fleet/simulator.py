@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fleet.device import Command, Device
+from fleet.device import KNOWN_OPS, Command, Device
 from fleet.errors import ConnectRefused, TransportError
 from fleet.packets import Connect, Publish, Will
 from fleet.report import GroupStats, Report
@@ -185,7 +185,7 @@ async def simulate(
 
     Then every connected device publishes its clean offline status and disconnects, so no will
     fires; cancelling this coroutine does the same. `ready` is called once every device has
-    connected once.
+    connected, subscribed to its commands and announced itself once.
     """
     devices = _fleet_devices(config, shard)
     report = Report(
@@ -252,6 +252,7 @@ class _DeviceRunner:
             live.connected += 1
             try:
                 await self._announce(link, present)
+                self._connected(device)
                 outcome, offline_for = await self._online(link, cycle)
             except asyncio.CancelledError:
                 await self._shutdown(link)
@@ -306,7 +307,6 @@ class _DeviceRunner:
                     stats.reconnects += 1
                     run.live.reconnects += 1
                     stats.reconnect_time.add(now - since)
-                self._connected(device)
                 return link, present
             stats.connect_failures += 1
             await asyncio.sleep(device.backoff(cycle, attempt))
@@ -342,7 +342,8 @@ class _DeviceRunner:
         if link is None or message.topic != device.topics.command:
             return
         command = device.command(message.payload, time.time())
-        self.stats.commands[command.op] += 1
+        # Anyone may publish to the command topic: count unknown ops under one key.
+        self.stats.commands[command.op if command.op in KNOWN_OPS else "unknown"] += 1
         self._publish(link, device.topics.ack, command.ack, device.group.qos.command)
         if command.reconnect or command.offline_for is not None:
             self._command = command
