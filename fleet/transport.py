@@ -15,20 +15,18 @@ Ways a link ends, as the broker sees them: `disconnect()` sends DISCONNECT (the 
 `abort()` closes the socket without it (the will fires); `go_silent()` stops writing while the
 socket stays open, so the broker drops the link after 1.5 x keepalive (the will fires).
 
-`AiomqttLink` offers the same API on aiomqtt, as the reference the lean transport is checked and
-benchmarked against.
+`fleet.websocket_link` carries a link over ws:// and wss://; `fleet.aiomqtt_link.AiomqttLink` offers
+the same API on aiomqtt, as the reference the lean transport is checked and benchmarked against.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import ssl as ssl_module
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal
 from urllib.parse import urlsplit
 
 from fleet.errors import (
@@ -36,7 +34,6 @@ from fleet.errors import (
     ConnectRefused,
     ProtocolError,
     TransportError,
-    UnsupportedOperation,
 )
 from fleet.packets import (
     PUBACK,
@@ -66,7 +63,15 @@ from fleet.packets import (
 )
 from fleet.topics import validate_filter, validate_topic
 
-__all__ = ["AiomqttLink", "ClientSession", "Endpoint", "InFlight", "Link", "make_connect"]
+__all__ = [
+    "ClientSession",
+    "Endpoint",
+    "InFlight",
+    "Link",
+    "make_connect",
+    "tls_context",
+    "validated_filters",
+]
 
 log = logging.getLogger("fleet.transport")
 
@@ -217,7 +222,7 @@ class ClientSession:
         return f"<ClientSession inflight={len(self.inflight)} received={len(self.received)}>"
 
 
-def _tls_context(endpoint: Endpoint, context: ssl_module.SSLContext | None) -> ssl_module.SSLContext | None:
+def tls_context(endpoint: Endpoint, context: ssl_module.SSLContext | None) -> ssl_module.SSLContext | None:
     if endpoint.tls:
         return context if context is not None else ssl_module.create_default_context()
     if context is not None:
@@ -225,7 +230,7 @@ def _tls_context(endpoint: Endpoint, context: ssl_module.SSLContext | None) -> s
     return None
 
 
-def _validated_filters(topics: list[tuple[str, int]]) -> None:
+def validated_filters(topics: list[tuple[str, int]]) -> None:
     if not topics:
         raise ValueError("subscribe needs at least one topic filter [MQTT-3.8.3-3]")
     for topic_filter, qos in topics:
@@ -323,7 +328,7 @@ class Link(asyncio.Protocol):
         and ProtocolError if the broker answers with something other than CONNACK.
         """
         link = cls(session, on_message, max_packet_size=max_packet_size)
-        present = await link._open(endpoint, connect, _tls_context(endpoint, ssl), timeout)
+        present = await link._open(endpoint, connect, tls_context(endpoint, ssl), timeout)
         return link, present
 
     async def _open(
@@ -339,7 +344,9 @@ class Link(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout):
                 if endpoint.websocket:
-                    await _WebSocketTransport.open(self, endpoint, context, connect.client_id)
+                    from fleet.websocket_link import WebSocketTransport
+
+                    await WebSocketTransport.open(self, endpoint, context, connect.client_id)
                 else:
                     await self._loop.create_connection(
                         lambda: self, endpoint.host, endpoint.port, ssl=context
@@ -458,7 +465,7 @@ class Link(asyncio.Protocol):
 
     async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> tuple[int, ...]:
         """Subscribe to (filter, QoS) pairs; return SUBACK's return codes (granted QoS, or 0x80)."""
-        _validated_filters(topics)
+        validated_filters(topics)
         packet_id = self._session.next_packet_id(self._requests)
         return await self._request(packet_id, encode_subscribe(packet_id, topics), len(topics), timeout)
 
@@ -752,358 +759,3 @@ class Link(asyncio.Protocol):
             raise ProtocolError(f"SUBACK has {len(codes)} return codes for {count} filters [MQTT-3.9.3-1]")
         if not future.done():
             future.set_result(codes)
-
-
-class _WebSocketTransport(asyncio.WriteTransport):
-    """Runs a `Link` over a websockets client connection: a reader task feeds each binary message to
-    the link, and a sender task sends what the link wrote as binary messages [MQTT-6.0.0-1]."""
-
-    def __init__(self, websocket: Any, link: Link, name: str) -> None:
-        super().__init__()
-        self._websocket = websocket
-        self._link = link
-        self._buffer = bytearray()
-        self._wakeup = asyncio.Event()
-        self._closing = False
-        self._tasks = (
-            asyncio.create_task(self._read(), name=f"fleet.link[{name}].ws-reader"),
-            asyncio.create_task(self._send(), name=f"fleet.link[{name}].ws-sender"),
-        )
-
-    @classmethod
-    async def open(
-        cls, link: Link, endpoint: Endpoint, context: ssl_module.SSLContext | None, name: str
-    ) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import WebSocketException
-        from websockets.typing import Subprotocol
-
-        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        uri = f"{endpoint.scheme}://{host}:{endpoint.port}{endpoint.path}"
-        try:
-            websocket = await connect(
-                uri,
-                subprotocols=[Subprotocol("mqtt")],
-                compression=None,
-                proxy=None,
-                open_timeout=None,  # Link.open bounds the whole handshake.
-                ping_interval=None,  # MQTT keepalive is the liveness check; a silent link stays silent.
-                max_size=None,  # The link's FrameReader enforces the packet size.
-                ssl=context,
-            )
-        except WebSocketException as exc:
-            raise TransportError(f"WebSocket handshake with {endpoint} failed: {exc}") from exc
-        if websocket.subprotocol != "mqtt":
-            await websocket.close()
-            raise TransportError(f"{endpoint} did not accept the WebSocket subprotocol 'mqtt'")
-        transport = cls(websocket, link, name)
-        link.connection_made(transport)
-
-    async def _read(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        link = self._link
-        error: Exception | None = None
-        try:
-            async for message in self._websocket:
-                if isinstance(message, str):
-                    link._fail(
-                        ProtocolError("a text WebSocket frame; MQTT uses binary frames [MQTT-6.0.0-1]")
-                    )
-                    break
-                link.data_received(message)
-        except ConnectionClosed as exc:
-            if exc.rcvd is None or exc.rcvd.code != 1000:
-                error = exc
-        finally:
-            self._closing = True
-            self._wakeup.set()
-            self._websocket.transport.abort()
-            link.connection_lost(error)
-
-    async def _send(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        websocket = self._websocket
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                if self._buffer:
-                    data = bytes(self._buffer)
-                    self._buffer.clear()
-                    await websocket.send(data)
-                if self._closing:
-                    await websocket.close()
-                    return
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._websocket.transport.get_extra_info(name, default)
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._closing:
-            self._buffer += data
-            self._wakeup.set()
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return len(self._buffer)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """WebSocket links buffer without a limit (they are few)."""
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        self._closing = True
-        self._wakeup.set()
-
-    def abort(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self._websocket.transport.abort()
-        self._wakeup.set()
-
-
-# aiomqtt reports a v3.1.1 CONNACK refusal as paho's MQTT 5 reason code; these are the 3.1.1 codes.
-_PAHO_REFUSALS = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
-
-
-class AiomqttLink:
-    """The `Link` API on aiomqtt 2.5.1: the reference transport for fidelity checks and benchmarks.
-
-    What aiomqtt allows, and where this differs from `Link`:
-
-    - `abort()` shuts down the paho socket (`shutdown(SHUT_RDWR)`) without DISCONNECT. The broker sees
-      the connection end and publishes the will, as with `Link.abort()`; paho then notices the EOF
-      and closes the socket itself.
-    - `go_silent()` raises UnsupportedOperation: paho writes PINGREQ from its own housekeeping and
-      has no way to stop writing while keeping the socket open.
-    - There is no client-side session: each `open()` makes a new paho client, which knows nothing of
-      the previous one's unacknowledged messages, so nothing is re-sent on reconnect [MQTT-4.4.0-1].
-      The `session` argument is accepted for API compatibility only. Publish futures still pending
-      when the link ends fail with ConnectionLost.
-    - `publish()` runs aiomqtt's `Client.publish` coroutine in a task, because the API is
-      synchronous; the task's Event and timeout are aiomqtt's own cost, kept on purpose for the
-      benchmark. Incoming messages are read by one task per link from `Client.messages`.
-    - CONNACK's session-present flag is read by wrapping paho's `on_connect` (aiomqtt hides it).
-    - Incoming PUBLISH values carry `dup=False`: aiomqtt does not expose the flag.
-    """
-
-    def __init__(self, session: ClientSession, on_message: Callable[[Publish], None]) -> None:
-        self._session = session
-        self._on_message = on_message
-        self._loop = asyncio.get_running_loop()
-        self._closed: asyncio.Future[Exception | None] = self._loop.create_future()
-        self._closed_view: asyncio.Future[Exception | None] | None = None
-        self._client: Any = None
-        self._session_present = False
-        self._aborted = False
-        self._clean_close = False
-        self._pending: set[asyncio.Future[None]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._reader: asyncio.Task[None] | None = None
-
-    @classmethod
-    async def open(
-        cls,
-        endpoint: Endpoint,
-        connect: Connect,
-        *,
-        session: ClientSession,
-        on_message: Callable[[Publish], None],
-        ssl: ssl_module.SSLContext | None = None,
-        timeout: float = 10.0,
-    ) -> tuple[AiomqttLink, bool]:
-        """Connect as `Link.open` does; same errors, same return value."""
-        link = cls(session, on_message)
-        await link._open(endpoint, connect, _tls_context(endpoint, ssl), timeout)
-        return link, link._session_present
-
-    async def _open(
-        self, endpoint: Endpoint, connect: Connect, context: ssl_module.SSLContext | None, timeout: float
-    ) -> None:
-        import aiomqtt
-        from aiomqtt.exceptions import MqttConnectError
-
-        if connect.clean_session:
-            self._session.discard(f"{connect.client_id!r} connected with a clean session")
-        will = connect.will
-        client = aiomqtt.Client(
-            endpoint.host,
-            endpoint.port,
-            identifier=connect.client_id,
-            clean_session=connect.clean_session,
-            keepalive=connect.keepalive,
-            will=None if will is None else aiomqtt.Will(will.topic, will.payload, will.qos, will.retain),
-            transport="websockets" if endpoint.websocket else "tcp",
-            websocket_path=endpoint.path if endpoint.websocket else None,
-            tls_context=context,
-            timeout=timeout,
-        )
-        paho = client._client
-        if connect.username is not None:
-            # paho keeps a bytes password as it is (its annotation says str).
-            paho.username_pw_set(connect.username, cast(str | None, connect.password))
-        on_connect = paho.on_connect
-
-        def record_session_present(*args: Any) -> None:
-            self._session_present = bool(args[2].session_present)
-            if on_connect is not None:
-                on_connect(*args)
-
-        paho.on_connect = record_session_present
-        self._client = client
-        try:
-            async with asyncio.timeout(timeout):
-                await client.__aenter__()
-        except MqttConnectError as exc:
-            rc = exc.rc
-            code = rc if isinstance(rc, int) else (0 if rc is None else int(rc.value))
-            raise ConnectRefused(_PAHO_REFUSALS.get(code, code)) from exc
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
-        except TimeoutError:
-            raise TransportError(f"{endpoint}: no CONNACK within {timeout}s") from None
-        client._disconnected.add_done_callback(self._disconnected)
-        self._reader = self._loop.create_task(self._read(), name=f"aiomqtt[{connect.client_id}].fleet-reader")
-
-    async def _read(self) -> None:
-        import aiomqtt
-
-        with contextlib.suppress(aiomqtt.MqttError):
-            async for message in self._client.messages:
-                packet = Publish(
-                    message.topic.value,
-                    message.payload,
-                    message.qos,
-                    message.retain,
-                    False,
-                    message.mid or None,
-                )
-                try:
-                    self._on_message(packet)
-                except Exception:
-                    log.exception("on_message failed for a message on %s", packet.topic)
-
-    def _disconnected(self, future: asyncio.Future[None]) -> None:
-        error = None if future.cancelled() else future.exception()
-        result: Exception | None
-        if self._clean_close:
-            result = None
-        elif self._aborted:
-            result = ConnectionLost("the link was aborted")
-        else:
-            result = ConnectionLost(f"the connection failed: {error}")
-            result.__cause__ = error
-        self._end(result)
-
-    def _end(self, result: Exception | None) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        for future in list(self._pending):
-            if not future.done():
-                future.set_exception(ConnectionLost("the link closed before the broker acknowledged"))
-                future.exception()
-        self._pending.clear()
-        if not self._closed.done():
-            self._closed.set_result(result)
-
-    @property
-    def closed(self) -> asyncio.Future[Exception | None]:
-        """As `Link.closed`."""
-        view = self._closed_view
-        if view is None or view.cancelled():
-            view = self._closed_view = asyncio.shield(self._closed)
-        return view
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None and not self._closed.done() and not self._aborted
-
-    @property
-    def session(self) -> ClientSession:
-        return self._session
-
-    def publish(
-        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
-    ) -> asyncio.Future[None] | None:
-        """As `Link.publish`, through `aiomqtt.Client.publish` run in a task."""
-        validate_topic(topic)
-        if qos not in (0, 1, 2):
-            raise ValueError(f"QoS must be 0, 1 or 2, got {qos}")
-        if not self.connected:
-            raise ConnectionLost("the link is closed")
-        task = self._loop.create_task(self._client.publish(topic, payload, qos, retain))
-        self._tasks.add(task)
-        if qos == 0:
-            task.add_done_callback(self._forget)
-            return None
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._pending.add(future)
-
-        def settle(task: asyncio.Task[None]) -> None:
-            self._tasks.discard(task)
-            self._pending.discard(future)
-            if future.done():
-                return
-            if task.cancelled():
-                future.set_exception(ConnectionLost("the link closed before the broker acknowledged"))
-            elif task.exception() is not None:
-                future.set_exception(TransportError(f"publish failed: {task.exception()}"))
-            else:
-                future.set_result(None)
-                return
-            future.exception()  # Not logged if nobody awaits it, as with Link's futures.
-
-        task.add_done_callback(settle)
-        return future
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a QoS 0 publish over aiomqtt failed: %s", task.exception())
-
-    async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> tuple[int, ...]:
-        """As `Link.subscribe`."""
-        import aiomqtt
-
-        _validated_filters(topics)
-        try:
-            codes = await self._client.subscribe(topics, timeout=timeout)
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"subscribe failed: {exc}") from exc
-        return tuple(int(getattr(code, "value", code)) for code in codes)
-
-    async def disconnect(self, timeout: float = 10.0) -> None:
-        """Send DISCONNECT and close. paho closes its socket right after writing DISCONNECT, so unlike
-        `Link.disconnect()` this does not wait for the broker to have processed it."""
-        if self._closed.done():
-            return
-        self._clean_close = True
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(timeout):
-                await self._client.__aexit__(None, None, None)
-        self._end(None)
-
-    def abort(self) -> None:
-        """Shut the socket down without DISCONNECT; paho sees the EOF and ends the connection."""
-        if self._closed.done() or self._aborted:
-            return
-        self._aborted = True
-        sock = self._client._client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def go_silent(self) -> None:
-        """Unsupported over aiomqtt (see the class docstring)."""
-        raise UnsupportedOperation(
-            "go_silent() is not possible over aiomqtt: paho sends PINGREQ on its own and cannot stop "
-            "writing while keeping the socket open; use Link"
-        )

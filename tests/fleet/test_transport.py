@@ -18,6 +18,7 @@ import pytest
 
 from broker.auth import set_password
 from broker.server import Broker
+from fleet.aiomqtt_link import AiomqttLink
 from fleet.errors import ConnectionLost, ConnectRefused, ProtocolError, TransportError, UnsupportedOperation
 from fleet.packets import (
     Connect,
@@ -34,7 +35,7 @@ from fleet.packets import (
     puback,
     suback,
 )
-from fleet.transport import AiomqttLink, ClientSession, Endpoint, Link, make_connect
+from fleet.transport import ClientSession, Endpoint, Link, make_connect
 from tests.conftest import BrokerFactory
 from tests.procs import Proc, free_port
 
