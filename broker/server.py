@@ -25,7 +25,7 @@ from broker.config import BrokerSettings, is_loopback
 from broker.connection import Connection
 from broker.message import Message
 from broker.retained import RetainedStore
-from broker.routing import SubscriptionTree
+from fleet.routing import SubscriptionTree
 from broker.session import Limits, Session
 from broker.stats import Stats
 from broker.websocket import WebSocketTransport

@@ -1,7 +1,8 @@
 """The subscription tree: routes a topic to its subscribers without looking at unrelated filters.
 
-A publish costs time proportional to the topic's depth and the filters that actually match it,
-not to the number of subscriptions in the broker (amqtt 0.12.1 scans every filter).
+A lookup costs time proportional to the topic's depth and the filters that actually match it, not
+to the number of subscriptions (amqtt 0.12.1 scans every filter). The broker routes publishes with
+it, and the bridges route events to their consumers.
 """
 
 from __future__ import annotations
