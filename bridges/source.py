@@ -1,0 +1,118 @@
+"""The bridge's MQTT side: one aiomqtt client that feeds the Hub, reconnects with backoff and
+resubscribes, and publishes commands on behalf of consumers. It works against any broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiomqtt
+
+from bridges.hub import Hub
+from fleet.errors import FleetError, TopicError
+from fleet.topics import matches, validate_topic
+
+__all__ = ["BrokerUnavailable", "MqttSource", "SourceSettings"]
+
+log = logging.getLogger("bridges.source")
+
+
+class BrokerUnavailable(FleetError):
+    """The bridge is not connected to its broker right now."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    transport: str = "tcp"  # or "websockets"
+    websocket_path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: ssl.SSLContext | None = None
+    subscriptions: tuple[str, ...] = ("#",)
+    qos: int = 1
+    # Consumers may publish only to topics matching these filters (by default, device commands).
+    publish_allowed: tuple[str, ...] = ("fleet/+/cmd",)
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+
+
+class MqttSource:
+    """Owns the MQTT connection of one bridge process; `run()` until cancelled."""
+
+    def __init__(self, hub: Hub, settings: SourceSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self._client: aiomqtt.Client | None = None
+        self.identifier = f"fleet-bridge-{uuid.uuid4().hex[:12]}"
+
+    async def run(self) -> None:
+        settings = self.settings
+        attempt = 0
+        while True:
+            client = aiomqtt.Client(
+                settings.host,
+                settings.port,
+                identifier=self.identifier,
+                username=settings.username,
+                password=settings.password,
+                transport=settings.transport,  # type: ignore[arg-type]
+                websocket_path=settings.websocket_path,
+                tls_context=settings.tls,
+                clean_session=True,
+                keepalive=15,
+            )
+            try:
+                async with client:
+                    for topic_filter in settings.subscriptions:
+                        await client.subscribe(topic_filter, qos=settings.qos)
+                    self._client = client
+                    attempt = 0
+                    log.info("bridge connected to %s:%d", settings.host, settings.port)
+                    self.hub.broker_status(True, f"connected to {settings.host}:{settings.port}")
+                    async for message in client.messages:
+                        payload = message.payload
+                        data = payload if isinstance(payload, bytes) else str(payload).encode()
+                        self.hub.ingest(message.topic.value, data, qos=message.qos, retain=message.retain)
+            except aiomqtt.MqttError as exc:
+                reason = f"broker {settings.host}:{settings.port} unreachable: {exc}"
+                if self.hub.broker_connected or attempt == 0:
+                    log.warning("%s; retrying with backoff", reason)
+                    self.hub.broker_status(False, reason)
+            finally:
+                self._client = None
+            delay = min(settings.backoff_max, settings.backoff_initial * 2 ** min(attempt, 16))
+            attempt += 1
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def check_publish(self, topic: str) -> None:
+        """Raise TopicError unless consumers may publish to `topic`."""
+        validate_topic(topic)
+        if not any(matches(allowed, topic) for allowed in self.settings.publish_allowed):
+            allowed = ", ".join(self.settings.publish_allowed)
+            raise TopicError(f"publishing to {topic!r} is not allowed; allowed: {allowed}")
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish for a consumer; raises TopicError for a forbidden topic, BrokerUnavailable when down."""
+        self.check_publish(topic)
+        if qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, not {qos}")
+        client = self._client
+        if client is None:
+            raise BrokerUnavailable("the bridge is not connected to its broker")
+        try:
+            await client.publish(topic, payload, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailable(f"publish failed: {exc}") from exc
+
+
+def parse_filters(values: Sequence[str]) -> tuple[str, ...]:
+    """Filters from repeated options or comma lists; each validated."""
+    filters = tuple(f.strip() for value in values for f in value.split(",") if f.strip())
+    return Hub.validate_filters(filters)

@@ -1,0 +1,125 @@
+"""The Hub and the envelope: one encoding per message, filters, bounded queues, replay and reset."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from bridges.envelope import classify
+from bridges.hub import ConsumerClosed, Dropped, Hub, Reset
+from fleet.errors import TopicError
+
+
+def test_envelope_has_the_architecture_fields_and_is_encoded_once() -> None:
+    """An event carries id, topic, device, kind, qos, retain, received_at and the decoded payload."""
+    hub = Hub()
+    event = hub.ingest("fleet/thermo-0007/telemetry", b'{"seq": 42}', qos=1, retain=False)
+    envelope = json.loads(event.json)
+    assert {k: envelope[k] for k in ("id", "topic", "device", "kind", "qos", "retain", "payload")} == {
+        "id": 1,
+        "topic": "fleet/thermo-0007/telemetry",
+        "device": "thermo-0007",
+        "kind": "telemetry",
+        "qos": 1,
+        "retain": False,
+        "payload": {"seq": 42},
+    }
+    assert isinstance(envelope["received_at"], float)
+
+
+def test_a_payload_that_is_not_json_is_carried_as_base64() -> None:
+    """Binary payloads become payload null plus payload_base64."""
+    event = Hub().ingest("sensors/raw", b"\xff\x00binary", qos=0, retain=True)
+    envelope = json.loads(event.json)
+    assert envelope["payload"] is None
+    assert base64.b64decode(envelope["payload_base64"]) == b"\xff\x00binary"
+    assert (envelope["kind"], envelope["device"], envelope["retain"]) == ("raw", None, True)
+
+
+@pytest.mark.parametrize(
+    ("topic", "expected"),
+    [
+        ("fleet/d1/telemetry", ("d1", "telemetry")),
+        ("fleet/d1/status", ("d1", "status")),
+        ("fleet/d1/cmd/ack", ("d1", "ack")),
+        ("fleet/d1/cmd", ("d1", "raw")),
+        ("other/d1/telemetry", (None, "raw")),
+        ("fleet", (None, "raw")),
+    ],
+)
+def test_kinds_follow_the_topic_scheme(topic: str, expected: tuple[str | None, str]) -> None:
+    """Topics of the default scheme get their kind and device; anything else is raw."""
+    assert classify(topic) == expected
+
+
+async def test_consumers_get_only_what_their_filters_match() -> None:
+    """Each consumer receives the events its MQTT-style filters match, in order."""
+    hub = Hub()
+    status = hub.add(["fleet/+/status"], transport="test")
+    everything = hub.add(["#"], transport="test")
+    hub.ingest("fleet/a/telemetry", b"1", qos=0, retain=False)
+    hub.ingest("fleet/a/status", b"2", qos=0, retain=False)
+    got = await status.get()
+    assert getattr(got, "topic", None) == "fleet/a/status"
+    assert status.queued == 0
+    assert [getattr(await everything.get(), "id", None) for _ in range(2)] == [1, 2]
+
+
+def test_bad_filters_are_refused_with_the_rule() -> None:
+    """A consumer with an invalid filter is refused with a TopicError naming the rule."""
+    with pytest.raises(TopicError, match="must be the last level"):
+        Hub().add(["fleet/#/x"], transport="test")
+    with pytest.raises(TopicError, match="at least one"):
+        Hub().add([], transport="test")
+
+
+async def test_drop_oldest_keeps_the_newest_and_tells_the_consumer() -> None:
+    """A full queue drops its oldest events, and the consumer learns how many before the next event."""
+    hub = Hub(queue_size=3)
+    slow = hub.add(["#"], transport="test")
+    fast = hub.add(["#"], transport="test", size=100)
+    for index in range(5):
+        hub.ingest("t", str(index).encode(), qos=0, retain=False)
+    assert await slow.get() == Dropped(2, 2)
+    assert [getattr(await slow.get(), "payload", None) for _ in range(3)] == [2, 3, 4]
+    assert [getattr(await fast.get(), "payload", None) for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert hub.drops == {"test": 2}
+
+
+async def test_disconnect_policy_closes_a_slow_consumer_with_a_reason() -> None:
+    """Under the disconnect policy a full queue closes the consumer; the others are untouched."""
+    hub = Hub(queue_size=2)
+    slow = hub.add(["#"], transport="test", policy="disconnect")
+    other = hub.add(["#"], transport="test")
+    for index in range(3):
+        hub.ingest("t", str(index).encode(), qos=0, retain=False)
+    with pytest.raises(ConsumerClosed, match="too slow"):
+        await slow.get()
+    assert slow not in hub.consumers
+    assert other.queued == 2
+
+
+async def test_resume_replays_inside_the_ring_and_resets_outside_it() -> None:
+    """after_id inside the ring replays exactly the missed events; older than the ring gives a Reset first."""
+    hub = Hub(ring_size=4)
+    for index in range(6):
+        hub.ingest("fleet/d/telemetry", str(index).encode(), qos=0, retain=False)
+    resumed = hub.add(["#"], transport="test", after_id=4)
+    assert [getattr(await resumed.get(), "id", None) for _ in range(2)] == [5, 6]
+    assert resumed.queued == 0
+    late = hub.add(["#"], transport="test", after_id=1)
+    assert await late.get() == Reset(after_id=1, oldest_id=3)
+    assert [getattr(await late.get(), "id", None) for _ in range(4)] == [3, 4, 5, 6]
+
+
+async def test_broker_status_reaches_every_consumer_whatever_its_filters() -> None:
+    """A broker status change is an event of kind 'bridge' for every consumer."""
+    hub = Hub()
+    narrow = hub.add(["fleet/x/status"], transport="test")
+    hub.broker_status(False, "broker down")
+    event = await asyncio.wait_for(narrow.get(), 1)
+    assert getattr(event, "kind", None) == "bridge"
+    assert getattr(event, "payload", None) == {"connected": False, "reason": "broker down"}
