@@ -25,7 +25,6 @@ from broker.config import BrokerSettings, is_loopback
 from broker.connection import Connection
 from broker.message import Message
 from broker.retained import RetainedStore
-from fleet.routing import SubscriptionTree
 from broker.session import Limits, Session
 from broker.stats import Stats
 from broker.websocket import WebSocketTransport
@@ -44,6 +43,7 @@ from fleet.packets import (
     suback,
     unsuback,
 )
+from fleet.routing import SubscriptionTree
 from fleet.topics import validate_filter
 
 __all__ = ["Broker", "running"]

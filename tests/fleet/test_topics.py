@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from broker.message import Message
 from broker.retained import RetainedStore
-from fleet.routing import SubscriptionTree
 from fleet.errors import TopicError
+from fleet.routing import SubscriptionTree
 from fleet.topics import matches, validate_filter, validate_topic
 
 
