@@ -1,0 +1,391 @@
+"""The gRPC bridge end to end: a real broker, a real MqttSource, a grpc.aio server and client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, get_args
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2, json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+from bridges.envelope import Kind, make_event
+from bridges.grpc_service import SERVICE_NAME, FleetBridgeServicer, event_message, grpc_server
+from bridges.hub import Hub, Policy
+from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
+from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
+from bridges.source import MqttSource, SourceSettings
+from broker.server import Broker
+from tests.rawmqtt import RawClient
+
+TIMEOUT = 5.0
+Stub = bridge_pb2_grpc.FleetBridgeServiceStub
+
+
+@pytest.fixture
+def hub() -> Hub:
+    """A hub with default sizes."""
+    return Hub()
+
+
+@pytest.fixture
+async def source(hub: Hub, broker: Broker) -> AsyncIterator[MqttSource]:
+    """A real MqttSource feeding `hub` from `broker`, connected and subscribed."""
+    mqtt = MqttSource(hub, SourceSettings(port=broker.port, backoff_initial=0.05))
+    probe = hub.add(["$bridge/broker"], transport="test")
+    task = asyncio.create_task(mqtt.run(), name="test.source")
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            news = await probe.get()  # the source reports "connected" once it has subscribed
+        assert hub.broker_connected, news
+        probe.close("probe done")
+        yield mqtt
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    hub: Hub, source: Any, *, policy: Policy = "drop-oldest", queue_size: int | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    async with (
+        grpc_server(hub, source, policy=policy, queue_size=queue_size) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield channel
+
+
+@pytest.fixture
+async def channel(hub: Hub, source: MqttSource) -> AsyncIterator[grpc.aio.Channel]:
+    """A client channel to a gRPC bridge on `hub` and `source`, on a free port."""
+    async with serving(hub, source) as client_channel:
+        yield client_channel
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> Stub:
+    """The generated FleetBridgeService stub on `channel`."""
+    return bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+
+
+@pytest.fixture
+async def publisher(broker: Broker) -> AsyncIterator[RawClient]:
+    """A connected raw MQTT client."""
+    client = await RawClient.open(broker.port)
+    await client.connect("test-publisher")
+    yield client
+    await client.close()
+
+
+async def subscribe(stub: Stub, *filters: str, resume_after_id: int | None = None) -> Any:
+    """Start Subscribe and wait until the server has registered it (its response headers)."""
+    request = pb.SubscribeRequest(filters=filters)
+    if resume_after_id is not None:
+        request.resume_after_id = resume_after_id
+    call = stub.Subscribe(request, timeout=30)
+    async with asyncio.timeout(TIMEOUT):
+        await call.initial_metadata()
+    return call
+
+
+async def read(call: Any) -> pb.SubscribeResponse:
+    async with asyncio.timeout(TIMEOUT):
+        response = await call.read()
+    assert isinstance(response, pb.SubscribeResponse), response
+    return response
+
+
+async def read_event(call: Any) -> pb.Event:
+    response = await read(call)
+    assert response.WhichOneof("item") == "event", response
+    return response.event
+
+
+async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async with asyncio.timeout(TIMEOUT):
+            await awaitable
+    return caught.value
+
+
+async def test_subscribe_delivers_the_envelope_of_a_json_message(
+    stub: Stub, hub: Hub, publisher: RawClient
+) -> None:
+    """A JSON payload arrives as a google.protobuf.Value, with every envelope field as in the JSON form."""
+    call = await subscribe(stub, "fleet/#")
+    before = time.time()
+    publisher.publish(
+        "fleet/dev-1/telemetry", b'{"device": "dev-1", "seq": 42, "values": {"t": 21.5}}', qos=1
+    )
+    event = await read_event(call)
+    call.cancel()
+
+    assert event.topic == "fleet/dev-1/telemetry"
+    assert event.HasField("device")
+    assert event.device == "dev-1"
+    assert (event.kind, event.qos, event.retain) == (pb.KIND_TELEMETRY, 1, False)
+    assert before - 1 <= event.received_at <= time.time()
+    assert event.WhichOneof("payload") == "json"
+    assert json_format.MessageToDict(event.json) == {"device": "dev-1", "seq": 42, "values": {"t": 21.5}}
+    envelope = json.loads(hub.ring[-1].json)
+    assert (event.id, event.received_at) == (envelope["id"], envelope["received_at"])
+
+
+async def test_subscribe_delivers_a_binary_payload_as_raw_bytes(stub: Stub, publisher: RawClient) -> None:
+    """A payload that is not JSON arrives in `raw`, byte for byte, and a topic outside the scheme is raw."""
+    call = await subscribe(stub, "#")
+    publisher.publish("sensors/blob", b"\xff\x00not json", qos=0)
+    event = await read_event(call)
+    call.cancel()
+
+    assert event.topic == "sensors/blob"
+    assert not event.HasField("device")
+    assert event.kind == pb.KIND_RAW
+    assert event.WhichOneof("payload") == "raw"
+    assert event.raw == b"\xff\x00not json"
+
+
+async def test_filters_select_topics(stub: Stub, publisher: RawClient) -> None:
+    """A `fleet/+/status` stream gets status messages only: the telemetry sent before it never arrives."""
+    call = await subscribe(stub, "fleet/+/status")
+    publisher.publish("fleet/dev-1/telemetry", b'{"seq": 1}', qos=0)
+    publisher.publish("fleet/dev-1/status", b'{"online": true}', qos=0)
+    event = await read_event(call)
+    call.cancel()
+
+    assert (event.topic, event.kind) == ("fleet/dev-1/status", pb.KIND_STATUS)
+    assert json_format.MessageToDict(event.json) == {"online": True}
+
+
+@pytest.mark.parametrize(
+    ("filters", "reason"),
+    [
+        (["fleet/#/status"], "'#' must be the last level"),
+        (["fleet/dev+/status"], "'+' must occupy a whole level"),
+        ([], "at least one topic filter is needed"),
+    ],
+)
+async def test_bad_filters_are_invalid_argument(stub: Stub, filters: list[str], reason: str) -> None:
+    """An invalid or missing filter ends Subscribe with INVALID_ARGUMENT and the rule it breaks."""
+    call = stub.Subscribe(pb.SubscribeRequest(filters=filters))
+    error = await rpc_error(call.read())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (error.details() or "")
+
+
+def ingest(hub: Hub, count: int) -> list[int]:
+    return [
+        hub.ingest(f"fleet/dev-{n}/telemetry", b'{"seq": %d}' % n, qos=0, retain=False).id
+        for n in range(count)
+    ]
+
+
+async def test_resume_inside_the_ring_replays_what_was_missed(broker: Broker) -> None:
+    """Resuming from an id the ring still follows replays exactly the later events, then goes live."""
+    hub = Hub(ring_size=3)
+    async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port))) as channel:
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        ids = ingest(hub, 5)  # the ring keeps ids[2:]
+        call = await subscribe(stub, "fleet/#", resume_after_id=ids[2])
+        assert [(await read_event(call)).id for _ in range(2)] == ids[3:]
+        live = hub.ingest("fleet/dev-9/status", b"{}", qos=0, retain=False)
+        assert (await read_event(call)).id == live.id
+        call.cancel()
+
+
+async def test_resume_outside_the_ring_starts_with_reset(broker: Broker) -> None:
+    """Resuming from an id older than the ring yields a Reset naming the gap, then the whole ring."""
+    hub = Hub(ring_size=3)
+    async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port))) as channel:
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        ids = ingest(hub, 5)
+        call = await subscribe(stub, "fleet/#", resume_after_id=ids[0])
+        first = await read(call)
+        assert first.WhichOneof("item") == "reset"
+        assert (first.reset.after_id, first.reset.oldest_id) == (ids[0], ids[2])
+        assert [(await read_event(call)).id for _ in range(3)] == ids[2:]
+        call.cancel()
+
+
+async def test_subscribe_without_resume_starts_live(broker: Broker) -> None:
+    """Without resume_after_id the stream starts with the next event; the ring is not replayed."""
+    hub = Hub()
+    async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port))) as channel:
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        ingest(hub, 3)
+        call = await subscribe(stub, "fleet/#")
+        live = hub.ingest("fleet/dev-9/status", b"{}", qos=0, retain=False)
+        assert (await read_event(call)).id == live.id
+        call.cancel()
+
+
+async def test_a_slow_stream_sees_dropped_counts(broker: Broker) -> None:
+    """Under drop-oldest, a stream that falls behind gets a Dropped item, then the newest events."""
+    hub = Hub()
+    async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port)), queue_size=2) as channel:
+        call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
+        ids = ingest(hub, 5)  # all at once: the server gets no chance to send in between
+        first = await read(call)
+        assert first.WhichOneof("item") == "dropped"
+        assert (first.dropped.count, first.dropped.total) == (3, 3)
+        assert [(await read_event(call)).id for _ in range(2)] == ids[3:]
+        call.cancel()
+    assert hub.drops == {"grpc": 3}
+
+
+async def test_a_slow_stream_is_cut_under_the_disconnect_policy(broker: Broker) -> None:
+    """Under the disconnect policy, overflowing the queue ends the stream with RESOURCE_EXHAUSTED."""
+    hub = Hub()
+    source = MqttSource(hub, SourceSettings(port=broker.port))
+    async with serving(hub, source, policy="disconnect", queue_size=2) as channel:
+        call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
+        ingest(hub, 3)
+        error = await rpc_error(call.read())
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too slow" in (error.details() or "")
+    assert not hub.consumers
+
+
+async def test_closing_the_stream_removes_the_consumer(stub: Stub, hub: Hub) -> None:
+    """When the client cancels, the server-side consumer leaves the hub."""
+    call = await subscribe(stub, "fleet/#")
+    assert len(hub.consumers) == 1
+    call.cancel()
+    async with asyncio.timeout(TIMEOUT):
+        # Nothing signals the removal: poll the condition, bounded by the timeout.
+        while hub.consumers:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_server_shutdown_ends_streams_with_unavailable(broker: Broker) -> None:
+    """Leaving grpc_server ends open streams with UNAVAILABLE promptly, not after the grace period."""
+    hub = Hub()
+    server = grpc_server(hub, MqttSource(hub, SourceSettings(port=broker.port)), grace=30)
+    port = await server.__aenter__()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
+        async with asyncio.timeout(TIMEOUT):
+            await server.__aexit__(None, None, None)
+        error = await rpc_error(call.read())
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (error.details() or "")
+    assert not hub.consumers
+
+
+async def test_publish_reaches_an_mqtt_subscriber(stub: Stub, broker: Broker) -> None:
+    """Publish to a device's command topic delivers the payload to the device's MQTT subscription."""
+    device = await RawClient.open(broker.port)
+    try:
+        await device.connect("dev-1")
+        await device.subscribe(("fleet/dev-1/cmd", 1))
+        async with asyncio.timeout(TIMEOUT):
+            await stub.Publish(pb.PublishRequest(topic="fleet/dev-1/cmd", payload=b'{"op": "reboot"}', qos=1))
+        received = await device.read_publish()
+    finally:
+        await device.close()
+    assert (received.topic, received.payload, received.qos) == ("fleet/dev-1/cmd", b'{"op": "reboot"}', 1)
+
+
+@pytest.mark.parametrize(
+    ("topic", "qos", "reason"),
+    [
+        ("fleet/dev-1/telemetry", 1, "is not allowed"),
+        ("fleet/+/cmd", 1, "must not contain wildcards"),
+        ("", 0, "at least one character"),
+        ("fleet/dev-1/cmd", 3, "qos must be 0, 1 or 2"),
+    ],
+)
+async def test_publish_rejects_with_invalid_argument(stub: Stub, topic: str, qos: int, reason: str) -> None:
+    """A forbidden or invalid topic, or a bad QoS, is INVALID_ARGUMENT with the reason."""
+    error = await rpc_error(stub.Publish(pb.PublishRequest(topic=topic, payload=b"{}", qos=qos)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason in (error.details() or "")
+
+
+async def test_publish_without_a_broker_is_unavailable(broker: Broker) -> None:
+    """Publish while the bridge has no broker connection is UNAVAILABLE."""
+    hub = Hub()
+    async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port))) as channel:
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        error = await rpc_error(
+            stub.Publish(pb.PublishRequest(topic="fleet/dev-1/cmd", payload=b"{}", qos=1))
+        )
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_health_reports_serving(channel: grpc.aio.Channel) -> None:
+    """grpc.health.v1 reports SERVING for the server and for the bridge service, NOT_FOUND otherwise."""
+    health_stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE_NAME):
+        async with asyncio.timeout(TIMEOUT):
+            response = await health_stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    error = await rpc_error(health_stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_and_describes_the_service(channel: grpc.aio.Channel) -> None:
+    """Server reflection lists the bridge, health and reflection services, and serves the bridge's schema."""
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME),
+    ]
+    call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter(requests))
+    async with asyncio.timeout(TIMEOUT):
+        responses = [response async for response in call]
+
+    listed = {service.name for service in responses[0].list_services_response.service}
+    assert listed == {SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME}
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(data)
+        for data in responses[1].file_descriptor_response.file_descriptor_proto
+    ]
+    bridge = next(f for f in files if f.package == "mqtt_fleet.bridge.v1")
+    assert [s.name for s in bridge.service] == ["FleetBridgeService"]
+    assert [m.name for m in bridge.service[0].method] == ["Subscribe", "Publish"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "member", "expected"),
+    [
+        (b'{"a": [1, "x", null]}', "json", {"a": [1, "x", None]}),
+        (b"[true, 2.5]", "json", [True, 2.5]),
+        (b"42", "json", 42),
+        (b'"hello"', "json", "hello"),
+        (b"null", "json", None),
+        (b"\xff\xfe", "raw", b"\xff\xfe"),
+        (b"1" + b"0" * 400, "raw", b"1" + b"0" * 400),  # an integer no double can hold
+    ],
+)
+def test_event_message_payloads(raw: bytes, member: str, expected: Any) -> None:
+    """Any JSON value goes into `json`; bytes that are not JSON, or not representable, go into `raw`."""
+    message = event_message(make_event(7, "fleet/d/telemetry", raw, qos=0, retain=False, received_at=1.5))
+    assert message.WhichOneof("payload") == member
+    if member == "json":
+        assert json_format.MessageToDict(message)["json"] == expected
+    else:
+        assert message.raw == expected
+
+
+@pytest.mark.parametrize("kind", get_args(Kind))
+def test_every_kind_has_an_enum_value(kind: Kind) -> None:
+    """Each envelope kind maps to the enum value of the same name."""
+    message = event_message(make_event(1, "x/y", b"{}", qos=0, retain=False, received_at=1.0, kind=kind))
+    assert pb.Kind.Name(message.kind) == f"KIND_{kind.upper()}"
+
+
+def test_events_are_encoded_once_for_all_streams(hub: Hub, broker: Broker) -> None:
+    """Two streams reading one event get the very same serialized bytes: one encoding per event."""
+    servicer = FleetBridgeServicer(hub, MqttSource(hub, SourceSettings(port=broker.port)))
+    event = hub.ingest("fleet/dev-1/telemetry", b'{"seq": 1}', qos=1, retain=False)
+    first = servicer.encode(event)
+    assert servicer.encode(event) is first
+    assert pb.SubscribeResponse.FromString(first).event == event_message(event)
