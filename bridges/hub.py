@@ -157,8 +157,11 @@ class Hub:
         self.prefix = prefix
         self.consumers: set[Consumer] = set()
         self._routes: SubscriptionTree[Consumer] = SubscriptionTree()
-        self._next_id = 1
+        # Ids start at the microseconds since the epoch, so that a resume point from before a
+        # restart of the bridge is older than anything in the new ring (and gets a reset).
+        self._next_id = time.time_ns() // 1000
         self.broker_connected = False
+        self._status: Event | None = None
         self.events_in = 0
         self.deliveries: dict[str, int] = {}
         self.drops: dict[str, int] = {}
@@ -192,6 +195,11 @@ class Hub:
         )
         if after_id is not None:
             self._replay(consumer, after_id)
+        status = self._status
+        if not self.broker_connected and status is not None and (after_id is None or after_id >= status.id):
+            consumer.offer(status)  # joining while the broker is down: say so at once
+        if consumer.closed is not None:
+            return consumer  # its replay already overflowed a disconnect-policy queue
         for topic_filter in consumer.filters:
             self._routes.add(topic_filter, consumer, 0)
         self.consumers.add(consumer)
@@ -209,7 +217,7 @@ class Hub:
             start = after_id - oldest + 1
         for index in range(start, len(ring)):
             event = ring[index]
-            if any(matches(f, event.topic) for f in consumer.filters):
+            if event.kind == "bridge" or any(matches(f, event.topic) for f in consumer.filters):
                 consumer.offer(event)
 
     def remove(self, consumer: Consumer) -> None:
@@ -240,6 +248,7 @@ class Hub:
             prefix=self.prefix, kind="bridge",
         )  # fmt: skip
         self._next_id += 1
+        self._status = event
         self.ring.append(event)
         for consumer in list(self.consumers):
             consumer.offer(event)

@@ -8,7 +8,6 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiomqtt
@@ -110,9 +109,3 @@ class MqttSource:
             await client.publish(topic, payload, qos=qos)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailable(f"publish failed: {exc}") from exc
-
-
-def parse_filters(values: Sequence[str]) -> tuple[str, ...]:
-    """Filters from repeated options or comma lists; each validated."""
-    filters = tuple(f.strip() for value in values for f in value.split(",") if f.strip())
-    return Hub.validate_filters(filters)

@@ -19,7 +19,7 @@ def test_envelope_has_the_architecture_fields_and_is_encoded_once() -> None:
     event = hub.ingest("fleet/thermo-0007/telemetry", b'{"seq": 42}', qos=1, retain=False)
     envelope = json.loads(event.json)
     assert {k: envelope[k] for k in ("id", "topic", "device", "kind", "qos", "retain", "payload")} == {
-        "id": 1,
+        "id": event.id,
         "topic": "fleet/thermo-0007/telemetry",
         "device": "thermo-0007",
         "kind": "telemetry",
@@ -28,6 +28,7 @@ def test_envelope_has_the_architecture_fields_and_is_encoded_once() -> None:
         "payload": {"seq": 42},
     }
     assert isinstance(envelope["received_at"], float)
+    assert Hub().ingest("t", b"1", qos=0, retain=False).id > event.id  # ids grow across restarts
 
 
 def test_a_payload_that_is_not_json_is_carried_as_base64() -> None:
@@ -65,7 +66,8 @@ async def test_consumers_get_only_what_their_filters_match() -> None:
     got = await status.get()
     assert getattr(got, "topic", None) == "fleet/a/status"
     assert status.queued == 0
-    assert [getattr(await everything.get(), "id", None) for _ in range(2)] == [1, 2]
+    first = hub.ring[0].id
+    assert [getattr(await everything.get(), "id", None) for _ in range(2)] == [first, first + 1]
 
 
 def test_bad_filters_are_refused_with_the_rule() -> None:
@@ -105,14 +107,13 @@ async def test_disconnect_policy_closes_a_slow_consumer_with_a_reason() -> None:
 async def test_resume_replays_inside_the_ring_and_resets_outside_it() -> None:
     """after_id inside the ring replays exactly the missed events; older than the ring gives a Reset first."""
     hub = Hub(ring_size=4)
-    for index in range(6):
-        hub.ingest("fleet/d/telemetry", str(index).encode(), qos=0, retain=False)
-    resumed = hub.add(["#"], transport="test", after_id=4)
-    assert [getattr(await resumed.get(), "id", None) for _ in range(2)] == [5, 6]
+    ids = [hub.ingest("fleet/d/telemetry", str(i).encode(), qos=0, retain=False).id for i in range(6)]
+    resumed = hub.add(["#"], transport="test", after_id=ids[3])
+    assert [getattr(await resumed.get(), "id", None) for _ in range(2)] == ids[4:]
     assert resumed.queued == 0
-    late = hub.add(["#"], transport="test", after_id=1)
-    assert await late.get() == Reset(after_id=1, oldest_id=3)
-    assert [getattr(await late.get(), "id", None) for _ in range(4)] == [3, 4, 5, 6]
+    late = hub.add(["#"], transport="test", after_id=ids[0])
+    assert await late.get() == Reset(after_id=ids[0], oldest_id=ids[2])
+    assert [getattr(await late.get(), "id", None) for _ in range(4)] == ids[2:]
 
 
 async def test_broker_status_reaches_every_consumer_whatever_its_filters() -> None:
@@ -123,3 +124,24 @@ async def test_broker_status_reaches_every_consumer_whatever_its_filters() -> No
     event = await asyncio.wait_for(narrow.get(), 1)
     assert getattr(event, "kind", None) == "bridge"
     assert getattr(event, "payload", None) == {"connected": False, "reason": "broker down"}
+
+
+async def test_a_consumer_joining_while_the_broker_is_down_hears_it_at_once() -> None:
+    """A new consumer gets the current 'broker down' status first; resume replays bridge events too."""
+    hub = Hub()
+    before = hub.ingest("fleet/d/telemetry", b"1", qos=0, retain=False)
+    hub.broker_status(False, "broker down")
+    joined = hub.add(["fleet/#"], transport="test")
+    assert getattr(await joined.get(), "kind", None) == "bridge"
+    resumed = hub.add(["fleet/#"], transport="test", after_id=before.id)
+    assert getattr(await resumed.get(), "kind", None) == "bridge"  # replayed once, not repeated
+    assert resumed.queued == 0
+
+
+async def test_a_disconnect_consumer_overflowed_by_its_replay_is_not_registered() -> None:
+    """A resume backlog larger than a disconnect-policy queue closes the consumer before it joins."""
+    hub = Hub()
+    ids = [hub.ingest("t", b"x", qos=0, retain=False).id for _ in range(5)]
+    consumer = hub.add(["#"], transport="test", policy="disconnect", size=2, after_id=ids[0] - 1)
+    assert consumer.closed is not None
+    assert consumer not in hub.consumers

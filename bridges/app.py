@@ -1,0 +1,599 @@
+"""The bridge's HTTP app: WebSocket `/ws`, Server-Sent Events `/events`, `/healthz`, `/readyz`, `/metrics`.
+
+Both streaming transports deliver the Hub's envelope exactly as it was encoded once per message
+(`Event.json`); neither re-encodes per consumer.
+
+`GET /ws` (WebSocket, JSON text frames)
+    Query: `filter` (repeatable; none means: wait for a subscribe message), `policy`
+    (`drop-oldest` or `disconnect`), `queue` (1..MAX_QUEUE events). A bad query is answered with
+    an error message and close code 1008.
+    Client to bridge:
+        {"type": "subscribe", "filters": ["fleet/+/status"]}      adds filters
+        {"type": "unsubscribe", "filters": ["fleet/+/status"]}    removes filters
+        {"type": "publish", "topic": "fleet/dev-1/cmd", "payload": {...} or "text", "qos": 1}
+    Bridge to client: each event as its envelope; `{"type": "subscribed", "filters": [...]}` (the
+    whole set now in force), `{"type": "published", "topic": ...}`, `{"type": "dropped", "count":
+    n, "total": m}`, and `{"type": "error", "error": reason}` for a bad, unknown or forbidden
+    message, after which the connection stays open. A consumer cut under `policy=disconnect`, or
+    one that stops reading for `send_timeout` seconds, is closed with code 1008 and the reason; at
+    shutdown the code is 1001. Pings are uvicorn's (see `bridges.server`).
+
+`GET /events` (text/event-stream)
+    Query: `filter` (repeatable, required), `policy`, `queue`, and `last_event_id` (or the
+    `Last-Event-ID` header) to resume from the replay ring. Each event has `id:` (the envelope id),
+    `event:` (its kind: telemetry, status, ack, raw, bridge) and `data:` (the envelope). `dropped`
+    and `reset` events carry no id, so the resume point stays on the last real event. A bad query
+    is a 400 with the reason as text. The stream starts with a `retry:` hint, sends a comment every
+    `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut.
+
+`GET /healthz` is liveness: always 200 while the process serves, with `broker_connected` and
+`ready` in the body. `GET /readyz` is readiness: 503 while the bridge has no broker connection or
+is shutting down. `GET /metrics` is Prometheus text from a registry of this app alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sse_starlette.event import ServerSentEvent
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from bridges.envelope import Event
+from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
+from bridges.metrics import registry_for
+from bridges.source import BrokerUnavailable, MqttSource
+from fleet.errors import TopicError
+from fleet.topics import matches, validate_filter
+
+__all__ = [
+    "MAX_FILTERS",
+    "MAX_QUEUE",
+    "SSE_TRANSPORT",
+    "WS_TRANSPORT",
+    "BridgeSettings",
+    "BridgeState",
+    "StreamOptions",
+    "create_app",
+    "parse_stream_options",
+]
+
+log = logging.getLogger("bridges.app")
+
+WS_TRANSPORT = "websocket"
+SSE_TRANSPORT = "sse"
+MAX_QUEUE = 100_000
+MAX_FILTERS = 64
+SHUTDOWN_REASON = "the bridge is shutting down"
+
+_POLICIES: dict[str, Policy] = {"drop-oldest": "drop-oldest", "disconnect": "disconnect"}
+# An SSE consumer with a backlog gets up to this many events in one write.
+_SSE_BATCH = 64
+# A close handshake to a client that has stopped reading would wait forever.
+_CLOSE_TIMEOUT = 1.0
+# The consumer a WebSocket leaves behind when it changes filters is closed with this reason.
+_RESUBSCRIBED = "resubscribed"
+_CLOSE_GOING_AWAY = 1001
+_CLOSE_POLICY = 1008
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BridgeSettings:
+    """Timing of the HTTP transports; see `create_app`."""
+
+    sse_retry_ms: int = 3000
+    keepalive: float = 15.0
+    ws_ping_interval: float = 20.0
+    send_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.sse_retry_ms < 0:
+            raise ValueError(f"sse_retry_ms must be >= 0, got {self.sse_retry_ms}")
+        if self.keepalive < 0 or self.ws_ping_interval < 0:
+            raise ValueError("keepalive and ws_ping_interval must be >= 0 (0 turns them off)")
+        if self.send_timeout <= 0:
+            raise ValueError(f"send_timeout must be > 0, got {self.send_timeout}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamOptions:
+    """What a streaming client asked for in its query string."""
+
+    filters: tuple[str, ...]
+    policy: Policy
+    size: int
+
+
+def parse_stream_options(params: QueryParams, default_size: int) -> StreamOptions:
+    """The `filter`, `policy` and `queue` query parameters, validated; raises ValueError (or its
+    subclass TopicError) with a reason fit to show the client.
+
+    Filters are repeated parameters and never split on commas: a comma is legal in a topic."""
+    filters = tuple(dict.fromkeys(params.getlist("filter")))
+    if len(filters) > MAX_FILTERS:
+        raise ValueError(f"at most {MAX_FILTERS} filters, got {len(filters)}")
+    for topic_filter in filters:
+        validate_filter(topic_filter)
+    raw_policy = params.get("policy", "drop-oldest")
+    policy = _POLICIES.get(raw_policy)
+    if policy is None:
+        raise ValueError(f"policy must be 'drop-oldest' or 'disconnect', got {raw_policy!r}")
+    raw_size = params.get("queue")
+    if raw_size is None:
+        size = default_size
+    else:
+        try:
+            size = int(raw_size)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= MAX_QUEUE:
+            raise ValueError(f"queue must be an integer from 1 to {MAX_QUEUE}, got {raw_size!r}")
+    return StreamOptions(filters=filters, policy=policy, size=size)
+
+
+def _resume_point(request: Request) -> int | None:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    if not raw:
+        return None
+    try:
+        after_id = int(raw)
+    except ValueError:
+        after_id = -1
+    if after_id < 0:
+        raise ValueError(f"Last-Event-ID must be an event id (an integer >= 0), got {raw!r}")
+    return after_id
+
+
+class _Stream(Protocol):
+    def close(self, reason: str) -> None: ...
+
+
+class BridgeState:
+    """What the endpoints of one app share: the hub, the MQTT source, settings, its open streams."""
+
+    def __init__(self, hub: Hub, source: MqttSource, settings: BridgeSettings) -> None:
+        self.hub = hub
+        self.source = source
+        self.settings = settings
+        self.registry = registry_for(hub)
+        self.streams: set[_Stream] = set()
+        self.closing: str | None = None
+
+    def close(self, reason: str = SHUTDOWN_REASON) -> None:
+        """End every stream of this app and refuse new ones (called by `serve_http` on exit).
+
+        The server cannot do it: an SSE response never completes on its own, and the hub is
+        shared with the gRPC service, whose consumers must stay."""
+        self.closing = reason
+        for stream in list(self.streams):
+            stream.close(reason)
+
+    # Plain HTTP
+
+    def _health(self) -> dict[str, Any]:
+        hub = self.hub
+        return {
+            "status": "ok",
+            "broker_connected": hub.broker_connected,
+            "ready": hub.broker_connected and self.closing is None,
+            "consumers": len(hub.consumers),
+        }
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse(self._health())
+
+    async def readyz(self, request: Request) -> Response:
+        health = self._health()
+        if not health["ready"]:
+            health["status"] = "unavailable"
+        return JSONResponse(health, status_code=200 if health["ready"] else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Server-Sent Events
+
+    async def events(self, request: Request) -> Response:
+        if self.closing is not None:
+            return PlainTextResponse(self.closing, status_code=503)
+        try:
+            options = parse_stream_options(request.query_params, self.hub.queue_size)
+            if not options.filters:
+                raise TopicError("at least one filter is needed, for example ?filter=fleet/%23 (fleet/#)")
+            after_id = _resume_point(request)
+        except ValueError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        consumer = self.hub.add(
+            options.filters,
+            transport=SSE_TRANSPORT,
+            policy=options.policy,
+            size=options.size,
+            after_id=after_id,
+        )
+        return _EventStream(self, consumer)
+
+    # WebSocket
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        try:
+            options = parse_stream_options(websocket.query_params, self.hub.queue_size)
+        except ValueError as exc:
+            await _refuse(websocket, _CLOSE_POLICY, str(exc))
+            return
+        if self.closing is not None:
+            await _refuse(websocket, _CLOSE_GOING_AWAY, self.closing)
+            return
+        session = _WebSocketSession(self, websocket, options)
+        if options.filters:
+            # Subscribed before the handshake completes: once the client is connected, nothing is missed.
+            session.resubscribe(options.filters)
+        self.streams.add(session)
+        try:
+            try:
+                await websocket.accept()
+            except OSError:  # the client left during the handshake
+                return
+            await session.run()
+        finally:
+            self.streams.discard(session)
+            session.release()
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    """Accept, say why in an error message (browsers cannot read a refused handshake), and close."""
+    try:
+        await websocket.accept()
+        await websocket.send_text(_encode(_error(reason)))
+        await websocket.close(code, _close_reason(reason))
+    except (OSError, WebSocketDisconnect, WebSocketDisconnected):
+        pass
+
+
+def _error(reason: str) -> dict[str, Any]:
+    return {"type": "error", "error": reason}
+
+
+def _encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def _close_reason(reason: str) -> str:
+    """`reason` cut to the 123 bytes a close frame allows."""
+    return reason.encode()[:123].decode(errors="ignore")
+
+
+class _Close(Exception):
+    """Ends a WebSocket session from inside its task group with a close code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(code, reason)
+        self.code, self.reason = code, reason
+
+
+class _WebSocketSession:
+    """One WebSocket client: a reader (control messages), a writer (events) and a send watchdog.
+
+    Hub consumers have fixed filters, so a filter change makes a new consumer. The old one leaves
+    the hub's routes at once, but its queued events are still delivered first, in order, keeping
+    those that match the new filter set: a change neither loses nor reorders events."""
+
+    def __init__(self, state: BridgeState, websocket: WebSocket, options: StreamOptions) -> None:
+        self.state = state
+        self.websocket = websocket
+        self.policy: Policy = options.policy
+        self.size = options.size
+        self.filters: tuple[str, ...] = ()
+        self.consumer: Consumer | None = None
+        self._retiring: deque[Consumer] = deque()
+        self._changed = asyncio.Event()
+        self._dropped = 0
+        self._closing: str | None = None
+        # Send watchdog state: sends in flight, and since when some send has been in flight.
+        self._sends = 0
+        self._sending_since = 0.0
+
+    # Filters
+
+    def resubscribe(self, filters: tuple[str, ...]) -> None:
+        """Put `filters` (validated) in force; synchronous, so no event slips between consumers."""
+        if filters == self.filters:
+            return
+        old = self.consumer
+        new = None
+        if filters:
+            new = self.state.hub.add(filters, transport=WS_TRANSPORT, policy=self.policy, size=self.size)
+        self.filters, self.consumer = filters, new
+        if old is not None:
+            if old.queued and old.closed is None:
+                self.state.hub.remove(old)
+                self._retiring.append(old)
+            else:
+                old.close(_RESUBSCRIBED)
+        self._changed.set()
+
+    def _wanted(self, event: Event) -> bool:
+        return event.kind == "bridge" or any(matches(f, event.topic) for f in self.filters)
+
+    def close(self, reason: str) -> None:
+        """End the session (bridge shutdown); the writer closes the socket with code 1001."""
+        self._closing = reason
+        if self.consumer is not None:
+            self.consumer.close(reason)
+        self._changed.set()
+
+    def release(self) -> None:
+        for consumer in (*self._retiring, self.consumer):
+            if consumer is not None:
+                consumer.close("connection closed")
+                self.state.hub.remove(consumer)  # also one that the hub closed while adding it
+        self._retiring.clear()
+        self.consumer = None
+
+    # Tasks
+
+    async def run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read(), name="bridges.ws.read")
+                tasks.create_task(self._write(), name="bridges.ws.write")
+                tasks.create_task(self._watch_sends(), name="bridges.ws.watchdog")
+        except* WebSocketDisconnect:
+            pass
+        except* _Close as group:
+            close = group.exceptions[0]
+            assert isinstance(close, _Close)
+            await self._close_socket(close.code, close.reason)
+
+    async def _close_socket(self, code: int, reason: str) -> None:
+        log.info("closing WebSocket %s (%d): %s", self.websocket.client, code, reason)
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self.websocket.close(code, _close_reason(reason))
+        except (TimeoutError, OSError, WebSocketDisconnect, WebSocketDisconnected):
+            pass
+
+    async def _send(self, text: str) -> None:
+        if self._sends == 0:
+            self._sending_since = asyncio.get_running_loop().time()
+        self._sends += 1
+        try:
+            await self.websocket.send_text(text)
+        finally:
+            self._sends -= 1
+
+    async def _watch_sends(self) -> None:
+        """Cut a client once a send has waited `send_timeout` seconds (detected within 1.5 times that).
+
+        A watchdog instead of a timeout around every send: a send to a healthy client never waits,
+        and arming a timer per event would cost about as much as the send itself."""
+        timeout = self.state.settings.send_timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(timeout / 2)
+            if self._sends and loop.time() - self._sending_since > timeout:
+                raise _Close(_CLOSE_POLICY, f"send timed out after {timeout:g}s: the client is not reading")
+
+    async def _write(self) -> None:
+        while True:
+            if self._closing is not None:
+                raise _Close(_CLOSE_GOING_AWAY, self._closing)
+            item: Item | None
+            if self._retiring:
+                old = self._retiring[0]
+                if not old.queued:
+                    self._retiring.popleft()
+                    old.close(_RESUBSCRIBED)
+                    continue
+                item = await self._get(old)  # returns at once: the queue is not empty
+                if isinstance(item, Event) and not self._wanted(item):
+                    continue
+            elif self.consumer is None:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            else:
+                consumer = self.consumer
+                item = await self._get(consumer)
+                # The filters changed while this get was waking up: the item is the retired consumer's.
+                if consumer is not self.consumer and isinstance(item, Event) and not self._wanted(item):
+                    continue
+            if item is not None:
+                await self._send(self._frame(item))
+
+    async def _get(self, consumer: Consumer) -> Item | None:
+        """The consumer's next item; None when it was replaced by a filter change."""
+        try:
+            return await consumer.get()
+        except ConsumerClosed as exc:
+            if self._closing is not None:
+                raise _Close(_CLOSE_GOING_AWAY, self._closing) from None
+            if exc.reason == _RESUBSCRIBED:
+                return None
+            raise _Close(_CLOSE_POLICY, exc.reason) from None
+
+    def _frame(self, item: Item) -> str:
+        if isinstance(item, Event):
+            # ASGI takes text as str; uvicorn encodes it again. Decoding ASCII-heavy JSON is a copy.
+            return item.json.decode()
+        if isinstance(item, Dropped):
+            self._dropped += item.count  # across filter changes, not per hub consumer
+            return _encode({"type": "dropped", "count": item.count, "total": self._dropped})
+        return _encode({"type": "reset", "after_id": item.after_id, "oldest_id": item.oldest_id})
+
+    async def _read(self) -> None:
+        websocket = self.websocket
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+            text = message.get("text")
+            if text is None:
+                reply = _error("binary frames are not supported: send JSON text")
+            else:
+                reply = await self._handle(text)
+            await self._send(_encode(reply))
+
+    async def _handle(self, text: str) -> dict[str, Any]:
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return _error(f"invalid JSON: {exc}")
+        if not isinstance(message, dict):
+            return _error("a control message must be a JSON object with a 'type'")
+        kind = message.get("type")
+        if kind in ("subscribe", "unsubscribe"):
+            try:
+                filters = _filters_of(message)
+            except ValueError as exc:
+                return _error(str(exc))
+            if kind == "subscribe":
+                wanted = tuple(dict.fromkeys((*self.filters, *filters)))
+            else:
+                wanted = tuple(f for f in self.filters if f not in filters)
+            if len(wanted) > MAX_FILTERS:
+                return _error(f"at most {MAX_FILTERS} filters per connection")
+            self.resubscribe(wanted)
+            return {"type": "subscribed", "filters": list(wanted)}
+        if kind == "publish":
+            return await self._publish(message)
+        return _error(f"unknown message type {kind!r}: expected 'subscribe', 'unsubscribe' or 'publish'")
+
+    async def _publish(self, message: dict[str, Any]) -> dict[str, Any]:
+        topic = message.get("topic")
+        if not isinstance(topic, str):
+            return _error("publish needs a 'topic' string")
+        qos = message.get("qos", 1)
+        if type(qos) is not int or qos not in (0, 1, 2):
+            return _error(f"qos must be 0, 1 or 2, got {qos!r}")
+        payload = message.get("payload", "")
+        data = payload.encode() if isinstance(payload, str) else _encode_json(payload)
+        timeout = self.state.settings.send_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self.state.source.publish(topic, data, qos)
+        except (TopicError, BrokerUnavailable) as exc:
+            return _error(str(exc))
+        except TimeoutError:
+            return _error(f"the broker did not acknowledge the publish within {timeout:g}s")
+        return {"type": "published", "topic": topic}
+
+
+def _encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _filters_of(message: dict[str, Any]) -> tuple[str, ...]:
+    filters = message.get("filters")
+    if not isinstance(filters, list) or not filters or not all(isinstance(f, str) for f in filters):
+        raise ValueError(f"{message['type']} needs 'filters': a non-empty list of topic filters")
+    for topic_filter in filters:
+        validate_filter(topic_filter)
+    return tuple(dict.fromkeys(filters))
+
+
+_SSE_KIND_LINES = {
+    kind: f"event: {kind}\n".encode() for kind in ("telemetry", "status", "ack", "raw", "bridge")
+}
+
+
+def _sse_frame(item: Item) -> bytes:
+    """One SSE event, built from the envelope's bytes; the JSON codec never emits a raw CR or LF."""
+    if isinstance(item, Event):
+        return b"id: %d\n%bdata: %b\n\n" % (item.id, _SSE_KIND_LINES[item.kind], item.json)
+    if isinstance(item, Dropped):
+        return b'event: dropped\ndata: {"count":%d,"total":%d}\n\n' % (item.count, item.total)
+    assert isinstance(item, Reset)
+    return b'event: reset\ndata: {"after_id":%d,"oldest_id":%d}\n\n' % (item.after_id, item.oldest_id)
+
+
+class _EventStream(EventSourceResponse):
+    """One SSE client's response; its consumer is released however the response ends.
+
+    Frames are built here as bytes (sse-starlette passes bytes through), so the id is written as
+    text and sse-starlette's int-id trap cannot arise."""
+
+    def __init__(self, state: BridgeState, consumer: Consumer) -> None:
+        self._state = state
+        self._consumer = consumer
+        settings = state.settings
+        super().__init__(
+            self._frames(),
+            ping=settings.keepalive,
+            sep="\n",
+            ping_message_factory=lambda: ServerSentEvent(comment="keepalive", sep="\n"),
+            send_timeout=settings.send_timeout,
+        )
+        state.streams.add(consumer)
+
+    async def _frames(self) -> AsyncIterator[bytes]:
+        consumer = self._consumer
+        yield b"retry: %d\n\n" % self._state.settings.sse_retry_ms
+        while True:
+            try:
+                item = await consumer.get()
+            except ConsumerClosed:
+                # Cut by policy or shutdown: ending the stream makes an EventSource reconnect and
+                # resume from its Last-Event-ID.
+                return
+            frames = [_sse_frame(item)]
+            while consumer.queued and consumer.closed is None and len(frames) < _SSE_BATCH:
+                frames.append(_sse_frame(await consumer.get()))
+            yield b"".join(frames)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info("cut SSE client %s: a send took over %gs", scope.get("client"), self.send_timeout)
+        finally:
+            consumer = self._consumer
+            self._state.streams.discard(consumer)
+            consumer.close("stream ended")
+            self._state.hub.remove(consumer)  # also one that the hub closed while adding it
+
+
+def create_app(
+    hub: Hub,
+    source: MqttSource,
+    *,
+    sse_retry_ms: int = 3000,
+    keepalive: float = 15.0,
+    ws_ping_interval: float = 20.0,
+    send_timeout: float = 10.0,
+) -> Starlette:
+    """The bridge's HTTP app over `hub`, publishing through `source`.
+
+    `keepalive` is the SSE comment interval; `ws_ping_interval` is read by `serve_http` for
+    uvicorn's WebSocket pings (interval and timeout); `send_timeout` cuts a client that stops
+    reading and bounds a consumer's publish. `app.state.bridge` is the `BridgeState`."""
+    settings = BridgeSettings(
+        sse_retry_ms=sse_retry_ms,
+        keepalive=keepalive,
+        ws_ping_interval=ws_ping_interval,
+        send_timeout=send_timeout,
+    )
+    state = BridgeState(hub, source, settings)
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/ws", state.websocket),
+            Route("/events", state.events),
+            Route("/healthz", state.healthz),
+            Route("/readyz", state.readyz),
+            Route("/metrics", state.metrics),
+        ]
+    )
+    app.state.bridge = state
+    return app

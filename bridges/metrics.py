@@ -1,0 +1,93 @@
+"""Prometheus metrics of one bridge process, read from the Hub's counters at scrape time.
+
+The hub counts as it works (plain ints, no locks, no per-event metric calls); this collector turns
+those counts into metric families only when `/metrics` is scraped. Labels are low-cardinality on
+purpose: `transport` (`websocket`, `sse`, `grpc`) and never a device or topic, which would grow
+without bound with the fleet.
+
+Each app gets its own `CollectorRegistry` (`registry_for`), so that many apps can live in one
+process (tests) without clashing in the global registry.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from bridges.hub import Hub
+
+__all__ = ["PREFIX", "HubCollector", "registry_for"]
+
+PREFIX = "fleet_bridge"
+
+
+class HubCollector:
+    """Collects the counters and gauges of one Hub."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def describe(self) -> Iterable[Metric]:
+        """The families this collector yields, without samples (lets the registry detect clashes)."""
+        return list(self._families(sampled=False))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(sampled=True))
+
+    def _families(self, *, sampled: bool) -> Iterator[Metric]:
+        hub = self.hub
+        events_in = CounterMetricFamily(
+            f"{PREFIX}_events_in", "MQTT messages the bridge received and turned into envelopes."
+        )
+        deliveries = CounterMetricFamily(
+            f"{PREFIX}_deliveries",
+            "Events offered to consumer queues (one per matching consumer), by transport.",
+            labels=["transport"],
+        )
+        drops = CounterMetricFamily(
+            f"{PREFIX}_drops",
+            "Events dropped because a consumer's queue was full (drop-oldest), or consumers cut for "
+            "it (disconnect), by transport.",
+            labels=["transport"],
+        )
+        consumers = GaugeMetricFamily(
+            f"{PREFIX}_consumers", "Connected consumers, by transport.", labels=["transport"]
+        )
+        queued = GaugeMetricFamily(
+            f"{PREFIX}_queued_events",
+            "Events waiting in consumer queues, by transport.",
+            labels=["transport"],
+        )
+        connected = GaugeMetricFamily(
+            f"{PREFIX}_broker_connected", "1 while the bridge is connected to its MQTT broker, else 0."
+        )
+        ring = GaugeMetricFamily(f"{PREFIX}_ring_events", "Events held in the replay ring for resumption.")
+        ring_capacity = GaugeMetricFamily(f"{PREFIX}_ring_capacity", "The replay ring's capacity in events.")
+        if sampled:
+            events_in.add_metric([], hub.events_in)
+            for transport, count in sorted(hub.deliveries.items()):
+                deliveries.add_metric([transport], count)
+            for transport, count in sorted(hub.drops.items()):
+                drops.add_metric([transport], count)
+            by_transport: Counter[str] = Counter()
+            queued_by_transport: Counter[str] = Counter()
+            for consumer in list(hub.consumers):
+                by_transport[consumer.transport] += 1
+                queued_by_transport[consumer.transport] += consumer.queued
+            for transport, count in sorted(by_transport.items()):
+                consumers.add_metric([transport], count)
+                queued.add_metric([transport], queued_by_transport[transport])
+            connected.add_metric([], 1 if hub.broker_connected else 0)
+            ring.add_metric([], len(hub.ring))
+            ring_capacity.add_metric([], hub.ring.maxlen or 0)
+        yield from (events_in, deliveries, drops, consumers, queued, connected, ring, ring_capacity)
+
+
+def registry_for(hub: Hub) -> CollectorRegistry:
+    """A fresh registry holding only `hub`'s collector (not the process-global registry)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(HubCollector(hub))
+    return registry
