@@ -144,6 +144,7 @@ async def _run_fleet(
     duration: float | None,
     shard: Any,
     workers: int,
+    bridges: bool = False,
 ) -> Any:
     from rich.console import Console
 
@@ -166,6 +167,8 @@ async def _run_fleet(
                 click.echo(f"fleet broker: listening on {url}", err=True)
             target = Target(Endpoint("mqtt", settings.host, server.port))
         click.echo(f"fleet: {config.size:,} devices -> {target.endpoint}", err=True)
+        if bridges:
+            await _start_bridges(stack, config_path, target)
         live = Live()
         stop = stack.enter_context(_stop_on_signals())
         async with progress(console, lambda: live):
@@ -174,6 +177,23 @@ async def _run_fleet(
                     config, target, workers=workers, duration=duration, stop=stop, shard=shard, live=live
                 )
             return await simulate(config, target, duration=duration, stop=stop, shard=shard, live=live)
+
+
+async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, target: Any) -> None:
+    """Bridge the fleet's broker with the config's [bridge] settings."""
+    from bridges.bridge import running
+    from bridges.config import load_bridge_config
+
+    overrides: dict[str, Any] = {"broker": str(target.endpoint)}
+    if target.username is not None:
+        overrides.update(username=target.username, password=target.password)
+    try:
+        settings = load_bridge_config(config_path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    bridge = await stack.enter_async_context(running(settings))
+    for url in bridge.urls:
+        click.echo(f"fleet bridge: serving {url}", err=True)
 
 
 def _finish(report: Any, report_path: Path | None) -> None:
@@ -259,6 +279,7 @@ def run_command(
 @click.argument("config_paths", metavar="CONFIG...", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(config_paths: tuple[Path, ...]) -> None:
     """Check fleet config files; print each error as 'file: field.path: reason'."""
+    from bridges.config import load_bridge_config
     from broker.config import load_broker_settings
 
     failed = False
@@ -267,6 +288,8 @@ def validate(config_paths: tuple[Path, ...]) -> None:
             config = _load_fleet(path, None)
             if config.broker is None:
                 load_broker_settings(path, {})
+            if config.bridge:
+                load_bridge_config(path, {})
         except click.ClickException as exc:
             click.echo(exc.message, err=True)
             failed = True
@@ -304,11 +327,47 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: until Ctrl-C"
 )
 def up(config: Path, duration: float | None) -> None:
-    """The all-in-one demo: the embedded broker and the demo fleet, until Ctrl-C."""
+    """The all-in-one demo: the embedded broker, the demo fleet and the bridges, until Ctrl-C."""
     click.echo(f"fleet up: demo from {config}; press Ctrl-C to stop", err=True)
     fleet_config = _load_fleet(config, None)
     target = _target(fleet_config, None)
-    _finish(_simulate(config, fleet_config, target, duration=duration, shard=_shard(None), workers=1), None)
+    report = _simulate(
+        config, fleet_config, target, duration=duration, shard=_shard(None), workers=1, bridges=True
+    )
+    _finish(report, None)
+
+
+@cli.command("bridge")
+@click.option("--config", type=click.Path(path_type=Path), help="TOML file; its [bridge] table")
+@click.option("--broker", help="broker URL to bridge from  [default: mqtt://127.0.0.1:1883]")
+@click.option("--host", help="address to listen on  [default: 127.0.0.1]")
+@click.option("--http-port", type=int, help="SSE, WebSocket, /metrics; 0 picks a free port  [default: 8080]")
+@click.option("--grpc-port", type=int, help="gRPC; 0 picks a free port  [default: 50051]")
+def bridge_command(config: Path | None, **options: Any) -> None:
+    """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers."""
+    from bridges.config import load_bridge_config
+
+    overrides = {key: value for key, value in options.items() if value is not None}
+    try:
+        settings = load_bridge_config(config, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        asyncio.run(_run_bridge(settings))
+    except* OSError as group:
+        raise click.ClickException(f"cannot listen: {_first(group)}") from None
+
+
+async def _run_bridge(settings: Any) -> None:
+    from bridges.bridge import running
+
+    with _stop_on_signals() as stop:
+        async with running(settings) as bridge:
+            click.echo(f"fleet bridge: from {settings.endpoint}")
+            for url in bridge.urls:
+                click.echo(f"fleet bridge: serving {url}")
+            await stop.wait()
+            click.echo("fleet bridge: shutting down")
 
 
 @cli.command()

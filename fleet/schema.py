@@ -209,6 +209,9 @@ class FleetConfig(_Model):
     embedded: dict[str, Any] = Field(
         default_factory=dict, description="the [broker] table, when it configures the embedded broker"
     )
+    bridge: dict[str, Any] = Field(
+        default_factory=dict, description="the [bridge] table, read by `fleet up` and `fleet bridge`"
+    )
     groups: list[Group] = Field(min_length=1)
 
     @model_validator(mode="after")

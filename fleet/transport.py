@@ -26,9 +26,8 @@ import logging
 import ssl as ssl_module
 from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Literal
-from urllib.parse import urlsplit
 
+from fleet.endpoint import Endpoint
 from fleet.errors import (
     ConnectionLost,
     ConnectRefused,
@@ -75,78 +74,10 @@ __all__ = [
 
 log = logging.getLogger("fleet.transport")
 
-Scheme = Literal["mqtt", "mqtts", "ws", "wss"]
-DEFAULT_PORTS: dict[str, int] = {"mqtt": 1883, "mqtts": 8883, "ws": 8083, "wss": 443}
-DEFAULT_WS_PATH = "/mqtt"
 # Incoming packets larger than this close the link (the embedded broker's default limit, too).
 MAX_PACKET_SIZE = 1 << 20
 # A connection is congested when more than this is waiting in its write buffer.
 WRITE_HIGH_WATER = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where a broker listens, parsed from a URL: mqtt://, mqtts:// (TLS), ws:// or wss:// (WebSocket)."""
-
-    scheme: Scheme
-    host: str
-    port: int
-    path: str = DEFAULT_WS_PATH
-
-    def __post_init__(self) -> None:
-        if self.scheme not in DEFAULT_PORTS:
-            raise ValueError(f"scheme must be mqtt, mqtts, ws or wss, got {self.scheme!r}")
-        if not self.host:
-            raise ValueError("host must not be empty")
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be 1-65535, got {self.port}")
-        if not self.path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {self.path!r}")
-
-    @classmethod
-    def parse(cls, url: str) -> Endpoint:
-        """Parse a broker URL; default ports are 1883, 8883, 8083 (ws) and 443 (wss).
-
-        Raises ValueError saying what is wrong with the URL.
-        """
-        parts = urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS:
-            raise ValueError(f"broker URL {url!r}: the scheme must be mqtt, mqtts, ws or wss")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(f"broker URL {url!r}: give credentials in the device config, not in the URL")
-        host = parts.hostname
-        if not host:
-            raise ValueError(f"broker URL {url!r} has no host")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"broker URL {url!r}: the port must be a number from 1 to 65535") from None
-        if port == 0:
-            raise ValueError(f"broker URL {url!r}: the port must be a number from 1 to 65535")
-        if parts.query or parts.fragment:
-            raise ValueError(f"broker URL {url!r} must not have a query or fragment")
-        path = parts.path
-        if scheme in ("mqtt", "mqtts"):
-            if path not in ("", "/"):
-                raise ValueError(f"broker URL {url!r}: an {scheme}:// URL has no path")
-            path = DEFAULT_WS_PATH
-        elif not path:
-            path = DEFAULT_WS_PATH
-        return cls(scheme, host, DEFAULT_PORTS[scheme] if port is None else port, path)  # type: ignore[arg-type]
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme in ("mqtts", "wss")
-
-    @property
-    def websocket(self) -> bool:
-        return self.scheme in ("ws", "wss")
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        path = self.path if self.websocket else ""
-        return f"{self.scheme}://{host}:{self.port}{path}"
 
 
 def make_connect(

@@ -203,10 +203,11 @@ def test_passwd_file_lets_user_in_and_keeps_wrong_password_and_anonymous_out(
 
 
 def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
-    """`fleet up --config FILE` runs FILE's broker and fleet; on SIGTERM it prints a summary and exits 0."""
+    """`fleet up --config FILE` runs FILE's broker, fleet and bridges; SIGTERM prints a summary, exits 0."""
     config = tmp_path / "demo.toml"
     config.write_text(
         "[broker]\nport = 0\nws_port = 0\nsys_interval = 0\n\n"
+        "[bridge]\nhttp_port = 0\ngrpc_port = 0\n\n"
         '[[groups]]\nname = "probe"\ncount = 2\ninterval = 0.2\n'
     )
     proc = fleet("up", "--config", config)
@@ -217,6 +218,10 @@ def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path:
         mosquitto(MOSQUITTO_SUB, int(found["port"]), "-t", "fleet/+/status", "-C", 2, "-W", SUB_WAIT)
     )
     assert births.stdout.count('"online":true') == 2, births
+    index = proc.stderr.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
+    events_url = proc.stderr.lines[index].removeprefix("fleet bridge: serving ")
+    sse = run(["curl", "-sN", "--max-time", "3", f"{events_url}?filter=fleet/%2B/telemetry"])
+    assert "event: telemetry" in sse.stdout, sse  # the fleet, bridged to Server-Sent Events
 
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0, proc.describe()

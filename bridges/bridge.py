@@ -1,0 +1,81 @@
+"""A running bridge: the MQTT source, the Hub, the HTTP server and the gRPC server together.
+
+async with running(BridgeConfig(http_port=0, grpc_port=0)) as bridge:
+    print(bridge.urls)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from bridges.app import create_app
+from bridges.config import BridgeConfig
+from bridges.grpc_service import grpc_server
+from bridges.hub import Hub
+from bridges.server import serve_http
+from bridges.source import MqttSource, SourceSettings
+
+__all__ = ["Bridge", "running"]
+
+
+@dataclass(slots=True)
+class Bridge:
+    hub: Hub
+    source: MqttSource
+    http_port: int = 0
+    grpc_port: int = 0
+    urls: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
+    """Serve all bridge transports until the block exits; the MQTT side reconnects on its own."""
+    endpoint = config.endpoint
+    hub = Hub(ring_size=config.ring_size, queue_size=config.queue_size)
+    source = MqttSource(
+        hub,
+        SourceSettings(
+            host=endpoint.host,
+            port=endpoint.port,
+            transport="websockets" if endpoint.websocket else "tcp",
+            websocket_path=endpoint.path if endpoint.websocket else None,
+            username=config.username,
+            password=config.password,
+            tls=ssl.create_default_context() if endpoint.tls else None,
+            subscriptions=config.subscriptions,
+            publish_allowed=config.publish_allowed,
+        ),
+    )
+    app = create_app(
+        hub,
+        source,
+        sse_retry_ms=config.sse_retry_ms,
+        keepalive=config.keepalive,
+        ws_ping_interval=config.ws_ping_interval,
+        send_timeout=config.send_timeout,
+    )
+    bridge = Bridge(hub, source)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    async with asyncio.TaskGroup() as tasks:
+        feeding = tasks.create_task(source.run(), name="bridges.source")
+        try:
+            async with (
+                serve_http(app, config.host, config.http_port) as bridge.http_port,
+                grpc_server(
+                    hub, source, config.host, config.grpc_port, policy=config.policy
+                ) as bridge.grpc_port,
+            ):
+                bridge.urls += [
+                    f"http://{host}:{bridge.http_port}/events",
+                    f"ws://{host}:{bridge.http_port}/ws",
+                    f"http://{host}:{bridge.http_port}/metrics",
+                    f"grpc://{host}:{bridge.grpc_port}",
+                ]
+                yield bridge
+        finally:
+            feeding.cancel()
+            hub.close("the bridge is shutting down")

@@ -1,0 +1,63 @@
+"""Settings of `fleet bridge`: the `[bridge]` table of a TOML file, with command-line overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fleet.config import load_table, validated
+from fleet.endpoint import Endpoint
+from fleet.topics import validate_filter
+
+__all__ = ["BridgeConfig", "load_bridge_config"]
+
+
+class BridgeConfig(BaseModel):
+    """Everything `fleet bridge` can be told. Ports: 0 picks a free port."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    broker: str = Field(default="mqtt://127.0.0.1:1883", description="the broker to bridge from")
+    username: str | None = None
+    password: str | None = None
+    host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535, description="SSE, WebSocket, /metrics")
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    subscriptions: tuple[str, ...] = Field(default=("#",), min_length=1)
+    publish_allowed: tuple[str, ...] = ("fleet/+/cmd",)
+    ring_size: int = Field(default=10_000, ge=1, description="events kept for SSE and gRPC resume")
+    queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
+    policy: Literal["drop-oldest", "disconnect"] = "drop-oldest"
+    sse_retry_ms: int = Field(default=3000, ge=0)
+    keepalive: float = Field(default=15.0, ge=0, description="SSE keep-alive comment interval")
+    ws_ping_interval: float = Field(default=20.0, ge=0)
+    send_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        Endpoint.parse(value)
+        return value
+
+    @field_validator("subscriptions", "publish_allowed")
+    @classmethod
+    def _filters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for topic_filter in value:
+            validate_filter(topic_filter)
+        return value
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.parse(self.broker)
+
+
+def load_bridge_config(path: Path | None, overrides: dict[str, Any]) -> BridgeConfig:
+    """The `[bridge]` table of `path` (if any) with `overrides` on top; ConfigError when invalid."""
+    table: dict[str, Any] = dict(load_table(path, "bridge")) if path is not None else {}
+    table.update(overrides)
+    for key in ("subscriptions", "publish_allowed"):
+        if isinstance(table.get(key), list):
+            table[key] = tuple(table[key])
+    return validated(BridgeConfig, table, where=str(path) if path else "command line", prefix="bridge")

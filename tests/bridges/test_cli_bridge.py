@@ -1,0 +1,67 @@
+"""`fleet bridge` as a user runs it: a subprocess against a `fleet broker` subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.procs import MOSQUITTO_PUB, FleetBroker, Proc, fleet_argv, mosquitto, run
+
+
+@pytest.fixture
+def bridge_proc() -> Iterator[Callable[..., Proc]]:
+    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
+    started: list[Proc] = []
+
+    def start(*args: str | int) -> Proc:
+        proc = Proc(fleet_argv("bridge", *args))
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def test_fleet_bridge_serves_sse_and_health_and_stops_cleanly(
+    start_fleet_broker: Callable[..., FleetBroker], bridge_proc: Callable[..., Proc]
+) -> None:
+    """`fleet bridge` prints its URLs, bridges MQTT to SSE, reports health, and exits 0 on SIGTERM."""
+    broker = start_fleet_broker("--port", 0, "--ws-port", 0)
+    proc = bridge_proc("--broker", f"mqtt://127.0.0.1:{broker.port}", "--http-port", 0, "--grpc-port", 0)
+    index = proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
+    events_url = proc.stdout.lines[index].removeprefix("fleet bridge: serving ")
+    proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving grpc://"))
+    health_url = events_url.replace("/events", "/healthz")
+    for _ in range(50):  # bounded: the bridge connects to its broker within a few hundred ms
+        health = json.loads(run(["curl", "-s", "--max-time", "2", health_url]).stdout or "{}")
+        if health.get("broker_connected"):
+            break
+        time.sleep(0.1)
+    assert health["broker_connected"] is True, health
+
+    retained = run(
+        mosquitto(MOSQUITTO_PUB, broker.port, "-t", "fleet/d1/status", "-r", "-m", '{"online":true}')
+    )
+    assert retained.returncode == 0, retained
+    sse = run(["curl", "-sN", "--max-time", "2", f"{events_url}?filter=fleet/%2B/status&last_event_id=0"])
+    assert "event: status" in sse.stdout, sse
+
+    proc.signal(signal.SIGTERM)
+    assert proc.wait() == 0, proc.describe()
+    assert proc.stdout.lines[-1] == "fleet bridge: shutting down", proc.describe()
+
+
+def test_fleet_bridge_refuses_a_bad_broker_url_with_one_line() -> None:
+    """A broker URL with an unknown scheme is a one-line error naming the field, without a traceback."""
+    result = run(fleet_argv("bridge", "--broker", "ftp://127.0.0.1:1"))
+    assert result.returncode != 0
+    assert "bridge.broker" in result.stderr, result.stderr
+    assert "scheme" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
