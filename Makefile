@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients openssl
+APT_PACKAGES := mosquitto mosquitto-clients openssl curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint deps bench clean
@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/fleet up
 
 deps:
-	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null \
+	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
 	    || ! [ -x /usr/sbin/mosquitto ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && \
