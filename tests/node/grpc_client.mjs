@@ -1,0 +1,105 @@
+// A gRPC client of FleetBridgeService, on `@grpc/grpc-js` with the .proto loaded by `@grpc/proto-loader`.
+//
+//   node grpc_client.mjs <target> <protoPath> subscribe <filtersJSON> <count> <timeoutMs> [resumeAfterId]
+//   node grpc_client.mjs <target> <protoPath> publish <topic> <payload> <qos> [timeoutMs]
+//
+// subscribe prints {"ready":true} when the response headers arrive (the bridge sends them once the
+// subscription is registered), then each SubscribeResponse as JSON, and exits 0 after <count>.
+// publish sends <payload> (UTF-8) and prints the PublishResponse. Messages are decoded with keepCase,
+// longs and enums as strings, bytes as base64 and the name of each set oneof (oneofs: true); fields
+// at their default value are left out. A failed call exits 1 with the status code's name on stderr:
+// "grpc_client.mjs: INVALID_ARGUMENT (3): ...".
+//
+// Imports resolve from the nearest folder above <protoPath> that holds a buf.yaml (the Buf module
+// root); google/protobuf/struct.proto comes from protobufjs, which bundles the well-known types.
+
+import fs from "node:fs";
+import path from "node:path";
+
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+
+import { args, deadline, emit, exit, fail, integer } from "./cli.mjs";
+
+const USAGE = [
+  "<target> <protoPath> subscribe <filtersJSON> <count> <timeoutMs> [resumeAfterId]",
+  "   or: node grpc_client.mjs <target> <protoPath> publish <topic> <payload> <qos> [timeoutMs]",
+].join("\n");
+const [target, protoPath, mode, ...rest] = args(USAGE, 6, 7);
+
+function moduleRoot(file) {
+  for (let dir = path.dirname(file); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(path.join(dir, "buf.yaml"))) {
+      return dir;
+    }
+    if (path.dirname(dir) === dir) {
+      return path.dirname(file);
+    }
+  }
+}
+
+const protoFile = path.resolve(protoPath);
+const definition = protoLoader.loadSync(protoFile, {
+  keepCase: true,
+  longs: String,
+  enums: String,
+  bytes: String,
+  oneofs: true,
+  includeDirs: [moduleRoot(protoFile)],
+});
+const FleetBridgeService = grpc.loadPackageDefinition(definition).mqtt_fleet.bridge.v1.FleetBridgeService;
+const client = new FleetBridgeService(target, grpc.credentials.createInsecure());
+
+/** Exit 1 naming the status code of a failed call. */
+function failCall(error, progress) {
+  const name = grpc.status[error.code] ?? "UNKNOWN_STATUS";
+  fail(`${name} (${error.code}): ${error.details || error.message}${progress ? `; ${progress}` : ""}`);
+}
+
+if (mode === "subscribe") {
+  const [filtersJSON, rawCount, rawTimeout, resumeAfterId] = rest;
+  const filters = JSON.parse(filtersJSON);
+  const count = integer(rawCount, "count");
+  const timeoutMs = integer(rawTimeout, "timeoutMs");
+  const request = { filters };
+  if (resumeAfterId !== undefined) {
+    request.resume_after_id = resumeAfterId;
+  }
+  let received = 0;
+  const progress = () => `received ${received} of ${count} responses`;
+  deadline(timeoutMs, progress);
+  const call = client.Subscribe(request);
+  call.on("metadata", () => {
+    emit({ ready: true });
+    if (count === 0) {
+      call.cancel();
+      exit(0);
+    }
+  });
+  call.on("data", (response) => {
+    emit(response);
+    received += 1;
+    if (received === count) {
+      call.cancel();
+      exit(0);
+    }
+  });
+  call.on("error", (error) => failCall(error, progress()));
+  call.on("end", () => fail(`the stream ended: ${progress()}`));
+} else if (mode === "publish") {
+  const [topic, payload, rawQos, rawTimeout = "5000"] = rest;
+  const qos = integer(rawQos, "qos");
+  const timeoutMs = integer(rawTimeout, "timeoutMs");
+  deadline(timeoutMs + 1000, () => "no answer to Publish");
+  const request = { topic, payload: Buffer.from(payload, "utf8"), qos };
+  client.Publish(request, { deadline: Date.now() + timeoutMs }, (error, response) => {
+    if (error) {
+      failCall(error);
+    } else {
+      emit(response);
+      exit(0);
+    }
+  });
+} else {
+  args(USAGE, Infinity, Infinity);
+}
