@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from support import cpu_seconds, fmt, free_port, host_busy_seconds, log_tail
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
@@ -123,25 +124,6 @@ NAIVE = {
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def host_busy_seconds() -> float:
-    """CPU seconds all CPUs of the host spent busy (not idle, not waiting for I/O) so far."""
-    t = psutil.cpu_times()
-    idle = t.idle + sum(getattr(t, k, 0.0) for k in ("iowait", "steal", "guest", "guest_nice"))
-    return float(sum(t) - idle)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def emit(event: str, **data: Any) -> None:
     print(LINE_PREFIX + json.dumps({"event": event, **data}), flush=True)
 
@@ -157,10 +139,6 @@ def percentiles(values: Sequence[int]) -> dict[str, float]:
         return v[min(n - 1, int(q * (n - 1) + 0.5))] / 1000
 
     return {"n": n, "p50": pick(0.50), "p99": pick(0.99), "p999": pick(0.999), "max": v[-1] / 1000}
-
-
-def fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def sources_fingerprint() -> dict[str, str]:
@@ -695,14 +673,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     """Best effort: the child gets SIGTERM if this process dies without cleaning up (Linux)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("    | " + line for line in text.splitlines()[-lines:])
 
 
 class BenchError(Exception):

@@ -54,10 +54,8 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -70,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from support import fmt, free_port, host_busy_seconds, raise_fd_limit, ratio, tcp_counters
 
 BASELINE = "mosquitto"
 KNOWN_BROKERS = ("fleet", "mosquitto", "amqtt")
@@ -365,13 +364,6 @@ async def open_client(
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Best effort: the broker gets SIGTERM if this process dies without cleaning up (Linux)."""
     with contextlib.suppress(Exception):
@@ -555,13 +547,6 @@ def own_cpu_seconds() -> float:
     return t.user + t.system
 
 
-def host_busy_seconds() -> float:
-    """CPU seconds all CPUs of the host spent busy (not idle, not waiting for I/O) so far."""
-    t = psutil.cpu_times()
-    idle = t.idle + sum(getattr(t, k, 0.0) for k in ("iowait", "steal", "guest", "guest_nice"))
-    return float(sum(t) - idle)
-
-
 def other_cpu_pct(h0: float, c0: float, m0: float, broker: Broker, wall: float) -> float:
     """CPU % (100 = one core) used by everything but the broker and the generator since h0/c0/m0.
 
@@ -571,20 +556,6 @@ def other_cpu_pct(h0: float, c0: float, m0: float, broker: Broker, wall: float) 
     busy = host_busy_seconds() - h0
     ours = (broker.cpu_seconds() - c0) + (own_cpu_seconds() - m0)
     return max(0.0, 100 * (busy - ours) / wall)
-
-
-def tcp_counters() -> dict[str, int]:
-    """Host-wide TCP counters that explain slow connects: accept-queue overflows, SYN retransmits."""
-    want = ("ListenOverflows", "TCPSynRetrans")
-    try:
-        rows = [
-            ln.split()
-            for ln in Path("/proc/net/netstat").read_text().splitlines()
-            if ln.startswith("TcpExt:")
-        ]
-        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True) if k in want}
-    except (OSError, IndexError, ValueError):
-        return {}
 
 
 async def keepalive(clients: list[Client]) -> None:
@@ -841,16 +812,6 @@ async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) ->
 # --------------------------------------------------------------------------------------------
 
 
-def fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "-"
-    return f"{a / b:.2f}x" if a / b >= 0.1 else f"{a / b:.3f}x"
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
@@ -1036,16 +997,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if "mosquitto" in args.brokers and not Path(MOSQUITTO_BIN).exists():
         p.error(f"mosquitto not found at {MOSQUITTO_BIN} (apt-get install mosquitto)")
     return args
-
-
-def raise_fd_limit(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the brokers inherit it too
-        soft = hard
-    if need > soft:
-        raise SystemExit(f"need ~{need} file descriptors, the limit is {soft} (hard {hard})")
-    return soft
 
 
 async def amain(args: argparse.Namespace, results: list[Result]) -> None:

@@ -63,7 +63,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,6 +73,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
+from support import (
+    cpu_seconds,
+    fmt,
+    free_port,
+    host_busy_seconds,
+    log_tail,
+    raise_fd_limit,
+    ratio,
+    tcp_counters,
+)
 
 HOST = "127.0.0.1"
 MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -109,32 +118,6 @@ OTHER_CPU_WARN = 25.0  # % of a core used by other processes that makes a run su
 # --------------------------------------------------------------------------------------------
 # Shared helpers.
 # --------------------------------------------------------------------------------------------
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def host_busy_seconds() -> float:
-    """CPU seconds all CPUs of the host spent busy (not idle, not waiting for I/O) so far."""
-    t = psutil.cpu_times()
-    idle = t.idle + sum(getattr(t, k, 0.0) for k in ("iowait", "steal", "guest", "guest_nice"))
-    return float(sum(t) - idle)
-
-
-def tcp_counters() -> dict[str, int]:
-    """Host-wide TCP counters that explain slow connects: accept-queue overflows, SYN retransmits."""
-    want = ("ListenOverflows", "TCPSynRetrans")
-    try:
-        rows = [
-            ln.split()
-            for ln in Path("/proc/net/netstat").read_text().splitlines()
-            if ln.startswith("TcpExt:")
-        ]
-        return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True) if k in want}
-    except (OSError, IndexError, ValueError):
-        return {}
 
 
 def ephemeral_ports() -> tuple[int, int]:
@@ -216,10 +199,6 @@ def fleet_fingerprint() -> dict[str, str]:
         ).stdout.strip()
         out["git_head"] = head + (" + uncommitted fleet/ changes" if dirty else "")
     return out
-
-
-def fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,13 +602,6 @@ def child_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Best effort: the child gets SIGTERM if this process dies without cleaning up (Linux)."""
     with contextlib.suppress(Exception):
@@ -647,14 +619,6 @@ def stop_pid(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) ->
         print(f"  ! {name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
         proc.kill()
         proc.wait(5)
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("    | " + line for line in text.splitlines()[-lines:])
 
 
 class BenchError(Exception):
@@ -1161,12 +1125,6 @@ def summary_line(r: Run) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
-        return "-"
-    return f"{a / b:.2f}x" if a / b >= 0.1 else f"{a / b:.3f}x"
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
@@ -1424,16 +1382,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.child is None and not Path(MOSQUITTO_BIN).exists():
         p.error(f"mosquitto not found at {MOSQUITTO_BIN} (apt-get install mosquitto)")
     return args
-
-
-def raise_fd_limit(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # Mosquitto and children inherit it
-        soft = hard
-    if need > soft:
-        raise SystemExit(f"need ~{need} file descriptors, the limit is {soft} (hard {hard})")
-    return soft
 
 
 async def amain(args: argparse.Namespace, runs: list[Run]) -> None:
