@@ -2,17 +2,18 @@
 #   make demo   the all-in-one demo (`fleet up`) on the embedded broker
 #   make test   lint, type-check and the whole test suite
 # Both create .venv when it is missing. `make test` also installs the Debian packages the
-# interop tests need (Mosquitto and its clients, openssl) when they are missing.
+# interop tests need (Mosquitto and its clients, openssl) and the dashboard tests need (chromium)
+# when they are missing.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.package-lock.json
-APT_PACKAGES := mosquitto mosquitto-clients openssl curl
+APT_PACKAGES := mosquitto mosquitto-clients openssl curl chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint deps node-deps bench clean
+.PHONY: demo test lint deps node-deps bench screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,7 @@ demo: $(STAMP)
 
 deps:
 	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
-	    || ! [ -x /usr/sbin/mosquitto ]; then \
+	    || ! command -v chromium >/dev/null || ! [ -x /usr/sbin/mosquitto ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \
@@ -52,6 +53,10 @@ test: $(STAMP) deps node-deps lint
 
 bench: $(STAMP) deps
 	$(BIN)/python bench/broker_scale.py
+
+# The README's picture of the dashboard: the demo fleet on the page, in headless Chromium.
+screenshot: $(STAMP) deps
+	DASHBOARD_SCREENSHOT=docs/dashboard.png $(BIN)/pytest tests/bridges/test_dashboard.py -k screenshot
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/node/node_modules

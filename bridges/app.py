@@ -26,6 +26,9 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
     is a 400 with the reason as text. The stream starts with a `retry:` hint, sends a comment every
     `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut.
 
+`GET /` is the dashboard page, with its scripts and styles under `/dashboard/` (bridges/dashboard/:
+static files, no build step, nothing fetched from elsewhere).
+
 `GET /healthz` is liveness: always 200 while the process serves, with `broker_connected` and
 `ready` in the body. `GET /readyz` is readiness: 503 while the bridge has no broker connection or
 is shutting down. `GET /metrics` is Prometheus text from a registry of this app alone.
@@ -39,6 +42,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -47,8 +51,9 @@ from sse_starlette.sse import EventSourceResponse, SendTimeoutError
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -88,6 +93,7 @@ _CLOSE_TIMEOUT = 1.0
 _RESUBSCRIBED = "resubscribed"
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY = 1008
+DASHBOARD = Path(__file__).with_name("dashboard")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +209,9 @@ class BridgeState:
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def dashboard(self, request: Request) -> Response:
+        return FileResponse(DASHBOARD / "index.html")
 
     # Server-Sent Events
 
@@ -593,6 +602,8 @@ def create_app(
             Route("/healthz", state.healthz),
             Route("/readyz", state.readyz),
             Route("/metrics", state.metrics),
+            Route("/", state.dashboard),
+            Mount("/dashboard", StaticFiles(directory=DASHBOARD)),
         ]
     )
     app.state.bridge = state

@@ -1,0 +1,280 @@
+"""The dashboard page at `/`, in a real headless Chromium (Debian's `chromium`, driven by Playwright),
+against a real broker, a real bridge and a real simulated fleet.
+
+`make screenshot` runs `test_screenshot_of_the_demo_fleet` with DASHBOARD_SCREENSHOT=docs/dashboard.png:
+the picture in the README. Without it the screenshot goes to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from bridges.app import SSE_TRANSPORT
+from bridges.hub import Hub
+from broker.server import Broker
+from fleet.config import load_toml
+from fleet.endpoint import Endpoint
+from fleet.report import Report
+from fleet.schema import FleetConfig
+from fleet.simulator import Target, simulate
+from tests.bridges.conftest import RunningBridge, consumers, publish_and_wait, running_bridge, wait_until
+from tests.procs import ROOT
+from tests.rawmqtt import RawClient
+
+CHROMIUM = shutil.which("chromium")
+TIMEOUT = 10.0
+TIMEOUT_MS = TIMEOUT * 1000
+expect.set_options(timeout=TIMEOUT_MS)
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium; Playwright downloads no browser of its own."""
+    assert CHROMIUM is not None
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A page whose script errors fail the test."""
+    opened = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+    assert not errors, f"the page raised: {errors}"
+
+
+@pytest.fixture
+async def bridge(broker: Broker) -> AsyncIterator[RunningBridge]:
+    """A bridge whose SSE clients reconnect after 100 ms instead of 3 s."""
+    async with running_bridge(broker.port, sse_retry_ms=100) as running:
+        yield running
+
+
+async def open_dashboard(page: Page, bridge: RunningBridge, transport: str = "sse") -> None:
+    """Load `/` and wait until its stream is live."""
+    await page.goto(f"{bridge.http}/?transport={transport}")
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+
+
+def fleet_config(groups: list[dict[str, Any]]) -> FleetConfig:
+    return FleetConfig.model_validate({"seed": 7, "connect_rate": 10_000, "groups": groups})
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(broker: Broker, config: FleetConfig) -> AsyncIterator[asyncio.Task[Report]]:
+    """The simulator on `broker`, once every device has announced itself; stopped (cleanly) on exit."""
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    target = Target(Endpoint("mqtt", "127.0.0.1", broker.port))
+    task = asyncio.create_task(simulate(config, target, stop=stop, ready=ready.set), name="test.fleet")
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await ready.wait()
+        yield task
+    finally:
+        stop.set()
+        async with asyncio.timeout(TIMEOUT):
+            await task
+
+
+def cell(page: Page, device: str) -> Any:
+    return page.locator(f'#grid .cell[data-device="{device}"]')
+
+
+def card(page: Page, device: str) -> Any:
+    return page.locator(f'#cards .card[data-device="{device}"]')
+
+
+async def test_the_page_and_its_files_are_served(bridge: RunningBridge) -> None:
+    """`/` is the HTML page, and its script and style come from the bridge itself, not from a CDN."""
+    async with httpx.AsyncClient(base_url=bridge.http) as client:
+        index = await client.get("/")
+        assert index.status_code == 200
+        assert index.headers["content-type"].startswith("text/html")
+        assets = re.findall(r'(?:src|href)="([^"]+)"', index.text)
+        assert sorted(assets) == ["dashboard/app.js", "dashboard/style.css"]
+        for asset in assets:
+            response = await client.get(f"/{asset}")
+            assert response.status_code == 200, asset
+            assert "http://" not in response.text
+            assert "https://" not in response.text
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_the_page_loads_and_devices_appear(
+    broker: Broker, bridge: RunningBridge, page: Page, transport: str
+) -> None:
+    """Over either transport, each device of a running fleet appears online with its live values."""
+    await open_dashboard(page, bridge, transport)
+    temperature = {"kind": "random_walk", "start": 21, "min": 16, "max": 27, "step": 0.3}
+    config = fleet_config(
+        [{"name": "thermo", "count": 3, "interval": 0.1, "telemetry": {"temperature": temperature}}]
+    )
+    async with running_fleet(broker, config):
+        for index in range(3):
+            await expect(cell(page, f"thermo-{index:04d}")).to_have_attribute("data-state", "online")
+        thermo = card(page, "thermo-0000")
+        await expect(thermo.locator(".metric .name")).to_have_text("temperature")
+        await expect(thermo.locator("canvas.spark")).to_have_count(1)
+        await expect(page.locator("#stat-online")).to_have_text("3")
+    await expect(page.locator("#stat-gaps")).to_have_text("0")
+
+
+async def test_an_abrupt_drop_turns_the_device_offline_through_its_will(
+    broker: Broker, bridge: RunningBridge, page: Page
+) -> None:
+    """A device whose socket dies without DISCONNECT turns red on the page: the broker fired its will."""
+    await open_dashboard(page, bridge)
+    device = await RawClient.open(broker.port)
+    try:
+        will = b'{"online": false, "reason": "lost"}'
+        await device.connect("meter-0001", will=("fleet/meter-0001/status", will, 1, True))
+        device.publish("fleet/meter-0001/status", b'{"online": true}', 0, retain=True)
+        await expect(cell(page, "meter-0001")).to_have_attribute("data-state", "online")
+    finally:
+        device.abort()
+    await expect(cell(page, "meter-0001")).to_have_attribute("data-state", "lost")
+    await expect(cell(page, "meter-0001")).to_have_attribute("title", re.compile("last will"))
+    await expect(page.locator('#log-list li[data-kind="will"]')).to_contain_text("meter-0001 offline")
+    await expect(page.locator("#stat-lost")).to_have_text("1")
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_a_command_from_the_page_reaches_the_device_and_its_ack_is_shown(
+    broker: Broker, bridge: RunningBridge, page: Page, transport: str
+) -> None:
+    """The form publishes a command through the bridge; the simulated device runs it, and its ack shows."""
+    await open_dashboard(page, bridge, transport)
+    config = fleet_config([{"name": "thermo", "count": 2, "interval": 0.5}])
+    async with running_fleet(broker, config) as fleet:
+        await expect(cell(page, "thermo-0001")).to_have_attribute("data-state", "online")
+        await cell(page, "thermo-0001").click()  # addresses the form to it
+        await expect(page.locator('#command-form input[name="device"]')).to_have_value("thermo-0001")
+        await page.select_option('#command-form select[name="op"]', "set_interval")
+        await page.fill('#command-form input[name="value"]', "0.2")
+        await page.click('#command-form button[type="submit"]')
+        row = page.locator("#command-table tbody tr").first
+        await expect(row).to_have_attribute("data-state", "ack")
+        await expect(row.locator("td").last).to_have_text("ack: ok")
+        command_id = await row.get_attribute("data-command")
+        acks = page.locator('#log-list li[data-kind="ack"]')
+        await expect(acks).to_contain_text(f"thermo-0001 {command_id}")
+    report = fleet.result()
+    assert dict(report.group("thermo").commands) == {"set_interval": 1}
+
+
+async def test_a_command_the_bridge_refuses_shows_the_reason(bridge: RunningBridge, page: Page) -> None:
+    """A command to a topic the bridge may not publish to is marked failed with the bridge's reason."""
+    await open_dashboard(page, bridge)
+    await page.fill('#command-form input[name="device"]', "a/b")  # fleet/a/b/cmd is not fleet/+/cmd
+    await page.click('#command-form button[type="submit"]')
+    row = page.locator("#command-table tbody tr").first
+    await expect(row).to_have_attribute("data-state", "failed")
+    await expect(row.locator("td").last).to_contain_text("refused: ")
+
+
+def telemetry(device: str, seq: int) -> tuple[str, dict[str, Any]]:
+    return f"fleet/{device}/telemetry", {"device": device, "seq": seq, "values": {"level": seq % 7}}
+
+
+def cut_sse_streams(bridge: RunningBridge) -> None:
+    """End every SSE stream from the server side, as a `disconnect` policy or a shutdown does."""
+    for consumer in [c for c in bridge.hub.consumers if c.transport == SSE_TRANSPORT]:
+        consumer.close("cut by the test")
+
+
+async def test_after_the_server_drops_the_stream_the_page_resumes_without_a_gap(
+    bridge: RunningBridge, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """EventSource reconnects with Last-Event-ID: events sent while it was away arrive, seq has no gap,
+    and the page says so."""
+    await open_dashboard(page, bridge)
+    await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-1", seq) for seq in range(5)])
+    await expect(card(page, "pump-1").locator(".seq")).to_have_text("seq 4")
+
+    cut_sse_streams(bridge)
+    # In the same loop turn as the cut, so the page cannot be connected: these exist only in the ring.
+    for topic, payload in (telemetry("pump-1", seq) for seq in range(5, 10)):
+        bridge.hub.ingest(topic, json.dumps(payload).encode(), qos=1, retain=False)
+    await wait_until(lambda: consumers(bridge.hub, SSE_TRANSPORT) == 1, "the page to reconnect", TIMEOUT)
+    await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-1", seq) for seq in range(10, 12)])
+
+    await expect(card(page, "pump-1").locator(".seq")).to_have_text("seq 11")
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "resumed")
+    await expect(page.locator("#connection")).to_contain_text("nothing missed")
+    await expect(page.locator("#stat-gaps")).to_have_text("0")
+    await expect(page.locator("#stat-reconnects")).to_have_text("1")
+
+
+async def test_a_resume_beyond_the_replay_ring_shows_the_reset(
+    broker: Broker, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """When the bridge no longer holds the missed events, the page says 'reset' and counts the seq gap."""
+    async with running_bridge(broker.port, hub=Hub(ring_size=4), sse_retry_ms=100) as bridge:
+        await open_dashboard(page, bridge)
+        await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-2", 0)])
+        await expect(card(page, "pump-2").locator(".seq")).to_have_text("seq 0")
+        cut_sse_streams(bridge)
+        for topic, payload in (telemetry("pump-2", seq) for seq in range(1, 11)):
+            bridge.hub.ingest(topic, json.dumps(payload).encode(), qos=1, retain=False)
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "reset")
+        await expect(card(page, "pump-2").locator(".seq")).to_have_text("seq 10")
+        await expect(page.locator("#stat-gaps")).to_have_text("6")  # seq 1..6 fell out of a ring of 4
+
+
+async def test_screenshot_of_the_demo_fleet(
+    broker: Broker, bridge: RunningBridge, page: Page, tmp_path: Path
+) -> None:
+    """The demo fleet (configs/demo.toml, faster) on the page, with wills fired and a command acked,
+    saved as a PNG."""
+    path = Path(os.environ.get("DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
+    demo = load_toml(ROOT / "configs" / "demo.toml")
+    for group in demo["groups"]:
+        group["interval"] = 0.25
+    vans = demo["groups"][-1]
+    # Vans drop after 2 s, some abruptly (their will fires), and stay away for the rest of the test.
+    vans["connectivity"] = {
+        "mode": "intermittent",
+        "online": {"dist": "fixed", "value": 2},
+        "offline": {"dist": "fixed", "value": 60},
+        "ends": {"clean": 1, "abrupt": 1},
+    }
+    config = fleet_config(demo["groups"])
+    await open_dashboard(page, bridge)
+    async with running_fleet(broker, config):
+        for device in ("van-00", "door-0000", "thermo-0000"):
+            await cell(page, device).click()  # charted first
+        await page.select_option('#command-form select[name="op"]', "ping")
+        await page.click('#command-form button[type="submit"]')
+        await expect(page.locator("#command-table tbody tr").first).to_have_attribute("data-state", "ack")
+        await expect(page.locator("#stat-lost")).not_to_have_text("0")
+        await expect(card(page, "thermo-0000").locator(".seq")).to_have_text(
+            re.compile(r"seq (1\d|[2-9]\d)"), timeout=TIMEOUT_MS
+        )
+        await page.screenshot(path=path, full_page=True)
