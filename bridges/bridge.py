@@ -74,6 +74,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     f"ws://{host}:{bridge.http_port}/ws",
                     f"http://{host}:{bridge.http_port}/metrics",
                     f"grpc://{host}:{bridge.grpc_port}",
+                    f"http://{host}:{bridge.http_port}/",  # the dashboard
                 ]
                 yield bridge
         finally:

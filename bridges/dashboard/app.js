@@ -346,24 +346,25 @@
   function reorderGrid() {
     gridOrderStale = false;
     const ids = [...devices.keys()].sort();
+    const compact = ids.length > COMPACT_OVER;
+    if (compact && !grid.classList.contains("compact")) {
+      grid.classList.add("compact"); // small squares without labels from now on
+      for (const record of devices.values()) if (record.cell !== null) record.cell.textContent = "";
+    }
     const fragment = document.createDocumentFragment();
-    const options = document.createDocumentFragment();
     for (const id of ids) {
       const record = devices.get(id);
       if (record.cell === null) {
-        record.cell = el("button", "cell", id);
-        record.cell.type = "button";
+        record.cell = el("span", "cell", compact ? undefined : id);
         record.cell.dataset.device = id;
         changed.add(id);
       }
       fragment.append(record.cell);
-      const option = el("option");
-      option.value = id;
-      options.append(option);
     }
-    grid.classList.toggle("compact", ids.length > COMPACT_OVER);
     grid.replaceChildren(fragment);
-    $("device-ids").replaceChildren(options);
+    // Id suggestions for the command form, for fleets small enough to scroll through.
+    const options = compact ? [] : ids.map((id) => Object.assign(el("option"), { value: id }));
+    $("device-ids").replaceChildren(...options);
   }
 
   function drawDevice(record) {
@@ -414,7 +415,7 @@
 
   function sparkline(samples) {
     const canvas = el("canvas", "spark");
-    const width = 120;
+    const width = 90;
     const height = 28;
     const scale = window.devicePixelRatio || 1;
     canvas.width = width * scale;

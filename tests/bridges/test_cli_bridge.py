@@ -38,6 +38,8 @@ def test_fleet_bridge_serves_sse_and_health_and_stops_cleanly(
     index = proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
     events_url = proc.stdout.lines[index].removeprefix("fleet bridge: serving ")
     proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving grpc://"))
+    dashboard_url = events_url.removesuffix("events")
+    proc.stdout.wait_for(lambda line: line == f"fleet bridge: serving {dashboard_url}")
     health_url = events_url.replace("/events", "/healthz")
     for _ in range(50):  # bounded: the bridge connects to its broker within a few hundred ms
         health = json.loads(run(["curl", "-s", "--max-time", "2", health_url]).stdout or "{}")
@@ -52,6 +54,8 @@ def test_fleet_bridge_serves_sse_and_health_and_stops_cleanly(
     assert retained.returncode == 0, retained
     sse = run(["curl", "-sN", "--max-time", "2", f"{events_url}?filter=fleet/%2B/status&last_event_id=0"])
     assert "event: status" in sse.stdout, sse
+    page = run(["curl", "-s", "--max-time", "2", dashboard_url])
+    assert "<title>mqtt-fleet dashboard</title>" in page.stdout, page
 
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0, proc.describe()

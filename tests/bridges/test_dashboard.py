@@ -278,3 +278,53 @@ async def test_screenshot_of_the_demo_fleet(
             re.compile(r"seq (1\d|[2-9]\d)"), timeout=TIMEOUT_MS
         )
         await page.screenshot(path=path, full_page=True)
+
+
+async def test_the_page_stays_responsive_with_the_10k_fleet(bridge: RunningBridge, page: Page) -> None:
+    """The 10,000 devices of configs/fleet-10k.toml at their rate (10,000 telemetry messages/s) all show,
+    while the page keeps drawing frames and answers a click within a second."""
+    fleet_10k = FleetConfig.model_validate(load_toml(ROOT / "configs" / "fleet-10k.toml"))
+    group = fleet_10k.groups[0]
+    ids = [group.device_id(index) for index in range(group.count)]
+    await open_dashboard(page, bridge)
+    await page.evaluate(FRAME_GAPS)
+    hub = bridge.hub
+    chunk = 1000  # messages per 0.1 s: the config's rate
+    for start in range(0, len(ids), chunk):
+        for device in ids[start : start + chunk]:
+            hub.ingest(f"fleet/{device}/status", b'{"online": true}', qos=1, retain=True)
+        await asyncio.sleep(0.1)
+    for seq in range(3):
+        for start in range(0, len(ids), chunk):
+            for device in ids[start : start + chunk]:
+                payload = {
+                    "device": device,
+                    "seq": seq,
+                    "values": {"temperature": 21.0 + seq, "humidity": 50},
+                }
+                hub.ingest(f"fleet/{device}/telemetry", json.dumps(payload).encode(), qos=0, retain=False)
+            await asyncio.sleep(0.1)
+        if seq == 1:  # a click while the stream is in full flow
+            await page.locator(f'#grid .cell[data-device="{ids[4321]}"]').click(timeout=1000)
+            await expect(page.locator('#command-form input[name="device"]')).to_have_value(
+                ids[4321], timeout=1000
+            )
+    await expect(page.locator("#stat-devices")).to_have_text("10000")
+    await expect(page.locator("#stat-online")).to_have_text("10000")
+    await expect(page.locator("#grid.compact .cell")).to_have_count(10_000)
+    await expect(card(page, ids[4321])).to_contain_text("temperature")
+    max_gap = await page.evaluate("window.maxFrameGap")
+    assert max_gap < 1000, f"the page stalled for {max_gap:.0f} ms"
+
+
+# Records the longest time between two animation frames, in ms, as window.maxFrameGap.
+FRAME_GAPS = """() => {
+  let last = performance.now();
+  window.maxFrameGap = 0;
+  const tick = (now) => {
+    window.maxFrameGap = Math.max(window.maxFrameGap, now - last);
+    last = now;
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+}"""
