@@ -22,7 +22,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from bridges.app import SSE_TRANSPORT
+from bridges.app import SSE_TRANSPORT, WS_TRANSPORT
 from bridges.hub import Hub
 from broker.server import Broker
 from fleet.config import load_toml
@@ -144,6 +144,28 @@ async def test_the_page_loads_and_devices_appear(
         await expect(thermo.locator("canvas.spark")).to_have_count(1)
         await expect(page.locator("#stat-online")).to_have_text("3")
     await expect(page.locator("#stat-gaps")).to_have_text("0")
+
+
+async def test_the_transport_switch_moves_the_page_to_the_other_stream(
+    bridge: RunningBridge, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """Choosing WebSocket closes the EventSource and opens /ws (and back); events keep arriving."""
+    await open_dashboard(page, bridge)
+    await page.check('input[name="transport"][value="ws"]')
+    await expect(page.locator("#connection")).to_have_text("WebSocket: live")
+    await wait_until(lambda: consumers(bridge.hub, SSE_TRANSPORT) == 0, "the EventSource to close")
+    assert consumers(bridge.hub, WS_TRANSPORT) == 1
+    assert page.url.endswith("?transport=ws")
+    await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-3", 0)])
+    await expect(card(page, "pump-3").locator(".seq")).to_have_text("seq 0")
+
+    await page.check('input[name="transport"][value="sse"]')
+    # The switch back resumes after the last event the WebSocket delivered: the ids are the hub's.
+    await expect(page.locator("#connection")).to_have_attribute("data-state", "resuming")
+    await wait_until(lambda: consumers(bridge.hub, WS_TRANSPORT) == 0, "the WebSocket to close")
+    await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-3", 1)])
+    await expect(card(page, "pump-3").locator(".seq")).to_have_text("seq 1")
+    await expect(page.locator("#connection")).to_contain_text("nothing missed")
 
 
 async def test_an_abrupt_drop_turns_the_device_offline_through_its_will(
