@@ -15,6 +15,7 @@
   const COMPACT_OVER = 400; // devices: past this the grid drops the labels
   const RECONNECT_MAX_MS = 10000;
   const COMMAND_TIMEOUT_MS = 10000;
+  const COMMAND_ROWS = 50;
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, className, text) => {
@@ -80,7 +81,7 @@
         onAck(envelope.device, payload);
         break;
       case "bridge":
-        log("bridge", payload && payload.connected ? `broker connected: ${payload.reason}` : `broker lost: ${payload && payload.reason}`);
+        log("bridge", `broker ${payload && payload.connected ? "connected" : "lost"}: ${payload && payload.reason}`);
         break;
       default:
         log("raw", envelope.topic);
@@ -124,7 +125,8 @@
       const reason = typeof payload.reason === "string" ? payload.reason : "";
       record.state = reason === "lost" || reason === "clean" ? reason : "offline";
       record.reason = reason;
-      log(reason === "lost" ? "will" : "status", `${id} offline (${reason === "lost" ? "last will: lost" : reason || "no reason"})`);
+      const why = reason === "lost" ? "last will: lost" : reason || "no reason given";
+      log(reason === "lost" ? "will" : "status", `${id} offline (${why})`);
     }
   }
 
@@ -156,8 +158,14 @@
     for (const text of [command.id, deviceId, value === "" ? op : `${op} ${value}`, "sending"]) {
       row.append(el("td", "", text));
     }
-    $("command-table").tBodies[0].prepend(row);
+    const table = $("command-table").tBodies[0];
+    table.prepend(row);
     commands.set(command.id, row);
+    while (table.rows.length > COMMAND_ROWS) {
+      const oldest = table.lastElementChild;
+      commands.delete(oldest.dataset.command);
+      oldest.remove();
+    }
 
     const socket = new WebSocket(endpoint("ws", false));
     const timer = setTimeout(() => {
@@ -312,6 +320,7 @@
   // Rendering, on animation frames, at most every RENDER_EVERY_MS.
 
   const grid = $("grid");
+  const SPARK_COLOR = getComputedStyle(document.documentElement).getPropertyValue("--spark").trim();
   const logTelemetry = $("log-telemetry");
   let renderedAt = 0;
   let reorderedAt = -Infinity;
@@ -371,8 +380,12 @@
     const cell = record.cell;
     if (cell === null || cell.dataset.state === record.state) return;
     cell.dataset.state = record.state;
-    const status = { lost: "offline, last will: lost", clean: "offline, clean" }[record.state] ?? record.state;
-    cell.title = `${record.id}: ${status}`;
+    const status = {
+      lost: "offline, last will: lost",
+      clean: "offline, clean",
+      offline: `offline, ${record.reason || "no reason given"}`,
+    }[record.state];
+    cell.title = `${record.id}: ${status ?? record.state}`;
   }
 
   function placeCards() {
@@ -428,7 +441,7 @@
       low -= 1;
       high += 1;
     }
-    context.strokeStyle = getComputedStyle(document.body).getPropertyValue("--spark").trim() || "#2a7";
+    context.strokeStyle = SPARK_COLOR;
     context.lineWidth = 1.5;
     context.beginPath();
     samples.forEach((sample, index) => {
@@ -449,7 +462,11 @@
       const entry = logBacklog[index];
       const item = el("li");
       item.dataset.kind = entry.kind;
-      item.append(el("time", "", entry.at.toLocaleTimeString()), el("span", "kind", entry.kind), el("span", "text", entry.text));
+      item.append(
+        el("time", "", entry.at.toLocaleTimeString()),
+        el("span", "kind", entry.kind),
+        el("span", "text", entry.text),
+      );
       fragment.append(item);
     }
     logBacklog = [];

@@ -254,6 +254,20 @@ async def test_after_the_server_drops_the_stream_the_page_resumes_without_a_gap(
     await expect(page.locator("#stat-reconnects")).to_have_text("1")
 
 
+async def test_a_dropped_websocket_reconnects_and_says_events_were_missed(
+    bridge: RunningBridge, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """A WebSocket the bridge closes cannot resume: the page says so, reconnects, and goes on."""
+    await open_dashboard(page, bridge, "ws")
+    for consumer in [c for c in bridge.hub.consumers if c.transport == WS_TRANSPORT]:
+        consumer.close("cut by the test")  # the bridge closes the socket with code 1008
+    await expect(page.locator("#log-list")).to_contain_text("WebSocket closed (1008: cut by the test)")
+    await expect(page.locator("#connection")).to_have_text("WebSocket: live")
+    await expect(page.locator("#stat-reconnects")).to_have_text("1")
+    await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-4", 0)])
+    await expect(card(page, "pump-4").locator(".seq")).to_have_text("seq 0")
+
+
 async def test_a_resume_beyond_the_replay_ring_shows_the_reset(
     broker: Broker, page: Page, mqtt: aiomqtt.Client
 ) -> None:
