@@ -16,6 +16,9 @@
   const RECONNECT_MAX_MS = 10000;
   const COMMAND_TIMEOUT_MS = 10000;
   const COMMAND_ROWS = 50;
+  // An SSE page starts with the bridge's replay ring (10,000 events by default): recent statuses,
+  // wills and values. Its queue at the bridge holds that much, so the replay is not cut short.
+  const SSE_QUEUE = 10000;
 
   const $ = (id) => document.getElementById(id);
   const el = (tag, className, text) => {
@@ -233,11 +236,11 @@
 
   function openSse() {
     const url = endpoint("events", true);
-    // A fresh EventSource sends no Last-Event-ID header: resume through the query instead.
-    if (stats.lastId !== null) {
-      url.searchParams.set("last_event_id", stats.lastId);
-      awaitingResume = stats.lastId;
-    }
+    url.searchParams.set("queue", SSE_QUEUE);
+    // A fresh EventSource sends no Last-Event-ID header: resume through the query instead. The
+    // first stream starts after event 0, that is with everything the ring holds.
+    url.searchParams.set("last_event_id", stats.lastId ?? 0);
+    if (stats.lastId !== null) awaitingResume = stats.lastId;
     const source = new EventSource(url);
     current = source;
     source.onopen = () => connected("SSE");
@@ -264,6 +267,7 @@
     source.addEventListener("reset", parse((reset) => {
       const text = `reset: events after ${reset.after_id} and before ${reset.oldest_id} are gone`;
       if (awaitingResume !== null) settleResume("reset", text);
+      else if (reset.after_id === 0) log("connection", `history from the bridge, from event ${reset.oldest_id}`);
       else log("connection", text);
     }));
   }

@@ -187,6 +187,26 @@ async def test_an_abrupt_drop_turns_the_device_offline_through_its_will(
     await expect(page.locator("#stat-lost")).to_have_text("1")
 
 
+async def test_a_page_opened_later_starts_with_the_bridge_s_recent_events(
+    broker: Broker, bridge: RunningBridge, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """Over SSE the page begins with the bridge's replay ring: a will that fired before it opened shows."""
+    device = await RawClient.open(broker.port)
+    will = b'{"online": false, "reason": "lost"}'
+    await device.connect("meter-0002", will=("fleet/meter-0002/status", will, 1, True))
+    device.publish("fleet/meter-0002/status", b'{"online": true}', 0, retain=True)
+    await publish_and_wait(mqtt, bridge.hub, [telemetry("meter-0002", seq) for seq in range(3)])
+    events_in = bridge.hub.events_in
+    device.abort()
+    await wait_until(lambda: bridge.hub.events_in > events_in, "the will to reach the bridge")
+
+    await open_dashboard(page, bridge)
+    await expect(cell(page, "meter-0002")).to_have_attribute("data-state", "lost")
+    await expect(card(page, "meter-0002").locator(".seq")).to_have_text("seq 2")
+    await expect(page.locator("#log-list")).to_contain_text("history from the bridge, from event")
+    await expect(page.locator("#stat-gaps")).to_have_text("0")
+
+
 @pytest.mark.parametrize("transport", ["sse", "ws"])
 async def test_a_command_from_the_page_reaches_the_device_and_its_ack_is_shown(
     broker: Broker, bridge: RunningBridge, page: Page, transport: str
