@@ -3,12 +3,13 @@ loads the plugin through its `pytest11` entry point."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.procs import TIMEOUT
+from tests.procs import ROOT, TIMEOUT
 
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 
@@ -132,3 +133,21 @@ def test_loading_the_plugin_imports_no_client_or_server_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, check=True
     )
     assert result.stdout.strip() == "[]", result
+
+
+def readme_example() -> str:
+    """The python block of the README's "An end-to-end example" section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### An end-to-end example\n", 1)[1]
+    found = re.search(r"^```python\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    assert found is not None, "no python block in the README's end-to-end example"
+    return found[1]
+
+
+def test_the_readme_example_passes_in_a_new_project(pytester: pytest.Pytester) -> None:
+    """The README's end-to-end example (15 lines at most) passes as it is, in a project with no config."""
+    example = readme_example()
+    assert len(example.splitlines()) <= 15, example
+    pytester.makepyfile(test_readme=example)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(passed=1)
