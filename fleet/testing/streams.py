@@ -27,7 +27,7 @@ import time
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +43,7 @@ __all__ = [
     "Stream",
     "StreamEvent",
     "Transport",
-    "grpc_data",
+    "grpc_events",
     "open_stream",
 ]
 
@@ -170,9 +170,9 @@ class Stream:
         self.received += 1
         self._arrived.set()
 
-    async def _read(self, frames: AsyncIterator[Any]) -> None:
+    async def _read(self, frames: Frames) -> None:
         try:
-            async with contextlib.aclosing(frames):  # type: ignore[type-var]
+            async with contextlib.aclosing(frames):
                 async for data in frames:
                     self._feed(data)
             self.ended = "the server ended the stream"
@@ -282,7 +282,8 @@ def with_filters(url: str, filters: Sequence[str]) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-Opened = tuple[str, AsyncIterator[Any]]
+Frames = AsyncGenerator[Any, None]
+Opened = tuple[str, Frames]  # the stream's name, and its decoded frames
 
 
 @contextlib.asynccontextmanager
@@ -306,7 +307,7 @@ async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
     except aiomqtt.MqttError as exc:
         raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
 
-    async def frames() -> AsyncIterator[Any]:
+    async def frames() -> Frames:
         try:
             async for message in client.messages:
                 payload = message.payload
@@ -348,7 +349,7 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise TransportError(f"cannot open {url}: {exc}") from None
 
-    async def frames() -> AsyncIterator[Any]:
+    async def frames() -> Frames:
         try:
             async for message in websocket:
                 yield _json_or_text(message)
@@ -380,7 +381,7 @@ async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
             body = (await response.aread()).decode(errors="replace").strip()
             raise TransportError(f"cannot open {url}: HTTP {response.status_code}: {body[:200]}")
 
-        async def frames() -> AsyncIterator[Any]:
+        async def frames() -> Frames:
             try:
                 async for sse in source.aiter_sse():
                     if sse.data:  # the retry hint and keep-alives carry no data
@@ -391,18 +392,19 @@ async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
         yield f"sse stream {url}", frames()
 
 
-def grpc_data(response: bridge_pb2.SubscribeResponse) -> dict[str, Any]:
-    """A FleetBridgeService item as JSON: the envelope of an event, else a notice with a `type`, as on
-    WebSocket. The one place that decodes the gRPC stream."""
+def grpc_events(response: bridge_pb2.SubscribeResponse) -> list[dict[str, Any]]:
+    """The JSON form of one FleetBridgeService response: the envelope of an event, or a notice with
+    a `type`, as on WebSocket. The one place that decodes the gRPC stream; a list, so that a
+    response carrying a batch of events fits."""
     from google.protobuf import json_format
 
     from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 
     item = response.WhichOneof("item")
     if item == "dropped":
-        return {"type": "dropped", "count": response.dropped.count, "total": response.dropped.total}
+        return [{"type": "dropped", "count": response.dropped.count, "total": response.dropped.total}]
     if item == "reset":
-        return {"type": "reset", "after_id": response.reset.after_id, "oldest_id": response.reset.oldest_id}
+        return [{"type": "reset", "after_id": response.reset.after_id, "oldest_id": response.reset.oldest_id}]
     event = response.event
     data: dict[str, Any] = {
         "id": event.id,
@@ -416,7 +418,7 @@ def grpc_data(response: bridge_pb2.SubscribeResponse) -> dict[str, Any]:
     }
     if event.HasField("raw"):
         data["payload_base64"] = base64.b64encode(event.raw).decode()
-    return data
+    return [data]
 
 
 @contextlib.asynccontextmanager
@@ -442,10 +444,11 @@ async def _grpc(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
                 f"cannot subscribe at grpc://{target}: no answer within {OPEN_TIMEOUT}s"
             ) from None
 
-        async def frames() -> AsyncIterator[Any]:
+        async def frames() -> Frames:
             try:
                 async for response in call:
-                    yield grpc_data(response)
+                    for data in grpc_events(response):
+                        yield data
             except grpc.aio.AioRpcError as exc:
                 raise ConnectionLost(f"grpc://{target}: {exc.code().name}: {exc.details()}") from None
 
