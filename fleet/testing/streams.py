@@ -340,10 +340,10 @@ async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
 
 @contextlib.asynccontextmanager
 async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+    """`url` has the filters already, as query parameters."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import WebSocketException
 
-    url = with_filters(url, filters)
     try:
         websocket = await connect(url, open_timeout=OPEN_TIMEOUT)
     except (OSError, TimeoutError, WebSocketException) as exc:
@@ -364,10 +364,10 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
 
 @contextlib.asynccontextmanager
 async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+    """`url` has the filters already, as query parameters."""
     import httpx
     from httpx_sse import SSEError, aconnect_sse
 
-    url = with_filters(url, filters)
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(
             httpx.AsyncClient(timeout=httpx.Timeout(OPEN_TIMEOUT, read=None))
@@ -477,6 +477,10 @@ async def open_stream(transport: Transport, url: str, filters: Sequence[str] = (
     """
     for topic_filter in filters:
         validate_filter(topic_filter)
+    if transport in ("ws", "sse"):
+        url = with_filters(url, filters)
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)
+        filters = tuple(value for key, value in query if key == "filter")  # with those the URL had
     async with _OPENERS[transport](url, filters) as (name, frames):
         stream = Stream(name, filters)
         async with asyncio.TaskGroup() as tasks:

@@ -80,6 +80,8 @@ async def test_tail_prints_the_fleets_events_as_json_lines(
         await fleet_sim(TWO_DOORS)
         tail = await finished()
     assert tail.code == 0, tail
+    reading = [line for line in tail.stderr if line.startswith("fleet tail: reading ")]
+    assert reading[0].endswith(f"(filters: {STATUS})"), tail  # also when they came in the URL
     events = [json.loads(line) for line in tail.stdout]
     assert sorted(event["topic"] for event in events) == ["fleet/door-0000/status", "fleet/door-0001/status"]
     for event in events:
