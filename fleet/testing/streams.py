@@ -235,7 +235,8 @@ class Stream:
     async def expect_silence(
         self, *, for_: float, topic: str | None = None, match: Mapping[str, Any] | None = None
     ) -> None:
-        """No matching event for `for_` seconds, counting unconsumed events that arrived before."""
+        """No matching event for `for_` seconds, counting unconsumed events that arrived before; the
+        events it looks at are consumed."""
         __tracebackhide__ = True
         expectation = Expectation(topic, match or {})
         seen = self.received - len(self._pending)
@@ -247,13 +248,16 @@ class Stream:
             raise self._failure(f"expected {wanted}, but the stream ended", seen)
 
     def _failure(self, what: str, seen: int) -> ExpectationFailed:
-        """ExpectationFailed: `what`, and the events looked at (those after the `seen` first)."""
+        """ExpectationFailed: `what`, and the events it consumed after the first `seen` of the stream."""
         lines = [f"{self.name} (filters: {', '.join(self.filters) or 'none'}): {what}"]
         if self.ended is not None:
             lines.append(f"the stream ended: {self.ended}")
-        arrived = self.received - seen
-        recent = list(self._recent)[-arrived:] if arrived else []
-        lines.append(f"it looked at {arrived} events" + (f"; the last {len(recent)}:" if recent else ""))
+        consumed = self.received - len(self._pending)
+        looked = consumed - seen
+        recent = list(self._recent)[: max(0, len(self._recent) - len(self._pending))]
+        recent = recent[-looked:] if looked else []
+        counted = f"{looked} event" if looked == 1 else f"{looked} events"
+        lines.append(f"it looked at {counted}" + (f"; the last {len(recent)}:" if recent else ""))
         lines += [f"  {_show(event)}" for event in recent]
         if self.dropped:
             lines.append(f"({self.dropped} unconsumed events were dropped: more than {KEEP} waited)")

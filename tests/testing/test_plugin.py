@@ -102,7 +102,7 @@ def test_plugin_fixtures_and_stream_expectations(pytester: pytest.Pytester) -> N
         [
             "E   *ExpectationFailed: mqtt stream mqtt://127.0.0.1:* (filters: fleet/+/status): expected an"
             " event matching topic=fleet/+/status,payload.online=false within 0.5s, got 0",
-            "E   *it looked at 1 events; the last 1:",
+            "E   *it looked at 1 event; the last 1:",
             'E   *  {"topic":"fleet/door-0000/status","device":"door-0000","kind":"status",*'
             '"payload":{"online":true,*',
         ]
