@@ -11,6 +11,7 @@ import pytest
 from broker.server import Broker
 from fleet.errors import ConfigError, ExpectationFailed, TopicError, TransportError
 from fleet.testing.services import RunningBridges
+from tests.conftest import BrokerFactory
 from tests.procs import free_port
 
 
@@ -89,3 +90,15 @@ async def test_fleet_sim_says_what_is_wrong_with_a_config_or_a_fleet_that_cannot
     config = {"broker": {"url": url}, "groups": [{"name": "x", "count": 2}]}
     with pytest.raises(TransportError, match=f"not ready within 0.5s: 0 of 2 devices connected to {url}"):
         await fleet_sim(config, within=0.5)
+
+
+async def test_mqtt_stream_reads_any_broker_also_over_websocket(
+    mqtt_stream: Any, broker_factory: BrokerFactory
+) -> None:
+    """`url=` points mqtt_stream at another broker, here over MQTT/WebSocket; it publishes over TCP."""
+    async with broker_factory(ws_port=0) as other:
+        stream = await mqtt_stream("plant/#", url=f"ws://127.0.0.1:{other.ws_port}/mqtt")
+        async with aiomqtt.Client("127.0.0.1", other.port, identifier="test-streams-other") as client:
+            await client.publish("plant/line-1/speed", b"12.5", qos=1)
+        event = await stream.expect(topic="plant/+/speed")
+        assert (event.data["kind"], event.payload) == ("raw", 12.5)
