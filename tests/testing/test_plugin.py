@@ -78,7 +78,7 @@ async def test_someone_elses_sse_server(sse_stream):
 async def test_fails_showing_what_arrived(fleet_sim, mqtt_stream):
     status = await mqtt_stream("fleet/+/status")
     await fleet_sim({"groups": [{"name": "door", "count": 1}]})
-    await status.expect(topic="fleet/+/status", match={"online": False}, within=0.5)
+    await status.expect(topic="fleet/+/status", match={"online": False}, within=1.0)
 
 
 @pytest.mark.asyncio
@@ -101,7 +101,7 @@ def test_plugin_fixtures_and_stream_expectations(pytester: pytest.Pytester) -> N
     result.stdout.fnmatch_lines(
         [
             "E   *ExpectationFailed: mqtt stream mqtt://127.0.0.1:* (filters: fleet/+/status): expected an"
-            " event matching topic=fleet/+/status,payload.online=false within 0.5s, got 0",
+            " event matching topic=fleet/+/status,payload.online=false within 1.0s, got 0",
             "E   *it looked at 1 event; the last 1:",
             'E   *  {"topic":"fleet/door-0000/status","device":"door-0000","kind":"status",*'
             '"payload":{"online":true,*',
