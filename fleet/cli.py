@@ -32,6 +32,7 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, on `fleet tail`'s stderr
 
 
 @contextlib.contextmanager
@@ -368,6 +369,60 @@ async def _run_bridge(settings: Any) -> None:
                 click.echo(f"fleet bridge: serving {url}")
             await stop.wait()
             click.echo("fleet bridge: shutting down")
+
+
+@cli.command("tail")
+@click.argument("url")
+@click.option("--filter", "filters", multiple=True, help="topic filter; repeatable  [default: the URL's]")
+@click.option("--count", type=click.IntRange(min=1), help="stop after N events")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop after S seconds")
+@click.option(
+    "--expect",
+    "expect",
+    help="exit 0 once an event matches, e.g. 'topic=fleet/+/status,payload.online=false'",
+)
+@click.option("--format", "output", type=click.Choice(["json", "pretty"]), default="json", show_default=True)
+def tail_command(
+    url: str,
+    filters: tuple[str, ...],
+    count: int | None,
+    timeout: float | None,
+    expect: str | None,
+    output: str,
+) -> None:
+    """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
+
+    URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://..., http[s]://... (Server-Sent Events) or
+    grpc://HOST:PORT/FILTER. With --expect the exit status says whether a matching event arrived
+    (0) or not (1, with the reason).
+    """
+    from fleet.errors import TransportError
+    from fleet.tail import Source, format_event, tail
+    from fleet.testing.streams import Expectation
+
+    try:
+        source = Source.parse(url, filters)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL or --filter") from None
+    try:
+        expectation = Expectation.parse(expect) if expect is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--expect") from None
+    try:
+        failure = asyncio.run(
+            tail(
+                source,
+                count=count,
+                timeout=timeout,
+                expectation=expectation,
+                write=lambda event: click.echo(format_event(event, pretty=output == "pretty")),
+                note=lambda line: click.echo(f"fleet tail: {line}", err=True),
+            )
+        )
+    except TransportError as exc:
+        raise click.ClickException(str(exc)) from None
+    if failure is not None:
+        raise click.ClickException(failure)
 
 
 @cli.command()

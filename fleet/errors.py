@@ -10,7 +10,8 @@ Exception tree::
     ├── ConnectRefused       a broker answered CONNECT with a refusal (CONNACK return code 1-5)
     ├── TransportError       a connection could not be opened, or failed; the message says what
     │   └── ConnectionLost   an open connection ended, or a QoS 1/2 message's session was discarded
-    └── UnsupportedOperation a transport cannot do what was asked (go_silent over aiomqtt)
+    ├── UnsupportedOperation a transport cannot do what was asked (go_silent over aiomqtt)
+    └── ExpectationFailed    a stream did not deliver what a test expected (also an AssertionError)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "ConfigError",
     "ConnectRefused",
     "ConnectionLost",
+    "ExpectationFailed",
     "FleetError",
     "ProtocolError",
     "TopicError",
@@ -90,3 +92,7 @@ class ConnectionLost(TransportError):
 
 class UnsupportedOperation(FleetError, NotImplementedError):
     """A transport cannot do what was asked, for example `go_silent()` over aiomqtt."""
+
+
+class ExpectationFailed(FleetError, AssertionError):
+    """A stream did not deliver what was expected in time; the message shows what arrived instead."""

@@ -12,8 +12,8 @@ from broker.config import BrokerSettings
 from broker.server import Broker, running
 from tests.rawmqtt import RawClient
 
-# Subprocess, paho and Mosquitto helpers with their fixtures.
-pytest_plugins = ["tests.procs"]
+# Subprocess, paho and Mosquitto helpers with their fixtures; pytester runs the pytest plugin tests.
+pytest_plugins = ["tests.procs", "pytester"]
 
 BrokerFactory = Callable[..., contextlib.AbstractAsyncContextManager[Broker]]
 

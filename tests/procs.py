@@ -250,7 +250,7 @@ def start_fleet_broker() -> Iterator[Callable[..., FleetBroker]]:
 
 
 @pytest.fixture
-def fleet_broker(start_fleet_broker: Callable[..., FleetBroker]) -> FleetBroker:
+def fleet_broker_process(start_fleet_broker: Callable[..., FleetBroker]) -> FleetBroker:
     """`fleet broker` on a free TCP port and a free WebSocket port, publishing $SYS every second."""
     return start_fleet_broker(
         "--port", "0", "--ws-port", free_port(), "--sys-interval", "1", schemes=("mqtt", "ws")

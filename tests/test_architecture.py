@@ -68,3 +68,26 @@ def test_the_bridges_import_neither_the_broker_nor_the_simulator(path: Path) -> 
     for module in _imports(path):
         assert not module.startswith("broker"), f"{path.name} imports {module}"
         assert module not in SIMULATOR, f"{path.name} imports {module}"
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """What a module imports when it is loaded: imports in functions and under TYPE_CHECKING excluded."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+TEST_TOOLS = [*_modules("fleet/testing"), ROOT / "fleet" / "tail.py"]
+LAZY = ("broker", "bridges", "aiomqtt", "grpc", "httpx", "httpx_sse", "websockets", "google", *SIMULATOR)
+
+
+@pytest.mark.parametrize("path", TEST_TOOLS, ids=lambda p: p.name)
+def test_the_test_tools_wire_broker_bridges_and_simulator_only_inside_functions(path: Path) -> None:
+    """The pytest plugin and `fleet tail` wire broker, bridges and simulator as fleet/cli.py does: lazily,
+    so that the plugin, which every pytest run of a project with mqtt-fleet loads, stays cheap."""
+    for module in _top_level_imports(path):
+        assert not module.startswith(LAZY), f"{path.name} imports {module} when it is loaded"

@@ -60,10 +60,10 @@ def finished(sub: Proc) -> list[str]:
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_mosquitto_sub_receives_mosquitto_pub_over_tcp(
-    fleet_broker: FleetBroker, procs: Procs, prefix: str, qos: int
+    fleet_broker_process: FleetBroker, procs: Procs, prefix: str, qos: int
 ) -> None:
     """mosquitto_sub gets, in order and at the same QoS, what mosquitto_pub sends at QoS 0, 1 and 2."""
-    port = fleet_broker.port
+    port = fleet_broker_process.port
     # A retained marker: once mosquitto_sub prints it, its subscription is in place.
     publish(port, f"{prefix}/ready", "-r", "-q", 1, "-m", "ready")
     sub = subscribe(procs, port, "-t", f"{prefix}/#", "-q", qos, "-C", 4, "-W", SUB_WAIT)
@@ -83,10 +83,10 @@ def test_mosquitto_sub_receives_mosquitto_pub_over_tcp(
 
 
 def test_retained_message_reaches_later_subscriber_and_empty_retained_publish_clears_it(
-    fleet_broker: FleetBroker, procs: Procs, prefix: str
+    fleet_broker_process: FleetBroker, procs: Procs, prefix: str
 ) -> None:
     """`mosquitto_pub -r` is delivered to a later mosquitto_sub with retain=1; `-r -n` clears it."""
-    port = fleet_broker.port
+    port = fleet_broker_process.port
     topic = f"{prefix}/state"
     publish(port, topic, "-r", "-q", 1, "-m", "on")
 
@@ -104,10 +104,10 @@ def test_retained_message_reaches_later_subscriber_and_empty_retained_publish_cl
 
 
 def test_last_will_of_killed_mosquitto_sub_is_published(
-    fleet_broker: FleetBroker, procs: Procs, prefix: str
+    fleet_broker_process: FleetBroker, procs: Procs, prefix: str
 ) -> None:
     """A mosquitto_sub with --will-topic killed by SIGKILL makes the broker publish its will to others."""
-    port = fleet_broker.port
+    port = fleet_broker_process.port
     publish(port, f"{prefix}/ready", "-r", "-m", "ready")
     watcher = subscribe(
         procs, port, "-t", f"{prefix}/ready", "-t", f"{prefix}/will", "-q", 1, "-C", 2, "-W", SUB_WAIT
@@ -126,13 +126,13 @@ def test_last_will_of_killed_mosquitto_sub_is_published(
 
 
 def test_paho_over_tcp_subscribes_and_receives_qos1_and_qos2(
-    fleet_broker: FleetBroker, paho_client: PahoFactory, prefix: str
+    fleet_broker_process: FleetBroker, paho_client: PahoFactory, prefix: str
 ) -> None:
     """paho-mqtt 2.2 subscribes at QoS 2 and receives what another paho client publishes at QoS 1 and 2."""
     receiver = paho_client(f"paho-rx-{prefix[-12:]}")
     sender = paho_client(f"paho-tx-{prefix[-12:]}")
-    assert receiver.connect(fleet_broker.port) is False
-    assert sender.connect(fleet_broker.port) is False
+    assert receiver.connect(fleet_broker_process.port) is False
+    assert sender.connect(fleet_broker_process.port) is False
     assert receiver.subscribe(f"{prefix}/#", 2) == [2]
 
     sender.publish(f"{prefix}/one", b"at least once", 1)
@@ -147,20 +147,20 @@ def test_paho_over_tcp_subscribes_and_receives_qos1_and_qos2(
 
 
 def test_paho_persistent_session_receives_qos1_messages_published_while_offline(
-    fleet_broker: FleetBroker, paho_client: PahoFactory, prefix: str
+    fleet_broker_process: FleetBroker, paho_client: PahoFactory, prefix: str
 ) -> None:
     """A clean_session=False paho client reconnects with session present and gets the QoS 1 it missed."""
     client_id = f"paho-persistent-{prefix[-12:]}"
     first = paho_client(client_id, clean_session=False)
-    assert first.connect(fleet_broker.port) is False
+    assert first.connect(fleet_broker_process.port) is False
     assert first.subscribe(f"{prefix}/cmd", 1) == [1]
     first.close()
 
     for payload in ("reboot", "update"):
-        publish(fleet_broker.port, f"{prefix}/cmd", "-q", 1, "-m", payload)
+        publish(fleet_broker_process.port, f"{prefix}/cmd", "-q", 1, "-m", payload)
 
     second = paho_client(client_id, clean_session=False)
-    assert second.connect(fleet_broker.port) is True
+    assert second.connect(fleet_broker_process.port) is True
     got = [second.message(), second.message()]
     assert [(m.topic, m.payload, m.qos) for m in got] == [
         (f"{prefix}/cmd", b"reboot", 1),
@@ -169,31 +169,31 @@ def test_paho_persistent_session_receives_qos1_messages_published_while_offline(
 
 
 def test_paho_over_websocket_receives_from_mosquitto_pub_over_tcp(
-    fleet_broker: FleetBroker, paho_client: PahoFactory, prefix: str
+    fleet_broker_process: FleetBroker, paho_client: PahoFactory, prefix: str
 ) -> None:
     """paho over WebSocket (path /mqtt, subprotocol mqtt) receives what mosquitto_pub sends over TCP."""
     client = paho_client(f"paho-ws-rx-{prefix[-12:]}", transport="websockets")
     client.client.ws_set_options(path="/mqtt")
-    assert client.connect(fleet_broker.ports["ws"]) is False
+    assert client.connect(fleet_broker_process.ports["ws"]) is False
     assert client.subscribe(f"{prefix}/down", 1) == [1]
 
-    publish(fleet_broker.port, f"{prefix}/down", "-q", 1, "-m", "over tcp")
+    publish(fleet_broker_process.port, f"{prefix}/down", "-q", 1, "-m", "over tcp")
 
     message = client.message()
     assert (message.topic, message.payload, message.qos) == (f"{prefix}/down", b"over tcp", 1)
 
 
 def test_paho_over_websocket_publishes_to_mosquitto_sub_over_tcp(
-    fleet_broker: FleetBroker, paho_client: PahoFactory, procs: Procs, prefix: str
+    fleet_broker_process: FleetBroker, paho_client: PahoFactory, procs: Procs, prefix: str
 ) -> None:
     """What paho publishes over WebSocket at QoS 1 and 2 reaches mosquitto_sub over TCP."""
-    publish(fleet_broker.port, f"{prefix}/ready", "-r", "-m", "ready")
-    sub = subscribe(procs, fleet_broker.port, "-t", f"{prefix}/#", "-q", 2, "-C", 3, "-W", SUB_WAIT)
+    publish(fleet_broker_process.port, f"{prefix}/ready", "-r", "-m", "ready")
+    sub = subscribe(procs, fleet_broker_process.port, "-t", f"{prefix}/#", "-q", 2, "-C", 3, "-W", SUB_WAIT)
     sub.stdout.wait_for(f"{prefix}/ready ")
 
     client = paho_client(f"paho-ws-tx-{prefix[-12:]}", transport="websockets")
     client.client.ws_set_options(path="/mqtt")
-    assert client.connect(fleet_broker.ports["ws"]) is False
+    assert client.connect(fleet_broker_process.ports["ws"]) is False
     client.publish(f"{prefix}/up", b"over websocket", 1)
     client.publish(f"{prefix}/up", b"exactly once", 2)
 
@@ -205,9 +205,11 @@ def test_paho_over_websocket_publishes_to_mosquitto_sub_over_tcp(
 
 
 @pytest.mark.parametrize("subprotocol", ["mqtt", "mqttv3.1"])
-def test_websocket_listener_accepts_mqtt_subprotocol(fleet_broker: FleetBroker, subprotocol: str) -> None:
+def test_websocket_listener_accepts_mqtt_subprotocol(
+    fleet_broker_process: FleetBroker, subprotocol: str
+) -> None:
     """The WebSocket handshake selects the offered MQTT subprotocol (paho offers `mqtt`), then CONNACKs."""
-    url = fleet_broker.urls["ws"]
+    url = fleet_broker_process.urls["ws"]
     assert url.endswith("/mqtt")
     with websocket_connect(
         url, subprotocols=[Subprotocol(subprotocol)], proxy=None, open_timeout=TIMEOUT, close_timeout=TIMEOUT
@@ -218,10 +220,12 @@ def test_websocket_listener_accepts_mqtt_subprotocol(fleet_broker: FleetBroker, 
 
 
 def test_sys_clients_connected_is_readable_with_mosquitto_sub(
-    fleet_broker: FleetBroker, procs: Procs
+    fleet_broker_process: FleetBroker, procs: Procs
 ) -> None:
     """$SYS/broker/clients/connected is retained, then republished each interval counting the reader."""
-    sub = subscribe(procs, fleet_broker.port, "-t", "$SYS/broker/clients/connected", "-C", 2, "-W", SUB_WAIT)
+    sub = subscribe(
+        procs, fleet_broker_process.port, "-t", "$SYS/broker/clients/connected", "-C", 2, "-W", SUB_WAIT
+    )
     retained, periodic = finished(sub)
     topic, qos, retain, value = retained.split(" ")
     assert (topic, qos, retain) == ("$SYS/broker/clients/connected", "0", "1")

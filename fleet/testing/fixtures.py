@@ -1,0 +1,126 @@
+"""The fixtures of the mqtt-fleet pytest plugin: a broker, a fleet, the bridges, and stream clients.
+
+Everything runs in the test's event loop (pytest-asyncio, function scope), listens on 127.0.0.1 on
+free ports, and is stopped at teardown. Subsystems are imported when a fixture first runs.
+
+    @pytest.mark.asyncio
+    async def test_door_goes_offline(fleet_sim, mqtt_stream):
+        status = await mqtt_stream("fleet/+/status")
+        await fleet_sim({"groups": [{"name": "door", "count": 1}]})
+        await status.expect(topic="fleet/door-0000/status", match={"online": True}, within=5.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest_asyncio
+
+if TYPE_CHECKING:
+    from broker.server import Broker
+    from fleet.testing.services import RunningBridges, RunningFleet
+    from fleet.testing.streams import Stream, Transport
+
+__all__ = [
+    "fleet_bridges",
+    "fleet_broker",
+    "fleet_sim",
+    "grpc_stream",
+    "mqtt_stream",
+    "sse_stream",
+    "ws_stream",
+]
+
+READY_WITHIN = 10.0  # seconds for a fleet or the bridges to be ready
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def fleet_broker() -> AsyncIterator[Broker]:
+    """The embedded MQTT 3.1.1 broker on 127.0.0.1 and a free port: `.port`, `.urls[0]`."""
+    from broker.config import BrokerSettings
+    from broker.server import running
+
+    async with running(BrokerSettings(port=0, ws_port=None, sys_interval=0)) as broker:
+        yield broker
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def fleet_sim(fleet_broker: Broker) -> AsyncIterator[Callable[..., Awaitable[RunningFleet]]]:
+    """Start fleets: `await fleet_sim(config, within=10.0)` with a TOML file or a dict shaped like one.
+
+    It returns once every device has connected and announced itself. Devices connect to the
+    config's `[broker] url`, else to `fleet_broker`. Every fleet stops cleanly at teardown.
+    """
+    from fleet.simulator import Target, make_target
+    from fleet.testing.services import fleet_config, running_fleet
+    from fleet.transport import Endpoint
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            config: Path | str | Mapping[str, Any], *, within: float = READY_WITHIN
+        ) -> RunningFleet:
+            loaded = fleet_config(config)
+            target = make_target(loaded, None) or Target(Endpoint("mqtt", "127.0.0.1", fleet_broker.port))
+            return await stack.enter_async_context(running_fleet(loaded, target, within=within))
+
+        yield start
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def fleet_bridges(fleet_broker: Broker) -> AsyncIterator[RunningBridges]:
+    """The WebSocket, SSE and gRPC bridges of `fleet_broker`: `.ws`, `.events`, `.grpc`, `.http`."""
+    from fleet.testing.services import running_bridges
+
+    async with running_bridges(fleet_broker.urls[0], within=READY_WITHIN) as bridges:
+        yield bridges
+
+
+@contextlib.asynccontextmanager
+async def _streams() -> AsyncIterator[Callable[[Transport, str, Sequence[str]], Awaitable[Stream]]]:
+    """Open streams of any transport; all are closed when the block exits."""
+    from fleet.testing.streams import open_stream
+
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_one(transport: Transport, url: str, filters: Sequence[str] = ()) -> Stream:
+            return await stack.enter_async_context(open_stream(transport, url, filters))
+
+        yield open_one
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def mqtt_stream(fleet_broker: Broker) -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
+    """Subscribe: `await mqtt_stream("fleet/+/status", ..., url=None)`; url: any mqtt[s]:// broker,
+    default `fleet_broker`. Returns once the broker has acknowledged the subscription."""
+    async with _streams() as open_one:
+
+        async def open_mqtt(*filters: str, url: str | None = None) -> Stream:
+            return await open_one("mqtt", url or fleet_broker.urls[0], filters or ("#",))
+
+        yield open_mqtt
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def ws_stream() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
+    """Open WebSocket streams: `await ws_stream(url, filters=())`; filters become `?filter=` params."""
+    async with _streams() as open_one:
+        yield functools.partial(open_one, "ws")
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def sse_stream() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
+    """Open Server-Sent Events streams: `await sse_stream(url, filters=())`; JSON `data:` lines."""
+    async with _streams() as open_one:
+        yield functools.partial(open_one, "sse")
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def grpc_stream() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
+    """Subscribe to a FleetBridgeService: `await grpc_stream("host:port", filters=("#",))`."""
+    async with _streams() as open_one:
+        yield functools.partial(open_one, "grpc")

@@ -1,0 +1,495 @@
+"""Stream clients with one API over MQTT, WebSocket, Server-Sent Events and gRPC.
+
+    async with open_stream("ws", "ws://127.0.0.1:8080/ws", ["fleet/+/status"]) as stream:
+        event = await stream.expect(topic="fleet/+/status", match={"online": False}, within=5.0)
+
+A stream reads in the background from the moment it is open, and keeps what arrives until an
+expectation consumes it: `expect` consumes events up to the first match, `expect_count` up to the
+n-th, and `expect_silence` fails on a matching event that no expectation has consumed yet. A failed
+expectation raises `ExpectationFailed` (an AssertionError) showing the stream, its filters, the
+expectation and the last events that arrived.
+
+Each frame becomes a `StreamEvent` whose `data` is the decoded JSON (the bridge envelope on our
+bridges; any JSON on someone else's WebSocket or SSE server). Its `topic` is `data["topic"]` and its
+`payload` is `data["payload"]`, or the whole of `data` when it has no payload field. MQTT messages
+get the bridges' envelope without `id`, so that one parser reads every transport. Client libraries
+are imported when a stream of their transport opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import ssl
+import time
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from fleet.endpoint import Endpoint
+from fleet.errors import ConnectionLost, ExpectationFailed, TransportError
+from fleet.topics import matches, validate_filter
+
+if TYPE_CHECKING:
+    from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2
+
+__all__ = [
+    "Expectation",
+    "Stream",
+    "StreamEvent",
+    "Transport",
+    "grpc_events",
+    "open_stream",
+]
+
+Transport = Literal["mqtt", "ws", "sse", "grpc"]
+OPEN_TIMEOUT = 10.0
+KEEP = 10_000  # unconsumed events kept per stream; older ones are dropped and counted
+SHOW = 10  # events shown by a failed expectation
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One frame of a stream: `data` as decoded, and when it arrived (seconds since the epoch)."""
+
+    data: Any
+    received_at: float
+
+    @property
+    def topic(self) -> str | None:
+        topic = self.data.get("topic") if isinstance(self.data, dict) else None
+        return topic if isinstance(topic, str) else None
+
+    @property
+    def payload(self) -> Any:
+        if isinstance(self.data, dict) and "payload" in self.data:
+            return self.data["payload"]
+        return self.data
+
+
+def _same(expected: Any, actual: Any) -> bool:
+    """`actual` holds `expected`: equal values (True is not 1), and dicts by subset, recursively."""
+    if isinstance(expected, Mapping):
+        return isinstance(actual, Mapping) and all(
+            key in actual and _same(value, actual[key]) for key, value in expected.items()
+        )
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return isinstance(expected, bool) and isinstance(actual, bool) and expected == actual
+    return bool(expected == actual)
+
+
+def _paths(value: Mapping[str, Any], prefix: str) -> list[str]:
+    """`payload.a.b=value` items of a nested match, values in JSON."""
+    items: list[str] = []
+    for key, item in value.items():
+        if isinstance(item, Mapping) and item:
+            items += _paths(item, f"{prefix}.{key}")
+        else:
+            items.append(f"{prefix}.{key}={json.dumps(item, default=str)}")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """Which events count: a topic filter (MQTT wildcards), and values the payload must hold."""
+
+    topic: str | None = None
+    match: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.topic is not None:
+            validate_filter(self.topic)
+
+    @classmethod
+    def parse(cls, text: str) -> Expectation:
+        """`topic=fleet/+/status,payload.online=false`: values are JSON, else text.
+
+        Raises ValueError naming the item that is wrong.
+        """
+        topic: str | None = None
+        match: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep:
+                raise ValueError(f"expectation {text!r}: {item!r} is not KEY=VALUE")
+            if key == "topic":
+                topic = raw.strip()
+                continue
+            path = key.split(".")
+            if path[0] != "payload" or len(path) < 2 or not all(path):
+                raise ValueError(
+                    f"expectation {text!r}: unknown key {key!r}; use topic=FILTER or payload.PATH=VALUE"
+                )
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                value = raw.strip()
+            node = match
+            for name in path[1:-1]:
+                node = node.setdefault(name, {})
+            node[path[-1]] = value
+        return cls(topic, match)
+
+    def matches(self, event: StreamEvent) -> bool:
+        if self.topic is not None and (event.topic is None or not matches(self.topic, event.topic)):
+            return False
+        return not self.match or _same(self.match, event.payload)
+
+    def __str__(self) -> str:
+        items = [f"topic={self.topic}"] if self.topic is not None else []
+        items += _paths(self.match, "payload")
+        return ",".join(items) or "anything"
+
+
+class Stream:
+    """The events of one open stream; made by `open_stream`."""
+
+    def __init__(self, name: str, filters: Sequence[str]) -> None:
+        self.name = name
+        self.filters = tuple(filters)
+        self.received = 0
+        self.dropped = 0
+        self.ended: str | None = None
+        self._pending: deque[StreamEvent] = deque()
+        self._recent: deque[StreamEvent] = deque(maxlen=SHOW)
+        self._arrived = asyncio.Event()
+
+    def _feed(self, data: Any) -> None:
+        event = StreamEvent(data, time.time())
+        if len(self._pending) >= KEEP:
+            self._pending.popleft()
+            self.dropped += 1
+        self._pending.append(event)
+        self._recent.append(event)
+        self.received += 1
+        self._arrived.set()
+
+    async def _read(self, frames: Frames) -> None:
+        try:
+            async with contextlib.aclosing(frames):
+                async for data in frames:
+                    self._feed(data)
+            self.ended = "the server ended the stream"
+        except TransportError as exc:
+            self.ended = str(exc)
+        self._arrived.set()
+
+    async def _next(self, deadline: float) -> StreamEvent | None:
+        """The next unconsumed event; None once `deadline` (loop time) passes or the stream ends."""
+        while not self._pending:
+            if self.ended is not None:
+                return None
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return None
+        return self._pending.popleft()
+
+    async def events(self, within: float | None = None) -> AsyncIterator[StreamEvent]:
+        """Consume events as they arrive, until `within` seconds pass (None: forever) or the stream ends."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within if within is not None else float("inf")
+        while (event := await self._next(deadline)) is not None:
+            yield event
+
+    async def expect(
+        self, topic: str | None = None, match: Mapping[str, Any] | None = None, *, within: float = 5.0
+    ) -> StreamEvent:
+        """The first event that matches; fails after `within` seconds, or when the stream ends."""
+        __tracebackhide__ = True  # pytest shows the test's line, not ours
+        return (await self.expect_count(1, topic=topic, match=match, within=within))[0]
+
+    async def expect_count(
+        self,
+        n: int,
+        *,
+        topic: str | None = None,
+        match: Mapping[str, Any] | None = None,
+        within: float = 5.0,
+    ) -> list[StreamEvent]:
+        """The first `n` events that match; fails when fewer arrive within `within` seconds."""
+        __tracebackhide__ = True
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        expectation = Expectation(topic, match or {})
+        found: list[StreamEvent] = []
+        seen = self.received - len(self._pending)
+        async for event in self.events(within):
+            if expectation.matches(event):
+                found.append(event)
+                if len(found) == n:
+                    return found
+        wanted = f"{n} events" if n > 1 else "an event"
+        raise self._failure(
+            f"expected {wanted} matching {expectation} within {within}s, got {len(found)}", seen
+        )
+
+    async def expect_silence(
+        self, *, for_: float, topic: str | None = None, match: Mapping[str, Any] | None = None
+    ) -> None:
+        """No matching event for `for_` seconds, counting unconsumed events that arrived before; the
+        events it looks at are consumed."""
+        __tracebackhide__ = True
+        expectation = Expectation(topic, match or {})
+        seen = self.received - len(self._pending)
+        wanted = f"no event matching {expectation} for {for_}s"
+        async for event in self.events(for_):
+            if expectation.matches(event):
+                raise self._failure(f"expected {wanted}, got one: {_show(event)}", seen)
+        if self.ended is not None:
+            raise self._failure(f"expected {wanted}, but the stream ended", seen)
+
+    def _failure(self, what: str, seen: int) -> ExpectationFailed:
+        """ExpectationFailed: `what`, and the events it consumed after the first `seen` of the stream."""
+        lines = [f"{self.name} (filters: {', '.join(self.filters) or 'none'}): {what}"]
+        if self.ended is not None:
+            lines.append(f"the stream ended: {self.ended}")
+        consumed = self.received - len(self._pending)
+        looked = consumed - seen
+        recent = list(self._recent)[: max(0, len(self._recent) - len(self._pending))]
+        recent = recent[-looked:] if looked else []
+        counted = f"{looked} event" if looked == 1 else f"{looked} events"
+        lines.append(f"it looked at {counted}" + (f"; the last {len(recent)}:" if recent else ""))
+        lines += [f"  {_show(event)}" for event in recent]
+        if self.dropped:
+            lines.append(f"({self.dropped} unconsumed events were dropped: more than {KEEP} waited)")
+        return ExpectationFailed("\n".join(lines))
+
+
+def _show(event: StreamEvent) -> str:
+    text = json.dumps(event.data, default=str, separators=(",", ":"))
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _json_or_text(frame: str | bytes) -> Any:
+    try:
+        return json.loads(frame)
+    except ValueError:
+        return frame.decode(errors="replace") if isinstance(frame, bytes) else frame
+
+
+def with_filters(url: str, filters: Sequence[str]) -> str:
+    """`url` with a `filter` query parameter for each filter (how our bridges take them)."""
+    if not filters:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query += [("filter", topic_filter) for topic_filter in filters]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+Frames = AsyncGenerator[Any, None]
+Opened = tuple[str, Frames]  # the stream's name, and its decoded frames
+
+
+@contextlib.asynccontextmanager
+async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+    import aiomqtt
+
+    from bridges.envelope import make_event
+
+    endpoint = Endpoint.parse(url)
+    client = aiomqtt.Client(
+        endpoint.host,
+        endpoint.port,
+        identifier=f"fleet-stream-{uuid.uuid4().hex[:12]}",
+        transport="websockets" if endpoint.websocket else "tcp",
+        websocket_path=endpoint.path if endpoint.websocket else None,
+        tls_context=ssl.create_default_context() if endpoint.tls else None,
+        timeout=OPEN_TIMEOUT,
+    )
+    try:
+        await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
+
+    async def frames() -> Frames:
+        try:
+            async for message in client.messages:
+                payload = message.payload
+                raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
+                event = make_event(
+                    0,
+                    message.topic.value,
+                    raw,
+                    qos=message.qos,
+                    retain=message.retain,
+                    received_at=time.time(),
+                )
+                envelope = json.loads(event.json)
+                del envelope["id"]  # ids belong to a bridge
+                yield envelope
+        except aiomqtt.MqttError as exc:
+            raise ConnectionLost(f"{endpoint}: {exc}") from None
+
+    try:
+        for topic_filter in filters or ("#",):
+            try:
+                await client.subscribe(topic_filter, qos=1)
+            except aiomqtt.MqttError as exc:
+                raise TransportError(f"cannot subscribe to {topic_filter!r} at {endpoint}: {exc}") from None
+        yield f"mqtt stream {endpoint}", frames()
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.__aexit__(None, None, None)
+
+
+@contextlib.asynccontextmanager
+async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+    """`url` has the filters already, as query parameters."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import WebSocketException
+
+    try:
+        websocket = await connect(url, open_timeout=OPEN_TIMEOUT)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise TransportError(f"cannot open {url}: {exc}") from None
+
+    async def frames() -> Frames:
+        try:
+            async for message in websocket:
+                yield _json_or_text(message)
+        except (OSError, WebSocketException) as exc:
+            raise ConnectionLost(f"{url}: {exc}") from None
+
+    try:
+        yield f"ws stream {url}", frames()
+    finally:
+        await websocket.close()
+
+
+@contextlib.asynccontextmanager
+async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+    """`url` has the filters already, as query parameters."""
+    import httpx
+    from httpx_sse import SSEError, aconnect_sse
+
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(timeout=httpx.Timeout(OPEN_TIMEOUT, read=None))
+        )
+        try:
+            source = await stack.enter_async_context(aconnect_sse(client, "GET", url))
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot open {url}: {exc}") from None
+        response = source.response
+        if response.status_code != 200:
+            body = (await response.aread()).decode(errors="replace").strip()
+            raise TransportError(f"cannot open {url}: HTTP {response.status_code}: {body[:200]}")
+
+        async def frames() -> Frames:
+            try:
+                async for sse in source.aiter_sse():
+                    if sse.data:  # the retry hint and keep-alives carry no data
+                        yield _json_or_text(sse.data)
+            except (httpx.HTTPError, SSEError) as exc:
+                raise ConnectionLost(f"{url}: {exc}") from None
+
+        yield f"sse stream {url}", frames()
+
+
+def grpc_events(response: bridge_pb2.SubscribeResponse) -> list[dict[str, Any]]:
+    """The JSON form of one FleetBridgeService response: the envelope of an event, or a notice with
+    a `type`, as on WebSocket. The one place that decodes the gRPC stream; a list, so that a
+    response carrying a batch of events fits."""
+    from google.protobuf import json_format
+
+    from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
+
+    item = response.WhichOneof("item")
+    if item == "dropped":
+        return [{"type": "dropped", "count": response.dropped.count, "total": response.dropped.total}]
+    if item == "reset":
+        return [{"type": "reset", "after_id": response.reset.after_id, "oldest_id": response.reset.oldest_id}]
+    event = response.event
+    data: dict[str, Any] = {
+        "id": event.id,
+        "topic": event.topic,
+        "device": event.device if event.HasField("device") else None,
+        "kind": pb.Kind.Name(event.kind).removeprefix("KIND_").lower(),
+        "qos": event.qos,
+        "retain": event.retain,
+        "received_at": event.received_at,
+        "payload": json_format.MessageToDict(event.json) if event.HasField("json") else None,
+    }
+    if event.HasField("raw"):
+        data["payload_base64"] = base64.b64encode(event.raw).decode()
+    return [data]
+
+
+@contextlib.asynccontextmanager
+async def _grpc(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+    import grpc
+
+    from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2, bridge_pb2_grpc
+
+    target = url.removeprefix("grpc://").rstrip("/")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        call = stub.Subscribe(bridge_pb2.SubscribeRequest(filters=list(filters) or ["#"]))
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await call.initial_metadata()  # sent once the subscription is registered
+                code = await call.code() if call.done() else grpc.StatusCode.OK
+                if code != grpc.StatusCode.OK:  # a failed call ends with empty initial metadata
+                    details = await call.details()
+                    raise TransportError(f"cannot subscribe at grpc://{target}: {code.name}: {details}")
+        except TimeoutError:
+            call.cancel()
+            raise TransportError(
+                f"cannot subscribe at grpc://{target}: no answer within {OPEN_TIMEOUT}s"
+            ) from None
+
+        async def frames() -> Frames:
+            try:
+                async for response in call:
+                    for data in grpc_events(response):
+                        yield data
+            except grpc.aio.AioRpcError as exc:
+                raise ConnectionLost(f"grpc://{target}: {exc.code().name}: {exc.details()}") from None
+
+        try:
+            yield f"grpc stream grpc://{target}", frames()
+        finally:
+            call.cancel()
+
+
+_OPENERS: dict[Transport, Callable[[str, Sequence[str]], contextlib.AbstractAsyncContextManager[Opened]]] = {
+    "mqtt": _mqtt,
+    "ws": _websocket,
+    "sse": _sse,
+    "grpc": _grpc,
+}
+
+
+@contextlib.asynccontextmanager
+async def open_stream(transport: Transport, url: str, filters: Sequence[str] = ()) -> AsyncIterator[Stream]:
+    """Open a stream and read it in the background until the block exits.
+
+    `url`: a broker URL (mqtt://, mqtts://, ws:// MQTT over WebSocket) for "mqtt", the endpoint's
+    URL for "ws" and "sse" (filters are added as `filter` query parameters), `host:port` or
+    grpc://host:port for "grpc" (our FleetBridgeService). Raises TransportError when it cannot
+    open, and TopicError for an invalid filter.
+    """
+    for topic_filter in filters:
+        validate_filter(topic_filter)
+    if transport in ("ws", "sse"):
+        url = with_filters(url, filters)
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)
+        filters = tuple(value for key, value in query if key == "filter")  # with those the URL had
+    async with _OPENERS[transport](url, filters) as (name, frames):
+        stream = Stream(name, filters)
+        async with asyncio.TaskGroup() as tasks:
+            reader = tasks.create_task(stream._read(frames), name=f"fleet.testing.stream[{name}]")
+            try:
+                yield stream
+            finally:
+                reader.cancel()

@@ -1,0 +1,156 @@
+"""`fleet tail` as a user runs it: a subprocess reading a real broker and real bridges, while a
+simulated fleet publishes its birth messages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from broker.server import Broker
+from fleet.testing.services import RunningBridges
+from tests.procs import CHILD_ENV, ROOT, fleet_argv, run
+
+TIMEOUT = 10.0
+STATUS = "fleet/+/status"
+TWO_DOORS = {"groups": [{"name": "door", "count": 2}]}
+
+
+@dataclass
+class Tail:
+    process: asyncio.subprocess.Process
+    stdout: list[str]
+    stderr: list[str]
+    code: int
+
+
+@contextlib.asynccontextmanager
+async def fleet_tail(*args: str) -> AsyncIterator[Callable[[], Awaitable[Tail]]]:
+    """Start `fleet tail ARGS` and wait (bounded) until it reads; the block gets a function that waits
+    for its exit. The process is killed by PID if it is still running at the end."""
+    process = await asyncio.create_subprocess_exec(
+        *fleet_argv("tail", *args), cwd=ROOT, env=CHILD_ENV,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stdout, stderr = process.stdout, process.stderr
+    first: list[str] = []
+
+    async def finished() -> Tail:
+        async with asyncio.timeout(TIMEOUT):
+            out, err = await asyncio.gather(stdout.read(), stderr.read())
+            code = await process.wait()
+        return Tail(process, out.decode().splitlines(), first + err.decode().splitlines(), code)
+
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not (first and first[-1].startswith("fleet tail: reading ")):
+                line = await stderr.readline()
+                assert line, f"fleet tail exited before reading: {first}"
+                first.append(line.decode().rstrip("\n"))
+        yield finished
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _url(transport: str, broker: Broker, bridges: RunningBridges) -> list[str]:
+    """`fleet tail` arguments that read the fleet's status messages over `transport`."""
+    return {
+        "mqtt": [f"mqtt://127.0.0.1:{broker.port}/{STATUS}"],
+        "ws": [f"{bridges.ws}?filter=fleet/%2B/status"],
+        "sse": [bridges.events, "--filter", STATUS],
+        "grpc": [f"grpc://{bridges.grpc}/fleet/%2B/status"],
+    }[transport]
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "ws", "sse", "grpc"])
+async def test_tail_prints_the_fleets_events_as_json_lines(
+    transport: str, fleet_broker: Broker, fleet_bridges: RunningBridges, fleet_sim: Any
+) -> None:
+    """`fleet tail URL --count 2` prints two devices' birth messages as JSON envelopes and exits 0."""
+    async with fleet_tail(*_url(transport, fleet_broker, fleet_bridges), "--count", "2") as finished:
+        await fleet_sim(TWO_DOORS)
+        tail = await finished()
+    assert tail.code == 0, tail
+    reading = [line for line in tail.stderr if line.startswith("fleet tail: reading ")]
+    assert reading[0].endswith(f"(filters: {STATUS})"), tail  # also when they came in the URL
+    events = [json.loads(line) for line in tail.stdout]
+    assert sorted(event["topic"] for event in events) == ["fleet/door-0000/status", "fleet/door-0001/status"]
+    for event in events:
+        assert event["kind"] == "status"
+        assert event["payload"]["online"] is True
+        assert event["device"] == event["topic"].split("/")[1]
+
+
+async def test_tail_exits_0_once_the_expectation_is_met(fleet_broker: Broker, fleet_sim: Any) -> None:
+    """`--expect` is met by the first matching event: tail prints it (`--format pretty`) and exits 0."""
+    url = f"mqtt://127.0.0.1:{fleet_broker.port}/fleet/%23"
+    expect = "topic=fleet/door-0001/status,payload.online=true"
+    async with fleet_tail(url, "--expect", expect, "--format", "pretty", "--timeout", "10") as finished:
+        await fleet_sim(TWO_DOORS)
+        tail = await finished()
+    assert tail.code == 0, tail
+    clock, topic, payload = tail.stdout[-1].split("  ", 2)
+    assert topic == "fleet/door-0001/status", tail
+    assert json.loads(payload)["online"] is True, tail
+    assert len(clock) == len("12:00:00.000"), tail
+
+
+async def test_tail_exits_1_with_a_one_line_reason_when_the_expectation_is_not_met(
+    fleet_bridges: RunningBridges, fleet_sim: Any
+) -> None:
+    """No event meets --expect within --timeout: tail prints what came, exits 1 and says why in a line."""
+    expect = "topic=fleet/+/status,payload.online=false"
+    args = [fleet_bridges.events, "--filter", STATUS, "--expect", expect, "--timeout", "3"]
+    async with fleet_tail(*args) as finished:
+        await fleet_sim(TWO_DOORS)
+        tail = await finished()
+    assert tail.code == 1, tail
+    assert len(tail.stdout) == 2, tail
+    assert (
+        tail.stderr[-1] == f"Error: expectation not met: no event matching {expect} within 3.0s (2 events)"
+    ), tail
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["mqtt://127.0.0.1:1883/#", "--expect", "kind=status"], 2, "unknown key 'kind'"),
+        (["ftp://127.0.0.1/x"], 2, "the URL must start with mqtt://"),
+        (["mqtt://127.0.0.1:1883/a/#/b"], 2, "'#' must be the last level"),
+        (["grpc://127.0.0.1:1/#"], 1, "Error: cannot subscribe at grpc://127.0.0.1:1"),
+    ],
+    ids=["expectation", "scheme", "filter", "unreachable"],
+)
+def test_tail_says_what_is_wrong_with_its_input(args: list[str], code: int, message: str) -> None:
+    """A bad expectation, scheme or filter is a usage error (2) naming it; an unreachable server exits 1."""
+    result = run(fleet_argv("tail", *args))
+    assert result.returncode == code, result
+    assert message in result.stderr, result
+
+
+async def test_tail_exits_1_when_the_stream_ends_before_count_events() -> None:
+    """Someone else's SSE server that closes after one event: tail prints it, then exits 1 saying so."""
+
+    async def one_event(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {"temp": 20}\n\n')
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(one_event, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with fleet_tail(f"http://127.0.0.1:{port}/feed", "--count", "3") as finished:
+            tail = await finished()
+    assert tail.code == 1, tail
+    assert tail.stdout == ['{"temp":20}'], tail
+    assert tail.stderr[-1] == "Error: the stream ended after 1 of 3 events: the server ended the stream", tail
