@@ -440,11 +440,9 @@ def stress_command(
     )
     config = _load_fleet(config_path, seed)
     try:
-        settings = load_stress_settings(config_path, config, scenario)
+        settings = load_stress_settings(config_path, config, scenario, duration)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if duration is not None:
-        settings = settings.model_copy(update={"duration": duration})
     target = _target(config, broker_url)
     try:
         result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid))

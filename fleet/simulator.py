@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import math
 import ssl
 import time
@@ -151,6 +152,17 @@ class Control:
     def sent(self) -> dict[str, int]:
         """Telemetry messages published so far, by device."""
         return {device: runner.device.seq for device, runner in self._runners.items()}
+
+    def unacked(self) -> dict[str, set[int]]:
+        """The seqs of each device's telemetry the broker has not acknowledged (QoS 1/2, still in
+        the device's session): the broker never took responsibility for them."""
+        found: dict[str, set[int]] = {}
+        for device, runner in self._runners.items():
+            topic = runner.device.topics.telemetry
+            for message in runner.session.inflight.values():
+                if message.topic == topic:
+                    found.setdefault(device, set()).add(json.loads(message.payload)["seq"])
+        return found
 
 
 def _fleet_devices(config: FleetConfig, shard: Shard) -> list[Device]:
@@ -324,7 +336,7 @@ class _DeviceRunner:
 
     @property
     def online(self) -> bool:
-        return self._link is not None and not self._link.closed.done()
+        return self._link is not None and self._link.connected
 
     def inject(self, kind: EndKind, offline_for: float) -> None:
         """End the current online period as `kind` at the next wake-up, then stay offline a while."""
@@ -459,7 +471,7 @@ class _DeviceRunner:
         telemetry_topic, qos, retain = device.topics.telemetry, group.qos.telemetry, group.retain
         while True:
             await self._wake.until(min(loop.time() + device.next_delay(), deadline))
-            if link.closed.done():
+            if not link.connected:  # `closed` resolves a loop turn after the socket is gone
                 self._fault = None
                 self._ended("lost")
                 self._error("connection lost")
@@ -509,12 +521,14 @@ class _DeviceRunner:
     async def _shutdown(self, link: Link) -> None:
         """Cancelled: leave cleanly, so that no will fires by accident."""
         if not link.closed.done():
-            if self._run.control is not None:
-                self._run.control.ends[self.device.id, "clean"] += 1
+            end = "clean"
             try:
                 await asyncio.wait_for(self._end_clean(link), 5.0)
             except (TimeoutError, TransportError, OSError):
+                end = "lost"  # the broker never confirmed the DISCONNECT: a will may fire
                 link.abort()
+            if self._run.control is not None:
+                self._run.control.ends[self.device.id, end] += 1
 
 
 _QOS = ("0", "1", "2")

@@ -157,8 +157,11 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.out.feed(data)
 
-    def eof_received(self) -> bool | None:
-        return None
+    def eof_received(self) -> bool:
+        # Pass the end on through the pipe, and keep this socket open: a held (half-open) pipe must
+        # not let the peer learn that its connection is gone.
+        self.out.feed(None)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.out.feed(None)

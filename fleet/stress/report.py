@@ -62,7 +62,8 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
             f"QoS {row.qos}, {'persistent' if row.persistent else 'clean'} session",
             f"{row.sent:,}",
             f"{row.delivered:,}",
-            _flag(row.lost, row.loss_is_violation),
+            _flag(row.lost, row.loss_is_violation and row.lost_by_broker > 0)
+            + (f" ({row.unacked:,} unacked)" if row.unacked else ""),
             _flag(row.duplicated, row.duplicate_is_violation),
             f"{row.out_of_order:,}",
             f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",

@@ -225,6 +225,7 @@ async def run_stress(
         ledger,
         specs,
         control.sent,
+        control.unacked(),
         control.ends,
         connects,
         report.fleet().reconnect_time,

@@ -152,10 +152,14 @@ def proxied_groups(stages: tuple[Stage, ...], config: FleetConfig) -> frozenset[
     return frozenset(names)
 
 
-def load_stress_settings(path: Path, config: FleetConfig, scenario: str | None = None) -> StressSettings:
+def load_stress_settings(
+    path: Path, config: FleetConfig, scenario: str | None = None, duration: float | None = None
+) -> StressSettings:
     """The `[stress]` table of `path`, checked against the config's groups; `scenario` (a built-in)
-    replaces its stages. Raises ConfigError naming file, field path and reason."""
+    replaces its stages, `duration` its duration. Raises ConfigError naming file, field path and reason."""
     table = dict(load_table(path, "stress"))
+    if duration is not None:
+        table["duration"] = duration
     if scenario is not None:
         if scenario not in SCENARIOS:
             raise ConfigError(
