@@ -164,7 +164,7 @@ async def run_stress(
 ) -> StressResult:
     """Run the scenario of `settings` with the fleet of `config` against `target` (None: the embedded
     broker, as a child process with the [broker] table of `config_path`)."""
-    stages = settings.stages
+    stages = settings.timeline
     if target is not None and any(stage.action == "restart-broker" for stage in stages):
         raise FleetError("restart-broker needs the embedded broker: leave out --broker")
     specs = _specs(config)

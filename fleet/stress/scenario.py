@@ -91,7 +91,7 @@ class StressSettings(_Model):
     duration: float = Field(default=30.0, gt=0, description="seconds the fleet runs")
     drain: float = Field(default=10.0, ge=0, description="most seconds to wait for the last deliveries")
     fraction: float = Field(default=0.3, gt=0, le=1, description="of every group, for built-in scenarios")
-    stages: tuple[Stage, ...] = ()
+    stages: tuple[Stage, ...] = Field(default=(), strict=False, description="the timeline")
 
     @model_validator(mode="after")
     def _check(self) -> StressSettings:
@@ -107,6 +107,13 @@ class StressSettings(_Model):
                     f"stages: stage {index} at {stage.at:g}s is not before duration {self.duration:g}s"
                 )
         return self
+
+    @property
+    def timeline(self) -> tuple[Stage, ...]:
+        """The stages to run: the built-in scenario's, or the table's own."""
+        if self.scenario is not None:
+            return builtin_stages(self.scenario, self.duration, self.fraction)
+        return self.stages
 
 
 def builtin_stages(name: str, duration: float, fraction: float) -> tuple[Stage, ...]:
@@ -175,7 +182,4 @@ def load_stress_settings(
                 f"{path}: stress.stages[{index}].group",
                 f"no group {stage.group!r}; groups: {', '.join(groups)}",
             )
-    if settings.scenario is not None:
-        stages = builtin_stages(settings.scenario, settings.duration, settings.fraction)
-        settings = settings.model_copy(update={"stages": stages})
     return settings
