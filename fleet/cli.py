@@ -281,6 +281,7 @@ def validate(config_paths: tuple[Path, ...]) -> None:
     """Check fleet config files; print each error as 'file: field.path: reason'."""
     from bridges.config import load_bridge_config
     from broker.config import load_broker_settings
+    from fleet.stress.scenario import load_stress_settings
 
     failed = False
     for path in config_paths:
@@ -290,6 +291,8 @@ def validate(config_paths: tuple[Path, ...]) -> None:
                 load_broker_settings(path, {})
             if config.bridge:
                 load_bridge_config(path, {})
+            if config.stress:
+                load_stress_settings(path, config)
         except click.ClickException as exc:
             click.echo(exc.message, err=True)
             failed = True

@@ -221,7 +221,8 @@ def test_a_crossed_gate_flips_the_exit_code(tmp_path: Path) -> None:
 
 
 def test_a_bad_stage_is_a_one_line_error(tmp_path: Path) -> None:
-    """A stage with a bad fraction stops `fleet stress` before it runs, naming file, field and reason."""
+    """A stage with a bad fraction stops `fleet stress` (and fails `fleet validate`), naming file, field
+    and reason."""
     config = tmp_path / "bad.toml"
     config.write_text(
         '[[groups]]\nname = "a"\ncount = 1\n[[stress.stages]]\nat = 1\naction = "drop"\nfraction = 2\n'
@@ -232,3 +233,6 @@ def test_a_bad_stage_is_a_one_line_error(tmp_path: Path) -> None:
         done.stderr.strip()
         == f"Error: {config}: stress.stages[0].fraction: Input should be less than or equal to 1"
     )
+    validated = run(fleet_argv("validate", config), timeout=RUN_TIMEOUT)
+    assert validated.returncode == 1
+    assert validated.stderr.strip() == done.stderr.strip().removeprefix("Error: ")
