@@ -480,10 +480,17 @@ async def _run_stress(
     live = Live()
     where = "the embedded broker" if target is None else str(target.endpoint)
     click.echo(f"fleet stress: {config.size:,} devices -> {where}, {settings.duration:g}s", err=True)
-    async with progress(Console(stderr=True), lambda: live):
-        return await run_stress(
-            config, settings, target=target, config_path=config_path, broker_pid=broker_pid, live=live
-        )
+    with _stop_on_signals() as stop:
+        async with progress(Console(stderr=True), lambda: live):
+            return await run_stress(
+                config,
+                settings,
+                target=target,
+                config_path=config_path,
+                broker_pid=broker_pid,
+                live=live,
+                stop=stop,
+            )
 
 
 @cli.command()

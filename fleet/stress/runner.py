@@ -161,9 +161,11 @@ async def run_stress(
     config_path: Path | None = None,
     broker_pid: int | None = None,
     live: Live | None = None,
+    stop: asyncio.Event | None = None,
 ) -> StressResult:
     """Run the scenario of `settings` with the fleet of `config` against `target` (None: the embedded
-    broker, as a child process with the [broker] table of `config_path`)."""
+    broker, as a child process with the [broker] table of `config_path`). Setting `stop` ends the
+    fleet early; the drain and the account follow as usual."""
     stages = settings.timeline
     if target is not None and any(stage.action == "restart-broker" for stage in stages):
         raise FleetError("restart-broker needs the embedded broker: leave out --broker")
@@ -205,7 +207,13 @@ async def run_stress(
             ]
             try:
                 report = await simulate(
-                    config, target, duration=settings.duration, live=live, targets=targets, control=control
+                    config,
+                    target,
+                    duration=settings.duration,
+                    stop=stop,
+                    live=live,
+                    targets=targets,
+                    control=control,
                 )
             finally:
                 for task in running:
