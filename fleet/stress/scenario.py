@@ -37,8 +37,20 @@ __all__ = [
 Action = Literal["drop", "flap", "restart-broker", "latency", "bandwidth", "blackhole", "reset", "half-open"]
 # Actions the fault proxy carries out: the groups they name connect through it.
 FAULTS: frozenset[str] = frozenset({"latency", "bandwidth", "blackhole", "reset", "half-open"})
-# Faults that last `duration` seconds, or to the end of the run without one.
-_LASTING = frozenset({"flap", "latency", "bandwidth", "blackhole"})
+# The fields each action takes (`duration`: lasting faults, lifted after that many seconds).
+_FIELDS: dict[str, frozenset[str]] = {
+    action: frozenset({"at", "action", *extra})
+    for action, extra in {
+        "drop": ("group", "fraction", "end", "offline"),
+        "flap": ("group", "fraction", "end", "offline", "period", "duration"),
+        "restart-broker": ("offline",),
+        "latency": ("group", "latency_ms", "jitter_ms", "duration"),
+        "bandwidth": ("group", "rate", "duration"),
+        "blackhole": ("group", "duration"),
+        "reset": ("group", "fraction"),
+        "half-open": ("group", "fraction"),
+    }.items()
+}
 
 
 class _Model(BaseModel):
@@ -62,6 +74,10 @@ class Stage(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Stage:
+        fields = _FIELDS[self.action]
+        foreign = sorted(self.model_fields_set - fields)
+        if foreign:
+            raise ValueError(f"{foreign[0]}: {self.action} stages take only {', '.join(sorted(fields))}")
         if self.action == "latency" and not self.latency_ms and not self.jitter_ms:
             raise ValueError("latency_ms: latency needs latency_ms or jitter_ms above 0")
         if self.action == "bandwidth" and self.rate is None:
@@ -70,12 +86,6 @@ class Stage(_Model):
             raise ValueError(
                 f"jitter_ms: must not be more than latency_ms ({self.jitter_ms:g} > {self.latency_ms:g})"
             )
-        if self.duration is not None and self.action not in _LASTING:
-            raise ValueError(
-                f"duration: {self.action} happens at once; only {', '.join(sorted(_LASTING))} last"
-            )
-        if self.action == "restart-broker" and self.group is not None:
-            raise ValueError("group: restart-broker hits the whole broker")
         return self
 
     @property

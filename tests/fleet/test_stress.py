@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from fleet.errors import FleetError
 from fleet.schema import FleetConfig
 from fleet.simulator import Target
+from fleet.stress.accounting import Account
 from fleet.stress.runner import StressResult, run_stress
 from fleet.stress.scenario import Stage, StressSettings
 from fleet.transport import Endpoint
@@ -129,7 +131,7 @@ async def test_proxy_latency_shows_in_the_delivery_latency() -> None:
     (row,) = result.account.telemetry
     p50 = row.latency.percentile(50)
     assert p50 is not None
-    assert 0.2 <= p50 < 1.0
+    assert 0.2 * 0.97 <= p50 < 1.0  # percentiles are histogram bucket midpoints, within about 2%
     assert row.lost == 0
 
 
@@ -144,6 +146,47 @@ async def test_broker_restart_reports_that_the_embedded_broker_loses_sessions() 
     assert account.reconnect.count == 6
     assert result.meta["observer"]["sessions_lost"] == 1
     assert not any("sessions were not present" in violation for violation in account.violations)
+
+
+def check_flapping(account: Account) -> None:
+    assert account.wills_expected >= 8  # half the online devices, each round
+    assert account.wills_received == account.wills_expected
+    assert account.sessions_resumed == account.reconnect.count >= 8
+
+
+def check_silent(account: Account) -> None:
+    assert account.wills_expected == 8
+    assert account.wills_received == 8  # the broker noticed each silence within 1.5 x keepalive
+
+
+def check_reset(account: Account) -> None:
+    assert account.lost_connections == 8
+    assert account.sessions_resumed == 8
+
+
+def check_no_loss(account: Account) -> None:
+    assert all(row.lost == 0 for row in account.telemetry)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "check"),
+    [
+        ("flapping", check_flapping),
+        ("silent", check_silent),
+        ("reset", check_reset),
+        ("partition", check_no_loss),
+        ("bandwidth", check_no_loss),
+    ],
+)
+async def test_each_builtin_scenario_keeps_the_promises(
+    scenario: str, check: Callable[[Account], None]
+) -> None:
+    """Flapping, silence, resets, a partition and a bandwidth cap each do their harm, and a broker that
+    keeps its promises shows no violation."""
+    config = fleet({**PERSISTENT, "count": 16, "keepalive": 1})
+    result = await stress(config, settings(scenario, duration=3.0))
+    assert result.account.violations == []
+    check(result.account)
 
 
 async def test_restart_broker_against_an_external_broker_is_refused(mosquitto_broker: Mosquitto) -> None:

@@ -198,7 +198,7 @@ def test_stages_load_in_order_with_their_defaults(tmp_path: Path) -> None:
         (
             '[[stress.stages]]\nat = 1\naction = "reset"\nduration = 2\n',
             "stress.stages[0].duration",
-            "at once",
+            "reset stages take only",
         ),
         (
             '[stress]\nduration = 5\n[[stress.stages]]\nat = 9\naction = "drop"\n',
@@ -207,6 +207,11 @@ def test_stages_load_in_order_with_their_defaults(tmp_path: Path) -> None:
         ),
         ('[stress]\nscenario = "tornado"\n', "stress.scenario", "unknown scenario"),
         ("[stress]\ncolour = 1\n", "stress.colour", "unknown key"),
+        (
+            '[[stress.stages]]\nat = 1\naction = "drop"\nrate = 10\n',
+            "stress.stages[0].rate",
+            "drop stages take only action, at, end, fraction, group, offline",
+        ),
     ],
 )
 def test_stress_table_errors_name_file_field_and_reason(
