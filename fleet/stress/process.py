@@ -121,8 +121,8 @@ class BrokerProcess:
         raise FleetError(f"the embedded broker did not start: {reason[-1] if reason else 'no output'}")
 
     async def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers; always reaped."""
-        process, self.process = self.process, None
+        """SIGTERM, then SIGKILL if it lingers; always reaped. Interrupted, it can be called again."""
+        process = self.process
         if process is None:
             return
         self.meter.sample(process.pid)
@@ -134,6 +134,7 @@ class BrokerProcess:
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        self.process = None
 
     async def restart(self, down: float) -> None:
         """Stop the broker, wait `down` seconds, and start a new one on the same port."""
@@ -147,8 +148,8 @@ class BrokerProcess:
 async def embedded_broker(config: Path | None, host: str = "127.0.0.1") -> AsyncIterator[BrokerProcess]:
     """Run `fleet broker` (with the [broker] table of `config`) on a free port until the block exits."""
     broker = BrokerProcess(config, host)
-    await broker.start()
     try:
+        await broker.start()
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(
                 broker.meter.watch(lambda: broker.pid), name="fleet.stress.broker.usage"

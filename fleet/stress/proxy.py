@@ -200,7 +200,7 @@ class _Pair:
         if self._closed == 2:
             self.up.cancel()
             self.down.cancel()
-            self._proxy.pairs.discard(self)
+            self._proxy.pairs.pop(self, None)
 
     def abort(self) -> None:
         """Both sockets closed at once with RST, nothing held delivered."""
@@ -217,6 +217,14 @@ class _Pair:
     def hold(self) -> None:
         self.up.held = self.down.held = True
 
+    @property
+    def open(self) -> bool:
+        """Both sockets are up, and the connection is not half-open already."""
+        return not self.frozen and all(
+            side.transport is not None and not side.transport.is_closing()
+            for side in (self.device, self.upstream)
+        )
+
 
 class FaultProxy:
     """The proxy's state; `fault_proxy()` runs it. Faults apply to every connection through it."""
@@ -227,7 +235,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.shaping = _NONE
         self.blackholed = False
-        self.pairs: set[_Pair] = set()
+        self.pairs: dict[_Pair, None] = {}  # in the order they were accepted
         self.port = 0
         self.resets = 0
         self.half_opened = 0
@@ -235,7 +243,7 @@ class FaultProxy:
 
     def accept(self) -> asyncio.Protocol:
         pair = _Pair(self)
-        self.pairs.add(pair)
+        self.pairs[pair] = None
         return pair.device
 
     def connect_upstream(self, pair: _Pair) -> None:
@@ -269,7 +277,8 @@ class FaultProxy:
                 pair.down.release()
 
     def _pick(self, fraction: float) -> list[_Pair]:
-        pairs = sorted(self.pairs, key=id)
+        """`fraction` of the open connections, chosen with the proxy's seeded generator."""
+        pairs = [pair for pair in self.pairs if pair.open]
         return self.rng.sample(pairs, round(len(pairs) * fraction))
 
     def reset(self, fraction: float) -> int:
