@@ -144,8 +144,9 @@ async def observing(
                 with contextlib.suppress(TransportError, OSError, TimeoutError):
                     await link.disconnect(timeout=5.0)
                 raise
-            except TransportError as exc:
+            except TransportError as exc:  # no SUBACK: start over on a new connection
                 log.info("observer: %s", exc)
+                link.abort()
 
     async with asyncio.TaskGroup() as tasks:
         task = tasks.create_task(run(), name="fleet.stress.observer")
