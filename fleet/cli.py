@@ -373,8 +373,10 @@ async def _run_bridge(settings: Any) -> None:
             click.echo("fleet bridge: shutting down")
 
 
-def _seconds(text: str) -> float:
+def _seconds(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
     """'5', '5s' or '500ms' as seconds, for --max-reconnect-p99."""
+    if text is None:
+        return None
     value = text.strip().lower()
     scale = 1.0
     if value.endswith("ms"):
@@ -405,10 +407,12 @@ GATE_FAILED = 3
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="write JUnit XML here")
 @click.option(
-    "--max-loss-qos1", type=click.IntRange(min=0), help="gate: QoS 1 messages lost in persistent sessions"
+    "--max-loss-qos1",
+    type=click.IntRange(min=0),
+    help="gate: acknowledged QoS 1 messages lost in persistent sessions",
 )
 @click.option("--max-dup-qos2", type=click.IntRange(min=0), help="gate: QoS 2 messages delivered twice")
-@click.option("--max-reconnect-p99", help="gate: reconnect time p99, like 5s or 500ms")
+@click.option("--max-reconnect-p99", callback=_seconds, help="gate: reconnect time p99, like 5s or 500ms")
 @click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
 def stress_command(
     config_path: Path,
@@ -421,7 +425,7 @@ def stress_command(
     junit_path: Path | None,
     max_loss_qos1: int | None,
     max_dup_qos2: int | None,
-    max_reconnect_p99: str | None,
+    max_reconnect_p99: float | None,
     require_wills: bool,
 ) -> None:
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
@@ -435,12 +439,7 @@ def stress_command(
     from fleet.stress.report import stress_table, write_json, write_junit
     from fleet.stress.scenario import load_stress_settings
 
-    gates = Gates(
-        max_loss_qos1,
-        max_dup_qos2,
-        None if max_reconnect_p99 is None else _seconds(max_reconnect_p99),
-        require_wills,
-    )
+    gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills)
     config = _load_fleet(config_path, seed)
     try:
         settings = load_stress_settings(config_path, config, scenario, duration)
