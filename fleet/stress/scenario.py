@@ -192,4 +192,19 @@ def load_stress_settings(
                 f"{path}: stress.stages[{index}].group",
                 f"no group {stage.group!r}; groups: {', '.join(groups)}",
             )
+    for index, stage in enumerate(settings.timeline):
+        if stage.action not in ("drop", "flap") or stage.end != "silent":
+            continue
+        where = "stress.scenario" if settings.scenario is not None else f"stress.stages[{index}].end"
+        for group in config.groups:
+            if stage.group not in (None, group.name):
+                continue
+            noticed = stage.at + 1.5 * group.keepalive
+            if not group.keepalive or noticed >= settings.duration:
+                raise ConfigError(
+                    f"{path}: {where}",
+                    f"silent devices of group {group.name!r} (keepalive {group.keepalive} s) would not be "
+                    f"noticed before the run ends at {settings.duration:g} s; make the run longer or the "
+                    "keepalive shorter",
+                )
     return settings

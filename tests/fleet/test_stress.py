@@ -189,6 +189,17 @@ async def test_each_builtin_scenario_keeps_the_promises(
     check(result.account)
 
 
+async def test_proxy_resets_on_mosquitto_keep_the_promises(mosquitto_broker: Mosquitto) -> None:
+    """The fault proxy works in front of any broker: resets on Mosquitto, every session resumed, no loss."""
+    config = fleet({**PERSISTENT, "count": 16})
+    result = await stress(
+        config, settings("reset"), on(mosquitto_broker), broker_pid=mosquitto_broker.proc.pid
+    )
+    assert result.account.violations == []
+    check_reset(result.account)
+    check_no_loss(result.account)
+
+
 async def test_restart_broker_against_an_external_broker_is_refused(mosquitto_broker: Mosquitto) -> None:
     """Only the embedded broker can be restarted: asking it of an external one is an error before any run."""
     with pytest.raises(FleetError, match="restart-broker needs the embedded broker"):

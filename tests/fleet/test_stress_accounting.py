@@ -156,7 +156,7 @@ def test_gates_pass_and_fail_on_their_thresholds() -> None:
 
 # The [stress] table
 
-FLEET = '[[groups]]\nname = "a"\ncount = 2\n[[groups]]\nname = "b"\ncount = 1\n'
+FLEET = '[[groups]]\nname = "a"\ncount = 2\nkeepalive = 2\n[[groups]]\nname = "b"\ncount = 1\nkeepalive = 2\n'
 
 
 def load(tmp_path: Path, text: str, scenario: str | None = None) -> fleet.stress.scenario.StressSettings:
@@ -232,3 +232,11 @@ def test_every_builtin_scenario_fits_in_its_run(tmp_path: Path, name: str) -> No
     assert settings.stages == ()
     assert settings.timeline == builtin_stages(name, 12, 0.3)
     assert all(stage.at < 12 and (stage.until or 0) <= 12 for stage in settings.timeline)
+
+
+def test_a_silence_the_broker_cannot_notice_in_time_is_an_error(tmp_path: Path) -> None:
+    """Silent devices whose 1.5 x keepalive runs past the end of the run would prove nothing: an error."""
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, "[stress]\nduration = 3\n", "silent")  # keepalive 2: noticed at 1 + 3 s
+    assert caught.value.where == f"{tmp_path / 's.toml'}: stress.scenario"
+    assert "group 'a' (keepalive 2 s) would not be noticed before the run ends at 3 s" in caught.value.reason
