@@ -282,6 +282,7 @@ def validate(config_paths: tuple[Path, ...]) -> None:
     """Check fleet config files; print each error as 'file: field.path: reason'."""
     from bridges.config import load_bridge_config
     from broker.config import load_broker_settings
+    from fleet.stress.scenario import load_stress_settings
 
     failed = False
     for path in config_paths:
@@ -291,6 +292,8 @@ def validate(config_paths: tuple[Path, ...]) -> None:
                 load_broker_settings(path, {})
             if config.bridge:
                 load_bridge_config(path, {})
+            if config.stress:
+                load_stress_settings(path, config)
         except click.ClickException as exc:
             click.echo(exc.message, err=True)
             failed = True
@@ -423,6 +426,125 @@ def tail_command(
         raise click.ClickException(str(exc)) from None
     if failure is not None:
         raise click.ClickException(failure)
+
+
+def _seconds(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
+    """'5', '5s' or '500ms' as seconds, for --max-reconnect-p99."""
+    if text is None:
+        return None
+    value = text.strip().lower()
+    scale = 1.0
+    if value.endswith("ms"):
+        value, scale = value[:-2], 0.001
+    elif value.endswith("s"):
+        value = value[:-1]
+    try:
+        seconds = float(value) * scale
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected seconds, like 5s or 500ms") from None
+    if not seconds >= 0:
+        raise click.BadParameter(f"{text!r}: must not be negative")
+    return seconds
+
+
+GATE_FAILED = 3
+
+
+@cli.command("stress")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
+@click.option("--scenario", help="a built-in scenario; default: the config's [stress] table")
+@click.option(
+    "--broker", "broker_url", help="mqtt[s]:// or ws[s]:// URL; default: the config's, else embedded"
+)
+@click.option("--broker-pid", type=int, help="PID of a local external broker, for its CPU and RSS")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: [stress]")
+@click.option("--seed", type=int, help="overrides the config's seed")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="write JUnit XML here")
+@click.option(
+    "--max-loss-qos1",
+    type=click.IntRange(min=0),
+    help="gate: acknowledged QoS 1 messages lost in persistent sessions",
+)
+@click.option("--max-dup-qos2", type=click.IntRange(min=0), help="gate: QoS 2 messages delivered twice")
+@click.option("--max-reconnect-p99", callback=_seconds, help="gate: reconnect time p99, like 5s or 500ms")
+@click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
+def stress_command(
+    config_path: Path,
+    scenario: str | None,
+    broker_url: str | None,
+    broker_pid: int | None,
+    duration: float | None,
+    seed: int | None,
+    report_path: Path | None,
+    junit_path: Path | None,
+    max_loss_qos1: int | None,
+    max_dup_qos2: int | None,
+    max_reconnect_p99: float | None,
+    require_wills: bool,
+) -> None:
+    """Run a stress scenario on the fleet of CONFIG and account for every message and will.
+
+    Exits 3 when a gate fails.
+    """
+    from rich.console import Console
+
+    from fleet.errors import FleetError
+    from fleet.stress.accounting import Gates
+    from fleet.stress.report import stress_table, write_json, write_junit
+    from fleet.stress.scenario import load_stress_settings
+
+    gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills)
+    config = _load_fleet(config_path, seed)
+    try:
+        settings = load_stress_settings(config_path, config, scenario, duration)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    target = _target(config, broker_url)
+    try:
+        result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid))
+    except* FleetError as group:
+        raise click.ClickException(str(_first(group))) from None
+    except* OSError as group:
+        raise click.ClickException(str(_first(group))) from None
+    checked = gates.check(result.account)
+    Console().print(stress_table(result, checked))
+    if report_path is not None:
+        write_json(report_path, result, checked)
+        click.echo(f"fleet stress: report written to {report_path}", err=True)
+    if junit_path is not None:
+        write_junit(junit_path, result, checked)
+        click.echo(f"fleet stress: JUnit XML written to {junit_path}", err=True)
+    failed = [gate for gate in checked if not gate.passed]
+    for gate in failed:
+        click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
+    if failed:
+        sys.exit(GATE_FAILED)
+
+
+async def _run_stress(
+    config_path: Path, config: Any, settings: Any, target: Any, broker_pid: int | None
+) -> Any:
+    from rich.console import Console
+
+    from fleet.progress import progress
+    from fleet.simulator import Live
+    from fleet.stress.runner import run_stress
+
+    live = Live()
+    where = "the embedded broker" if target is None else str(target.endpoint)
+    click.echo(f"fleet stress: {config.size:,} devices -> {where}, {settings.duration:g}s", err=True)
+    with _stop_on_signals() as stop:
+        async with progress(Console(stderr=True), lambda: live):
+            return await run_stress(
+                config,
+                settings,
+                target=target,
+                config_path=config_path,
+                broker_pid=broker_pid,
+                live=live,
+                stop=stop,
+            )
 
 
 @cli.command()

@@ -212,6 +212,9 @@ class FleetConfig(_Model):
     bridge: dict[str, Any] = Field(
         default_factory=dict, description="the [bridge] table, read by `fleet up` and `fleet bridge`"
     )
+    stress: dict[str, Any] = Field(
+        default_factory=dict, description="the [stress] table, read by `fleet stress`"
+    )
     groups: list[Group] = Field(min_length=1)
 
     @model_validator(mode="after")

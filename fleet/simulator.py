@@ -11,20 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from fleet.device import KNOWN_OPS, Command, Device
+from fleet.device import KNOWN_OPS, Command, Device, EndKind
 from fleet.errors import ConnectRefused, TransportError
 from fleet.packets import Connect, Publish, Will
 from fleet.report import GroupStats, Report
 from fleet.schema import FleetConfig
 from fleet.transport import ClientSession, Endpoint, Link
 
-__all__ = ["Live", "Shard", "Target", "make_target", "simulate"]
+__all__ = ["Connected", "Control", "Live", "Shard", "Target", "make_target", "simulate"]
 
 CONNECT_TIMEOUT = 10.0
 FREEZE_AT = 1000  # devices
@@ -107,6 +109,62 @@ class Live:
     ever_connected: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """One successful connect, as `Control` counts it."""
+
+    persistent: bool  # CleanSession=0
+    reconnect: bool  # not the device's first connect of the run
+    present: bool  # CONNACK's session-present flag
+
+
+class Control:
+    """The stress engine's handle on a running fleet: end devices on demand, and count what happened.
+
+    Pass one to `simulate(control=...)`. `end()` makes online devices end their online period the
+    way a fault would (the device itself does it, between two messages), then stay offline for a
+    while and reconnect. `ends` counts each device's ends by kind (`clean`, `abrupt`, `silent`,
+    `lost`), `connects` counts connects by `Connected`, and `sent` is how many telemetry messages
+    each device has published (its next `seq`).
+    """
+
+    __slots__ = ("_runners", "connects", "ends")
+
+    def __init__(self) -> None:
+        self._runners: dict[str, _DeviceRunner] = {}
+        self.ends: Counter[tuple[str, str]] = Counter()  # (device, kind)
+        self.connects: Counter[Connected] = Counter()
+
+    def online(self, group: str | None = None) -> list[str]:
+        """Ids of the devices (of `group`, or all) that are connected now, in fleet order."""
+        return [
+            device
+            for device, runner in self._runners.items()
+            if runner.online and (group is None or runner.device.group.name == group)
+        ]
+
+    def end(self, devices: Iterable[str], kind: EndKind, offline_for: float = 0.0) -> None:
+        """Make each device end its online period as `kind`, then stay offline `offline_for` seconds."""
+        for device in devices:
+            self._runners[device].inject(kind, offline_for)
+
+    @property
+    def sent(self) -> dict[str, int]:
+        """Telemetry messages published so far, by device."""
+        return {device: runner.device.seq for device, runner in self._runners.items()}
+
+    def unacked(self) -> dict[str, set[int]]:
+        """The seqs of each device's telemetry the broker has not acknowledged (QoS 1/2, still in
+        the device's session): the broker never took responsibility for them."""
+        found: dict[str, set[int]] = {}
+        for device, runner in self._runners.items():
+            topic = runner.device.topics.telemetry
+            for message in runner.session.inflight.values():
+                if message.topic == topic:
+                    found.setdefault(device, set()).add(json.loads(message.payload)["seq"])
+        return found
+
+
 def _fleet_devices(config: FleetConfig, shard: Shard) -> list[Device]:
     devices = []
     index = 0
@@ -167,10 +225,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
 @dataclass(frozen=True, slots=True)
 class _Run:
     config: FleetConfig
+    targets: Mapping[str, Target]
     target: Target
     report: Report
     live: Live
     ramp: _Ramp
+    control: Control | None
 
 
 async def simulate(
@@ -182,12 +242,16 @@ async def simulate(
     shard: Shard = Shard(),
     live: Live | None = None,
     ready: Callable[[], None] | None = None,
+    targets: Mapping[str, Target] | None = None,
+    control: Control | None = None,
 ) -> Report:
     """Run the fleet until `duration` seconds pass or `stop` is set; return its report.
 
     Then every connected device publishes its clean offline status and disconnects, so no will
     fires; cancelling this coroutine does the same. `ready` is called once every device has
-    connected, subscribed to its commands and announced itself once.
+    connected, subscribed to its commands and announced itself once. `targets` sends the devices
+    of the groups it names elsewhere (through a fault proxy, say); `control` is the stress
+    engine's handle on the running fleet.
     """
     devices = _fleet_devices(config, shard)
     report = Report(
@@ -197,7 +261,7 @@ async def simulate(
         report.group(device.group.name).devices += 1
     live = live if live is not None else Live()
     live.target = len(devices)
-    run = _Run(config, target, report, live, _Ramp(config.connect_rate))
+    run = _Run(config, targets or {}, target, report, live, _Ramp(config.connect_rate), control)
     _freeze_long_lived(len(devices))
     started = time.time()
     first_connects: set[str] = set()
@@ -212,11 +276,12 @@ async def simulate(
 
     try:
         async with asyncio.TaskGroup() as tasks:
+            runners = [_DeviceRunner(run, device, connected) for device in devices]
+            if control is not None:
+                control._runners = {runner.device.id: runner for runner in runners}
             running = [
-                tasks.create_task(
-                    _DeviceRunner(run, device, connected).run(), name=f"fleet.device[{device.id}]"
-                )
-                for device in devices
+                tasks.create_task(runner.run(), name=f"fleet.device[{runner.device.id}]")
+                for runner in runners
             ]
             if ready is not None and not devices:
                 ready()
@@ -244,7 +309,18 @@ def _freeze_long_lived(devices: int) -> None:
 
 
 class _DeviceRunner:
-    __slots__ = ("_command", "_connected", "_link", "_run", "_wake", "device", "session", "stats")
+    __slots__ = (
+        "_command",
+        "_connected",
+        "_fault",
+        "_link",
+        "_run",
+        "_target",
+        "_wake",
+        "device",
+        "session",
+        "stats",
+    )
 
     def __init__(self, run: _Run, device: Device, connected: Callable[[Device], None]) -> None:
         self._run = run
@@ -254,7 +330,25 @@ class _DeviceRunner:
         self._wake = _Wake()
         self._link: Link | None = None
         self._command: Command | None = None
+        self._fault: tuple[EndKind, float] | None = None
         self._connected = connected
+        self._target = run.targets.get(device.group.name, run.target)
+
+    @property
+    def online(self) -> bool:
+        return self._link is not None and self._link.connected
+
+    def inject(self, kind: EndKind, offline_for: float) -> None:
+        """End the current online period as `kind` at the next wake-up, then stay offline a while."""
+        if self.online:
+            self._fault = (kind, offline_for)
+            self._wake.wake()
+
+    def _ended(self, kind: str) -> None:
+        self.stats.drops[kind] += 1
+        control = self._run.control
+        if control is not None:
+            control.ends[self.device.id, kind] += 1
 
     async def run(self) -> None:
         device = self.device
@@ -291,9 +385,10 @@ class _DeviceRunner:
         will = None
         if group.will:
             will = Will(device.topics.status, device.will_payload(), group.qos.status, True)
-        password = run.target.password.encode() if run.target.password is not None else None
+        target = self._target
+        password = target.password.encode() if target.password is not None else None
         packet = Connect(
-            "MQTT", 4, group.clean_session, group.keepalive, device.id, will, run.target.username, password
+            "MQTT", 4, group.clean_session, group.keepalive, device.id, will, target.username, password
         )
         attempt = 0
         while True:
@@ -301,11 +396,11 @@ class _DeviceRunner:
             started = loop.time()
             try:
                 link, present = await Link.open(
-                    run.target.endpoint,
+                    target.endpoint,
                     packet,
                     session=self.session,
                     on_message=self._on_message,
-                    ssl=run.target.ssl,
+                    ssl=target.ssl,
                     timeout=CONNECT_TIMEOUT,
                 )
             except ConnectRefused as exc:
@@ -323,6 +418,8 @@ class _DeviceRunner:
                     stats.reconnects += 1
                     run.live.reconnects += 1
                     stats.reconnect_time.add(now - since)
+                if run.control is not None:
+                    run.control.connects[Connected(not group.clean_session, since is not None, present)] += 1
                 return link, present
             stats.connect_failures += 1
             await asyncio.sleep(device.backoff(cycle, attempt))
@@ -366,7 +463,7 @@ class _DeviceRunner:
             self._wake.wake()
 
     async def _online(self, link: Link, cycle: int) -> tuple[str, float]:
-        device, stats = self.device, self.stats
+        device = self.device
         group = device.group
         loop = asyncio.get_running_loop()
         online_for = device.online_for(cycle)
@@ -374,10 +471,15 @@ class _DeviceRunner:
         telemetry_topic, qos, retain = device.topics.telemetry, group.qos.telemetry, group.retain
         while True:
             await self._wake.until(min(loop.time() + device.next_delay(), deadline))
-            if link.closed.done():
-                stats.drops["lost"] += 1
+            if not link.connected:  # `closed` resolves a loop turn after the socket is gone
+                self._fault = None
+                self._ended("lost")
                 self._error("connection lost")
                 return _LOST, 0.0
+            fault, self._fault = self._fault, None
+            if fault is not None:
+                await self._end(link, fault[0])
+                return _OFFLINE, fault[1]
             command, self._command = self._command, None
             if command is not None:
                 await self._end_clean(link)
@@ -391,7 +493,7 @@ class _DeviceRunner:
 
     async def _end(self, link: Link, kind: str) -> None:
         stats = self.stats
-        stats.drops[kind] += 1
+        self._ended(kind)
         if kind == "clean":
             await self._end_clean(link)
             return
@@ -419,10 +521,14 @@ class _DeviceRunner:
     async def _shutdown(self, link: Link) -> None:
         """Cancelled: leave cleanly, so that no will fires by accident."""
         if not link.closed.done():
+            end = "clean"
             try:
                 await asyncio.wait_for(self._end_clean(link), 5.0)
             except (TimeoutError, TransportError, OSError):
+                end = "lost"  # the broker never confirmed the DISCONNECT: a will may fire
                 link.abort()
+            if self._run.control is not None:
+                self._run.control.ends[self.device.id, end] += 1
 
 
 _QOS = ("0", "1", "2")

@@ -28,6 +28,8 @@ SIMULATOR = {
     "fleet.aiomqtt_link",
     "fleet.workers",
 }
+# The pure parts of `fleet stress`: values and arithmetic, like the core.
+STRESS_PURE = {"accounting", "scenario"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -58,7 +60,7 @@ def test_core_modules_import_only_the_standard_library_pydantic_and_the_core(nam
 def test_the_broker_imports_neither_bridges_nor_the_simulator(path: Path) -> None:
     """broker/ never imports bridges/ or the simulator, and no longer needs amqtt."""
     for module in _imports(path):
-        assert not module.startswith(("bridges", "amqtt")), f"{path.name} imports {module}"
+        assert not module.startswith(("bridges", "amqtt", "fleet.stress")), f"{path.name} imports {module}"
         assert module not in SIMULATOR, f"{path.name} imports {module}"
 
 
@@ -66,7 +68,7 @@ def test_the_broker_imports_neither_bridges_nor_the_simulator(path: Path) -> Non
 def test_the_bridges_import_neither_the_broker_nor_the_simulator(path: Path) -> None:
     """bridges/ are ordinary MQTT clients: they never import broker/ or the simulator."""
     for module in _imports(path):
-        assert not module.startswith("broker"), f"{path.name} imports {module}"
+        assert not module.startswith(("broker", "fleet.stress")), f"{path.name} imports {module}"
         assert module not in SIMULATOR, f"{path.name} imports {module}"
 
 
@@ -91,3 +93,21 @@ def test_the_test_tools_wire_broker_bridges_and_simulator_only_inside_functions(
     so that the plugin, which every pytest run of a project with mqtt-fleet loads, stays cheap."""
     for module in _top_level_imports(path):
         assert not module.startswith(LAZY), f"{path.name} imports {module} when it is loaded"
+
+
+@pytest.mark.parametrize("name", sorted(STRESS_PURE))
+def test_the_stress_account_and_scenarios_are_pure(name: str) -> None:
+    """fleet/stress's accounting and scenarios import only the standard library, pydantic and the core."""
+    allowed_roots = set(sys.stdlib_module_names) | {"pydantic", "pydantic_core"}
+    for module in _imports(ROOT / "fleet" / "stress" / f"{name}.py"):
+        if module.startswith("fleet."):
+            assert module.removeprefix("fleet.") in CORE, f"fleet/stress/{name}.py imports {module}"
+        else:
+            assert module.split(".")[0] in allowed_roots, f"fleet/stress/{name}.py imports {module}"
+
+
+@pytest.mark.parametrize("path", _modules("fleet/stress"), ids=lambda p: p.name)
+def test_the_stress_engine_reaches_the_broker_only_over_the_network(path: Path) -> None:
+    """fleet/stress never imports broker/ or bridges/: it runs the embedded broker as a child process."""
+    for module in _imports(path):
+        assert not module.startswith(("broker", "bridges")), f"{path.name} imports {module}"

@@ -1,0 +1,170 @@
+"""The observer: an independent MQTT client, with a persistent session at QoS 2, that subscribes to
+every device's telemetry and status and writes what it receives into a `Ledger`.
+
+It connects to the broker directly, never through the fault proxy, and reconnects with backoff when
+the broker goes away; it subscribes again only when its session was not kept. Retained messages
+(the status of an earlier run, say) are skipped: the ledger counts live messages only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from fleet.errors import TransportError
+from fleet.packets import Publish
+from fleet.schema import FleetConfig
+from fleet.simulator import Target
+from fleet.stress.accounting import Ledger
+from fleet.transport import ClientSession, Link, make_connect
+
+__all__ = ["Observer", "Route", "observing", "routes_of"]
+
+log = logging.getLogger("fleet.stress.observer")
+
+_KEEPALIVE = 30
+_RETRY = (0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a topic carries: one device's telemetry or status."""
+
+    device: str
+    telemetry: bool
+
+
+def routes_of(config: FleetConfig) -> tuple[dict[str, Route], list[str]]:
+    """Every device's telemetry and status topic, and the filters that cover them (a `+` for each
+    level of a template that holds a placeholder)."""
+    routes: dict[str, Route] = {}
+    filters: list[str] = []
+    for group in config.groups:
+        for telemetry, template in ((True, group.topics.telemetry), (False, group.topics.status)):
+            levels = ["+" if "{" in level else level for level in template.split("/")]
+            topic_filter = "/".join(levels)
+            if topic_filter not in filters:
+                filters.append(topic_filter)
+            for index in range(group.count):
+                device = group.device_id(index)
+                routes[template.format(device=device, group=group.name)] = Route(device, telemetry)
+    return routes, filters
+
+
+class Observer:
+    """Counts of the observer's own connection, for the report."""
+
+    def __init__(self, ledger: Ledger, routes: Mapping[str, Route]) -> None:
+        self.ledger = ledger
+        self.routes = routes
+        self.messages = 0
+        self.last_message = time.monotonic()
+        self.connects = 0
+        self.sessions_lost = 0  # reconnects that found the observer's own session gone
+        self.connected = asyncio.Event()
+
+    def on_message(self, message: Publish) -> None:
+        if message.retain:
+            return
+        self.messages += 1
+        self.last_message = time.monotonic()
+        route = self.routes.get(message.topic)
+        try:
+            body = json.loads(message.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if route is None or not isinstance(body, dict):
+            self.ledger.unknown += 1
+            return
+        if route.telemetry:
+            seq, ts = body.get("seq"), body.get("ts")
+            if not isinstance(seq, int) or not isinstance(ts, int | float):
+                self.ledger.unknown += 1
+                return
+            self.ledger.telemetry(route.device, seq, time.time() - ts)
+        else:
+            reason = body.get("reason")
+            self.ledger.status(
+                route.device, body.get("online") is True, reason if isinstance(reason, str) else None
+            )
+
+
+@contextlib.asynccontextmanager
+async def observing(
+    target: Target, config: FleetConfig, ledger: Ledger, *, timeout: float = 30.0
+) -> AsyncIterator[Observer]:
+    """Run the observer until the block exits; it has connected and subscribed when the block starts.
+
+    On exit it disconnects, then connects once more with a clean session, so that the broker keeps
+    no session of it.
+    """
+    routes, filters = routes_of(config)
+    observer = Observer(ledger, routes)
+    client_id = f"fleet-stress-observer-{uuid.uuid4().hex[:8]}"
+    session = ClientSession()
+    password = target.password.encode() if target.password is not None else None
+    connect = make_connect(
+        client_id, keepalive=_KEEPALIVE, clean_session=False, username=target.username, password=password
+    )
+    topics = [(topic_filter, 2) for topic_filter in filters]
+    subscribed = asyncio.Event()
+
+    async def run() -> None:
+        attempt = 0
+        while True:
+            try:
+                link, present = await Link.open(
+                    target.endpoint, connect, session=session, on_message=observer.on_message, ssl=target.ssl
+                )
+            except TransportError as exc:
+                if not subscribed.is_set() and attempt >= len(_RETRY):
+                    raise
+                log.info("observer: %s; retrying", exc)
+                await asyncio.sleep(_RETRY[min(attempt, len(_RETRY) - 1)])
+                attempt += 1
+                continue
+            attempt = 0
+            observer.connects += 1
+            try:
+                if not present:
+                    if observer.connects > 1:
+                        observer.sessions_lost += 1
+                    await link.subscribe(topics)
+                subscribed.set()
+                observer.connected.set()
+                await link.closed
+                observer.connected.clear()
+            except asyncio.CancelledError:
+                with contextlib.suppress(TransportError, OSError, TimeoutError):
+                    await link.disconnect(timeout=5.0)
+                raise
+            except TransportError as exc:  # no SUBACK: start over on a new connection
+                log.info("observer: %s", exc)
+                link.abort()
+
+    async with asyncio.TaskGroup() as tasks:
+        task = tasks.create_task(run(), name="fleet.stress.observer")
+        try:
+            async with asyncio.timeout(timeout):
+                await subscribed.wait()  # if run() fails first, the task group raises its error
+        except TimeoutError:
+            task.cancel()
+            raise TransportError(
+                f"the observer could not subscribe at {target.endpoint} within {timeout}s"
+            ) from None
+        try:
+            yield observer
+        finally:
+            task.cancel()
+    with contextlib.suppress(TransportError, OSError, TimeoutError):
+        clean = make_connect(client_id, clean_session=True, username=target.username, password=password)
+        link, _ = await Link.open(
+            target.endpoint, clean, session=ClientSession(), on_message=lambda _: None, ssl=target.ssl
+        )
+        await link.disconnect(timeout=5.0)

@@ -1,0 +1,269 @@
+"""Run a stress scenario: the broker, the observer, the fault proxies, the fleet and the timeline of
+stages, then the drain and the account.
+
+    result = await run_stress(config, settings, target=None, config_path=path)   # None: embedded
+
+The order is fixed: the broker (the embedded one as a child process, or the external one), then
+the observer (subscribed before the first device connects), then one fault proxy per group a fault
+names, then the fleet with the stage engine beside it for `settings.duration` seconds. When the
+fleet has stopped (every device leaves cleanly), the observer gets up to `settings.drain` seconds
+for the last deliveries and wills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import FleetError
+from fleet.report import Report
+from fleet.schema import FleetConfig
+from fleet.simulator import Control, Live, Target, simulate
+from fleet.stress.accounting import Account, DeviceSpec, Ledger, account
+from fleet.stress.observer import Observer, observing
+from fleet.stress.process import BrokerProcess, UsageMeter, embedded_broker
+from fleet.stress.proxy import FaultProxy, Shaping, fault_proxy
+from fleet.stress.scenario import Stage, StressSettings, proxied_groups
+from fleet.transport import Endpoint
+
+__all__ = ["StressResult", "run_stress"]
+
+_QUIET = 2.0  # drain: seconds without a message after which nothing more is coming
+
+
+@dataclass(frozen=True, slots=True)
+class StressResult:
+    """What a stress run found: the delivery account, the fleet's own report, and the broker's usage."""
+
+    account: Account
+    fleet: Report
+    meta: dict[str, Any]
+    broker_cpu_s: float | None
+    broker_peak_rss: int | None
+
+
+def _specs(config: FleetConfig) -> dict[str, DeviceSpec]:
+    return {
+        group.device_id(index): DeviceSpec(
+            group.name, group.qos.telemetry, not group.clean_session, group.will
+        )
+        for group in config.groups
+        for index in range(group.count)
+    }
+
+
+class _Stages:
+    """The stage engine: carries out each stage at its time, on the running fleet, proxies and broker."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        control: Control,
+        proxies: Mapping[str, FaultProxy],
+        broker: BrokerProcess | None,
+        started: float,
+    ) -> None:
+        self._config = config
+        self._control = control
+        self._proxies = proxies
+        self._broker = broker
+        self._started = started
+        self.log: list[str] = []
+
+    async def _until(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, self._started + at - time.monotonic()))
+
+    def _note(self, text: str) -> None:
+        self.log.append(f"t={time.monotonic() - self._started:.1f}s {text}")
+
+    def _proxies_of(self, stage: Stage) -> list[FaultProxy]:
+        return [proxy for name, proxy in self._proxies.items() if stage.group in (None, name)]
+
+    def _drop(self, stage: Stage, number: int, rng: random.Random) -> None:
+        online = self._control.online(stage.group)
+        chosen = rng.sample(online, round(len(online) * stage.fraction))
+        self._control.end(chosen, stage.end, stage.offline)
+        self._note(
+            f"{stage.action} #{number}: {len(chosen):,} of {len(online):,} online devices end {stage.end}"
+        )
+
+    async def run(self, number: int, stage: Stage) -> None:
+        rng = random.Random(f"{self._config.seed}/stage/{number}")
+        await self._until(stage.at)
+        action = stage.action
+        if action == "drop":
+            self._drop(stage, number, rng)
+        elif action == "flap":
+            until = stage.until
+            while until is None or time.monotonic() - self._started < until:
+                self._drop(stage, number, rng)
+                await asyncio.sleep(stage.period)
+        elif action == "restart-broker":
+            assert self._broker is not None
+            self._note(f"restart-broker #{number}: stopping the broker for {stage.offline:g}s")
+            await self._broker.restart(stage.offline)
+            self._note(f"restart-broker #{number}: the broker is back")
+        elif action in ("reset", "half-open"):
+            for proxy in self._proxies_of(stage):
+                hit = proxy.reset(stage.fraction) if action == "reset" else proxy.half_open(stage.fraction)
+                self._note(f"{action} #{number}: {hit:,} connections")
+        else:
+            self._fault(stage, True)
+            self._note(f"{action} #{number}: on")
+            if stage.until is not None:
+                await self._until(stage.until)
+                self._fault(stage, False)
+                self._note(f"{action} #{number}: off")
+
+    def _fault(self, stage: Stage, on: bool) -> None:
+        for proxy in self._proxies_of(stage):
+            if stage.action == "blackhole":
+                proxy.blackhole(on)
+            elif on:
+                proxy.shape(Shaping(stage.latency_ms / 1000, stage.jitter_ms / 1000, stage.rate))
+            else:
+                proxy.shape(None)
+
+
+async def _drain(observer: Observer, control: Control, specs: Mapping[str, DeviceSpec], limit: float) -> None:
+    """Wait until every persistent QoS 1/2 message and every expected will has come, or nothing has
+    come for a while, or `limit` seconds pass."""
+    ledger = observer.ledger
+    deadline = time.monotonic() + limit
+    sent = control.sent
+    while time.monotonic() < deadline:
+        complete = all(
+            len(ledger.received(device)) >= sent[device]
+            for device, spec in specs.items()
+            if spec.qos and spec.persistent
+        ) and all(
+            ledger.wills[device] >= control.ends[device, "abrupt"] + control.ends[device, "silent"]
+            for device, spec in specs.items()
+            if spec.will
+        )
+        if complete or time.monotonic() - observer.last_message > _QUIET:
+            return
+        await asyncio.sleep(0.1)
+
+
+async def run_stress(
+    config: FleetConfig,
+    settings: StressSettings,
+    *,
+    target: Target | None,
+    config_path: Path | None = None,
+    broker_pid: int | None = None,
+    live: Live | None = None,
+    stop: asyncio.Event | None = None,
+) -> StressResult:
+    """Run the scenario of `settings` with the fleet of `config` against `target` (None: the embedded
+    broker, as a child process with the [broker] table of `config_path`). Setting `stop` ends the
+    fleet early; the drain and the account follow as usual."""
+    stages = settings.timeline
+    if target is not None and any(stage.action == "restart-broker" for stage in stages):
+        raise FleetError("restart-broker needs the embedded broker: leave out --broker")
+    specs = _specs(config)
+    ledger = Ledger()
+    control = Control()
+    meter: UsageMeter | None = None
+    broker: BrokerProcess | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        if target is None:
+            broker = await stack.enter_async_context(embedded_broker(config_path))
+            meter = broker.meter
+            target = Target(Endpoint("mqtt", broker.host, broker.port))
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        if broker_pid is not None:
+            meter = UsageMeter()
+            meter.sample(broker_pid)
+            watcher = tasks.create_task(meter.watch(lambda: broker_pid), name="fleet.stress.usage")
+            stack.callback(watcher.cancel)
+        observer = await stack.enter_async_context(observing(target, config, ledger))
+        proxies: dict[str, FaultProxy] = {}
+        targets: dict[str, Target] = {}
+        for name in sorted(proxied_groups(stages, config)):
+            endpoint = target.endpoint
+            proxy = await stack.enter_async_context(
+                fault_proxy(endpoint.host, endpoint.port, seed=config.seed)
+            )
+            proxies[name] = proxy
+            targets[name] = dataclasses.replace(
+                target, endpoint=dataclasses.replace(endpoint, host="127.0.0.1", port=proxy.port)
+            )
+        started_wall = time.time()
+        started = time.monotonic()
+        engine = _Stages(config, control, proxies, broker, started)
+        async with asyncio.TaskGroup() as timeline:
+            running = [
+                timeline.create_task(engine.run(number, stage), name=f"fleet.stress.stage[{number}]")
+                for number, stage in enumerate(stages)
+            ]
+            try:
+                report = await simulate(
+                    config,
+                    target,
+                    duration=settings.duration,
+                    stop=stop,
+                    live=live,
+                    targets=targets,
+                    control=control,
+                )
+            finally:
+                for task in running:
+                    task.cancel()
+        fleet_s = time.monotonic() - started
+        for proxy in proxies.values():  # faults end with the run: what they held may still arrive
+            proxy.shape(None)
+            proxy.blackhole(False)
+        await _drain(observer, control, specs, settings.drain)
+        drained_s = time.monotonic() - started - fleet_s
+        if meter is not None and broker is not None and broker.pid is not None:
+            meter.sample(broker.pid)
+        elif meter is not None and broker_pid is not None:
+            meter.sample(broker_pid)
+    connects = {(c.persistent, c.reconnect, c.present): n for c, n in control.connects.items()}
+    result = account(
+        ledger,
+        specs,
+        control.sent,
+        control.unacked(),
+        control.ends,
+        connects,
+        report.fleet().reconnect_time,
+        broker_restarted=broker is not None and broker.restarts > 0,
+    )
+    meta: dict[str, Any] = {
+        "scenario": settings.scenario or "config",
+        "broker": "embedded" if broker is not None else str(target.endpoint),
+        "devices": config.size,
+        "seed": config.seed,
+        "started": round(started_wall, 3),
+        "duration_s": round(fleet_s, 3),
+        "drain_s": round(drained_s, 3),
+        "stages": [stage.model_dump(exclude_defaults=True) for stage in stages],
+        "timeline": engine.log,
+        "proxied_groups": sorted(proxies),
+        "proxy": {
+            name: {"resets": proxy.resets, "half_open": proxy.half_opened} for name, proxy in proxies.items()
+        },
+        "observer": {
+            "messages": observer.messages,
+            "connects": observer.connects,
+            "sessions_lost": observer.sessions_lost,
+        },
+    }
+    sampled = meter is not None and meter.sampled
+    return StressResult(
+        result,
+        report,
+        meta,
+        round(meter.cpu_s, 3) if sampled and meter is not None else None,
+        meter.peak_rss if sampled and meter is not None else None,
+    )

@@ -1,0 +1,292 @@
+"""`fleet stress` end to end on small fleets: the embedded broker (a `fleet broker` child process) and
+Mosquitto, the fault proxy in the path, the observer's account, and the gates of the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet.errors import FleetError
+from fleet.schema import FleetConfig
+from fleet.simulator import Target
+from fleet.stress.accounting import Account
+from fleet.stress.runner import StressResult, run_stress
+from fleet.stress.scenario import Stage, StressSettings
+from fleet.transport import Endpoint
+from tests.procs import Mosquitto, fleet_argv, run
+
+RUN_TIMEOUT = 60.0  # the bound on one whole stress run; a passing run takes a few seconds
+
+
+def fleet(*groups: dict[str, Any]) -> FleetConfig:
+    """Groups with ids unique to this test, fast telemetry, short keepalive and quick backoff."""
+    tag = uuid.uuid4().hex[:6]
+    made = [
+        {
+            "id": f"{group['name']}-{tag}-{{index}}",
+            "interval": 0.1,
+            "jitter": 0,
+            "keepalive": 5,
+            "backoff": {"initial": 0.05, "max": 0.5},
+            **group,
+        }
+        for group in groups
+    ]
+    return FleetConfig.model_validate({"seed": 5, "groups": made})
+
+
+PERSISTENT = {"name": "p", "count": 12, "qos": {"telemetry": 1}, "clean_session": False}
+EXACTLY_ONCE = {"name": "x", "count": 4, "qos": {"telemetry": 2}, "clean_session": False}
+AT_MOST_ONCE = {"name": "z", "count": 4}
+
+
+def settings(scenario: str | None = None, *stages: Stage, duration: float = 3.0) -> StressSettings:
+    return StressSettings(scenario=scenario, duration=duration, drain=5.0, fraction=0.5, stages=stages)
+
+
+async def stress(
+    config: FleetConfig, plan: StressSettings, target: Target | None = None, **options: Any
+) -> StressResult:
+    async with asyncio.timeout(RUN_TIMEOUT):
+        return await run_stress(config, plan, target=target, **options)
+
+
+def on(mosquitto: Mosquitto) -> Target:
+    return Target(Endpoint("mqtt", "127.0.0.1", mosquitto.port))
+
+
+async def test_clean_run_reports_zero_violations() -> None:
+    """Without faults every message of every QoS arrives once, in order, and nothing is a violation."""
+    config = fleet(PERSISTENT, EXACTLY_ONCE, AT_MOST_ONCE)
+    result = await stress(config, settings("clean"))
+    account = result.account
+    assert account.violations == []
+    assert [row.key for row in account.telemetry] == ["qos0-clean", "qos1-persistent", "qos2-persistent"]
+    for row in account.telemetry:
+        assert row.sent > row.devices * 10, row
+        assert (row.delivered, row.lost, row.duplicated, row.out_of_order) == (row.sent, 0, 0, 0), row
+        assert row.latency.count == row.sent
+    assert (account.wills_expected, account.wills_received, account.wills_spurious) == (0, 0, 0)
+    assert result.broker_cpu_s is not None
+    assert result.broker_cpu_s > 0
+    assert result.broker_peak_rss is not None
+    assert result.broker_peak_rss > 1_000_000
+    assert result.meta["observer"] == {
+        "messages": result.meta["observer"]["messages"],
+        "connects": 1,
+        "sessions_lost": 0,
+    }
+
+
+@pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
+async def test_storm_keeps_every_promise(broker: str, request: pytest.FixtureRequest) -> None:
+    """Half the devices drop abruptly at once: one will each, sessions resumed, no QoS 1/2 message lost."""
+    config = fleet(PERSISTENT, EXACTLY_ONCE)
+    target, options = None, {}
+    if broker == "mosquitto":
+        mosquitto: Mosquitto = request.getfixturevalue("mosquitto_broker")
+        target, options = on(mosquitto), {"broker_pid": mosquitto.proc.pid}
+    result = await stress(config, settings("storm"), target, **options)
+    account = result.account
+    dropped = round(16 * 0.5)
+    assert account.violations == []
+    assert (account.wills_expected, account.wills_received, account.wills_missing) == (dropped, dropped, 0)
+    assert account.sessions_resumed == dropped
+    assert account.reconnect.count == dropped
+    assert all(row.lost == 0 for row in account.telemetry)
+    assert result.broker_cpu_s is not None
+
+
+async def test_loss_injected_by_the_proxy_is_caught() -> None:
+    """Connections made half-open by the proxy swallow telemetry: the report counts each lost seq, as
+    allowed at QoS 0, and at QoS 1 as never acknowledged by the broker, so not its violation."""
+    config = fleet({**AT_MOST_ONCE, "count": 6}, {**PERSISTENT, "count": 4})
+    result = await stress(config, settings(None, Stage(at=1.0, action="half-open", fraction=1.0)))
+    qos0, qos1 = result.account.telemetry
+    assert result.meta["proxied_groups"] == ["p", "z"]
+    assert result.meta["proxy"]["z"]["half_open"] == 6
+    assert qos0.sent > qos0.delivered > 0
+    assert qos0.lost == qos0.sent - qos0.delivered
+    assert qos0.lost >= 6 * 10  # 2 s of 10 messages a second each, at least
+    assert not qos0.loss_is_violation
+    assert qos1.lost >= 4 * 10
+    assert qos1.unacked == qos1.lost
+    assert qos1.lost_by_broker == 0
+    assert result.account.violations == []
+
+
+async def test_proxy_latency_shows_in_the_delivery_latency() -> None:
+    """200 ms of added latency through the proxy moves the median delivery latency above 200 ms."""
+    config = fleet({**PERSISTENT, "count": 4})
+    result = await stress(
+        config, settings(None, Stage(at=0.0, action="latency", latency_ms=200), duration=2.0)
+    )
+    (row,) = result.account.telemetry
+    p50 = row.latency.percentile(50)
+    assert p50 is not None
+    assert 0.2 * 0.97 <= p50 < 1.0  # percentiles are histogram bucket midpoints, within about 2%
+    assert row.lost == 0
+
+
+async def test_broker_restart_reports_that_the_embedded_broker_loses_sessions() -> None:
+    """The embedded broker keeps sessions in memory only: after a restart none is present, as reported."""
+    config = fleet({**PERSISTENT, "count": 6})
+    result = await stress(config, settings("broker-restart", duration=4.0))
+    account = result.account
+    assert account.broker_restarted
+    assert account.sessions_lost == 6
+    assert account.sessions_resumed == 0
+    assert account.reconnect.count == 6
+    assert result.meta["observer"]["sessions_lost"] == 1
+    assert not any("sessions were not present" in violation for violation in account.violations)
+
+
+def check_flapping(account: Account) -> None:
+    assert account.wills_expected >= 8  # half the online devices, each round
+    assert account.wills_received == account.wills_expected
+    assert account.sessions_resumed == account.reconnect.count >= 8
+
+
+def check_silent(account: Account) -> None:
+    assert account.wills_expected == 8
+    assert account.wills_received == 8  # the broker noticed each silence within 1.5 x keepalive
+
+
+def check_reset(account: Account) -> None:
+    assert account.lost_connections == 8
+    assert account.sessions_resumed == 8
+
+
+def check_no_loss(account: Account) -> None:
+    assert all(row.lost == 0 for row in account.telemetry)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "check"),
+    [
+        ("flapping", check_flapping),
+        ("silent", check_silent),
+        ("reset", check_reset),
+        ("partition", check_no_loss),
+        ("bandwidth", check_no_loss),
+    ],
+)
+async def test_each_builtin_scenario_keeps_the_promises(
+    scenario: str, check: Callable[[Account], None]
+) -> None:
+    """Flapping, silence, resets, a partition and a bandwidth cap each do their harm, and a broker that
+    keeps its promises shows no violation."""
+    config = fleet({**PERSISTENT, "count": 16, "keepalive": 1})
+    result = await stress(config, settings(scenario, duration=3.0))
+    assert result.account.violations == []
+    check(result.account)
+
+
+async def test_proxy_resets_on_mosquitto_keep_the_promises(mosquitto_broker: Mosquitto) -> None:
+    """The fault proxy works in front of any broker: resets on Mosquitto, every session resumed, no loss."""
+    config = fleet({**PERSISTENT, "count": 16})
+    result = await stress(
+        config, settings("reset"), on(mosquitto_broker), broker_pid=mosquitto_broker.proc.pid
+    )
+    assert result.account.violations == []
+    check_reset(result.account)
+    check_no_loss(result.account)
+
+
+async def test_restart_broker_against_an_external_broker_is_refused(mosquitto_broker: Mosquitto) -> None:
+    """Only the embedded broker can be restarted: asking it of an external one is an error before any run."""
+    with pytest.raises(FleetError, match="restart-broker needs the embedded broker"):
+        await stress(fleet(AT_MOST_ONCE), settings("broker-restart"), on(mosquitto_broker))
+
+
+# The real CLI
+
+CONFIG = """\
+seed = 2
+
+[stress]
+scenario = "storm"
+duration = 3
+drain = 5
+fraction = 0.5
+
+[[groups]]
+name = "p"
+count = 10
+id = "p-{tag}-{{index}}"
+interval = 0.1
+qos = {{ telemetry = 1 }}
+clean_session = false
+keepalive = 5
+
+[groups.backoff]
+initial = 0.05
+max = 0.5
+"""
+
+
+def stress_cli(tmp_path: Path, *gates: str) -> tuple[int, str, Path, Path]:
+    config = tmp_path / "stress.toml"
+    config.write_text(CONFIG.format(tag=uuid.uuid4().hex[:6]))
+    report, junit = tmp_path / "report.json", tmp_path / "junit.xml"
+    argv = fleet_argv("stress", config, "--report", report, "--junit", junit, *gates)
+    done = run(argv, timeout=RUN_TIMEOUT)
+    return done.returncode, done.stderr, report, junit
+
+
+def test_gates_pass_with_exit_code_zero(tmp_path: Path) -> None:
+    """`fleet stress` with gates the storm meets exits 0, and writes a JSON report and passing JUnit XML."""
+    code, stderr, report, junit = stress_cli(
+        tmp_path, "--max-loss-qos1", "0", "--max-reconnect-p99", "30s", "--require-wills"
+    )
+    assert code == 0, stderr
+    data = json.loads(report.read_text())
+    assert [gate["passed"] for gate in data["gates"]] == [True, True, True]
+    assert data["delivery"]["wills"]["expected"] == 5
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "0")
+
+
+def test_a_crossed_gate_flips_the_exit_code(tmp_path: Path) -> None:
+    """A reconnect p99 limit of 0 ms cannot be met: exit code 3, the gate named on stderr and in JUnit."""
+    code, stderr, report, junit = stress_cli(tmp_path, "--max-reconnect-p99", "0ms", "--max-loss-qos1", "0")
+    assert code == 3, stderr
+    assert "fleet stress: gate max-reconnect-p99 failed: reconnect p99" in stderr
+    assert "Traceback" not in stderr
+    failures = [
+        case.get("name")
+        for case in ET.parse(junit).getroot().iter("testcase")
+        if case.find("failure") is not None
+    ]
+    assert failures == ["max-reconnect-p99"]
+    gates = json.loads(report.read_text())["gates"]
+    assert [(gate["name"], gate["passed"]) for gate in gates] == [
+        ("max-loss-qos1", True),
+        ("max-reconnect-p99", False),
+    ]
+
+
+def test_a_bad_stage_is_a_one_line_error(tmp_path: Path) -> None:
+    """A stage with a bad fraction stops `fleet stress` (and fails `fleet validate`), naming file, field
+    and reason."""
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[[groups]]\nname = "a"\ncount = 1\n[[stress.stages]]\nat = 1\naction = "drop"\nfraction = 2\n'
+    )
+    done = run(fleet_argv("stress", config), timeout=RUN_TIMEOUT)
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        == f"Error: {config}: stress.stages[0].fraction: Input should be less than or equal to 1"
+    )
+    validated = run(fleet_argv("validate", config), timeout=RUN_TIMEOUT)
+    assert validated.returncode == 1
+    assert validated.stderr.strip() == done.stderr.strip().removeprefix("Error: ")
