@@ -190,6 +190,7 @@ class Link(asyncio.Protocol):
         "_frames",
         "_held",
         "_keepalive",
+        "_last_received",
         "_last_sent",
         "_loop",
         "_on_message",
@@ -229,6 +230,7 @@ class Link(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive = 0
         self._last_sent = 0.0
+        self._last_received = 0.0
         self._ping_sent = 0.0
         self._clean = True
         self._closing = False
@@ -498,7 +500,9 @@ class Link(asyncio.Protocol):
             # A client should close the connection when a PINGRESP does not come [MQTT-3.1.2-24].
             self._fail(ConnectionLost(f"no PINGRESP within the keepalive of {keepalive}s"))
             return
-        delay = keepalive - (now - self._last_sent)
+        # Quiet in either direction calls for a PINGREQ, as Paho does: a link that keeps publishing
+        # into a half-open connection hears nothing back, and only the unanswered PINGREQ tells.
+        delay = keepalive - (now - min(self._last_sent, self._last_received))
         if delay <= 0.001:
             transport.write(pingreq())
             self._last_sent = now
@@ -525,6 +529,7 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None or (self._closing and not self._clean_close):
             return
+        self._last_received = self._loop.time()
         try:
             for kind, flags, body in self._frames.feed(data):
                 if kind == PUBACK and not flags and len(body) == 2 and self._connack is None:

@@ -705,6 +705,32 @@ async def test_keepalive_closes_link_without_pingresp(
     assert "no PINGRESP" in str(reason)
 
 
+async def test_keepalive_finds_a_half_open_connection_while_publishing(
+    fake_broker: tuple[Endpoint, asyncio.Queue[Peer]],
+) -> None:
+    """A link that keeps publishing QoS 1 into a silent broker sends PINGREQ, then closes without PINGRESP."""
+    link, peer = await _connect_fake(fake_broker, Inbox(), keepalive=1)
+    publishing = asyncio.Event()
+
+    async def publish() -> None:
+        for _ in range(50):  # 5 s at most; the link closes after about 2 s
+            if not link.connected:
+                return
+            link.publish("a/b", b"x", qos=1)
+            publishing.set()
+            await asyncio.sleep(0.1)
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(publish())
+        await asyncio.wait_for(publishing.wait(), TIMEOUT)
+        async with asyncio.timeout(3):
+            while not isinstance(await peer.read(timeout=3), Pingreq):
+                pass
+        reason = await settle(link.closed, 3)
+    assert isinstance(reason, ConnectionLost)
+    assert "no PINGRESP" in str(reason)
+
+
 async def test_incoming_qos2_is_delivered_exactly_once(
     fake_broker: tuple[Endpoint, asyncio.Queue[Peer]],
 ) -> None:
