@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.package-lock.json
-APT_PACKAGES := mosquitto mosquitto-clients openssl curl
+APT_PACKAGES := mosquitto mosquitto-clients openssl curl tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint deps node-deps bench clean
@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 deps:
 	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
+	    || ! command -v tmux >/dev/null \
 	    || ! [ -x /usr/sbin/mosquitto ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && \
