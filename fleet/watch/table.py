@@ -109,19 +109,23 @@ class VirtualTable(ScrollView, can_focus=True):
         width = self.size.width
         base = self.rich_style
         if y == 0:
-            text = " ".join(column.cell(column.title) for column in self.columns)
-            strip = Strip([Segment(text, base + self._rich("bold reverse"))])
-            return strip.crop_extend(scroll_x, scroll_x + width, base)
+            style = base + self._rich("bold reverse")
+            return self._strip([column.title for column in self.columns], style, scroll_x, width)
         index = scroll_y + y - 1
         if index >= len(self._items):
             return Strip.blank(width, base)
         item = self._items[index]
-        texts = self._cells(item)
-        text = " ".join(column.cell(cell) for column, cell in zip(self.columns, texts, strict=True))
         style = base + self._rich(self._style(item)) if self._style is not None else base
         if index == self.cursor:
             style += self._rich("reverse" if self.has_focus else "underline")
-        return Strip([Segment(text, style)]).crop_extend(scroll_x, scroll_x + width, base)
+        return self._strip(self._cells(item), style, scroll_x, width)
+
+    def _strip(self, texts: Sequence[str], style: Style, scroll_x: int, width: int) -> Strip:
+        # One segment per cell, so that an exported screenshot keeps the columns aligned.
+        cells = [
+            Segment(column.cell(text) + " ", style) for column, text in zip(self.columns, texts, strict=True)
+        ]
+        return Strip(cells, self._width).crop_extend(scroll_x, scroll_x + width, self.rich_style)
 
     def _show_cursor(self) -> None:
         rows = max(1, self.size.height - 1)
