@@ -21,6 +21,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     Button,
@@ -140,6 +141,7 @@ class DeviceScreen(Screen[None]):
         super().__init__()
         self.device = device
         self.pending: str | None = None
+        self.ready = False
         self._sparks: dict[str, Sparkline] = {}
 
     def compose(self) -> ComposeResult:
@@ -155,6 +157,12 @@ class DeviceScreen(Screen[None]):
             yield Button("send", id="send")
         yield Static("", id="ack")
         yield Footer()
+
+    def on_mount(self) -> None:
+        self.ready = True
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.refresh_view()
 
     def show(self, model: FleetModel, now: float) -> None:
         state = model.devices.get(self.device)
@@ -301,13 +309,18 @@ class WatchApp(App[None]):
         """Redraw what is on screen from the model; called by the timer, at most 1/refresh a second."""
         if self.paused:
             return
+        try:
+            header = self.query_one("#header", Static)
+        except NoMatches:  # the timer fired while the app shuts down
+            return
         self.refreshes += 1
         now = self._now = self.clock()
-        self.query_one("#header", Static).update(self._header(now))
+        header.update(self._header(now))
         self._show_events()
         screen = self.screen
         if isinstance(screen, DeviceScreen):
-            screen.show(self.model, now)
+            if screen.ready:
+                screen.show(self.model, now)
             return
         tab = self.query_one(TabbedContent).active
         if tab == "devices":
@@ -438,7 +451,6 @@ class WatchApp(App[None]):
     @on(VirtualTable.Selected, "#table")
     def _open_device(self, event: VirtualTable.Selected) -> None:
         self.push_screen(DeviceScreen(event.item.id))
-        self.call_after_refresh(self.refresh_view)
 
     @on(VirtualTable.Selected, "#tree")
     def _toggle_topic(self, event: VirtualTable.Selected) -> None:

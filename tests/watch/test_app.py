@@ -93,8 +93,8 @@ async def test_pause_freezes_the_screen_while_messages_are_still_counted() -> No
     app = demo_app()
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
-        refreshes = app.refreshes
         await pilot.press("p")
+        refreshes = app.refreshes
         app.model.ingest("fleet/new-0001/status", b'{"online": true}', False, app.clock())
         app.refresh_view()
         assert app.refreshes == refreshes
