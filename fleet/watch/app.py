@@ -168,7 +168,10 @@ class DeviceScreen(Screen[None]):
         state = model.devices.get(self.device)
         if state is None:
             return
-        summary = self.query_one("#summary", Static)
+        try:
+            summary = self.query_one("#summary", Static)
+        except NoMatches:  # the timer fired while the screen closes
+            return
         summary.update(
             f"[b]{state.id}[/b]  group {state.group}  {state.status}  last seen {ago(now - state.last_seen)}"
             f" ago  {state.messages:,} msgs  {state.rate.at(now):.1f}/s  loss {state.gaps}"
