@@ -188,6 +188,7 @@ class FleetModel:
         self.errors = 0
         self.event_count = 0  # events ever logged, so a view can tell which are new
         self._reconnects: deque[float] = deque()
+        self._online = 0
 
     # Ingest
 
@@ -238,6 +239,7 @@ class FleetModel:
         device.last_seen = now
         if device.online is None:
             device.online = True
+            self._online += 1
         seq = body.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
             expected = device.seq_next
@@ -262,6 +264,7 @@ class FleetModel:
             return
         was = device.online
         device.online = online
+        self._online += (online is True) - (was is True)
         if retain:
             # A retained status tells the state, not news: it is older than this session.
             if not online and body.get("reason") == "lost":
@@ -307,9 +310,8 @@ class FleetModel:
 
     def counts(self) -> tuple[int, int, int]:
         """(online, offline, total) devices."""
-        online = sum(1 for device in self.devices.values() if device.online)
         total = len(self.devices)
-        return online, total - online, total
+        return self._online, total - self._online, total
 
     def rows(self, text: str, column: str, descending: bool, now: float) -> list[DeviceState]:
         """The devices whose id or group contains `text`, sorted by `column`."""
