@@ -144,6 +144,8 @@ async def _leave(link: Link) -> None:
     if link.connected:
         try:
             await asyncio.shield(link.disconnect(timeout=2.0))
+        except OSError:  # the broker closed the socket first
+            link.abort()
         except asyncio.CancelledError:
             link.abort()
             raise
