@@ -279,16 +279,7 @@ class WatchApp(App[None]):
                 yield Input(placeholder="/ to filter by id or group", id="filter")
                 yield VirtualTable(_DEVICE_COLUMNS, self._device_cells, _device_style, id="table")
             with TabPane("topics", id="topics"):
-                yield VirtualTable(
-                    (
-                        Column("topic", 48),
-                        Column("messages", 10, right=True),
-                        Column("rate/s", 8, right=True),
-                    ),
-                    self._topic_cells,
-                    _topic_style,
-                    id="tree",
-                )
+                yield VirtualTable(_TOPIC_COLUMNS, self._topic_cells, _topic_style, id="tree")
             with TabPane("events", id="events"):
                 yield RichLog(max_lines=1000, wrap=False, markup=False, id="log")
         yield Footer()

@@ -81,11 +81,6 @@ class VirtualTable(ScrollView, can_focus=True):
     def items(self) -> Sequence[Any]:
         return self._items
 
-    @property
-    def current(self) -> Any:
-        """The item under the cursor, or None when the table is empty."""
-        return self._items[self.cursor] if self._items else None
-
     def set_items(self, items: Sequence[Any]) -> None:
         """Show `items`; the cursor keeps its row number (clamped), and only visible rows re-render."""
         self._items = items
