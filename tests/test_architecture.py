@@ -68,3 +68,10 @@ def test_the_bridges_import_neither_the_broker_nor_the_simulator(path: Path) -> 
     for module in _imports(path):
         assert not module.startswith("broker"), f"{path.name} imports {module}"
         assert module not in SIMULATOR, f"{path.name} imports {module}"
+
+
+@pytest.mark.parametrize("path", _modules("fleet/watch"), ids=lambda p: p.name)
+def test_the_tui_is_an_ordinary_client_of_any_broker(path: Path) -> None:
+    """fleet/watch/ never imports broker/ or bridges/: it reaches a broker only over MQTT."""
+    for module in _imports(path):
+        assert not module.startswith(("broker", "bridges")), f"{path.name} imports {module}"

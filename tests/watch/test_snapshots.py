@@ -37,6 +37,12 @@ SCREENS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def colors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded screens have colours: a NO_COLOR in the environment must not change them."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
 @pytest.mark.parametrize("pressed", SCREENS.values(), ids=SCREENS.keys())
 def test_screen(snap_compare: Compare, pressed: tuple[str, ...]) -> None:
     """The screen looks as recorded: the header, the view, and the footer with its keys."""
