@@ -111,7 +111,8 @@ class HelpScreen(ModalScreen[None]):
     """
 
     def compose(self) -> ComposeResult:
-        text = Text("fleet watch: keys\n\n", style="bold")
+        text = Text()
+        text.append("fleet watch: keys\n\n", style="bold")
         for keys, what in KEYS:
             text.append(f"{keys:>22}  ", style="bold cyan")
             text.append(f"{what}\n")
@@ -155,7 +156,7 @@ class DeviceScreen(Screen[None]):
             yield Select([(op, op) for op in sorted(KNOWN_OPS)], value="ping", allow_blank=False, id="op")
             yield Input(placeholder="value (seconds)", id="value")
             yield Button("send", id="send")
-        yield Static("", id="ack")
+        yield Static("command: pick the op, a value in seconds for set_interval and go_offline", id="ack")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -177,7 +178,8 @@ class DeviceScreen(Screen[None]):
             f" ago  {state.messages:,} msgs  {state.rate.at(now):.1f}/s  loss {state.gaps}"
             f"  reconnects {state.reconnects}  last will {_will(state, now)}"
         )
-        values = Text("latest values\n", style="bold")
+        values = Text()
+        values.append("latest values\n", style="bold")
         for name, value in sorted(state.values.items()):
             values.append(f"  {name:<14} {json.dumps(value)[:40]}\n")
         self.query_one("#values", Static).update(values)
@@ -188,7 +190,8 @@ class DeviceScreen(Screen[None]):
                 spark = self._sparks[name] = Sparkline([], id=f"spark-{len(self._sparks)}")
                 sparks.mount(Horizontal(Label(name), spark, classes="metric"))
             spark.data = list(state.series[name])
-        raw = Text("last messages\n", style="bold")
+        raw = Text()
+        raw.append("last messages\n", style="bold")
         for message in reversed(state.raw):
             raw.append(f"{clock_text(message.at)} {message.topic.rsplit('/', 1)[-1]:<9}", style="dim")
             raw.append(f" {message.payload.decode('utf-8', 'replace')[:200]}\n")
@@ -357,7 +360,7 @@ class WatchApp(App[None]):
         def walk(node: TopicNode, depth: int) -> None:
             children = sorted(node.children.values(), key=lambda n: (-n.rate.at(now), n.name))
             for rank, child in enumerate(children):
-                busy = rank < _BUSIEST and len(children) > 1 and child.rate.at(now) > 0
+                busy = rank < _BUSIEST < len(children) and child.rate.at(now) > 0
                 expanded = child.path in self.expanded
                 rows.append((depth, child, expanded, busy))
                 if expanded:
@@ -500,7 +503,8 @@ def _topic_style(row: tuple[int, TopicNode, bool, bool]) -> str:
 
 
 def _event_line(event: LogEvent) -> Text:
-    line = Text(f"{clock_text(event.at)} ", style="dim")
+    line = Text()
+    line.append(f"{clock_text(event.at)} ", style="dim")
     line.append(f"{event.kind:<8}", style=_EVENT_STYLES[event.kind])
     line.append(f"{event.device or '':<16} {event.text}")
     return line
