@@ -14,9 +14,10 @@ from fleet.endpoint import Endpoint
 from fleet.schema import FleetConfig
 from fleet.simulator import Target, simulate
 from fleet.watch.app import DeviceScreen, HelpScreen, WatchApp
-from fleet.watch.sources import ListSource, MqttSource
+from fleet.watch.model import DeviceState
+from fleet.watch.sources import ListSource, Message, MqttSource
 from fleet.watch.table import VirtualTable
-from tests.watch.data import demo_app, settle, until
+from tests.watch.data import NOW, demo_app, settle, until
 
 SIZE = (120, 40)
 
@@ -169,3 +170,35 @@ async def test_a_command_reaches_a_real_device_and_its_ack_is_shown(broker: Brok
     finally:
         stop.set()
         await asyncio.wait_for(fleet, 10)
+
+
+class CountingApp(WatchApp):
+    """Counts the device rows it formats."""
+
+    formatted = 0
+
+    def _device_cells(self, device: DeviceState) -> tuple[str, ...]:
+        self.formatted += 1
+        return super()._device_cells(device)
+
+
+async def test_ten_thousand_devices_format_only_the_rows_on_screen() -> None:
+    """With 10,000 devices a redraw formats only the visible rows; end, sort and filter still work."""
+    messages = [
+        Message(f"fleet/dev-{i:05d}/telemetry", b'{"seq": %d, "values": {"t": 1}}' % (i % 7))
+        for i in range(10_000)
+    ]
+    app = CountingApp(ListSource(messages), clock=lambda: NOW)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        rows = table(app).size.height - 1
+        app.formatted = 0
+        app.refresh_view()
+        await pilot.pause()
+        assert 0 < app.formatted <= 2 * rows
+        await pilot.press("end")
+        assert table(app).cursor == 9_999
+        await pilot.press("4")
+        assert len(ids(app)) == 10_000
+        await pilot.press("slash", *"dev-0999", "enter")
+        assert ids(app) == [f"dev-0999{i}" for i in range(10)]
