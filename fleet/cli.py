@@ -194,16 +194,15 @@ async def _simulate_watched(
     from fleet.watch.sources import MqttSource
 
     source = MqttSource(target.endpoint, username=target.username, password=target.password)
-    app = WatchApp(source)
-    with app.logs_in_event_log():
-        async with asyncio.TaskGroup() as tg:
-            fleet = tg.create_task(
-                simulate(config, target, duration=duration, stop=stop, shard=shard, live=live),
-                name="fleet.simulator",
-            )
-            fleet.add_done_callback(lambda _: app.exit())
+    async with asyncio.TaskGroup() as tg:
+        fleet = tg.create_task(
+            simulate(config, target, duration=duration, stop=stop, shard=shard, live=live),
+            name="fleet.simulator",
+        )
+        app = WatchApp(source, until=fleet)
+        with app.logs_in_event_log():
             await app.run_async()
-            stop.set()
+        stop.set()
     return fleet.result()
 
 

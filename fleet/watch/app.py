@@ -8,6 +8,7 @@ lags behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -228,7 +229,8 @@ def _will(state: DeviceState, now: float) -> str:
 
 
 class WatchApp(App[None]):
-    """The live fleet from `source`; `clock` gives receive times (fixed in tests)."""
+    """The live fleet from `source`; `clock` gives receive times (fixed in tests). The app closes
+    by itself when `until` (for example the fleet it shows) is done."""
 
     TITLE = "fleet watch"
     CSS = """
@@ -258,8 +260,10 @@ class WatchApp(App[None]):
         clock: Callable[[], float] = time.time,
         refresh: float = 0.1,
         export_dir: Path = Path(),
+        until: asyncio.Future[Any] | None = None,
     ) -> None:
         super().__init__()
+        self.until = until
         self.source = source
         self.model = FleetModel(prefix)
         self.clock = clock
@@ -293,6 +297,8 @@ class WatchApp(App[None]):
         self.run_worker(self.source.run(self._deliver, self._notify), name="watch.source", group="source")
         self.set_interval(self.refresh_interval, self.refresh_view, name="watch.refresh")
         self.refresh_view()
+        if self.until is not None:
+            self.until.add_done_callback(lambda _: self.exit())
 
     def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
         self.model.ingest(topic, payload, retain, self.clock())

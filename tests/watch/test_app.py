@@ -202,3 +202,13 @@ async def test_ten_thousand_devices_format_only_the_rows_on_screen() -> None:
         assert len(ids(app)) == 10_000
         await pilot.press("slash", *"dev-0999", "enter")
         assert ids(app) == [f"dev-0999{i}" for i in range(10)]
+
+
+async def test_the_app_closes_itself_when_what_it_shows_is_done() -> None:
+    """With `until` (fleet up passes its fleet), the app exits once that is done, even if done at start."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    app = demo_app(until=done)
+    async with asyncio.timeout(10):
+        await app.run_async(headless=True, size=SIZE)
+    assert app.return_code == 0
