@@ -22,28 +22,41 @@ together), what one free core would take at that load. The device table is sorte
 (`--sort`), its costliest order: every refresh computes every device's decayed rate.
 `model alone` is `FleetModel.ingest` without any app, the ceiling.
 
+`over MQTT` is the real path at `--mqtt-rates`: `fleet broker` on a free port, a publisher child
+(the lean `Link`, QoS 0, `--seconds` worth of telemetry at the rate, pausing while its socket is
+congested) and the coalesced app on `MqttSource` (QoS 1 subscription, delivered at QoS 0). It
+counts what arrived under `fleet/`; `lag` is how long after the publisher's last message the app
+had all of them (none: some never came, dropped by the broker for a slow reader). The broker and
+the publisher share the host's cores with the app. A step is sustained by the same rule.
+
 Usage::
 
-    .venv/bin/python bench/watch_ingest.py [--devices 10000] [--seconds 3] [--start 2500] [--json FILE]
+    .venv/bin/python bench/watch_ingest.py [--devices 10000] [--seconds 3] [--start 2500]
+        [--mqtt-rates 10000,20000] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import re
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 from support import cpu_seconds, fmt, host_busy_seconds, ratio
 
+from fleet.endpoint import Endpoint
+from fleet.transport import ClientSession, Link, make_connect
 from fleet.watch.app import WatchApp
 from fleet.watch.model import COLUMNS, FleetModel
-from fleet.watch.sources import Deliver, Notify
+from fleet.watch.sources import Deliver, MqttSource, Notify
 
 SIZE = (160, 50)
 MAX_LAG = 0.5  # seconds
@@ -195,6 +208,113 @@ def best(steps: list[Step]) -> float | None:
     return max(sustained) if sustained else None
 
 
+# Over MQTT: the real path, `fleet broker` -> MqttSource (the lean Link) -> the app.
+
+
+async def publish(port: int, devices: int, rate: float, count: int) -> None:
+    """The publisher child: `count` QoS 0 telemetry messages at `rate`, then its achieved rate."""
+    messages = payloads(devices, 4)
+    endpoint = Endpoint("mqtt", "127.0.0.1", port)
+    link, _ = await Link.open(
+        endpoint, make_connect("bench-publisher"), session=ClientSession(), on_message=print
+    )
+    loop = asyncio.get_running_loop()
+    start, sent = loop.time(), 0
+    while sent < count:
+        await asyncio.sleep(0.002)
+        if link.congested:
+            continue
+        batch = min(int((loop.time() - start) * rate) - sent, max(1, int(rate * 0.05)), count - sent)
+        for index in range(sent, sent + batch):
+            topic, payload = messages[index % len(messages)]
+            link.publish(topic, payload)
+        sent += batch
+    elapsed = loop.time() - start
+    await link.disconnect()
+    print(f"sent {sent} in {elapsed:.3f}", flush=True)
+
+
+@contextlib.contextmanager
+def fleet_broker() -> Iterator[int]:
+    """`fleet broker` on a free port, stopped by its PID; yields the port."""
+    argv = [sys.executable, "-m", "fleet", "broker", "--port", "0", "--ws-port", "0", "--sys-interval", "0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.search(r"mqtt://127\.0\.0\.1:(\d+)", line)
+        if found is None:
+            raise SystemExit(f"fleet broker did not start: {line!r}")
+        yield int(found[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@dataclass
+class MqttStep:
+    offered: float
+    ingested: int
+    sent: int
+    lag: float | None
+    refreshes: float
+    cpu: float
+    sustained: bool
+
+
+def fleet_messages(app: WatchApp) -> int:
+    """Messages the app received under `fleet/` ($SYS aside)."""
+    node = app.model.topics.children.get("fleet")
+    return 0 if node is None else node.messages
+
+
+async def mqtt_step(port: int, rate: float, args: argparse.Namespace, idle: float) -> MqttStep:
+    count = int(rate * args.seconds)
+    app = WatchApp(MqttSource(Endpoint("mqtt", "127.0.0.1", port)), refresh=args.refresh)
+    app.sort_column, app.sort_descending = args.sort, True
+    me = psutil.Process()
+    async with app.run_test(size=SIZE) as pilot:
+        while not any(e.text.startswith("attached") for e in app.model.events):
+            await pilot.pause(0.01)
+        fleet = lambda: app.model.topics.children.get("fleet")  # noqa: E731
+        before = node.messages if (node := fleet()) else 0
+        refreshes, cpu, started = app.refreshes, cpu_seconds(me), time.monotonic()
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--publish", str(port), "--devices", str(args.devices),
+            "--rate", str(rate), "--count", str(count), stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(child.communicate(), args.seconds * 10 + 30)
+        ended = time.monotonic()
+        redraws = (app.refreshes - refreshes) / (ended - started)
+        sent, elapsed = (float(x) for x in out.decode().split()[1::2])
+        while fleet_messages(app) - before < sent and time.monotonic() - ended < 5:
+            await pilot.pause(0.01)
+        got = fleet_messages(app) - before
+        lag = time.monotonic() - ended if got >= sent else None
+        used = (cpu_seconds(me) - cpu) / (time.monotonic() - started)
+    ok = lag is not None and lag <= MAX_LAG and redraws >= MIN_REFRESHES * idle
+    return MqttStep(sent / elapsed, got, int(sent), lag, redraws, 100 * used, ok)
+
+
+async def over_mqtt(args: argparse.Namespace, idle: float) -> list[MqttStep]:
+    steps = []
+    with fleet_broker() as port:
+        for rate in args.mqtt_rates:
+            step = await mqtt_step(port, rate, args, idle)
+            steps.append(step)
+            print(
+                f"  over MQTT    offered {step.offered:>9,.0f}/s  received {step.ingested:,} of {step.sent:,}"
+                f"  lag {fmt(step.lag, '5.2f')}s  refreshes {step.refreshes:>6.1f}/s  cpu {step.cpu:>4.0f}%"
+                f"  {'ok' if step.sustained else 'FAILS'}",
+                flush=True,
+            )
+    return steps
+
+
 async def main(args: argparse.Namespace) -> int:
     messages = payloads(args.devices, 4)
     print(
@@ -208,6 +328,7 @@ async def main(args: argparse.Namespace) -> int:
     print(f"  coalesced app, idle (1 msg/s): {idle:.1f} refreshes/s, the bar for every step")
     coalesced = await ladder(WatchApp, messages, args.start, args, idle)
     naive = await ladder(PerMessageApp, messages, args.baseline_start, args, idle) if args.baseline else []
+    mqtt = await over_mqtt(args, idle) if args.mqtt_rates else []
     good, bad = best(coalesced), best(naive)
     print(
         f"\nsustained: coalesced {fmt(good, ',.0f')} msg/s, per-message render {fmt(bad, ',.0f')} msg/s"
@@ -222,6 +343,7 @@ async def main(args: argparse.Namespace) -> int:
             "sort": args.sort,
             "model_us_per_message": per_message,
             "steps": [asdict(step) for step in coalesced + naive],
+            "mqtt": [asdict(step) for step in mqtt],
             "sustained": {"coalesced": good, "per_message": bad},
         }
         args.json.write_text(json.dumps(report, indent=2))
@@ -241,9 +363,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--refresh", type=float, default=0.1, help="the coalesced app's redraw period, s")
     parser.add_argument("--sort", choices=COLUMNS, default="rate")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip per-message")
+    parser.add_argument(
+        "--mqtt-rates",
+        type=lambda text: [float(rate) for rate in text.split(",") if rate],
+        default=[10_000.0, 20_000.0],
+        help="offered rates over fleet broker, comma-separated; empty: skip",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--publish", type=int, help=argparse.SUPPRESS)  # the publisher child: its port
+    parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(parse(sys.argv[1:]))))
+    arguments = parse(sys.argv[1:])
+    if arguments.publish is not None:
+        asyncio.run(publish(arguments.publish, arguments.devices, arguments.rate, arguments.count))
+    else:
+        sys.exit(asyncio.run(main(arguments)))
