@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.package-lock.json
-APT_PACKAGES := mosquitto mosquitto-clients openssl curl chromium
+APT_PACKAGES := mosquitto mosquitto-clients openssl curl chromium tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint deps node-deps bench screenshot clean
@@ -26,7 +26,8 @@ demo: $(STAMP)
 
 deps:
 	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
-	    || ! command -v chromium >/dev/null || ! [ -x /usr/sbin/mosquitto ]; then \
+	    || ! command -v chromium >/dev/null || ! command -v tmux >/dev/null \
+	    || ! [ -x /usr/sbin/mosquitto ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \

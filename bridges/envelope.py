@@ -15,23 +15,12 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fleet.topics import classify
+
 __all__ = ["BRIDGE_TOPIC", "Event", "Kind", "classify", "make_event"]
 
 Kind = Literal["telemetry", "status", "ack", "raw", "bridge"]
 BRIDGE_TOPIC = "$bridge/broker"
-_SUFFIXES: dict[tuple[str, ...], Kind] = {
-    ("telemetry",): "telemetry",
-    ("status",): "status",
-    ("cmd", "ack"): "ack",
-}
-
-
-def classify(topic: str, prefix: str = "fleet") -> tuple[str | None, Kind]:
-    """The device and kind of a topic under the default scheme `{prefix}/{device}/...`."""
-    levels = topic.split("/")
-    if len(levels) < 3 or levels[0] != prefix or not levels[1]:
-        return None, "raw"
-    return levels[1], _SUFFIXES.get(tuple(levels[2:]), "raw")
 
 
 @dataclass(frozen=True, slots=True)

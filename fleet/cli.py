@@ -146,6 +146,7 @@ async def _run_fleet(
     shard: Any,
     workers: int,
     bridges: bool = False,
+    watch: bool = False,
 ) -> Any:
     from rich.console import Console
 
@@ -172,12 +173,38 @@ async def _run_fleet(
             await _start_bridges(stack, config_path, target)
         live = Live()
         stop = stack.enter_context(_stop_on_signals())
+        if watch:
+            return await _simulate_watched(
+                config, target, duration=duration, stop=stop, shard=shard, live=live
+            )
         async with progress(console, lambda: live):
             if workers > 1:
                 return await simulate_in_workers(
                     config, target, workers=workers, duration=duration, stop=stop, shard=shard, live=live
                 )
             return await simulate(config, target, duration=duration, stop=stop, shard=shard, live=live)
+
+
+async def _simulate_watched(
+    config: Any, target: Any, *, duration: float | None, stop: asyncio.Event, shard: Any, live: Any
+) -> Any:
+    """The fleet runs while `fleet watch`, attached to its broker, fills the terminal; quitting the
+    TUI stops the fleet, and the end of the fleet closes the TUI."""
+    from fleet.simulator import simulate
+    from fleet.watch.app import WatchApp
+    from fleet.watch.sources import MqttSource
+
+    source = MqttSource(target.endpoint, username=target.username, password=target.password)
+    async with asyncio.TaskGroup() as tg:
+        fleet = tg.create_task(
+            simulate(config, target, duration=duration, stop=stop, shard=shard, live=live),
+            name="fleet.simulator",
+        )
+        app = WatchApp(source, until=fleet)
+        with app.logs_in_event_log():
+            await app.run_async()
+        stop.set()
+    return fleet.result()
 
 
 async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, target: Any) -> None:
@@ -331,14 +358,64 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: until Ctrl-C"
 )
 def up(config: Path, duration: float | None) -> None:
-    """The all-in-one demo: the embedded broker, the demo fleet and the bridges, until Ctrl-C."""
+    """The all-in-one demo: the embedded broker, the demo fleet and the bridges, until Ctrl-C.
+
+    In a terminal, `fleet watch` shows the fleet in the foreground; otherwise the logs and a
+    progress line go to standard error.
+    """
     click.echo(f"fleet up: demo from {config}; press Ctrl-C to stop", err=True)
     fleet_config = _load_fleet(config, None)
     target = _target(fleet_config, None)
     report = _simulate(
-        config, fleet_config, target, duration=duration, shard=_shard(None), workers=1, bridges=True
+        config,
+        fleet_config,
+        target,
+        duration=duration,
+        shard=_shard(None),
+        workers=1,
+        bridges=True,
+        watch=sys.stdout.isatty() and sys.stdin.isatty(),
     )
     _finish(report, None)
+
+
+@cli.command()
+@click.option(
+    "--broker",
+    "broker_url",
+    default="mqtt://127.0.0.1:1883",
+    show_default=True,
+    help="mqtt[s]:// or ws[s]://",
+)
+@click.option("--prefix", default="fleet", show_default=True, help="first topic level of the fleet's topics")
+@click.option("--username", help="user name for the broker")
+@click.option("--password", help="password for the broker (with --username)")
+@click.option(
+    "--export-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    show_default=True,
+    help="where `e` writes the history",
+)
+def watch(broker_url: str, prefix: str, username: str | None, password: str | None, export_dir: Path) -> None:
+    """A live view of the fleet on any broker: devices, topics, events, and commands to devices."""
+    from fleet.endpoint import Endpoint
+    from fleet.watch.app import WatchApp
+    from fleet.watch.sources import MqttSource
+
+    try:
+        endpoint = Endpoint.parse(broker_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from None
+    if not prefix or any(c in prefix for c in "/+#\x00"):
+        raise click.BadParameter("one topic level, without '/', '+' or '#'", param_hint="--prefix")
+    try:
+        source = MqttSource(endpoint, prefix=prefix, username=username, password=password)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--password") from None
+    app = WatchApp(source, prefix=prefix, export_dir=export_dir)
+    with app.logs_in_event_log():
+        app.run()
 
 
 @cli.command("bridge")

@@ -5,9 +5,18 @@ This is the one matcher of the project: the broker, the bridges and the TUI all 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fleet.errors import TopicError
 
-__all__ = ["MAX_TOPIC_BYTES", "matches", "validate_filter", "validate_topic"]
+__all__ = ["MAX_TOPIC_BYTES", "TopicKind", "classify", "matches", "validate_filter", "validate_topic"]
+
+TopicKind = Literal["telemetry", "status", "ack", "raw"]
+_SUFFIXES: dict[tuple[str, ...], TopicKind] = {
+    ("telemetry",): "telemetry",
+    ("status",): "status",
+    ("cmd", "ack"): "ack",
+}
 
 MAX_TOPIC_BYTES = 65535
 
@@ -61,3 +70,14 @@ def matches(topic_filter: str, topic: str) -> bool:
         if f_level != "+" and f_level != t_levels[index]:
             return False
     return len(f_levels) == len(t_levels)
+
+
+def classify(topic: str, prefix: str = "fleet") -> tuple[str | None, TopicKind]:
+    """The device and kind of a topic under the default scheme `{prefix}/{device}/...`.
+
+    `raw` (with no device) for topics outside the scheme; the bridges and the TUI both use it.
+    """
+    levels = topic.split("/")
+    if len(levels) < 3 or levels[0] != prefix or not levels[1]:
+        return None, "raw"
+    return levels[1], _SUFFIXES.get(tuple(levels[2:]), "raw")

@@ -106,8 +106,8 @@ def test_the_stress_account_and_scenarios_are_pure(name: str) -> None:
             assert module.split(".")[0] in allowed_roots, f"fleet/stress/{name}.py imports {module}"
 
 
-@pytest.mark.parametrize("path", _modules("fleet/stress"), ids=lambda p: p.name)
-def test_the_stress_engine_reaches_the_broker_only_over_the_network(path: Path) -> None:
-    """fleet/stress never imports broker/ or bridges/: it runs the embedded broker as a child process."""
+@pytest.mark.parametrize("path", [*_modules("fleet/stress"), *_modules("fleet/watch")], ids=lambda p: p.name)
+def test_stress_and_the_tui_reach_the_broker_only_over_mqtt(path: Path) -> None:
+    """fleet/stress and fleet/watch never import broker/ or bridges/: they are clients of any broker."""
     for module in _imports(path):
         assert not module.startswith(("broker", "bridges")), f"{path.name} imports {module}"

@@ -1,0 +1,1 @@
+"""`fleet watch`: a Textual TUI that shows a live fleet on any broker."""

@@ -1,0 +1,516 @@
+"""`fleet watch`: the Textual app. It composes the views; the model holds the state.
+
+Messages go straight from the source into the model (`FleetModel.ingest`, O(1) per message).
+The screen is refreshed by one timer, at most `1 / refresh` times a second, from the model's
+state at that moment, so a flood of messages never queues up redraws: the UI neither starves nor
+lags behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
+from textual.screen import ModalScreen, Screen
+from textual.widgets import (
+    Button,
+    Footer,
+    Input,
+    Label,
+    RichLog,
+    Select,
+    Sparkline,
+    Static,
+    TabbedContent,
+    TabPane,
+)
+
+from fleet.device import KNOWN_OPS
+from fleet.errors import FleetError
+from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, TopicNode
+from fleet.watch.sources import Source
+from fleet.watch.table import Column, VirtualTable
+
+__all__ = ["KEYS", "WatchApp"]
+
+KEYS = (
+    ("d / t / l", "devices, topic tree, event log"),
+    ("/", "filter the devices by id or group (enter: back to the table)"),
+    ("1 … 9", "sort the devices by that column; again: reverse"),
+    ("↑ ↓ PgUp PgDn Home End", "move in a table"),
+    ("enter", "device: open its detail; topic: expand or collapse"),
+    ("escape", "close the detail or this help"),
+    ("p", "pause the display (messages are still counted)"),
+    ("e", "export the visible history to a JSON-lines file"),
+    ("?", "this help"),
+    ("q, ctrl+c", "quit"),
+)
+_DEVICE_COLUMNS = (
+    Column("id", 16),
+    Column("group", 10),
+    Column("status", 7),
+    Column("last seen", 9, right=True),
+    Column("msgs", 8, right=True),
+    Column("rate/s", 7, right=True),
+    Column("loss", 6, right=True),
+    Column("reconn", 6, right=True),
+    Column("last will", 9, right=True),
+)
+_TOPIC_COLUMNS = (Column("topic", 48), Column("messages", 10, right=True), Column("rate/s", 8, right=True))
+_DESCENDING_FIRST = {"last seen", "msgs", "rate", "loss", "reconnects", "last will"}
+_EVENT_STYLES = {
+    "online": "green",
+    "offline": "yellow",
+    "will": "bold red",
+    "command": "cyan",
+    "ack": "bold cyan",
+    "error": "red",
+    "broker": "magenta",
+}
+_BUSIEST = 3  # topics highlighted among their siblings
+_SYS = (
+    ("clients", "clients/connected"),
+    ("received", "messages/received"),
+    ("sent", "messages/sent"),
+    ("dropped", "publish/messages/dropped"),
+)
+_NEEDS_VALUE = {"set_interval", "go_offline"}
+
+
+def ago(seconds: float) -> str:
+    """A short age: 0s, 42s, 3m, 5h, 2d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def clock_text(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(at))
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,question_mark,q", "app.pop_screen", "close"),
+    ]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > Static { width: 90; height: auto; border: round $accent; padding: 1 2; background: $panel; }
+    """
+
+    def compose(self) -> ComposeResult:
+        text = Text()
+        text.append("fleet watch: keys\n\n", style="bold")
+        for keys, what in KEYS:
+            text.append(f"{keys:>22}  ", style="bold cyan")
+            text.append(f"{what}\n")
+        yield Static(text)
+
+
+class DeviceScreen(Screen[None]):
+    """One device: its latest values, a sparkline per numeric metric, raw messages, commands."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "back")]
+    DEFAULT_CSS = """
+    DeviceScreen #summary { height: 2; padding: 0 1; background: $panel; }
+    DeviceScreen #body { height: 1fr; }
+    DeviceScreen #left { width: 1fr; padding: 0 1; }
+    DeviceScreen #raw { width: 1fr; padding: 0 1; border-left: solid $accent; }
+    DeviceScreen #sparks { height: 1fr; }
+    DeviceScreen .metric { height: 1; }
+    DeviceScreen .metric Label { width: 16; }
+    DeviceScreen Sparkline { width: 1fr; }
+    DeviceScreen #form { height: 3; }
+    DeviceScreen #op { width: 20; }
+    DeviceScreen #value { width: 16; }
+    DeviceScreen #ack { height: 1; padding: 0 1; }
+    """
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = device
+        self.pending: str | None = None
+        self.ready = False
+        self._sparks: dict[str, Sparkline] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="summary")
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield Static(id="values")
+                yield VerticalScroll(id="sparks")
+            yield Static(id="raw")
+        with Horizontal(id="form"):
+            yield Select([(op, op) for op in sorted(KNOWN_OPS)], value="ping", allow_blank=False, id="op")
+            yield Input(placeholder="value (seconds)", id="value")
+            yield Button("send", id="send")
+        yield Static("command: pick the op, a value in seconds for set_interval and go_offline", id="ack")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.ready = True
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.refresh_view()
+
+    def show(self, model: FleetModel, now: float) -> None:
+        state = model.devices.get(self.device)
+        if state is None:
+            return
+        try:
+            summary = self.query_one("#summary", Static)
+        except NoMatches:  # the timer fired while the screen closes
+            return
+        summary.update(
+            f"[b]{state.id}[/b]  group {state.group}  {state.status}  last seen {ago(now - state.last_seen)}"
+            f" ago  {state.messages:,} msgs  {state.rate.at(now):.1f}/s  loss {state.gaps}"
+            f"  reconnects {state.reconnects}  last will {_will(state, now)}"
+        )
+        values = Text()
+        values.append("latest values\n", style="bold")
+        for name, value in sorted(state.values.items()):
+            values.append(f"  {name:<14} {json.dumps(value)[:40]}\n")
+        self.query_one("#values", Static).update(values)
+        sparks = self.query_one("#sparks", VerticalScroll)
+        for name in sorted(state.series):
+            spark = self._sparks.get(name)
+            if spark is None:
+                spark = self._sparks[name] = Sparkline([], id=f"spark-{len(self._sparks)}")
+                sparks.mount(Horizontal(Label(name), spark, classes="metric"))
+            spark.data = list(state.series[name])
+        raw = Text()
+        raw.append("last messages\n", style="bold")
+        for message in reversed(state.raw):
+            raw.append(f"{clock_text(message.at)} {message.topic.rsplit('/', 1)[-1]:<9}", style="dim")
+            raw.append(f" {message.payload.decode('utf-8', 'replace')[:200]}\n")
+        self.query_one("#raw", Static).update(raw)
+        if self.pending is not None:
+            ack = state.acks.get(self.pending)
+            if ack is not None:
+                ok = ack.get("ok") is True
+                self.query_one("#ack", Static).update(
+                    Text(f"ack {self.pending}: {json.dumps(ack)}", style="bold green" if ok else "bold red")
+                )
+                self.pending = None
+
+    @on(Button.Pressed, "#send")
+    @on(Input.Submitted, "#value")
+    def send(self) -> None:
+        op = str(self.query_one("#op", Select).value)
+        text = self.query_one("#value", Input).value.strip()
+        command: dict[str, Any] = {"op": op}
+        if op in _NEEDS_VALUE:
+            try:
+                command["value"] = float(text)
+            except ValueError:
+                self.query_one("#ack", Static).update(Text(f"{op} needs a number of seconds", style="red"))
+                return
+        app = self.app
+        assert isinstance(app, WatchApp)
+        self.pending = app.send_command(self.device, command)
+        self.query_one("#ack", Static).update(f"sent {self.pending}: {op}; waiting for the ack")
+
+
+def _will(state: DeviceState, now: float) -> str:
+    return "-" if state.last_will is None else f"{ago(now - state.last_will)} ago"
+
+
+class WatchApp(App[None]):
+    """The live fleet from `source`; `clock` gives receive times (fixed in tests). The app closes
+    by itself when `until` (for example the fleet it shows) is done."""
+
+    TITLE = "fleet watch"
+    CSS = """
+    #header { height: 3; padding: 0 1; background: $panel; }
+    #filter { height: 3; }
+    TabbedContent, ContentSwitcher, TabPane { height: 1fr; }
+    TabPane { padding: 0; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("question_mark", "help", "help"),
+        Binding("p", "pause", "pause"),
+        Binding("e", "export", "export"),
+        Binding("slash", "filter", "filter"),
+        Binding("d", "tab('devices')", "devices"),
+        Binding("t", "tab('topics')", "topics"),
+        Binding("l", "tab('events')", "events"),
+        *(Binding(str(n), f"sort({n - 1})", f"sort {n}", show=False) for n in range(1, 10)),
+    ]
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        prefix: str = "fleet",
+        clock: Callable[[], float] = time.time,
+        refresh: float = 0.1,
+        export_dir: Path = Path(),
+        until: asyncio.Future[Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.until = until
+        self.source = source
+        self.model = FleetModel(prefix)
+        self.clock = clock
+        self.refresh_interval = refresh
+        self.export_dir = export_dir
+        self.paused = False
+        self.refreshes = 0
+        self.sort_column = "id"
+        self.sort_descending = False
+        self.filter_text = ""
+        self.expanded = {prefix}
+        self._commands = 0
+        self._events_shown = 0
+        self._now = clock()
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        with TabbedContent(initial="devices"):
+            with TabPane("devices", id="devices"):
+                yield Input(placeholder="/ to filter by id or group", id="filter")
+                yield VirtualTable(_DEVICE_COLUMNS, self._device_cells, _device_style, id="table")
+            with TabPane("topics", id="topics"):
+                yield VirtualTable(_TOPIC_COLUMNS, self._topic_cells, _topic_style, id="tree")
+            with TabPane("events", id="events"):
+                yield RichLog(max_lines=1000, wrap=False, markup=False, id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show_sort()
+        self.query_one("#table", VirtualTable).focus()
+        self.run_worker(self.source.run(self._deliver, self._notify), name="watch.source", group="source")
+        self.set_interval(self.refresh_interval, self.refresh_view, name="watch.refresh")
+        self.refresh_view()
+        if self.until is not None:
+            self.until.add_done_callback(lambda _: self.exit())
+
+    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
+        self.model.ingest(topic, payload, retain, self.clock())
+
+    def _notify(self, text: str) -> None:
+        self.model.note(self.clock(), "broker", text)
+
+    # The coalesced refresh
+
+    def refresh_view(self) -> None:
+        """Redraw what is on screen from the model; called by the timer, at most 1/refresh a second."""
+        if self.paused:
+            return
+        try:
+            header = self.query_one("#header", Static)
+        except NoMatches:  # the timer fired while the app shuts down
+            return
+        self.refreshes += 1
+        now = self._now = self.clock()
+        header.update(self._header(now))
+        self._show_events()
+        screen = self.screen
+        if isinstance(screen, DeviceScreen):
+            if screen.ready:
+                screen.show(self.model, now)
+            return
+        tab = self.query_one(TabbedContent).active
+        if tab == "devices":
+            rows = self.model.rows(self.filter_text, self.sort_column, self.sort_descending, now)
+            self.query_one("#table", VirtualTable).set_items(rows)
+        elif tab == "topics":
+            self.query_one("#tree", VirtualTable).set_items(self._topic_rows(now))
+
+    def _header(self, now: float) -> Text:
+        model = self.model
+        online, offline, total = model.counts()
+        text = Text()
+        text.append("fleet watch ", style="bold")
+        text.append(f"{self.source.description}  prefix {model.prefix}/")
+        if self.paused:
+            text.append("  PAUSED", style="bold reverse yellow")
+        text.append(f"\ndevices {online:,} online", style="bold green")
+        text.append(f"  {offline:,} offline", style="bold red" if offline else "")
+        text.append(f"  {total:,} total │ {model.rate.at(now):,.1f} msg/s in │ wills {model.wills:,}")
+        text.append(f" │ reconnects {model.reconnects_within(now):,}/min │ errors {model.errors:,}")
+        figures = [f"{name} {model.sys[key]}" for name, key in _SYS if key in model.sys]
+        text.append("\n$SYS ", style="bold")
+        text.append(" │ ".join(figures) if figures else "no broker figures (yet)")
+        return text
+
+    def _show_events(self) -> None:
+        model = self.model
+        new = model.event_count - self._events_shown
+        if new <= 0:
+            return
+        self._events_shown = model.event_count
+        log = self.query_one("#log", RichLog)
+        events = list(model.events)[-min(new, len(model.events)) :]
+        for event in events:
+            log.write(_event_line(event))
+
+    def _topic_rows(self, now: float) -> list[tuple[int, TopicNode, bool, bool]]:
+        rows: list[tuple[int, TopicNode, bool, bool]] = []
+
+        def walk(node: TopicNode, depth: int) -> None:
+            children = sorted(node.children.values(), key=lambda n: (-n.rate.at(now), n.name))
+            for rank, child in enumerate(children):
+                busy = rank < _BUSIEST < len(children) and child.rate.at(now) > 0
+                expanded = child.path in self.expanded
+                rows.append((depth, child, expanded, busy))
+                if expanded:
+                    walk(child, depth + 1)
+
+        walk(self.model.topics, 0)
+        return rows
+
+    def _device_cells(self, device: DeviceState) -> tuple[str, ...]:
+        now = self._now
+        return (
+            device.id,
+            device.group,
+            device.status,
+            ago(now - device.last_seen) if device.last_seen else "-",
+            f"{device.messages:,}",
+            f"{device.rate.at(now):.1f}",
+            f"{device.gaps:,}",
+            f"{device.reconnects:,}",
+            "-" if device.last_will is None else ago(now - device.last_will),
+        )
+
+    def _topic_cells(self, row: tuple[int, TopicNode, bool, bool]) -> tuple[str, ...]:
+        depth, node, expanded, _ = row
+        mark = ("▾ " if expanded else "▸ ") if node.children else "  "
+        return ("  " * depth + mark + node.name, f"{node.messages:,}", f"{node.rate.at(self._now):.1f}")
+
+    # Actions
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self.query_one("#header", Static).update(self._header(self.clock()))
+
+    def action_filter(self) -> None:
+        self.query_one(TabbedContent).active = "devices"
+        self.query_one("#filter", Input).focus()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+        widget = {"devices": "#table", "topics": "#tree", "events": "#log"}[tab]
+        self.query_one(widget).focus()
+        self.refresh_view()
+
+    def action_sort(self, index: int) -> None:
+        column = COLUMNS[index]
+        if column == self.sort_column:
+            self.sort_descending = not self.sort_descending
+        else:
+            self.sort_column = column
+            self.sort_descending = column in _DESCENDING_FIRST
+        self._show_sort()
+        self.refresh_view()
+
+    def _show_sort(self) -> None:
+        table = self.query_one("#table", VirtualTable)
+        for index, column in enumerate(_DEVICE_COLUMNS):
+            mark = (" ▼" if self.sort_descending else " ▲") if COLUMNS[index] == self.sort_column else ""
+            table.set_title(index, column.title + mark)
+
+    def action_export(self) -> None:
+        records = self.model.visible_history(self.filter_text)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        path = self.export_dir / f"fleet-watch-{stamp}.jsonl"
+        try:
+            with path.open("w", encoding="utf-8") as out:
+                for record in records:
+                    out.write(json.dumps(record.as_json(), separators=(",", ":"), ensure_ascii=False) + "\n")
+        except OSError as exc:
+            self.notify(f"cannot export: {exc}", severity="error")
+            return
+        self.notify(f"exported {len(records):,} messages to {path}")
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.refresh_view()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one("#table", VirtualTable).focus()
+
+    @on(VirtualTable.Selected, "#table")
+    def _open_device(self, event: VirtualTable.Selected) -> None:
+        self.push_screen(DeviceScreen(event.item.id))
+
+    @on(VirtualTable.Selected, "#tree")
+    def _toggle_topic(self, event: VirtualTable.Selected) -> None:
+        node: TopicNode = event.item[1]
+        self.expanded.symmetric_difference_update({node.path})
+        self.refresh_view()
+
+    # Commands
+
+    def send_command(self, device: str, command: dict[str, Any]) -> str:
+        """Publish `{"id", "op", "value"}` to the device's command topic; return the command id."""
+        self._commands += 1
+        command_id = f"w{self._commands}"
+        body = {"id": command_id, **command}
+        self._publish(device, f"{self.model.prefix}/{device}/cmd", body)
+        return command_id
+
+    @work(group="commands")
+    async def _publish(self, device: str, topic: str, body: dict[str, Any]) -> None:
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            await self.source.publish(topic, payload)
+        except FleetError as exc:
+            self.model.note(self.clock(), "error", f"command {body['id']} not sent: {exc}", device)
+            return
+        self.model.note(self.clock(), "command", f"sent {body['id']}: {payload.decode()}", device)
+
+    @contextlib.contextmanager
+    def logs_in_event_log(self, level: int = logging.WARNING) -> Iterator[None]:
+        """While the app runs in a terminal, log records of `level` and above go to the event log."""
+        app = self
+
+        class ToEvents(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                app.model.note(app.clock(), "error", f"{record.name}: {record.getMessage()}")
+
+        root = logging.getLogger()
+        handlers = root.handlers[:]
+        handler = ToEvents(level)
+        root.handlers[:] = [handler]
+        try:
+            yield
+        finally:
+            root.handlers[:] = handlers
+
+
+def _device_style(device: DeviceState) -> str:
+    return {None: "dim", True: "", False: "red"}[device.online]
+
+
+def _topic_style(row: tuple[int, TopicNode, bool, bool]) -> str:
+    return "bold yellow" if row[3] else ""
+
+
+def _event_line(event: LogEvent) -> Text:
+    line = Text()
+    line.append(f"{clock_text(event.at)} ", style="dim")
+    line.append(f"{event.kind:<8}", style=_EVENT_STYLES[event.kind])
+    line.append(f"{event.device or '':<16} {event.text}")
+    return line

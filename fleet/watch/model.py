@@ -1,0 +1,331 @@
+"""The fleet as `fleet watch` sees it: pure state built from MQTT messages. No I/O, no clock.
+
+Every message is decoded once and folded into per-device state, a topic tree with counts and rates,
+a bounded event log and a bounded history. The caller passes the receive time, so a test with a
+fixed clock gets the same state, and the same screen, every run. Rendering reads this state at its
+own pace: ingesting never waits for the screen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fleet.topics import classify
+
+__all__ = [
+    "COLUMNS",
+    "DeviceState",
+    "EventKind",
+    "FleetModel",
+    "LogEvent",
+    "Rate",
+    "Received",
+    "TopicNode",
+    "group_of",
+]
+
+EventKind = Literal["online", "offline", "will", "command", "ack", "error", "broker"]
+# The device table's columns, in order; each is a sort key of `FleetModel.devices`.
+COLUMNS = ("id", "group", "status", "last seen", "msgs", "rate", "loss", "reconnects", "last will")
+
+RATE_WINDOW = 10.0  # seconds: the time constant of every rate
+SPARK_POINTS = 60  # values kept per numeric metric
+RAW_KEPT = 20  # raw messages kept per device
+RECONNECT_WINDOW = 60.0  # "reconnects in the last minute"
+_GROUP_SUFFIX = re.compile(r"[-_.]?\d+$")
+
+
+def group_of(device: str) -> str:
+    """The group a device id names by convention: `thermo-0007` is in `thermo`, `van-03` in `van`."""
+    return _GROUP_SUFFIX.sub("", device) or device
+
+
+class Rate:
+    """Messages per second, decayed exponentially over RATE_WINDOW seconds: O(1) per message."""
+
+    __slots__ = ("_at", "_value")
+
+    def __init__(self) -> None:
+        self._value = 0.0
+        self._at = 0.0
+
+    def add(self, now: float) -> None:
+        if now > self._at:
+            self._value *= math.exp((self._at - now) / RATE_WINDOW)
+            self._at = now
+        self._value += 1.0 / RATE_WINDOW
+
+    def at(self, now: float) -> float:
+        """The rate as of `now`, which decays while nothing arrives."""
+        if now <= self._at:
+            return self._value
+        return self._value * math.exp((self._at - now) / RATE_WINDOW)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One line of the event log."""
+
+    at: float
+    kind: EventKind
+    device: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message as received, for a device's raw view and for export."""
+
+    at: float
+    topic: str
+    retain: bool
+    payload: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON-lines form of the export: the payload decoded when it is JSON, else as text."""
+        record: dict[str, Any] = {
+            "received_at": round(self.at, 6),
+            "topic": self.topic,
+            "retain": self.retain,
+        }
+        try:
+            record["payload"] = json.loads(self.payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record["payload_text"] = self.payload.decode("utf-8", "replace")
+        return record
+
+
+class DeviceState:
+    """What is known about one device; mutated by `FleetModel.ingest` only."""
+
+    __slots__ = (
+        "acks",
+        "gaps",
+        "group",
+        "id",
+        "last_seen",
+        "last_will",
+        "messages",
+        "online",
+        "rate",
+        "raw",
+        "reconnects",
+        "seq_next",
+        "series",
+        "values",
+    )
+
+    def __init__(self, device: str) -> None:
+        self.id = device
+        self.group = group_of(device)
+        self.online: bool | None = None
+        self.last_seen = 0.0
+        self.messages = 0
+        self.rate = Rate()
+        self.seq_next: int | None = None
+        self.gaps = 0
+        self.reconnects = 0
+        self.last_will: float | None = None
+        self.values: dict[str, Any] = {}
+        self.series: dict[str, deque[float]] = {}
+        self.raw: deque[Received] = deque(maxlen=RAW_KEPT)
+        self.acks: dict[str, dict[str, Any]] = {}
+
+    @property
+    def status(self) -> str:
+        return {None: "?", True: "online", False: "offline"}[self.online]
+
+
+class TopicNode:
+    """One level of the topic tree: the messages and the rate of its whole subtree."""
+
+    __slots__ = ("children", "messages", "name", "path", "rate")
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        self.children: dict[str, TopicNode] = {}
+        self.messages = 0
+        self.rate = Rate()
+
+
+def _sort_key(column: str, now: float) -> Any:
+    keys: dict[str, Any] = {
+        "id": lambda d: d.id,
+        "group": lambda d: (d.group, d.id),
+        "status": lambda d: (d.status, d.id),
+        "last seen": lambda d: d.last_seen,
+        "msgs": lambda d: d.messages,
+        "rate": lambda d: d.rate.at(now),
+        "loss": lambda d: d.gaps,
+        "reconnects": lambda d: d.reconnects,
+        "last will": lambda d: d.last_will or 0.0,
+    }
+    try:
+        return keys[column]
+    except KeyError:
+        raise ValueError(f"no column {column!r}; columns: {', '.join(COLUMNS)}") from None
+
+
+class FleetModel:
+    """The whole fleet, the topic tree, the event log, the history and the broker's `$SYS` figures."""
+
+    def __init__(self, prefix: str = "fleet", *, history: int = 10_000, events: int = 1_000) -> None:
+        self.prefix = prefix
+        self.devices: dict[str, DeviceState] = {}
+        self.topics = TopicNode("", "")
+        self.events: deque[LogEvent] = deque(maxlen=events)
+        self.history: deque[Received] = deque(maxlen=history)
+        self.sys: dict[str, str] = {}
+        self.messages = 0
+        self.rate = Rate()
+        self.wills = 0
+        self.errors = 0
+        self.event_count = 0  # events ever logged, so a view can tell which are new
+        self._reconnects: deque[float] = deque()
+        self._online = 0
+
+    # Ingest
+
+    def ingest(self, topic: str, payload: bytes, retain: bool, now: float) -> None:
+        """Fold one message into the state; never raises for bad payloads (they are logged as errors)."""
+        self.messages += 1
+        self.rate.add(now)
+        received = Received(now, topic, retain, payload)
+        self.history.append(received)
+        node = self.topics
+        node.messages += 1
+        for level in topic.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                path = f"{node.path}/{level}" if node.path else level
+                child = node.children[level] = TopicNode(level, path)
+            child.messages += 1
+            child.rate.add(now)
+            node = child
+        if topic.startswith("$SYS/broker/"):
+            self.sys[topic.removeprefix("$SYS/broker/")] = payload.decode("utf-8", "replace")
+            return
+        device_id, kind = classify(topic, self.prefix)
+        if device_id is None or kind == "raw":
+            return
+        device = self.devices.get(device_id)
+        if device is None:
+            device = self.devices[device_id] = DeviceState(device_id)
+        device.raw.append(received)
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            self._log(now, "error", device_id, f"{topic}: the payload is not JSON")
+            return
+        if not isinstance(body, dict):
+            self._log(now, "error", device_id, f"{topic}: the payload is not a JSON object")
+            return
+        if kind == "telemetry":
+            self._telemetry(device, body, now)
+        elif kind == "status":
+            self._status(device, body, retain, now)
+        else:
+            self._ack(device, body, now)
+
+    def _telemetry(self, device: DeviceState, body: dict[str, Any], now: float) -> None:
+        device.messages += 1
+        device.rate.add(now)
+        device.last_seen = now
+        if device.online is None:
+            device.online = True
+            self._online += 1
+        seq = body.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            expected = device.seq_next
+            if expected is not None and seq > expected:
+                device.gaps += seq - expected
+            if expected is None or seq >= expected:
+                device.seq_next = seq + 1
+        values = body.get("values")
+        if isinstance(values, dict):
+            device.values.update(values)
+            for name, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    series = device.series.get(name)
+                    if series is None:
+                        series = device.series[name] = deque(maxlen=SPARK_POINTS)
+                    series.append(float(value))
+
+    def _status(self, device: DeviceState, body: dict[str, Any], retain: bool, now: float) -> None:
+        online = body.get("online")
+        if not isinstance(online, bool):
+            self._log(now, "error", device.id, "a status without a boolean 'online'")
+            return
+        was = device.online
+        device.online = online
+        self._online += (online is True) - (was is True)
+        if retain:
+            # A retained status tells the state, not news: it is older than this session.
+            if not online and body.get("reason") == "lost":
+                device.last_will = now
+            return
+        device.last_seen = now
+        if online:
+            if was is not None:
+                device.reconnects += 1
+                self._reconnects.append(now)
+            self._log(now, "online", device.id, "online" if was is None else "back online")
+        elif body.get("reason") == "lost":
+            device.last_will = now
+            self.wills += 1
+            self._log(now, "will", device.id, "last will: the connection was lost")
+        else:
+            self._log(now, "offline", device.id, f"offline ({body.get('reason', 'no reason')})")
+
+    def _ack(self, device: DeviceState, body: dict[str, Any], now: float) -> None:
+        command_id = str(body.get("id"))
+        device.acks[command_id] = body
+        ok = "ok" if body.get("ok") is True else f"failed: {body.get('error', 'no reason')}"
+        self._log(now, "ack", device.id, f"ack {command_id}: {ok}")
+
+    def _log(self, now: float, kind: EventKind, device: str | None, text: str) -> None:
+        if kind == "error":
+            self.errors += 1
+        self.event_count += 1
+        self.events.append(LogEvent(now, kind, device, text))
+
+    def note(self, now: float, kind: EventKind, text: str, device: str | None = None) -> None:
+        """Log what the watcher itself did or saw: a command sent, the broker connection, an error."""
+        self._log(now, kind, device, text)
+
+    # Views
+
+    def reconnects_within(self, now: float, window: float = RECONNECT_WINDOW) -> int:
+        """Reconnects (status back online) seen in the last `window` seconds."""
+        recent = self._reconnects
+        while recent and recent[0] < now - window:
+            recent.popleft()
+        return len(recent)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(online, offline, total) devices."""
+        total = len(self.devices)
+        return self._online, total - self._online, total
+
+    def rows(self, text: str, column: str, descending: bool, now: float) -> list[DeviceState]:
+        """The devices whose id or group contains `text`, sorted by `column`."""
+        key = _sort_key(column, now)
+        if not text:
+            return sorted(self.devices.values(), key=key, reverse=descending)
+        needle = text.lower()
+        matching = [d for d in self.devices.values() if needle in d.id.lower() or needle in d.group]
+        return sorted(matching, key=key, reverse=descending)
+
+    def visible_history(self, text: str) -> list[Received]:
+        """The history behind the filtered device table: messages of matching devices, or all."""
+        if not text:
+            return list(self.history)
+        needle = text.lower()
+        keep = {d.id for d in self.devices.values() if needle in d.id.lower() or needle in d.group}
+        return [m for m in self.history if classify(m.topic, self.prefix)[0] in keep]

@@ -1,0 +1,147 @@
+"""The TUI's pure fleet model: loss, wills, reconnects, acks, the topic tree, sorting, filtering, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleet.watch.model import FleetModel, group_of
+from tests.watch.data import NOW, messages
+
+T = NOW
+
+
+def telemetry(model: FleetModel, device: str, seq: int, at: float = T, **values: float) -> None:
+    body = {"device": device, "seq": seq, "ts": at, "values": values}
+    model.ingest(f"fleet/{device}/telemetry", json.dumps(body).encode(), False, at)
+
+
+def status(model: FleetModel, device: str, body: dict[str, object], retain: bool = False) -> None:
+    model.ingest(f"fleet/{device}/status", json.dumps(body).encode(), retain, T)
+
+
+def test_seq_gaps_count_lost_messages_and_duplicates_do_not() -> None:
+    """A jump in seq counts the skipped messages as loss; a repeated or late seq adds none."""
+    model = FleetModel()
+    for seq in (0, 1, 4, 4, 2, 5, 9):
+        telemetry(model, "d-1", seq)
+    device = model.devices["d-1"]
+    assert device.gaps == 2 + 3
+    assert device.messages == 7
+    assert device.seq_next == 10
+
+
+def test_a_live_will_is_counted_and_logged_but_a_retained_one_is_only_state() -> None:
+    """A will received live counts as fired; a retained one (older than the session) only marks the device."""
+    model = FleetModel()
+    status(model, "a-1", {"online": False, "reason": "lost"}, retain=True)
+    status(model, "a-2", {"online": True})
+    status(model, "a-2", {"online": False, "reason": "lost"})
+    status(model, "a-3", {"online": True})
+    status(model, "a-3", {"online": False, "reason": "clean"})
+    assert model.wills == 1
+    assert model.devices["a-1"].last_will == T
+    assert [(e.kind, e.device) for e in model.events] == [
+        ("online", "a-2"),
+        ("will", "a-2"),
+        ("online", "a-3"),
+        ("offline", "a-3"),
+    ]
+    assert model.counts() == (0, 3, 3)
+
+
+def test_reconnects_count_births_after_the_first_and_age_out_of_the_minute() -> None:
+    """A birth after a known state is a reconnect; the header's figure covers the last 60 s."""
+    model = FleetModel()
+    status(model, "v-1", {"online": True}, retain=True)
+    status(model, "v-1", {"online": False, "reason": "lost"})
+    status(model, "v-1", {"online": True})
+    assert model.devices["v-1"].reconnects == 1
+    assert model.reconnects_within(T + 59) == 1
+    assert model.reconnects_within(T + 61) == 0
+
+
+def test_acks_are_kept_per_command_id_and_logged() -> None:
+    """An ack on cmd/ack is stored under its command id and shown in the event log with its outcome."""
+    model = FleetModel()
+    model.ingest("fleet/d-1/cmd/ack", b'{"id":"w1","ok":false,"error":"value must be more than 0"}', False, T)
+    assert model.devices["d-1"].acks["w1"]["ok"] is False
+    assert model.events[-1].text == "ack w1: failed: value must be more than 0"
+
+
+def test_bad_payloads_are_logged_as_errors_and_never_raise() -> None:
+    """Non-JSON and non-object payloads on device topics become error events."""
+    model = FleetModel()
+    model.ingest("fleet/d-1/telemetry", b"\xff\xfe", False, T)
+    model.ingest("fleet/d-1/status", b"[1, 2]", False, T)
+    model.ingest("fleet/d-1/status", b'{"online": "yes"}', False, T)
+    assert model.errors == 3
+    assert [e.kind for e in model.events] == ["error"] * 3
+
+
+def test_the_topic_tree_counts_every_subtree_and_sys_figures_are_kept() -> None:
+    """Each level of the topic tree counts the messages below it; $SYS/broker values are read as text."""
+    model = FleetModel()
+    telemetry(model, "d-1", 0)
+    telemetry(model, "d-2", 0)
+    model.ingest("fleet/d-1/status", b'{"online": true}', True, T)
+    model.ingest("$SYS/broker/clients/connected", b"7", True, T)
+    fleet = model.topics.children["fleet"]
+    assert (model.topics.messages, fleet.messages, fleet.children["d-1"].messages) == (4, 3, 2)
+    assert fleet.children["d-1"].children["telemetry"].path == "fleet/d-1/telemetry"
+    assert model.sys == {"clients/connected": "7"}
+
+
+def test_rates_decay_while_nothing_arrives() -> None:
+    """The rate is messages per second over a 10 s window, and falls once messages stop."""
+    model = FleetModel()
+    for tick in range(100):
+        telemetry(model, "d-1", tick, at=T + tick * 0.1)
+    now = T + 9.9
+    assert 5.0 < model.devices["d-1"].rate.at(now) < 10.0
+    assert model.devices["d-1"].rate.at(now + 60) < 0.05
+
+
+def test_rows_filter_by_id_or_group_and_sort_by_any_column() -> None:
+    """The device table filters on id or group text and sorts by each column, in both directions."""
+    model = FleetModel()
+    for message in messages():
+        model.ingest(message.topic, message.payload, message.retain, T)
+    assert {d.group for d in model.rows("van", "id", False, T)} == {"van"}
+    assert [d.id for d in model.rows("door-000", "id", False, T)][:2] == ["door-0000", "door-0001"]
+    by_loss = model.rows("", "loss", True, T)
+    assert by_loss[0].id == "van-0002"
+    assert by_loss[0].gaps == 1
+    by_msgs = [d.messages for d in model.rows("", "msgs", False, T)]
+    assert by_msgs == sorted(by_msgs)
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        model.rows("", "nope", False, T)
+
+
+def test_export_records_decode_json_payloads_and_keep_other_bytes_as_text() -> None:
+    """The visible history exports one JSON object per message, filtered like the table."""
+    model = FleetModel()
+    for message in messages():
+        model.ingest(message.topic, message.payload, message.retain, T)
+    vans = model.visible_history("van")
+    assert vans
+    assert all(r.topic.startswith("fleet/van-") for r in vans)
+    everything = [r.as_json() for r in model.visible_history("")]
+    assert everything[-1] == {
+        "received_at": T,
+        "topic": "lab/sensor/raw",
+        "retain": False,
+        "payload_text": "not json",
+    }
+    assert everything[0]["payload"] == 21
+
+
+def test_group_of_strips_the_index_of_a_device_id() -> None:
+    """The group is the device id without its trailing index."""
+    assert [group_of(d) for d in ("thermo-0007", "van-03", "probe_1", "solo")] == [
+        "thermo",
+        "van",
+        "probe",
+        "solo",
+    ]
