@@ -384,6 +384,7 @@ class _WebSocketSession:
         while True:
             await asyncio.sleep(timeout / 2)
             if self._sends and loop.time() - self._sending_since > timeout:
+                self.state.hub.count_send_timeout(WS_TRANSPORT)
                 raise _Close(_CLOSE_POLICY, f"send timed out after {timeout:g}s: the client is not reading")
 
     async def _write(self) -> None:
@@ -557,6 +558,7 @@ class _EventStream(EventSourceResponse):
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
+            self._state.hub.count_send_timeout(SSE_TRANSPORT)
             log.info("cut SSE client %s: a send took over %gs", scope.get("client"), self.send_timeout)
         finally:
             consumer = self._consumer

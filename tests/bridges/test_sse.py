@@ -215,6 +215,7 @@ async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: Bridg
             return False
 
         assert await flood_until_cut(), "the stalled stream was never cut"
+        await wait_until(lambda: bridge.hub.send_timeouts == {"sse": 1}, "the cut to be counted")
 
 
 def _drained(hub: Hub) -> bool:

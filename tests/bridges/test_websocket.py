@@ -241,6 +241,7 @@ async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: Bridg
                     timeout=2.0,
                 )
             assert consumers(bridge.hub, "websocket") == 0, "the stalled client was never cut"
+            assert bridge.hub.send_timeouts == {"websocket": 1}
         finally:
             ws.transport.abort()
 
