@@ -16,7 +16,9 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
     n, "total": m}`, and `{"type": "error", "error": reason}` for a bad, unknown or forbidden
     message, after which the connection stays open. A consumer cut under `policy=disconnect`, or
     one that stops reading for `send_timeout` seconds, is closed with code 1008 and the reason; at
-    shutdown the code is 1001. Pings are uvicorn's (see `bridges.server`).
+    shutdown the code is 1001. Pings are uvicorn's (see `bridges.server`). A client cut by the send
+    timeout, or one that does not complete a close within a second, has its connection aborted: a
+    close handshake with a peer that reads nothing would hold the socket and its buffers forever.
 
 `GET /events` (text/event-stream)
     Query: `filter` (repeatable, required), `policy`, `queue`, and `last_event_id` (or the
@@ -24,7 +26,8 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
     `event:` (its kind: telemetry, status, ack, raw, bridge) and `data:` (the envelope). `dropped`
     and `reset` events carry no id, so the resume point stays on the last real event. A bad query
     is a 400 with the reason as text. The stream starts with a `retry:` hint, sends a comment every
-    `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut.
+    `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut: its
+    connection is aborted.
 
 `GET /healthz` is liveness: always 200 while the process serves, with `broker_connected` and
 `ready` in the body. `GET /readyz` is readiness: 503 while the bridge has no broker connection or
@@ -88,6 +91,8 @@ _CLOSE_TIMEOUT = 1.0
 _RESUBSCRIBED = "resubscribed"
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY = 1008
+# Where `_BridgeApp` puts the connection's transport in the ASGI scope.
+_TRANSPORT = "fleet.bridge.transport"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -275,12 +280,19 @@ def _close_reason(reason: str) -> str:
     return reason.encode()[:123].decode(errors="ignore")
 
 
+def _abort_connection(scope: Scope) -> None:
+    """Drop the connection of `scope` at once, with whatever is still buffered for it."""
+    transport = scope.get(_TRANSPORT)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+
+
 class _Close(Exception):
     """Ends a WebSocket session from inside its task group with a close code and reason."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, *, abort: bool = False) -> None:
         super().__init__(code, reason)
-        self.code, self.reason = code, reason
+        self.code, self.reason, self.abort = code, reason, abort
 
 
 class _WebSocketSession:
@@ -355,14 +367,20 @@ class _WebSocketSession:
         except* _Close as group:
             close = group.exceptions[0]
             assert isinstance(close, _Close)
-            await self._close_socket(close.code, close.reason)
+            if close.abort:
+                log.info("aborting WebSocket %s: %s", self.websocket.client, close.reason)
+                _abort_connection(self.websocket.scope)
+            else:
+                await self._close_socket(close.code, close.reason)
 
     async def _close_socket(self, code: int, reason: str) -> None:
         log.info("closing WebSocket %s (%d): %s", self.websocket.client, code, reason)
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await self.websocket.close(code, _close_reason(reason))
-        except (TimeoutError, OSError, WebSocketDisconnect, WebSocketDisconnected):
+        except TimeoutError:
+            _abort_connection(self.websocket.scope)
+        except (OSError, WebSocketDisconnect, WebSocketDisconnected):
             pass
 
     async def _send(self, text: str) -> None:
@@ -385,7 +403,8 @@ class _WebSocketSession:
             await asyncio.sleep(timeout / 2)
             if self._sends and loop.time() - self._sending_since > timeout:
                 self.state.hub.count_send_timeout(WS_TRANSPORT)
-                raise _Close(_CLOSE_POLICY, f"send timed out after {timeout:g}s: the client is not reading")
+                reason = f"send timed out after {timeout:g}s: the client is not reading"
+                raise _Close(_CLOSE_POLICY, reason, abort=True)
 
     async def _write(self) -> None:
         while True:
@@ -560,11 +579,26 @@ class _EventStream(EventSourceResponse):
         except SendTimeoutError:
             self._state.hub.count_send_timeout(SSE_TRANSPORT)
             log.info("cut SSE client %s: a send took over %gs", scope.get("client"), self.send_timeout)
+            _abort_connection(scope)
         finally:
             consumer = self._consumer
             self._state.streams.discard(consumer)
             consumer.close("stream ended")
             self._state.hub.remove(consumer)  # also one that the hub closed while adding it
+
+
+class _BridgeApp(Starlette):
+    """Starlette, with each connection's transport in the scope, so that a cut client can be aborted.
+
+    ASGI has no way to abort a connection. uvicorn's `send` is a method of the object that owns the
+    connection's transport (its request cycle, or its WebSocket protocol); any other server leaves
+    the key out, and cut clients are then closed the ordinary way."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if isinstance(transport, asyncio.WriteTransport):
+            scope[_TRANSPORT] = transport
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -588,7 +622,7 @@ def create_app(
         send_timeout=send_timeout,
     )
     state = BridgeState(hub, source, settings)
-    app = Starlette(
+    app = _BridgeApp(
         routes=[
             WebSocketRoute("/ws", state.websocket),
             Route("/events", state.events),
