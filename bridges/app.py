@@ -83,8 +83,11 @@ MAX_FILTERS = 64
 SHUTDOWN_REASON = "the bridge is shutting down"
 
 _POLICIES: dict[str, Policy] = {"drop-oldest": "drop-oldest", "disconnect": "disconnect"}
-# An SSE consumer with a backlog gets up to this many events in one write.
-_SSE_BATCH = 64
+# Fairness: a writer with a backlog sends at most this many events (one write for SSE, one frame
+# each for WebSocket) before it lets the other writers, gRPC's among them, have a turn of the loop.
+# A send to a healthy client does not suspend, so without this one writer could drain its whole
+# queue in one turn while a gRPC stream, whose every write waits for a turn, sends one message.
+_BURST = 64
 # A close handshake to a client that has stopped reading would wait forever.
 _CLOSE_TIMEOUT = 1.0
 # The consumer a WebSocket leaves behind when it changes filters is closed with this reason.
@@ -407,6 +410,7 @@ class _WebSocketSession:
                 raise _Close(_CLOSE_POLICY, reason, abort=True)
 
     async def _write(self) -> None:
+        sent = 0
         while True:
             if self._closing is not None:
                 raise _Close(_CLOSE_GOING_AWAY, self._closing)
@@ -432,6 +436,9 @@ class _WebSocketSession:
                     continue
             if item is not None:
                 await self._send(self._frame(item))
+                sent += 1
+                if sent % _BURST == 0:
+                    await asyncio.sleep(0)
 
     async def _get(self, consumer: Consumer) -> Item | None:
         """The consumer's next item; None when it was replaced by a filter change."""
@@ -563,15 +570,15 @@ class _EventStream(EventSourceResponse):
         yield b"retry: %d\n\n" % self._state.settings.sse_retry_ms
         while True:
             try:
-                item = await consumer.get()
+                items = await consumer.get_batch(_BURST)
             except ConsumerClosed:
                 # Cut by policy or shutdown: ending the stream makes an EventSource reconnect and
                 # resume from its Last-Event-ID.
                 return
-            frames = [_sse_frame(item)]
-            while consumer.queued and consumer.closed is None and len(frames) < _SSE_BATCH:
-                frames.append(_sse_frame(await consumer.get()))
-            yield b"".join(frames)
+            # One write for the whole batch: sse-starlette passes bytes through as they are.
+            yield b"".join([_sse_frame(item) for item in items])
+            if consumer.queued:
+                await asyncio.sleep(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
