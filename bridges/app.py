@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from bridges.envelope import Event
@@ -290,6 +291,36 @@ def _abort_connection(scope: Scope) -> None:
         transport.abort()
 
 
+class _SendWatch:
+    """Sends in flight on one connection, and since when some send has been in flight.
+
+    A watchdog (`expired`) instead of a timeout around every send: a send to a healthy client does
+    not wait, and arming a timer (or an anyio cancel scope) per send would cost about as much as the
+    send itself. A send that waits `timeout` seconds is detected within 1.5 times that."""
+
+    __slots__ = ("_count", "_since", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._count = 0
+        self._since = 0.0
+
+    def begin(self) -> None:
+        if self._count == 0:
+            self._since = time.monotonic()
+        self._count += 1
+
+    def end(self) -> None:
+        self._count -= 1
+
+    async def expired(self) -> str:
+        """Return, with the reason, once a send has been waiting for `timeout` seconds."""
+        while True:
+            await asyncio.sleep(self.timeout / 2)
+            if self._count and time.monotonic() - self._since > self.timeout:
+                return f"send timed out after {self.timeout:g}s: the client is not reading"
+
+
 class _Close(Exception):
     """Ends a WebSocket session from inside its task group with a close code and reason."""
 
@@ -316,9 +347,7 @@ class _WebSocketSession:
         self._changed = asyncio.Event()
         self._dropped = 0
         self._closing: str | None = None
-        # Send watchdog state: sends in flight, and since when some send has been in flight.
-        self._sends = 0
-        self._sending_since = 0.0
+        self._sends = _SendWatch(state.settings.send_timeout)
 
     # Filters
 
@@ -387,27 +416,16 @@ class _WebSocketSession:
             pass
 
     async def _send(self, text: str) -> None:
-        if self._sends == 0:
-            self._sending_since = asyncio.get_running_loop().time()
-        self._sends += 1
+        self._sends.begin()
         try:
             await self.websocket.send_text(text)
         finally:
-            self._sends -= 1
+            self._sends.end()
 
     async def _watch_sends(self) -> None:
-        """Cut a client once a send has waited `send_timeout` seconds (detected within 1.5 times that).
-
-        A watchdog instead of a timeout around every send: a send to a healthy client never waits,
-        and arming a timer per event would cost about as much as the send itself."""
-        timeout = self.state.settings.send_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(timeout / 2)
-            if self._sends and loop.time() - self._sending_since > timeout:
-                self.state.hub.count_send_timeout(WS_TRANSPORT)
-                reason = f"send timed out after {timeout:g}s: the client is not reading"
-                raise _Close(_CLOSE_POLICY, reason, abort=True)
+        reason = await self._sends.expired()
+        self.state.hub.count_send_timeout(WS_TRANSPORT)
+        raise _Close(_CLOSE_POLICY, reason, abort=True)
 
     async def _write(self) -> None:
         sent = 0
@@ -550,20 +568,35 @@ class _EventStream(EventSourceResponse):
     """One SSE client's response; its consumer is released however the response ends.
 
     Frames are built here as bytes (sse-starlette passes bytes through), so the id is written as
-    text and sse-starlette's int-id trap cannot arise."""
+    text and sse-starlette's int-id trap cannot arise.
+
+    The send timeout is a `_SendWatch` watchdog, as for WebSocket: sse-starlette's own opens an
+    anyio cancel scope around every send, which cost more than the send (bench/README.md)."""
 
     def __init__(self, state: BridgeState, consumer: Consumer) -> None:
         self._state = state
         self._consumer = consumer
         settings = state.settings
+        self._sends = _SendWatch(settings.send_timeout)
         super().__init__(
             self._frames(),
             ping=settings.keepalive,
             sep="\n",
             ping_message_factory=lambda: ServerSentEvent(comment="keepalive", sep="\n"),
-            send_timeout=settings.send_timeout,
         )
         state.streams.add(consumer)
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # sse-starlette sends every event and keep-alive through here.
+        self._sends.begin()
+        try:
+            await send(message)
+        finally:
+            self._sends.end()
+
+    async def _watch_sends(self) -> None:
+        reason = await self._sends.expired()
+        raise SendTimeoutError(reason)
 
     async def _frames(self) -> AsyncIterator[bytes]:
         consumer = self._consumer
@@ -582,10 +615,15 @@ class _EventStream(EventSourceResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
+            async with asyncio.TaskGroup() as tasks:
+                watchdog = tasks.create_task(self._watch_sends(), name="bridges.sse.watchdog")
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    watchdog.cancel()
+        except* SendTimeoutError as group:
             self._state.hub.count_send_timeout(SSE_TRANSPORT)
-            log.info("cut SSE client %s: a send took over %gs", scope.get("client"), self.send_timeout)
+            log.info("cut SSE client %s: %s", scope.get("client"), group.exceptions[0])
             _abort_connection(scope)
         finally:
             consumer = self._consumer
