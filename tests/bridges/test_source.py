@@ -49,3 +49,28 @@ async def test_messages_reach_the_hub_in_order_without_a_task_each(broker: Broke
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_one_readable_event_takes_every_message_already_received(broker: Broker) -> None:
+    """A burst that arrives together is ingested in one go (paho alone reads one packet per readable
+    event), so a consumer wakes once for many messages instead of once for each."""
+    hub = Hub()
+    task = asyncio.create_task(MqttSource(hub, SourceSettings(port=broker.port)).run(), name="test.source")
+    publisher = await RawClient.open(broker.port)
+    try:
+        await wait_until(lambda: hub.broker_connected, "the source to connect")
+        consumer = hub.add(["fleet/#"], transport="test", size=1_000)
+        await publisher.connect("test-publisher")
+        for seq in range(300):
+            publisher.publish("fleet/dev-1/telemetry", json.dumps({"seq": seq}).encode(), qos=0)
+        batches: list[int] = []
+        async with asyncio.timeout(5):
+            while sum(batches) < 300:
+                batches.append(len(await consumer.get_batch(1_000)))
+        assert sum(batches) == 300
+        assert len(batches) <= 30, f"woken {len(batches)} times for 300 messages"
+    finally:
+        await publisher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
