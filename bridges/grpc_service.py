@@ -63,7 +63,7 @@ _KINDS: Final[dict[Kind, pb.Kind.ValueType]] = {
 }
 
 # A batch holds at most this many events, and stops growing once it holds this many bytes.
-BATCH_EVENTS: Final = 64
+BATCH_EVENTS: Final = 512
 BATCH_BYTES: Final = 256 * 1024
 # The tag of SubscribeResponse.events (field 4, length-delimited).
 _EVENTS_TAG: Final = bytes([4 << 3 | 2])
