@@ -1824,7 +1824,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window of each step (s)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
-    p.add_argument("--rates", default="100,200,300,400,500,600,800,1000,1300", help="mixed: offered msg/s")
+    p.add_argument(
+        "--rates", default="100,200,300,500,800,1300,2000,2600,3200,4000", help="mixed: offered msg/s"
+    )
     p.add_argument("--grpc-rates", default="50,100,200,300,400,500,700,1000", help="grpc: offered msg/s")
     p.add_argument("--ingest-rates", default="1000,2000,5000,10000,15000,20000", help="ingest: msg/s")
     p.add_argument(
