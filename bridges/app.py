@@ -14,11 +14,11 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
     Bridge to client: each event as its envelope; `{"type": "subscribed", "filters": [...]}` (the
     whole set now in force), `{"type": "published", "topic": ...}`, `{"type": "dropped", "count":
     n, "total": m}`, and `{"type": "error", "error": reason}` for a bad, unknown or forbidden
-    message, after which the connection stays open. A consumer cut under `policy=disconnect`, or
-    one that stops reading for `send_timeout` seconds, is closed with code 1008 and the reason; at
-    shutdown the code is 1001. Pings are uvicorn's (see `bridges.server`). A client cut by the send
-    timeout, or one that does not complete a close within a second, has its connection aborted: a
-    close handshake with a peer that reads nothing would hold the socket and its buffers forever.
+    message, after which the connection stays open. A consumer cut under `policy=disconnect` is
+    closed with code 1008 and the reason; at shutdown the code is 1001. A client that stops reading
+    for `send_timeout` seconds, or that does not complete a close within a second, has its
+    connection aborted: a close handshake with a peer that reads nothing would hold the socket and
+    its buffers forever. Pings are uvicorn's (see `bridges.server`).
 
 `GET /events` (text/event-stream)
     Query: `filter` (repeatable, required), `policy`, `queue`, and `last_event_id` (or the

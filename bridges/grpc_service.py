@@ -202,10 +202,6 @@ class FleetBridgeServicer:
         self._encoded = _EncodedEvents(cache_size)
         self._shutting_down = False
 
-    @property
-    def consumers(self) -> set[Consumer]:
-        return {stream.consumer for stream in self.streams}
-
     def add_to(self, server: grpc.aio.Server) -> None:
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "Subscribe": grpc.unary_stream_rpc_method_handler(
