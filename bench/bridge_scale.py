@@ -14,7 +14,7 @@ script (``--child``), asyncio each:
   (``GET /ws?filter=%23``);
 - SSE: a raw streaming HTTP/1.1 reader with its own chunked decoder (``GET /events?filter=%23``);
 - gRPC: ``grpc.aio``, one channel (and TCP connection) per consumer, ``Subscribe(filters=["#"])``
-  read as raw bytes (no response deserializer).
+  read as raw bytes (no response deserializer); each event of an ``events`` batch is a delivery.
 
 Every consumer subscribes to everything, so one published message is one delivery per consumer.
 A delivery is counted when a consumer has read the event; CPU is psutil's user + system time of
@@ -184,7 +184,7 @@ def ts_of_json(data: bytes) -> int:
 
 
 def ts_of_grpc(data: bytes) -> int:
-    """The payload's ts from a serialized SubscribeResponse (a Struct number is a double)."""
+    """The payload's ts from a serialized Event (a Struct number is a double)."""
     i = data.find(_TS_GRPC)
     if i < 0:
         raise ValueError("no ts in the gRPC event")
@@ -212,9 +212,29 @@ def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
     return value, pos
 
 
+_EVENTS_TAG = 0x22  # SubscribeResponse.events (field 4, length-delimited)
+
+
+def grpc_events(data: bytes) -> list[bytes]:
+    """The serialized Events of a SubscribeResponse; empty for a Dropped or Reset item.
+
+    A batch is `0x22 <length>` then one `0x0a <length> <Event>` per event (EventBatch.events)."""
+    if data[0] != _EVENTS_TAG:
+        return []
+    events = []
+    _, pos = _varint_at(data, 1)
+    for _ in range(len(data)):
+        if pos >= len(data):
+            break
+        length, pos = _varint_at(data, pos + 1)
+        events.append(data[pos : pos + length])
+        pos += length
+    return events
+
+
 def received_at_of_grpc(data: bytes) -> int:
-    """Event.received_at (field 7, a double) from a serialized SubscribeResponse, in microseconds."""
-    _, pos = _varint_at(data, 1)  # SubscribeResponse.event: tag 0x0a, then the Event's length
+    """Event.received_at (field 7, a double) from a serialized Event, in microseconds."""
+    pos = 0
     for _ in range(16):
         key, pos = _varint_at(data, pos)
         wire = key & 7
@@ -556,13 +576,14 @@ async def grpc_consumer(owner: Owner, conn: Conn, port: int, ready: asyncio.Futu
                 data = await call.read()
                 if data is grpc.aio.EOF:
                     break
-                if data[0] == 0x0A:  # SubscribeResponse.event
-                    conn.count += 1
-                    if owner.recording and not conn.stall:
-                        now = time.time_ns() // 1000
-                        owner.record("grpc", now, ts_of_grpc(data), received_at_of_grpc(data))
-                else:
-                    owner.notes["grpc"] += 1
+                events = grpc_events(data)
+                if not events:
+                    owner.notes["grpc"] += 1  # Dropped or Reset
+                conn.count += len(events)
+                if owner.recording and not conn.stall:
+                    now = time.time_ns() // 1000
+                    for event in events:
+                        owner.record("grpc", now, ts_of_grpc(event), received_at_of_grpc(event))
             conn.closed = f"stream ended ({await call.code()})"
         except grpc.aio.AioRpcError as exc:
             conn.closed = f"{exc.code().name}: {exc.details()}"
@@ -1803,7 +1824,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window of each step (s)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
-    p.add_argument("--rates", default="100,200,300,400,500,600,800,1000,1300", help="mixed: offered msg/s")
+    p.add_argument(
+        "--rates", default="100,200,300,500,800,1300,2000,2600,3200,4000", help="mixed: offered msg/s"
+    )
     p.add_argument("--grpc-rates", default="50,100,200,300,400,500,700,1000", help="grpc: offered msg/s")
     p.add_argument("--ingest-rates", default="1000,2000,5000,10000,15000,20000", help="ingest: msg/s")
     p.add_argument(

@@ -14,9 +14,11 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
     Bridge to client: each event as its envelope; `{"type": "subscribed", "filters": [...]}` (the
     whole set now in force), `{"type": "published", "topic": ...}`, `{"type": "dropped", "count":
     n, "total": m}`, and `{"type": "error", "error": reason}` for a bad, unknown or forbidden
-    message, after which the connection stays open. A consumer cut under `policy=disconnect`, or
-    one that stops reading for `send_timeout` seconds, is closed with code 1008 and the reason; at
-    shutdown the code is 1001. Pings are uvicorn's (see `bridges.server`).
+    message, after which the connection stays open. A consumer cut under `policy=disconnect` is
+    closed with code 1008 and the reason; at shutdown the code is 1001. A client that stops reading
+    for `send_timeout` seconds, or that does not complete a close within a second, has its
+    connection aborted: a close handshake with a peer that reads nothing would hold the socket and
+    its buffers forever. Pings are uvicorn's (see `bridges.server`).
 
 `GET /events` (text/event-stream)
     Query: `filter` (repeatable, required), `policy`, `queue`, and `last_event_id` (or the
@@ -24,7 +26,8 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
     `event:` (its kind: telemetry, status, ack, raw, bridge) and `data:` (the envelope). `dropped`
     and `reset` events carry no id, so the resume point stays on the last real event. A bad query
     is a 400 with the reason as text. The stream starts with a `retry:` hint, sends a comment every
-    `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut.
+    `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut: its
+    connection is aborted.
 
 `GET /` is the dashboard page, with its scripts and styles under `/dashboard/` (bridges/dashboard/:
 static files, no build step, nothing fetched from elsewhere).
@@ -39,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,7 +58,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from bridges.envelope import Event
@@ -85,8 +89,11 @@ MAX_FILTERS = 64
 SHUTDOWN_REASON = "the bridge is shutting down"
 
 _POLICIES: dict[str, Policy] = {"drop-oldest": "drop-oldest", "disconnect": "disconnect"}
-# An SSE consumer with a backlog gets up to this many events in one write.
-_SSE_BATCH = 64
+# Fairness: a writer with a backlog sends at most this many events (one write for SSE, one frame
+# each for WebSocket) before it lets the other writers, gRPC's among them, have a turn of the loop.
+# A send to a healthy client does not suspend, so without this one writer could drain its whole
+# queue in one turn while a gRPC stream, whose every write waits for a turn, sends one message.
+_BURST = 64
 # A close handshake to a client that has stopped reading would wait forever.
 _CLOSE_TIMEOUT = 1.0
 # The consumer a WebSocket leaves behind when it changes filters is closed with this reason.
@@ -94,6 +101,8 @@ _RESUBSCRIBED = "resubscribed"
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY = 1008
 DASHBOARD = Path(__file__).with_name("dashboard")
+# Where `_BridgeApp` puts the connection's transport in the ASGI scope.
+_TRANSPORT = "fleet.bridge.transport"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,12 +293,49 @@ def _close_reason(reason: str) -> str:
     return reason.encode()[:123].decode(errors="ignore")
 
 
+def _abort_connection(scope: Scope) -> None:
+    """Drop the connection of `scope` at once, with whatever is still buffered for it."""
+    transport = scope.get(_TRANSPORT)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+
+
+class _SendWatch:
+    """Sends in flight on one connection, and since when some send has been in flight.
+
+    A watchdog (`expired`) instead of a timeout around every send: a send to a healthy client does
+    not wait, and arming a timer (or an anyio cancel scope) per send would cost about as much as the
+    send itself. A send that waits `timeout` seconds is detected within 1.5 times that."""
+
+    __slots__ = ("_count", "_since", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._count = 0
+        self._since = 0.0
+
+    def begin(self) -> None:
+        if self._count == 0:
+            self._since = time.monotonic()
+        self._count += 1
+
+    def end(self) -> None:
+        self._count -= 1
+
+    async def expired(self) -> str:
+        """Return, with the reason, once a send has been waiting for `timeout` seconds."""
+        while True:
+            await asyncio.sleep(self.timeout / 2)
+            if self._count and time.monotonic() - self._since > self.timeout:
+                return f"send timed out after {self.timeout:g}s: the client is not reading"
+
+
 class _Close(Exception):
     """Ends a WebSocket session from inside its task group with a close code and reason."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, *, abort: bool = False) -> None:
         super().__init__(code, reason)
-        self.code, self.reason = code, reason
+        self.code, self.reason, self.abort = code, reason, abort
 
 
 class _WebSocketSession:
@@ -310,9 +356,7 @@ class _WebSocketSession:
         self._changed = asyncio.Event()
         self._dropped = 0
         self._closing: str | None = None
-        # Send watchdog state: sends in flight, and since when some send has been in flight.
-        self._sends = 0
-        self._sending_since = 0.0
+        self._sends = _SendWatch(state.settings.send_timeout)
 
     # Filters
 
@@ -364,38 +408,36 @@ class _WebSocketSession:
         except* _Close as group:
             close = group.exceptions[0]
             assert isinstance(close, _Close)
-            await self._close_socket(close.code, close.reason)
+            if close.abort:
+                log.info("aborting WebSocket %s: %s", self.websocket.client, close.reason)
+                _abort_connection(self.websocket.scope)
+            else:
+                await self._close_socket(close.code, close.reason)
 
     async def _close_socket(self, code: int, reason: str) -> None:
         log.info("closing WebSocket %s (%d): %s", self.websocket.client, code, reason)
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await self.websocket.close(code, _close_reason(reason))
-        except (TimeoutError, OSError, WebSocketDisconnect, WebSocketDisconnected):
+        except TimeoutError:
+            _abort_connection(self.websocket.scope)
+        except (OSError, WebSocketDisconnect, WebSocketDisconnected):
             pass
 
     async def _send(self, text: str) -> None:
-        if self._sends == 0:
-            self._sending_since = asyncio.get_running_loop().time()
-        self._sends += 1
+        self._sends.begin()
         try:
             await self.websocket.send_text(text)
         finally:
-            self._sends -= 1
+            self._sends.end()
 
     async def _watch_sends(self) -> None:
-        """Cut a client once a send has waited `send_timeout` seconds (detected within 1.5 times that).
-
-        A watchdog instead of a timeout around every send: a send to a healthy client never waits,
-        and arming a timer per event would cost about as much as the send itself."""
-        timeout = self.state.settings.send_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(timeout / 2)
-            if self._sends and loop.time() - self._sending_since > timeout:
-                raise _Close(_CLOSE_POLICY, f"send timed out after {timeout:g}s: the client is not reading")
+        reason = await self._sends.expired()
+        self.state.hub.count_send_timeout(WS_TRANSPORT)
+        raise _Close(_CLOSE_POLICY, reason, abort=True)
 
     async def _write(self) -> None:
+        sent = 0
         while True:
             if self._closing is not None:
                 raise _Close(_CLOSE_GOING_AWAY, self._closing)
@@ -421,6 +463,9 @@ class _WebSocketSession:
                     continue
             if item is not None:
                 await self._send(self._frame(item))
+                sent += 1
+                if sent % _BURST == 0:
+                    await asyncio.sleep(0)
 
     async def _get(self, consumer: Consumer) -> Item | None:
         """The consumer's next item; None when it was replaced by a filter change."""
@@ -532,46 +577,82 @@ class _EventStream(EventSourceResponse):
     """One SSE client's response; its consumer is released however the response ends.
 
     Frames are built here as bytes (sse-starlette passes bytes through), so the id is written as
-    text and sse-starlette's int-id trap cannot arise."""
+    text and sse-starlette's int-id trap cannot arise.
+
+    The send timeout is a `_SendWatch` watchdog, as for WebSocket: sse-starlette's own opens an
+    anyio cancel scope around every send, which cost more than the send (bench/README.md)."""
 
     def __init__(self, state: BridgeState, consumer: Consumer) -> None:
         self._state = state
         self._consumer = consumer
         settings = state.settings
+        self._sends = _SendWatch(settings.send_timeout)
         super().__init__(
             self._frames(),
             ping=settings.keepalive,
             sep="\n",
             ping_message_factory=lambda: ServerSentEvent(comment="keepalive", sep="\n"),
-            send_timeout=settings.send_timeout,
         )
         state.streams.add(consumer)
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        # sse-starlette sends every event and keep-alive through here.
+        self._sends.begin()
+        try:
+            await send(message)
+        finally:
+            self._sends.end()
+
+    async def _watch_sends(self) -> None:
+        reason = await self._sends.expired()
+        raise SendTimeoutError(reason)
 
     async def _frames(self) -> AsyncIterator[bytes]:
         consumer = self._consumer
         yield b"retry: %d\n\n" % self._state.settings.sse_retry_ms
         while True:
             try:
-                item = await consumer.get()
+                items = await consumer.get_batch(_BURST)
             except ConsumerClosed:
                 # Cut by policy or shutdown: ending the stream makes an EventSource reconnect and
                 # resume from its Last-Event-ID.
                 return
-            frames = [_sse_frame(item)]
-            while consumer.queued and consumer.closed is None and len(frames) < _SSE_BATCH:
-                frames.append(_sse_frame(await consumer.get()))
-            yield b"".join(frames)
+            # One write for the whole batch: sse-starlette passes bytes through as they are.
+            yield b"".join([_sse_frame(item) for item in items])
+            if consumer.queued:
+                await asyncio.sleep(0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.info("cut SSE client %s: a send took over %gs", scope.get("client"), self.send_timeout)
+            async with asyncio.TaskGroup() as tasks:
+                watchdog = tasks.create_task(self._watch_sends(), name="bridges.sse.watchdog")
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    watchdog.cancel()
+        except* SendTimeoutError as group:
+            self._state.hub.count_send_timeout(SSE_TRANSPORT)
+            log.info("cut SSE client %s: %s", scope.get("client"), group.exceptions[0])
+            _abort_connection(scope)
         finally:
             consumer = self._consumer
             self._state.streams.discard(consumer)
             consumer.close("stream ended")
             self._state.hub.remove(consumer)  # also one that the hub closed while adding it
+
+
+class _BridgeApp(Starlette):
+    """Starlette, with each connection's transport in the scope, so that a cut client can be aborted.
+
+    ASGI has no way to abort a connection. uvicorn's `send` is a method of the object that owns the
+    connection's transport (its request cycle, or its WebSocket protocol); any other server leaves
+    the key out, and cut clients are then closed the ordinary way."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if isinstance(transport, asyncio.WriteTransport):
+            scope[_TRANSPORT] = transport
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -595,7 +676,7 @@ def create_app(
         send_timeout=send_timeout,
     )
     state = BridgeState(hub, source, settings)
-    app = Starlette(
+    app = _BridgeApp(
         routes=[
             WebSocketRoute("/ws", state.websocket),
             Route("/events", state.events),

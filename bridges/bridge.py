@@ -66,7 +66,12 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
             async with (
                 serve_http(app, config.host, config.http_port) as bridge.http_port,
                 grpc_server(
-                    hub, source, config.host, config.grpc_port, policy=config.policy
+                    hub,
+                    source,
+                    config.host,
+                    config.grpc_port,
+                    policy=config.policy,
+                    send_timeout=config.send_timeout,
                 ) as bridge.grpc_port,
             ):
                 bridge.urls += [

@@ -132,6 +132,16 @@ class Consumer:
             finally:
                 self._waiter = None
 
+    async def get_batch(self, limit: int) -> list[Item]:
+        """The next items in order, at least one and at most `limit`: waits only for the first.
+
+        A batch ends before a `Dropped` item, so that a drop count always precedes the events after it."""
+        items = [await self.get()]
+        queue = self._queue
+        while queue and len(items) < limit and not self._pending_drops and self.closed is None:
+            items.append(queue.popleft())
+        return items
+
     def __aiter__(self) -> Consumer:
         return self
 
@@ -165,6 +175,7 @@ class Hub:
         self.events_in = 0
         self.deliveries: dict[str, int] = {}
         self.drops: dict[str, int] = {}
+        self.send_timeouts: dict[str, int] = {}
 
     @staticmethod
     def validate_filters(filters: Iterable[str]) -> tuple[str, ...]:
@@ -255,6 +266,10 @@ class Hub:
 
     def count_drop(self, consumer: Consumer) -> None:
         self.drops[consumer.transport] = self.drops.get(consumer.transport, 0) + 1
+
+    def count_send_timeout(self, transport: str) -> None:
+        """A consumer of `transport` was cut because a send to it waited longer than the send timeout."""
+        self.send_timeouts[transport] = self.send_timeouts.get(transport, 0) + 1
 
     def close(self, reason: str) -> None:
         for consumer in list(self.consumers):

@@ -53,6 +53,11 @@ class HubCollector:
             "it (disconnect), by transport.",
             labels=["transport"],
         )
+        send_timeouts = CounterMetricFamily(
+            f"{PREFIX}_send_timeouts",
+            "Consumers cut because a send to them waited longer than the send timeout, by transport.",
+            labels=["transport"],
+        )
         consumers = GaugeMetricFamily(
             f"{PREFIX}_consumers", "Connected consumers, by transport.", labels=["transport"]
         )
@@ -72,6 +77,8 @@ class HubCollector:
                 deliveries.add_metric([transport], count)
             for transport, count in sorted(hub.drops.items()):
                 drops.add_metric([transport], count)
+            for transport, count in sorted(hub.send_timeouts.items()):
+                send_timeouts.add_metric([transport], count)
             by_transport: Counter[str] = Counter()
             queued_by_transport: Counter[str] = Counter()
             for consumer in list(hub.consumers):
@@ -83,7 +90,17 @@ class HubCollector:
             connected.add_metric([], 1 if hub.broker_connected else 0)
             ring.add_metric([], len(hub.ring))
             ring_capacity.add_metric([], hub.ring.maxlen or 0)
-        yield from (events_in, deliveries, drops, consumers, queued, connected, ring, ring_capacity)
+        yield from (
+            events_in,
+            deliveries,
+            drops,
+            send_timeouts,
+            consumers,
+            queued,
+            connected,
+            ring,
+            ring_capacity,
+        )
 
 
 def registry_for(hub: Hub) -> CollectorRegistry:

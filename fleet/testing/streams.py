@@ -397,19 +397,21 @@ async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
 
 
 def grpc_events(response: bridge_pb2.SubscribeResponse) -> list[dict[str, Any]]:
-    """The JSON form of one FleetBridgeService response: the envelope of an event, or a notice with
-    a `type`, as on WebSocket. The one place that decodes the gRPC stream; a list, so that a
-    response carrying a batch of events fits."""
-    from google.protobuf import json_format
-
-    from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
-
+    """The JSON form of one FleetBridgeService response: the envelopes of its batch of events, in
+    order, or a notice with a `type`, as on WebSocket. The one place that decodes the gRPC stream."""
     item = response.WhichOneof("item")
     if item == "dropped":
         return [{"type": "dropped", "count": response.dropped.count, "total": response.dropped.total}]
     if item == "reset":
         return [{"type": "reset", "after_id": response.reset.after_id, "oldest_id": response.reset.oldest_id}]
-    event = response.event
+    return [_grpc_envelope(event) for event in response.events.events]
+
+
+def _grpc_envelope(event: bridge_pb2.Event) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
+
     data: dict[str, Any] = {
         "id": event.id,
         "topic": event.topic,
@@ -422,7 +424,7 @@ def grpc_events(response: bridge_pb2.SubscribeResponse) -> list[dict[str, Any]]:
     }
     if event.HasField("raw"):
         data["payload_base64"] = base64.b64encode(event.raw).decode()
-    return [data]
+    return data
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import psutil
 import pytest
 from httpx_sse import EventSource, ServerSentEvent
 from starlette.applications import Starlette
@@ -37,6 +38,11 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+def server_connections(port: int) -> int:
+    """TCP connections that this process holds on the server side of `port` (accepted, not yet closed)."""
+    return sum(1 for c in psutil.Process().net_connections("tcp") if c.raddr and c.laddr.port == port)
 
 
 def consumers(hub: Hub, transport: str) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, get_args
 
@@ -16,12 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from bridges.envelope import Kind, make_event
-from bridges.grpc_service import SERVICE_NAME, FleetBridgeServicer, event_message, grpc_server
-from bridges.hub import Hub, Policy
+from bridges.grpc_service import BATCH_BYTES, SERVICE_NAME, FleetBridgeServicer, event_message, grpc_server
+from bridges.hub import Dropped, Hub, Policy
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
 from bridges.source import MqttSource, SourceSettings
 from broker.server import Broker
+from tests.bridges.conftest import wait_until
 from tests.rawmqtt import RawClient
 
 TIMEOUT = 5.0
@@ -85,7 +87,42 @@ async def publisher(broker: Broker) -> AsyncIterator[RawClient]:
     await client.close()
 
 
-async def subscribe(stub: Stub, *filters: str, resume_after_id: int | None = None) -> Any:
+class Subscription:
+    """A Subscribe call read one item at a time: the events of a batch one by one, in order."""
+
+    def __init__(self, call: Any) -> None:
+        self.call = call
+        self._events: deque[pb.Event] = deque()
+
+    async def read(self) -> Any:
+        """The call's next raw response (for tests that expect it to fail)."""
+        return await self.call.read()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    async def item(self) -> pb.Event | pb.Dropped | pb.Reset:
+        if not self._events:
+            async with asyncio.timeout(TIMEOUT):
+                response = await self.call.read()
+            assert isinstance(response, pb.SubscribeResponse), response
+            kind = response.WhichOneof("item")
+            if kind == "dropped":
+                return response.dropped
+            if kind == "reset":
+                return response.reset
+            assert kind == "events", response
+            assert response.events.events, "a batch is never empty"
+            self._events.extend(response.events.events)
+        return self._events.popleft()
+
+    async def event(self) -> pb.Event:
+        item = await self.item()
+        assert isinstance(item, pb.Event), item
+        return item
+
+
+async def subscribe(stub: Stub, *filters: str, resume_after_id: int | None = None) -> Subscription:
     """Start Subscribe and wait until the server has registered it (its response headers)."""
     request = pb.SubscribeRequest(filters=filters)
     if resume_after_id is not None:
@@ -93,20 +130,7 @@ async def subscribe(stub: Stub, *filters: str, resume_after_id: int | None = Non
     call = stub.Subscribe(request, timeout=30)
     async with asyncio.timeout(TIMEOUT):
         await call.initial_metadata()
-    return call
-
-
-async def read(call: Any) -> pb.SubscribeResponse:
-    async with asyncio.timeout(TIMEOUT):
-        response = await call.read()
-    assert isinstance(response, pb.SubscribeResponse), response
-    return response
-
-
-async def read_event(call: Any) -> pb.Event:
-    response = await read(call)
-    assert response.WhichOneof("item") == "event", response
-    return response.event
+    return Subscription(call)
 
 
 async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
@@ -125,7 +149,7 @@ async def test_subscribe_delivers_the_envelope_of_a_json_message(
     publisher.publish(
         "fleet/dev-1/telemetry", b'{"device": "dev-1", "seq": 42, "values": {"t": 21.5}}', qos=1
     )
-    event = await read_event(call)
+    event = await call.event()
     call.cancel()
 
     assert event.topic == "fleet/dev-1/telemetry"
@@ -143,7 +167,7 @@ async def test_subscribe_delivers_a_binary_payload_as_raw_bytes(stub: Stub, publ
     """A payload that is not JSON arrives in `raw`, byte for byte, and a topic outside the scheme is raw."""
     call = await subscribe(stub, "#")
     publisher.publish("sensors/blob", b"\xff\x00not json", qos=0)
-    event = await read_event(call)
+    event = await call.event()
     call.cancel()
 
     assert event.topic == "sensors/blob"
@@ -158,7 +182,7 @@ async def test_filters_select_topics(stub: Stub, publisher: RawClient) -> None:
     call = await subscribe(stub, "fleet/+/status")
     publisher.publish("fleet/dev-1/telemetry", b'{"seq": 1}', qos=0)
     publisher.publish("fleet/dev-1/status", b'{"online": true}', qos=0)
-    event = await read_event(call)
+    event = await call.event()
     call.cancel()
 
     assert (event.topic, event.kind) == ("fleet/dev-1/status", pb.KIND_STATUS)
@@ -195,9 +219,9 @@ async def test_resume_inside_the_ring_replays_what_was_missed(broker: Broker) ->
         stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
         ids = ingest(hub, 5)  # the ring keeps ids[2:]
         call = await subscribe(stub, "fleet/#", resume_after_id=ids[2])
-        assert [(await read_event(call)).id for _ in range(2)] == ids[3:]
+        assert [(await call.event()).id for _ in range(2)] == ids[3:]
         live = hub.ingest("fleet/dev-9/status", b"{}", qos=0, retain=False)
-        assert (await read_event(call)).id == live.id
+        assert (await call.event()).id == live.id
         call.cancel()
 
 
@@ -208,10 +232,10 @@ async def test_resume_outside_the_ring_starts_with_reset(broker: Broker) -> None
         stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
         ids = ingest(hub, 5)
         call = await subscribe(stub, "fleet/#", resume_after_id=ids[0])
-        first = await read(call)
-        assert first.WhichOneof("item") == "reset"
-        assert (first.reset.after_id, first.reset.oldest_id) == (ids[0], ids[2])
-        assert [(await read_event(call)).id for _ in range(3)] == ids[2:]
+        first = await call.item()
+        assert isinstance(first, pb.Reset), first
+        assert (first.after_id, first.oldest_id) == (ids[0], ids[2])
+        assert [(await call.event()).id for _ in range(3)] == ids[2:]
         call.cancel()
 
 
@@ -223,7 +247,7 @@ async def test_subscribe_without_resume_starts_live(broker: Broker) -> None:
         ingest(hub, 3)
         call = await subscribe(stub, "fleet/#")
         live = hub.ingest("fleet/dev-9/status", b"{}", qos=0, retain=False)
-        assert (await read_event(call)).id == live.id
+        assert (await call.event()).id == live.id
         call.cancel()
 
 
@@ -233,10 +257,10 @@ async def test_a_slow_stream_sees_dropped_counts(broker: Broker) -> None:
     async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port)), queue_size=2) as channel:
         call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
         ids = ingest(hub, 5)  # all at once: the server gets no chance to send in between
-        first = await read(call)
-        assert first.WhichOneof("item") == "dropped"
-        assert (first.dropped.count, first.dropped.total) == (3, 3)
-        assert [(await read_event(call)).id for _ in range(2)] == ids[3:]
+        first = await call.item()
+        assert isinstance(first, pb.Dropped), first
+        assert (first.count, first.total) == (3, 3)
+        assert [(await call.event()).id for _ in range(2)] == ids[3:]
         call.cancel()
     assert hub.drops == {"grpc": 3}
 
@@ -382,10 +406,55 @@ def test_every_kind_has_an_enum_value(kind: Kind) -> None:
     assert pb.Kind.Name(message.kind) == f"KIND_{kind.upper()}"
 
 
-def test_events_are_encoded_once_for_all_streams(hub: Hub, broker: Broker) -> None:
-    """Two streams reading one event get the very same serialized bytes: one encoding per event."""
+def test_waiting_events_go_out_in_batches_encoded_once(hub: Hub, broker: Broker) -> None:
+    """Events waiting together go out as one EventBatch of bytes encoded once for every stream; a Dropped
+    item splits a batch, and so does the byte bound."""
     servicer = FleetBridgeServicer(hub, MqttSource(hub, SourceSettings(port=broker.port)))
-    event = hub.ingest("fleet/dev-1/telemetry", b'{"seq": 1}', qos=1, retain=False)
-    first = servicer.encode(event)
-    assert servicer.encode(event) is first
-    assert pb.SubscribeResponse.FromString(first).event == event_message(event)
+    events = [hub.ingest("fleet/dev-1/telemetry", b'{"seq": %d}' % n, qos=1, retain=False) for n in range(3)]
+    (batch,) = servicer.encode(events)
+    assert list(pb.SubscribeResponse.FromString(batch).events.events) == [event_message(e) for e in events]
+    assert list(servicer.encode(events)) == [batch]
+
+    split = servicer.encode([events[0], Dropped(2, 2), *events[1:]])
+    responses = [pb.SubscribeResponse.FromString(data) for data in split]
+    assert [r.WhichOneof("item") for r in responses] == ["events", "dropped", "events"]
+    assert [len(responses[0].events.events), len(responses[2].events.events)] == [1, 2]
+
+    blob = json.dumps({"blob": "x" * (BATCH_BYTES // 3)}).encode()
+    big = [hub.ingest("fleet/dev-2/telemetry", blob, qos=0, retain=False) for _ in range(4)]
+    sizes = [len(pb.SubscribeResponse.FromString(d).events.events) for d in servicer.encode(big)]
+    assert sizes == [3, 1]
+
+
+async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) -> None:
+    """A client that stops reading is cut once a write waits send_timeout: its consumer leaves, the cut
+    is counted, another stream goes on, and the client gets RESOURCE_EXHAUSTED after the data it had."""
+    hub = Hub()
+    source = MqttSource(hub, SourceSettings(port=broker.port))
+    # bdp_probe 0 keeps the stalled stream's flow-control window at its initial 64 KB.
+    stalled_options = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+    async with (
+        grpc_server(hub, source, send_timeout=0.3) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=stalled_options) as stalled_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        stalled = await subscribe(Stub(stalled_channel), "fleet/#")
+        steady = await subscribe(Stub(channel), "fleet/#")
+        blob = json.dumps({"blob": "x" * 60_000}).encode()
+        for _ in range(5):  # 300 KB: far more than the stalled stream's window
+            event = hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+            assert (await steady.event()).id == event.id
+        await wait_until(lambda: hub.send_timeouts == {"grpc": 1}, "the stalled stream to be cut")
+        assert len(hub.consumers) == 1
+
+        event = hub.ingest("fleet/dev-1/telemetry", b"{}", qos=0, retain=False)
+        assert (await steady.event()).id == event.id
+        error = await rpc_error(_read_ten(stalled))  # what was in flight, then the status
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "send timed out after 0.3s" in (error.details() or "")
+        steady.cancel()
+
+
+async def _read_ten(subscription: Subscription) -> None:
+    for _ in range(10):
+        await subscription.item()

@@ -134,6 +134,17 @@ async def test_metrics_counters_move_and_keep_labels_low_cardinality(
     assert {name for (_, labels) in after for name, _ in labels} == {"transport"}
 
 
+async def test_send_timeouts_are_exported_by_transport(bridge: RunningBridge) -> None:
+    """Consumers cut by the send timeout are counted in fleet_bridge_send_timeouts_total, by transport."""
+    for transport in ("grpc", "sse", "sse"):
+        bridge.hub.count_send_timeout(transport)
+    async with httpx.AsyncClient(base_url=bridge.http) as client:
+        samples = _samples((await client.get("/metrics")).text)
+    assert samples[("fleet_bridge_send_timeouts_total", (("transport", "grpc"),))] == 1
+    assert samples[("fleet_bridge_send_timeouts_total", (("transport", "sse"),))] == 2
+    assert ("fleet_bridge_send_timeouts_total", (("transport", "websocket"),)) not in samples
+
+
 async def test_each_app_has_its_own_registry() -> None:
     """Two apps in one process expose their own hub's numbers, not each other's."""
     first, second = Hub(), Hub()

@@ -17,6 +17,7 @@ from tests.bridges.conftest import (
     SseReader,
     consumers,
     publish_and_wait,
+    server_connections,
     wait_until,
 )
 
@@ -195,7 +196,8 @@ async def test_disconnect_policy_ends_only_the_slow_stream(bridge: RunningBridge
 
 
 async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: BridgeFactory) -> None:
-    """A client that stops reading is cut once a write waits longer than send_timeout, and released."""
+    """A client that stops reading is cut once a write waits longer than send_timeout, released, and its
+    connection aborted (a close would wait for the full buffers to drain)."""
     async with (
         bridge_factory(send_timeout=0.3) as bridge,
         httpx.AsyncClient(base_url=bridge.http) as client,
@@ -215,6 +217,8 @@ async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: Bridg
             return False
 
         assert await flood_until_cut(), "the stalled stream was never cut"
+        await wait_until(lambda: bridge.hub.send_timeouts == {"sse": 1}, "the cut to be counted")
+        await wait_until(lambda: server_connections(bridge.port) == 0, "the connection to be aborted")
 
 
 def _drained(hub: Hub) -> bool:

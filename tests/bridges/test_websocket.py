@@ -21,6 +21,7 @@ from tests.bridges.conftest import (
     recv_json,
     recv_text,
     running_bridge,
+    server_connections,
     wait_until,
 )
 
@@ -225,7 +226,8 @@ async def test_disconnect_policy_closes_only_the_slow_client(bridge: RunningBrid
 
 
 async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: BridgeFactory) -> None:
-    """A client that stops reading is cut once a send waits longer than send_timeout, and released."""
+    """A client that stops reading is cut once a send waits longer than send_timeout, released, and its
+    connection aborted (a close handshake would wait for the full buffers to drain)."""
     async with bridge_factory(send_timeout=0.3) as bridge:
         # max_queue=1: the client library stops reading from its socket after one unread message.
         ws = await connect(bridge.ws(filter="fleet/#"), max_queue=1, max_size=None)
@@ -241,6 +243,8 @@ async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: Bridg
                     timeout=2.0,
                 )
             assert consumers(bridge.hub, "websocket") == 0, "the stalled client was never cut"
+            assert bridge.hub.send_timeouts == {"websocket": 1}
+            await wait_until(lambda: server_connections(bridge.port) == 0, "the connection to be aborted")
         finally:
             ws.transport.abort()
 

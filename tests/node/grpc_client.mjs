@@ -4,7 +4,8 @@
 //   node grpc_client.mjs <target> <protoPath> publish <topic> <payload> <qos> [timeoutMs]
 //
 // subscribe prints {"ready":true} when the response headers arrive (the bridge sends them once the
-// subscription is registered), then each SubscribeResponse as JSON, and exits 0 after <count>.
+// subscription is registered), then each item as JSON: each event of an `events` batch on its own line
+// as {"event": ...}, and a `dropped` or `reset` response as it is. It exits 0 after <count> items.
 // publish sends <payload> (UTF-8) and prints the PublishResponse. Messages are decoded with keepCase,
 // longs and enums as strings, bytes as base64 and the name of each set oneof (oneofs: true); fields
 // at their default value are left out. A failed call exits 1 with the status code's name on stderr:
@@ -66,7 +67,7 @@ if (mode === "subscribe") {
     request.resume_after_id = resumeAfterId;
   }
   let received = 0;
-  const progress = () => `received ${received} of ${count} responses`;
+  const progress = () => `received ${received} of ${count} items`;
   deadline(timeoutMs, progress);
   const call = client.Subscribe(request);
   call.on("metadata", () => {
@@ -77,11 +78,15 @@ if (mode === "subscribe") {
     }
   });
   call.on("data", (response) => {
-    emit(response);
-    received += 1;
-    if (received === count) {
-      call.cancel();
-      exit(0);
+    const batch = response.item === "events";
+    const items = batch ? response.events.events.map((event) => ({ event })) : [response];
+    for (const item of items) {
+      emit(item);
+      received += 1;
+      if (received === count) {
+        call.cancel();
+        exit(0);
+      }
     }
   });
   call.on("error", (error) => failCall(error, progress()));

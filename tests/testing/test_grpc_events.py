@@ -25,8 +25,18 @@ from fleet.testing.streams import grpc_events
 def test_a_grpc_event_decodes_to_the_json_envelope(topic: str, payload: bytes) -> None:
     """An event over gRPC reads as the same dict as its JSON envelope on WebSocket and SSE."""
     event = make_event(17, topic, payload, qos=1, retain=True, received_at=1764400000.125)
-    response = pb.SubscribeResponse(event=event_message(event))
+    response = pb.SubscribeResponse(events=pb.EventBatch(events=[event_message(event)]))
     assert grpc_events(response) == [json.loads(event.json)]
+
+
+def test_a_batch_decodes_to_its_envelopes_in_order() -> None:
+    """A response carrying a batch of events reads as their envelopes, in the bridge's order."""
+    events = [
+        make_event(n, f"fleet/d-{n}/status", b'{"online":true}', qos=1, retain=True, received_at=1.0)
+        for n in (3, 4, 5)
+    ]
+    response = pb.SubscribeResponse(events=pb.EventBatch(events=[event_message(e) for e in events]))
+    assert grpc_events(response) == [json.loads(e.json) for e in events]
 
 
 def test_dropped_and_reset_items_decode_to_typed_notices() -> None:

@@ -56,8 +56,13 @@ class FleetBridgeServiceServicer:
 
         The server sends the response headers (initial metadata) once the subscription is registered:
         every event the bridge receives after that point is delivered, or counted in a Dropped item.
+        Events come in batches: one response carries every event that was waiting for this stream, up to
+        a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+
         Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
-        a consumer that fell too far behind; UNAVAILABLE when the bridge shuts down.
+        a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
+        bridge's send timeout (the client sees this status once it reads what was already sent);
+        UNAVAILABLE when the bridge shuts down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

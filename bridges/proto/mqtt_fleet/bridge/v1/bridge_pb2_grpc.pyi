@@ -43,8 +43,13 @@ class FleetBridgeServiceStub:
 
     The server sends the response headers (initial metadata) once the subscription is registered:
     every event the bridge receives after that point is delivered, or counted in a Dropped item.
+    Events come in batches: one response carries every event that was waiting for this stream, up to
+    a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+
     Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
-    a consumer that fell too far behind; UNAVAILABLE when the bridge shuts down.
+    a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
+    bridge's send timeout (the client sees this status once it reads what was already sent);
+    UNAVAILABLE when the bridge shuts down.
     """
     Publish: _grpc.UnaryUnaryMultiCallable[_bridge_pb2.PublishRequest, _bridge_pb2.PublishResponse]
     """Publishes one message to the broker, on a topic that consumers may publish to (by default
@@ -62,8 +67,13 @@ class FleetBridgeServiceAsyncStub(FleetBridgeServiceStub):
 
     The server sends the response headers (initial metadata) once the subscription is registered:
     every event the bridge receives after that point is delivered, or counted in a Dropped item.
+    Events come in batches: one response carries every event that was waiting for this stream, up to
+    a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+
     Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
-    a consumer that fell too far behind; UNAVAILABLE when the bridge shuts down.
+    a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
+    bridge's send timeout (the client sees this status once it reads what was already sent);
+    UNAVAILABLE when the bridge shuts down.
     """
     Publish: _aio.UnaryUnaryMultiCallable[_bridge_pb2.PublishRequest, _bridge_pb2.PublishResponse]  # type: ignore[assignment]
     """Publishes one message to the broker, on a topic that consumers may publish to (by default
@@ -84,8 +94,13 @@ class FleetBridgeServiceServicer(metaclass=_abc_1.ABCMeta):
 
         The server sends the response headers (initial metadata) once the subscription is registered:
         every event the bridge receives after that point is delivered, or counted in a Dropped item.
+        Events come in batches: one response carries every event that was waiting for this stream, up to
+        a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+
         Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
-        a consumer that fell too far behind; UNAVAILABLE when the bridge shuts down.
+        a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
+        bridge's send timeout (the client sees this status once it reads what was already sent);
+        UNAVAILABLE when the bridge shuts down.
         """
 
     @_abc_1.abstractmethod

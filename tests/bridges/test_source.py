@@ -1,0 +1,76 @@
+"""The bridge's MQTT intake: a real MqttSource on the embedded broker, fed by a raw MQTT publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+from bridges.hub import Hub
+from bridges.source import MqttSource, SourceSettings
+from broker.server import Broker
+from tests.bridges.conftest import wait_until
+from tests.rawmqtt import RawClient
+
+
+async def test_messages_reach_the_hub_in_order_without_a_task_each(broker: Broker) -> None:
+    """A burst of 500 messages reaches the hub complete and in order, and the intake creates no task
+    per message (aiomqtt's message iterator would create 500)."""
+    hub = Hub()
+    source = MqttSource(hub, SourceSettings(port=broker.port))
+    loop = asyncio.get_running_loop()
+    created = 0
+
+    def counting_factory(
+        loop: asyncio.AbstractEventLoop, coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any], **kw: Any
+    ) -> asyncio.Future[Any]:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    task = asyncio.create_task(source.run(), name="test.source")
+    publisher = await RawClient.open(broker.port)
+    try:
+        await wait_until(lambda: hub.broker_connected, "the source to connect")
+        await publisher.connect("test-publisher")
+        loop.set_task_factory(counting_factory)
+        try:
+            for seq in range(500):
+                publisher.publish("fleet/dev-1/telemetry", json.dumps({"seq": seq}).encode(), qos=0)
+            await wait_until(lambda: hub.events_in == 500, "all 500 messages to arrive")
+        finally:
+            loop.set_task_factory(None)
+        assert [e.payload["seq"] for e in hub.ring if e.kind == "telemetry"] == list(range(500))
+        assert created < 50, f"{created} tasks for 500 messages"
+    finally:
+        await publisher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_one_readable_event_takes_every_message_already_received(broker: Broker) -> None:
+    """A burst that arrives together is ingested in one go (paho alone reads one packet per readable
+    event), so a consumer wakes once for many messages instead of once for each."""
+    hub = Hub()
+    task = asyncio.create_task(MqttSource(hub, SourceSettings(port=broker.port)).run(), name="test.source")
+    publisher = await RawClient.open(broker.port)
+    try:
+        await wait_until(lambda: hub.broker_connected, "the source to connect")
+        consumer = hub.add(["fleet/#"], transport="test", size=1_000)
+        await publisher.connect("test-publisher")
+        for seq in range(300):
+            publisher.publish("fleet/dev-1/telemetry", json.dumps({"seq": seq}).encode(), qos=0)
+        batches: list[int] = []
+        async with asyncio.timeout(5):
+            while sum(batches) < 300:
+                batches.append(len(await consumer.get_batch(1_000)))
+        assert sum(batches) == 300
+        assert len(batches) <= 30, f"woken {len(batches)} times for 300 messages"
+    finally:
+        await publisher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
