@@ -171,7 +171,14 @@ async def _run_fleet(
             target = Target(Endpoint("mqtt", settings.host, server.port))
         click.echo(f"fleet: {config.size:,} devices -> {target.endpoint}", err=True)
         if bridges:
-            await _start_bridges(stack, config_path, target)
+            dashboard = await _start_bridges(stack, config_path, target)
+            click.echo(f"fleet up: the dashboard is at {dashboard}", err=True)
+            if not watch:
+                click.echo(
+                    f"fleet up: no terminal, so no TUI; `fleet watch --broker {target.endpoint}` "
+                    "shows the fleet live in one",
+                    err=True,
+                )
         live = Live()
         stop = stack.enter_context(_stop_on_signals())
         if watch:
@@ -208,8 +215,8 @@ async def _simulate_watched(
     return fleet.result()
 
 
-async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, target: Any) -> None:
-    """Bridge the fleet's broker with the config's [bridge] settings."""
+async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, target: Any) -> str:
+    """Bridge the fleet's broker with the config's [bridge] settings; return the dashboard's URL."""
     from bridges.bridge import running
     from bridges.config import load_bridge_config
 
@@ -223,6 +230,7 @@ async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, ta
     bridge = await stack.enter_async_context(running(settings))
     for url in bridge.urls:
         click.echo(f"fleet bridge: serving {url}", err=True)
+    return str(bridge.urls[-1])  # bridges.bridge.running lists the dashboard last
 
 
 def _finish(report: Any, report_path: Path | None) -> None:

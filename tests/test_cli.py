@@ -203,7 +203,7 @@ def test_passwd_file_lets_user_in_and_keeps_wrong_password_and_anonymous_out(
 
 
 def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
-    """`fleet up --config FILE` runs FILE's broker, fleet and bridges; SIGTERM prints a summary, exits 0."""
+    """`fleet up` runs the broker, fleet and bridges, names the dashboard and the TUI; SIGTERM: summary, 0."""
     config = tmp_path / "demo.toml"
     config.write_text(
         "[broker]\nport = 0\nws_port = 0\nsys_interval = 0\n\n"
@@ -220,6 +220,11 @@ def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path:
     assert births.stdout.count('"online":true') == 2, births
     index = proc.stderr.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
     events_url = proc.stderr.lines[index].removeprefix("fleet bridge: serving ")
+    index = proc.stderr.wait_for(lambda line: line.startswith("fleet up: the dashboard is at "))
+    dashboard = proc.stderr.lines[index].removeprefix("fleet up: the dashboard is at ")
+    assert dashboard == events_url.removesuffix("events"), proc.describe()
+    hint = f"fleet up: no terminal, so no TUI; `fleet watch --broker mqtt://127.0.0.1:{found['port']}`"
+    proc.stderr.wait_for(lambda line: line.startswith(hint))  # stdin and stdout are pipes here
     sse = run(["curl", "-sN", "--max-time", "3", f"{events_url}?filter=fleet/%2B/telemetry"])
     assert "event: telemetry" in sse.stdout, sse  # the fleet, bridged to Server-Sent Events
 
