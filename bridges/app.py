@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.event import ServerSentEvent
@@ -113,6 +114,8 @@ class BridgeSettings:
     keepalive: float = 15.0
     ws_ping_interval: float = 20.0
     send_timeout: float = 10.0
+    # Browser origins, besides the bridge's own, whose pages may open /ws ("*": any).
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.sse_retry_ms < 0:
@@ -254,6 +257,15 @@ class BridgeState:
         if self.closing is not None:
             await _refuse(websocket, _CLOSE_GOING_AWAY, self.closing)
             return
+        origin = websocket.headers.get("origin")
+        if origin is not None and not _origin_allowed(
+            origin, websocket.headers.get("host", ""), self.settings.allowed_origins
+        ):
+            # Any page in the user's browser could otherwise publish commands to the devices.
+            await _refuse(
+                websocket, _CLOSE_POLICY, f"a page from {origin} may not use this bridge: see allowed_origins"
+            )
+            return
         session = _WebSocketSession(self, websocket, options)
         if options.filters:
             # Subscribed before the handshake completes: once the client is connected, nothing is missed.
@@ -268,6 +280,14 @@ class BridgeState:
         finally:
             self.streams.discard(session)
             session.release()
+
+
+def _origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """A browser's Origin may open /ws when it is the bridge's own (same host and port as the
+    request's Host) or listed in `allowed`. Clients outside browsers send no Origin."""
+    if "*" in allowed or origin.rstrip("/") in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == host.lower()
 
 
 async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
@@ -663,17 +683,20 @@ def create_app(
     keepalive: float = 15.0,
     ws_ping_interval: float = 20.0,
     send_timeout: float = 10.0,
+    allowed_origins: tuple[str, ...] = (),
 ) -> Starlette:
     """The bridge's HTTP app over `hub`, publishing through `source`.
 
     `keepalive` is the SSE comment interval; `ws_ping_interval` is read by `serve_http` for
     uvicorn's WebSocket pings (interval and timeout); `send_timeout` cuts a client that stops
-    reading and bounds a consumer's publish. `app.state.bridge` is the `BridgeState`."""
+    reading and bounds a consumer's publish. A browser page may open /ws only from the bridge's own
+    origin or one of `allowed_origins`. `app.state.bridge` is the `BridgeState`."""
     settings = BridgeSettings(
         sse_retry_ms=sse_retry_ms,
         keepalive=keepalive,
         ws_ping_interval=ws_ping_interval,
         send_timeout=send_timeout,
+        allowed_origins=tuple(origin.rstrip("/") for origin in allowed_origins),
     )
     state = BridgeState(hub, source, settings)
     app = _BridgeApp(

@@ -57,6 +57,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         keepalive=config.keepalive,
         ws_ping_interval=config.ws_ping_interval,
         send_timeout=config.send_timeout,
+        allowed_origins=config.allowed_origins,
     )
     bridge = Bridge(hub, source)
     host = f"[{config.host}]" if ":" in config.host else config.host

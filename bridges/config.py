@@ -34,6 +34,9 @@ class BridgeConfig(BaseModel):
     keepalive: float = Field(default=15.0, ge=0, description="SSE keep-alive comment interval")
     ws_ping_interval: float = Field(default=20.0, ge=0)
     send_timeout: float = Field(default=10.0, gt=0)
+    allowed_origins: tuple[str, ...] = Field(
+        default=(), description="browser origins besides the bridge's own whose pages may open /ws; * for any"
+    )
 
     @field_validator("broker")
     @classmethod

@@ -10,6 +10,7 @@ import aiomqtt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Origin
 
 from tests.bridges.conftest import (
     TIMEOUT,
@@ -157,6 +158,30 @@ async def test_a_bad_query_is_refused_with_a_reason(
     assert closed.rcvd is not None
     assert closed.rcvd.code == 1008
     assert consumers(bridge.hub, "websocket") == 0
+
+
+async def test_a_page_from_another_origin_is_refused_and_the_bridge_own_is_not(bridge: RunningBridge) -> None:
+    """A browser page from a foreign Origin cannot open /ws (1008 with the reason); the bridge's own can."""
+    async with connect(bridge.ws(filter="fleet/#"), origin=Origin("http://evil.example")) as ws:
+        reply = await recv_json(ws)
+        assert reply["type"] == "error"
+        assert "http://evil.example may not use this bridge" in reply["error"]
+        closed = await _expect_closed(ws)
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1008
+    async with connect(bridge.ws(filter="fleet/#"), origin=Origin(bridge.http)) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "filters": ["a/#"]}))
+        assert (await recv_json(ws))["type"] == "subscribed"
+
+
+async def test_allowed_origins_admit_a_listed_page(bridge_factory: BridgeFactory) -> None:
+    """An origin listed in allowed_origins may open /ws; one that is not listed still may not."""
+    async with bridge_factory(allowed_origins=("https://dash.example/",)) as bridge:
+        async with connect(bridge.ws(filter="fleet/#"), origin=Origin("https://dash.example")) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "filters": ["a/#"]}))
+            assert (await recv_json(ws))["type"] == "subscribed"
+        async with connect(bridge.ws(filter="fleet/#"), origin=Origin("https://other.example")) as ws:
+            assert (await recv_json(ws))["type"] == "error"
 
 
 async def test_publish_reaches_an_mqtt_subscriber(bridge: RunningBridge, mqtt: aiomqtt.Client) -> None:
