@@ -167,7 +167,7 @@ class MqttSource:
         """Raise TopicError unless consumers may publish to `topic`."""
         validate_topic(topic)
         if not any(matches(allowed, topic) for allowed in self.settings.publish_allowed):
-            allowed = ", ".join(self.settings.publish_allowed)
+            allowed = ", ".join(self.settings.publish_allowed) or "nothing (publish_allowed is empty)"
             raise TopicError(f"publishing to {topic!r} is not allowed; allowed: {allowed}")
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:

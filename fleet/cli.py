@@ -582,8 +582,11 @@ def stress_command(
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
     from fleet.stress.report import stress_table, write_json, write_junit
-    from fleet.stress.scenario import load_stress_settings
+    from fleet.stress.scenario import SCENARIOS, load_stress_settings
 
+    if scenario is not None and scenario not in SCENARIOS:
+        names = ", ".join(SCENARIOS)
+        raise click.BadParameter(f"{scenario!r}: built in are {names}", param_hint="--scenario")
     gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills)
     config = _load_fleet(config_path, seed)
     try:

@@ -8,9 +8,12 @@ import json
 from collections.abc import Coroutine, Generator
 from typing import Any
 
+import pytest
+
 from bridges.hub import Hub
 from bridges.source import MqttSource, SourceSettings
 from broker.server import Broker
+from fleet.errors import TopicError
 from tests.bridges.conftest import wait_until
 from tests.rawmqtt import RawClient
 
@@ -74,3 +77,10 @@ async def test_one_readable_event_takes_every_message_already_received(broker: B
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_a_bridge_that_allows_no_publishing_says_so() -> None:
+    """With publish_allowed empty, a publish is refused with a reason that says nothing is allowed."""
+    source = MqttSource(Hub(), SourceSettings(publish_allowed=()))
+    with pytest.raises(TopicError, match=r"allowed: nothing \(publish_allowed is empty\)"):
+        source.check_publish("fleet/d/cmd")

@@ -290,3 +290,12 @@ def test_a_bad_stage_is_a_one_line_error(tmp_path: Path) -> None:
     validated = run(fleet_argv("validate", config), timeout=RUN_TIMEOUT)
     assert validated.returncode == 1
     assert validated.stderr.strip() == done.stderr.strip().removeprefix("Error: ")
+
+
+def test_an_unknown_scenario_is_a_usage_error(tmp_path: Path) -> None:
+    """`--scenario` with a name that is not built in exits 2, like any bad option, and lists the names."""
+    config = tmp_path / "ok.toml"
+    config.write_text('[[groups]]\nname = "a"\ncount = 1\n')
+    done = run(fleet_argv("stress", config, "--scenario", "tornado"), timeout=RUN_TIMEOUT)
+    assert done.returncode == 2
+    assert "Invalid value for --scenario: 'tornado': built in are clean, storm" in done.stderr
