@@ -315,7 +315,7 @@ def run_command(
 @cli.command()
 @click.argument("config_paths", metavar="CONFIG...", nargs=-1, required=True, type=click.Path(path_type=Path))
 def validate(config_paths: tuple[Path, ...]) -> None:
-    """Check fleet config files; print each error as 'file: field.path: reason'."""
+    """Check fleet config files; print each file's first error as 'file: field.path: reason'."""
     from bridges.config import load_bridge_config
     from broker.config import load_broker_settings
     from fleet.stress.scenario import load_stress_settings
