@@ -4,10 +4,12 @@
         ...  # serving until the block exits
 
 `Subscribe` streams the Hub's items as `SubscribeResponse` messages: every event waiting for the
-stream goes out in one `EventBatch` (up to `BATCH_EVENTS` events or `BATCH_BYTES` bytes), and
+stream goes out in one `EventBatch` (up to `turns.BURST` events or `BATCH_BYTES` bytes), and
 `Dropped` and `Reset` as their own messages. grpc.aio costs about as much per message as per
-event, so a stream with a backlog sends one message per turn of the event loop instead of one per
-event, and gets its fair share of the loop next to WebSocket and SSE writers.
+event, so a stream with a backlog sends a batch per write instead of one event. Under a backlog
+a stream takes turns with the other writers (`bridges.turns`): one batch per round, and the round
+waits for its write, so WebSocket and SSE writers do not send a burst on every turn of the loop
+while that write is in flight.
 
 Each event is serialized once, not once per consumer: Subscribe is registered with no response
 serializer, so it yields bytes that grpc sends as they are. The bytes of recent events are cached by
@@ -38,11 +40,11 @@ from bridges.envelope import Event, Kind
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.source import BrokerUnavailable
+from bridges.turns import BURST
 from fleet.errors import TopicError, TransportError
 
 __all__ = [
     "BATCH_BYTES",
-    "BATCH_EVENTS",
     "SERVICE_NAME",
     "FleetBridgeServicer",
     "Publisher",
@@ -62,10 +64,9 @@ _KINDS: Final[dict[Kind, pb.Kind.ValueType]] = {
     "bridge": pb.KIND_BRIDGE,
 }
 
-# A batch holds at most this many events, and stops growing once it holds this many bytes: below
-# HTTP/2's initial 64 KB stream window, so that one write never waits for a window update. Under
-# overload, 256 KB batches left gRPC with a tenth of what WebSocket and SSE consumers got.
-BATCH_EVENTS: Final = 512
+# A batch holds at most `BURST` events, as a WebSocket or SSE writer sends per round, and stops
+# growing once it holds this many bytes: below HTTP/2's initial 64 KB stream window, so that one
+# write never waits for a window update.
 BATCH_BYTES: Final = 48 * 1024
 # The tag of SubscribeResponse.events (field 4, length-delimited).
 _EVENTS_TAG: Final = bytes([4 << 3 | 2])
@@ -260,20 +261,27 @@ class FleetBridgeServicer:
         stream = _Stream(consumer, context, task)
         self.streams.add(stream)
         loop = asyncio.get_running_loop()
+        turns = self.hub.turns
         try:
             # The response headers tell the client that its subscription is registered.
             await context.send_initial_metadata(())
             while True:
                 try:
-                    items = await consumer.get_batch(BATCH_EVENTS)
+                    items = await consumer.get_batch(BURST)
                 except ConsumerClosed as exc:
                     await context.abort(self._close_code(consumer), exc.reason)
+                turns.join(stream)  # the round waits for these writes
                 for data in self.encode(items):
                     # The write is pending from here until grpc asks for the next message.
                     stream.sending_since = loop.time()
                     yield data
                     stream.sending_since = 0.0
+                if consumer.queued:
+                    await turns.next(stream)
+                else:
+                    turns.leave(stream)
         finally:
+            turns.leave(stream)
             self.streams.discard(stream)
             consumer.close("the gRPC stream ended")
 
