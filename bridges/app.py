@@ -450,6 +450,7 @@ class _WebSocketSession:
                 if isinstance(item, Event) and not self._wanted(item):
                     continue
             elif self.consumer is None:
+                turns.leave(self)  # no filters, nothing to send until they change
                 self._changed.clear()
                 await self._changed.wait()
                 continue
