@@ -4,12 +4,12 @@
         ...  # serving until the block exits
 
 `Subscribe` streams the Hub's items as `SubscribeResponse` messages: every event waiting for the
-stream goes out in one `EventBatch` (up to `turns.BURST` events or `BATCH_BYTES` bytes), and
+stream goes out in one `EventBatch` (up to `BATCH_EVENTS` events or `BATCH_BYTES` bytes), and
 `Dropped` and `Reset` as their own messages. grpc.aio costs about as much per message as per
-event, so a stream with a backlog sends a batch per write instead of one event. Under a backlog
-a stream takes turns with the other writers (`bridges.turns`): one batch per round, and the round
-waits for its write, so WebSocket and SSE writers do not send a burst on every turn of the loop
-while that write is in flight.
+event, so a stream with a backlog sends a batch per write instead of one event. While WebSocket
+or SSE writers wait for their turn (`bridges.turns`), a stream with a backlog takes turns with
+them: one batch of `BURST` events per round, and the round waits for its write, so that those
+writers do not send a burst on every turn of the loop while the write is in flight.
 
 Each event is serialized once, not once per consumer: Subscribe is registered with no response
 serializer, so it yields bytes that grpc sends as they are. The bytes of recent events are cached by
@@ -45,6 +45,7 @@ from fleet.errors import TopicError, TransportError
 
 __all__ = [
     "BATCH_BYTES",
+    "BATCH_EVENTS",
     "SERVICE_NAME",
     "FleetBridgeServicer",
     "Publisher",
@@ -64,9 +65,10 @@ _KINDS: Final[dict[Kind, pb.Kind.ValueType]] = {
     "bridge": pb.KIND_BRIDGE,
 }
 
-# A batch holds at most `BURST` events, as a WebSocket or SSE writer sends per round, and stops
-# growing once it holds this many bytes: below HTTP/2's initial 64 KB stream window, so that one
-# write never waits for a window update.
+# A batch holds at most this many events (`BURST`, a round's share, while other writers wait for
+# their turn), and stops growing once it holds this many bytes: below HTTP/2's initial 64 KB stream
+# window, so that one write never waits for a window update.
+BATCH_EVENTS: Final = 512
 BATCH_BYTES: Final = 48 * 1024
 # The tag of SubscribeResponse.events (field 4, length-delimited).
 _EVENTS_TAG: Final = bytes([4 << 3 | 2])
@@ -267,7 +269,8 @@ class FleetBridgeServicer:
             await context.send_initial_metadata(())
             while True:
                 try:
-                    items = await consumer.get_batch(BURST)
+                    # While other writers wait for their turn, a batch is one round's share.
+                    items = await consumer.get_batch(BURST if turns.waiting else BATCH_EVENTS)
                 except ConsumerClosed as exc:
                     await context.abort(self._close_code(consumer), exc.reason)
                 turns.join(stream)  # the round waits for these writes
@@ -276,10 +279,10 @@ class FleetBridgeServicer:
                     stream.sending_since = loop.time()
                     yield data
                     stream.sending_since = 0.0
-                if consumer.queued:
+                if consumer.queued and turns.waiting:
                     await turns.next(stream)
                 else:
-                    turns.leave(stream)
+                    turns.leave(stream)  # no other writer waits for a turn: no round to keep
         finally:
             turns.leave(stream)
             self.streams.discard(stream)
