@@ -66,6 +66,7 @@ from bridges.envelope import Event
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
+from bridges.turns import BURST
 from fleet.errors import TopicError
 from fleet.topics import matches, validate_filter
 
@@ -90,11 +91,6 @@ MAX_FILTERS = 64
 SHUTDOWN_REASON = "the bridge is shutting down"
 
 _POLICIES: dict[str, Policy] = {"drop-oldest": "drop-oldest", "disconnect": "disconnect"}
-# Fairness: a writer with a backlog sends at most this many events (one write for SSE, one frame
-# each for WebSocket) before it lets the other writers, gRPC's among them, have a turn of the loop.
-# A send to a healthy client does not suspend, so without this one writer could drain its whole
-# queue in one turn while a gRPC stream, whose every write waits for a turn, sends one message.
-_BURST = 64
 # A close handshake to a client that has stopped reading would wait forever.
 _CLOSE_TIMEOUT = 1.0
 # The consumer a WebSocket leaves behind when it changes filters is closed with this reason.
@@ -414,6 +410,7 @@ class _WebSocketSession:
                 self.state.hub.remove(consumer)  # also one that the hub closed while adding it
         self._retiring.clear()
         self.consumer = None
+        self.state.hub.turns.leave(self)
 
     # Tasks
 
@@ -457,6 +454,7 @@ class _WebSocketSession:
         raise _Close(_CLOSE_POLICY, reason, abort=True)
 
     async def _write(self) -> None:
+        turns = self.state.hub.turns
         sent = 0
         while True:
             if self._closing is not None:
@@ -472,6 +470,7 @@ class _WebSocketSession:
                 if isinstance(item, Event) and not self._wanted(item):
                     continue
             elif self.consumer is None:
+                turns.leave(self)  # no filters, nothing to send until they change
                 self._changed.clear()
                 await self._changed.wait()
                 continue
@@ -484,8 +483,15 @@ class _WebSocketSession:
             if item is not None:
                 await self._send(self._frame(item))
                 sent += 1
-                if sent % _BURST == 0:
-                    await asyncio.sleep(0)
+                if not self._backlog():
+                    turns.leave(self)
+                elif sent >= BURST:
+                    await turns.next(self)
+                    sent = 0
+
+    def _backlog(self) -> bool:
+        consumer = self.consumer
+        return any(old.queued for old in self._retiring) or (consumer is not None and consumer.queued > 0)
 
     async def _get(self, consumer: Consumer) -> Item | None:
         """The consumer's next item; None when it was replaced by a filter change."""
@@ -629,10 +635,11 @@ class _EventStream(EventSourceResponse):
 
     async def _frames(self) -> AsyncIterator[bytes]:
         consumer = self._consumer
+        turns = self._state.hub.turns
         yield b"retry: %d\n\n" % self._state.settings.sse_retry_ms
         while True:
             try:
-                items = await consumer.get_batch(_BURST)
+                items = await consumer.get_batch(BURST)
             except ConsumerClosed:
                 # Cut by policy or shutdown: ending the stream makes an EventSource reconnect and
                 # resume from its Last-Event-ID.
@@ -640,7 +647,9 @@ class _EventStream(EventSourceResponse):
             # One write for the whole batch: sse-starlette passes bytes through as they are.
             yield b"".join([_sse_frame(item) for item in items])
             if consumer.queued:
-                await asyncio.sleep(0)
+                await turns.next(self)
+            else:
+                turns.leave(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -658,6 +667,7 @@ class _EventStream(EventSourceResponse):
             consumer = self._consumer
             self._state.streams.discard(consumer)
             consumer.close("stream ended")
+            self._state.hub.turns.leave(self)
             self._state.hub.remove(consumer)  # also one that the hub closed while adding it
 
 

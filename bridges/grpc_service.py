@@ -6,8 +6,10 @@
 `Subscribe` streams the Hub's items as `SubscribeResponse` messages: every event waiting for the
 stream goes out in one `EventBatch` (up to `BATCH_EVENTS` events or `BATCH_BYTES` bytes), and
 `Dropped` and `Reset` as their own messages. grpc.aio costs about as much per message as per
-event, so a stream with a backlog sends one message per turn of the event loop instead of one per
-event, and gets its fair share of the loop next to WebSocket and SSE writers.
+event, so a stream with a backlog sends a batch per write instead of one event. While WebSocket
+or SSE writers wait for their turn (`bridges.turns`), a stream with a backlog takes turns with
+them: one batch of `BURST` events per round, and the round waits for its write, so that those
+writers do not send a burst on every turn of the loop while the write is in flight.
 
 Each event is serialized once, not once per consumer: Subscribe is registered with no response
 serializer, so it yields bytes that grpc sends as they are. The bytes of recent events are cached by
@@ -38,6 +40,7 @@ from bridges.envelope import Event, Kind
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.source import BrokerUnavailable
+from bridges.turns import BURST
 from fleet.errors import TopicError, TransportError
 
 __all__ = [
@@ -62,9 +65,9 @@ _KINDS: Final[dict[Kind, pb.Kind.ValueType]] = {
     "bridge": pb.KIND_BRIDGE,
 }
 
-# A batch holds at most this many events, and stops growing once it holds this many bytes: below
-# HTTP/2's initial 64 KB stream window, so that one write never waits for a window update. Under
-# overload, 256 KB batches left gRPC with a tenth of what WebSocket and SSE consumers got.
+# A batch holds at most this many events (`BURST`, a round's share, while other writers wait for
+# their turn), and stops growing once it holds this many bytes: below HTTP/2's initial 64 KB stream
+# window, so that one write never waits for a window update.
 BATCH_EVENTS: Final = 512
 BATCH_BYTES: Final = 48 * 1024
 # The tag of SubscribeResponse.events (field 4, length-delimited).
@@ -260,20 +263,28 @@ class FleetBridgeServicer:
         stream = _Stream(consumer, context, task)
         self.streams.add(stream)
         loop = asyncio.get_running_loop()
+        turns = self.hub.turns
         try:
             # The response headers tell the client that its subscription is registered.
             await context.send_initial_metadata(())
             while True:
                 try:
-                    items = await consumer.get_batch(BATCH_EVENTS)
+                    # While other writers wait for their turn, a batch is one round's share.
+                    items = await consumer.get_batch(BURST if turns.waiting else BATCH_EVENTS)
                 except ConsumerClosed as exc:
                     await context.abort(self._close_code(consumer), exc.reason)
+                turns.join(stream)  # the round waits for these writes
                 for data in self.encode(items):
                     # The write is pending from here until grpc asks for the next message.
                     stream.sending_since = loop.time()
                     yield data
                     stream.sending_since = 0.0
+                if consumer.queued and turns.waiting:
+                    await turns.next(stream)
+                else:
+                    turns.leave(stream)  # no other writer waits for a turn: no round to keep
         finally:
+            turns.leave(stream)
             self.streams.discard(stream)
             consumer.close("the gRPC stream ended")
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridges.envelope import BRIDGE_TOPIC, Event, make_event
+from bridges.turns import Turns
 from fleet.errors import TopicError
 from fleet.routing import SubscriptionTree
 from fleet.topics import matches, validate_filter
@@ -176,6 +177,7 @@ class Hub:
         self.deliveries: dict[str, int] = {}
         self.drops: dict[str, int] = {}
         self.send_timeouts: dict[str, int] = {}
+        self.turns = Turns()  # the consumers' writers take turns under a backlog
 
     @staticmethod
     def validate_filters(filters: Iterable[str]) -> tuple[str, ...]:
