@@ -23,8 +23,9 @@ each PID; the bridge's own counters come from its ``/metrics``.
 Phases (``--phases``):
 
 1. ``mixed``: 100 consumers, 34 WebSocket + 33 SSE (one child) and 33 gRPC (another child).  The
-   offered rate steps up through ``--rates`` until the bridge is saturated (>= 90 % of its core),
-   plus ``--past-saturation`` more steps.  Per step, after ``--warmup`` s: deliveries per second
+   offered rate steps up through ``--rates`` until the sweep is both ``--past-saturation`` steps past
+   the first saturated step and ``--past-overload`` steps past the first overloaded one (each
+   sweep does this; the rates list bounds it).  Per step, after ``--warmup`` s: deliveries per second
    and per bridge CPU-second, per transport, the bridge's MQTT intake against what was published,
    drops, RSS, and the CPU of the client core.
 2. ``grpc``: the same with 100 gRPC consumers (two children of 50), over ``--grpc-rates``.
@@ -37,7 +38,10 @@ Phases (``--phases``):
    the bridge's writes back up within seconds): for ``--stall-seconds`` the bridge's RSS and its
    per-transport consumer gauge are sampled, and the other consumers' latency is measured again.
 
-Markers: ``SATURATED``: the bridge used >= 90 % of its core.  ``CLIENT-BOUND``: the client core
+Markers: ``SATURATED``: the bridge used >= 90 % of its core.  ``OVERLOADED``: the consumers' queues
+dropped >= 1 % of the events offered to them (``fleet_bridge_drops_total`` over
+``fleet_bridge_deliveries_total``); fairness is judged on these steps, deliveries per CPU-second
+on the step with the most deliveries/s.  ``CLIENT-BOUND``: the client core
 (consumers + publisher + Mosquitto) was >= 90 % busy, so the bridge may do better than the figure.
 A final WARNING names steps where other processes used > 25 % of a core.
 
@@ -93,6 +97,7 @@ SHORT = {"websocket": "ws", "sse": "sse", "grpc": "grpc"}
 GRPC_METHOD = "/mqtt_fleet.bridge.v1.FleetBridgeService/Subscribe"
 BRIDGE_CORE, CLIENT_CORE = 0, 1
 SATURATED_PCT = 90.0
+OVERLOAD_SHARE = 0.01  # a step overloads when consumers' queues drop >= 1 % of the deliveries offered
 CLIENT_BOUND_PCT = 90.0
 OTHER_CPU_WARN = 25.0
 STALL_RCVBUF = 8192  # receive buffer of a consumer that will stall (the kernel doubles it)
@@ -103,7 +108,7 @@ PREFILL_RATE = 6000.0  # msg/s that fill the bridge's replay ring before the con
 # Acceptance targets (see bench/README.md, "bridge scale").
 TARGET_MIXED = 100_000.0  # deliveries per bridge CPU-second, 34 WS + 33 SSE + 33 gRPC
 TARGET_GRPC = 50_000.0  # the same, 100 gRPC consumers
-TARGET_FAIRNESS = 0.5  # no transport's per-consumer rate below half of another's, saturated
+TARGET_FAIRNESS = 0.5  # no transport's per-consumer rate below half of another's, overloaded
 TARGET_INGEST = 0.99  # received / published while the bridge has CPU left
 TARGET_P99_MS = 10.0
 RSS_GROWTH_MB = 20.0  # during the stall phase
@@ -1111,6 +1116,7 @@ class Step:
     received_per_s: dict[str, float] = field(default_factory=dict)  # deliveries read by consumers
     offered_per_s: dict[str, float] = field(default_factory=dict)  # queued by the hub (/metrics)
     drops_per_s: dict[str, float] = field(default_factory=dict)
+    drop_share: float | None = None  # drops / events offered to the queues (drop-oldest)
     per_consumer_per_s: dict[str, float] = field(default_factory=dict)
     within_transport_min_max: dict[str, list[float]] = field(default_factory=dict)
     fairness: float | None = None  # min / max of the per-consumer rates across transports
@@ -1136,6 +1142,10 @@ class Step:
     @property
     def client_bound(self) -> bool:
         return self.client_core_pct >= CLIENT_BOUND_PCT
+
+    @property
+    def overloaded(self) -> bool:
+        return self.drop_share is not None and self.drop_share >= OVERLOAD_SHARE
 
 
 def _sum(snaps: list[dict[str, Any]], key: str) -> dict[str, int]:
@@ -1172,6 +1182,9 @@ def step_from(phase: str, rate: float, consumers: dict[str, int], a: Sample, b: 
             if len(per_a) == len(per_b) and per_a:
                 rates = [(y - x) / dt for x, y in zip(per_a, per_b, strict=True)]
                 st.within_transport_min_max[t] = [min(rates), max(rates)]
+    offered = sum(st.offered_per_s.values())
+    if offered > 0:
+        st.drop_share = sum(st.drops_per_s.values()) / offered
     rates = [v for v in st.per_consumer_per_s.values()]
     if len(rates) > 1 and max(rates) > 0:
         st.fairness = min(rates) / max(rates)
@@ -1369,11 +1382,34 @@ class Sweep:
         """The step with the most deliveries per second."""
         return max(self.steps, key=lambda s: s.deliveries_per_s, default=None)
 
+    @property
+    def best_per_cpu(self) -> Step | None:
+        """The step with the most deliveries per bridge CPU-second."""
+        return max(self.steps, key=lambda s: s.deliveries_per_cpu_s or 0, default=None)
+
+    @property
+    def overloaded(self) -> list[Step]:
+        return [s for s in self.steps if s.overloaded]
+
+    @property
+    def least_fair(self) -> Step | None:
+        """The overloaded step with the lowest fairness: the one target 3 is judged on."""
+        return min(self.overloaded, key=lambda s: s.fairness or 0, default=None)
+
+
+def past(first: int | None, steps: int, i: int) -> bool:
+    """Step `i` is at least `steps` steps after step `first` (None: no such step yet)."""
+    return first is not None and i - first >= steps
+
 
 def step_line(st: Step) -> str:
     rec = " / ".join(f"{SHORT[t]} {st.received_per_s[t]:,.0f}" for t in TRANSPORTS if st.consumers.get(t))
     drops = sum(st.drops_per_s.values())
-    marks = (" SATURATED" if st.saturated else "") + (" CLIENT-BOUND" if st.client_bound else "")
+    marks = (
+        (" SATURATED" if st.saturated else "")
+        + (" OVERLOADED" if st.overloaded else "")
+        + (" CLIENT-BOUND" if st.client_bound else "")
+    )
     return (
         f"  {st.rate:>7,.0f} msg/s: in {st.events_in_per_s:,.0f}/s "
         f"({fmt(st.ingest_ratio and 100 * st.ingest_ratio, '.1f')} %)"
@@ -1401,15 +1437,20 @@ async def run_sweep(
     rig = Rig(args, workdir, phase)
     try:
         await rig.start(layout)
-        past = 0
-        for rate in rates:
+        first_saturated: int | None = None
+        first_overloaded: int | None = None
+        for i, rate in enumerate(rates):
             st = await rig.measure(phase, rate, consumers)
             sweep.steps.append(st)
             print(step_line(st), flush=True)
-            if st.saturated:
-                past += 1
-                if past > args.past_saturation:
-                    break
+            if first_saturated is None and st.saturated:
+                first_saturated = i
+            if first_overloaded is None and st.overloaded:
+                first_overloaded = i
+            if past(first_saturated, args.past_saturation, i) and past(
+                first_overloaded, args.past_overload, i
+            ):
+                break
         sweep.published_total, sweep.events_in_total = await rig.drain()
         lost = sweep.published_total - sweep.events_in_total
         print(
@@ -1603,7 +1644,8 @@ def sweep_table(sw: Sweep) -> str:
     ts = [t for t in TRANSPORTS if sw.consumers.get(t)]
     rows = []
     for st in sw.steps:
-        marks = ("S" if st.saturated else "") + ("C" if st.client_bound else "")
+        flags = (("S", st.saturated), ("O", st.overloaded), ("C", st.client_bound))
+        marks = "".join(m for m, on in flags if on)
         rows.append(
             [
                 f"{st.rate:,.0f}",
@@ -1650,28 +1692,38 @@ def targets(sweeps: dict[str, Sweep], stall: StallResult | None) -> list[str]:
         sw = sweeps.get(phase)
         if sw is None or not sw.steps:
             continue
-        top = sw.ceiling
+        top, best = sw.ceiling, sw.best_per_cpu
         assert top is not None
-        best = max((s.deliveries_per_cpu_s or 0) for s in sw.steps)
+        assert best is not None
         figure = top.deliveries_per_cpu_s or 0
         note = "saturated" if top.saturated else f"bridge at {top.bridge_cpu_pct:.0f} %"
         if top.client_bound:
             note += ", CLIENT-BOUND"
         lines.append(
             f"[{mark(figure >= goal)}] {phase}: >= {goal:,.0f} deliveries per bridge CPU-second at the "
-            f"ceiling: {figure:,.0f} at {top.deliveries_per_s:,.0f} deliveries/s ({note}; best step "
-            f"{best:,.0f}; naive {NAIVE[phase]})"
+            f"ceiling: {figure:,.0f} at {top.deliveries_per_s:,.0f} deliveries/s (the step at "
+            f"{top.rate:,.0f} msg/s, {note}; best step {best.deliveries_per_cpu_s or 0:,.0f} at "
+            f"{best.rate:,.0f} msg/s; naive {NAIVE[phase]})"
         )
     sw = sweeps.get("mixed")
     if sw is not None and sw.steps:
-        sat = [s for s in sw.steps if s.saturated]
-        st = sat[-1] if sat else sw.steps[-1]
+        worst = sw.least_fair
+        st = worst or sw.steps[-1]
         shown = ", ".join(f"{SHORT[t]} {v:,.0f}" for t, v in st.per_consumer_per_s.items())
-        ok = None if not sat else (st.fairness is not None and st.fairness >= TARGET_FAIRNESS)
-        why = "" if sat else " (the bridge never saturated: not tested)"
+        ok = None if worst is None else (worst.fairness or 0) >= TARGET_FAIRNESS
+        if worst is None:
+            why = (
+                f"; no step dropped >= {OVERLOAD_SHARE:.0%} up to {max(s.rate for s in sw.steps):,.0f} "
+                "msg/s: not tested, add higher --rates"
+            )
+        else:
+            why = f"; the least fair of {len(sw.overloaded)} overloaded step(s)" + (
+                ", CLIENT-BOUND" if worst.client_bound else ""
+            )
         lines.append(
-            f"[{mark(ok)}] fairness at saturation: no transport below {TARGET_FAIRNESS:.0%} of another "
-            f"(per consumer/s at {st.rate:,.0f} msg/s: {shown}; min/max {fmt(st.fairness, '.2f')}){why}"
+            f"[{mark(ok)}] fairness at overload: no transport below {TARGET_FAIRNESS:.0%} of another "
+            f"(per consumer/s at {st.rate:,.0f} msg/s, {100 * (st.drop_share or 0):.0f} % dropped: "
+            f"{shown}; min/max {fmt(st.fairness, '.2f')}{why})"
         )
     checked = [
         s for sw in sweeps.values() for s in sw.steps if not s.saturated and s.ingest_ratio is not None
@@ -1742,6 +1794,20 @@ def targets(sweeps: dict[str, Sweep], stall: StallResult | None) -> list[str]:
     return lines
 
 
+def judged_steps(sweeps: dict[str, Sweep]) -> dict[str, dict[str, Any]]:
+    """Per sweep, the offered rate (msg/s) of the steps the targets use; None where there is none."""
+    out: dict[str, dict[str, Any]] = {}
+    for phase, sw in sweeps.items():
+        top, best, worst = sw.ceiling, sw.best_per_cpu, sw.least_fair
+        out[phase] = {
+            "ceiling_rate": top and top.rate,
+            "best_per_cpu_rate": best and best.rate,
+            "overloaded_rates": [s.rate for s in sw.overloaded],
+            "fairness_rate": worst and worst.rate,
+        }
+    return out
+
+
 def stall_window(stall: StallResult) -> float:
     return stall.rss_mb[-1][0] if stall.rss_mb else 0.0
 
@@ -1756,7 +1822,8 @@ def report(sweeps: dict[str, Sweep], stall: StallResult | None) -> str:
     for phase, sw in sweeps.items():
         if sw.steps:
             out += [
-                f"\n{titles.get(phase, phase)} (S = bridge saturated, C = client core >= 90 %)",
+                f"\n{titles.get(phase, phase)} (S = bridge saturated, O = overloaded: queues dropped >= "
+                f"{OVERLOAD_SHARE:.0%} of the deliveries, C = client core >= 90 %)",
                 sweep_table(sw),
             ]
     if stall is not None and stall.baseline is not None:
@@ -1832,6 +1899,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--past-saturation", type=int, default=1, help="steps to run after the first saturated one"
     )
+    p.add_argument(
+        "--past-overload",
+        type=int,
+        default=1,
+        help=f"steps to run after the first overloaded one (queues dropped >= {100 * OVERLOAD_SHARE:g} %%)",
+    )
     p.add_argument("--latency-rate", type=float, default=300.0, help="msg/s of the latency and stall phases")
     p.add_argument("--send-timeout", type=float, default=2.0, help="[bridge] send_timeout in the stall phase")
     p.add_argument("--stall-seconds", type=float, default=15.0, help="how long the stall phase watches")
@@ -1874,6 +1947,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     except ValueError as exc:
         p.error(f"rates: {exc}")
+    if args.past_saturation < 0 or args.past_overload < 0:
+        p.error("--past-saturation and --past-overload must be >= 0")
     if args.seconds <= 0 or args.send_timeout <= 0 or args.stall_seconds <= 0:
         p.error("--seconds, --send-timeout and --stall-seconds must be positive")
     if not Path(MOSQUITTO_BIN).exists():
@@ -1965,12 +2040,14 @@ def main(argv: list[str] | None = None) -> int:
                 "mixed_deliveries_per_cpu_s": TARGET_MIXED,
                 "grpc_deliveries_per_cpu_s": TARGET_GRPC,
                 "fairness": TARGET_FAIRNESS,
+                "overload_drop_share": OVERLOAD_SHARE,
                 "ingest": TARGET_INGEST,
                 "p99_ms": TARGET_P99_MS,
                 "stall_rss_growth_mb": RSS_GROWTH_MB,
                 "stall_rss_slope_mb_s": RSS_SLOPE_MB_S,
             },
             "targets_report": targets(sweeps, stall[0] if stall else None),
+            "judged_steps": judged_steps(sweeps),
             "sweeps": {k: asdict(v) for k, v in sweeps.items()},
             "latency_stall": asdict(stall[0]) if stall else None,
         }
