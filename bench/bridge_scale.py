@@ -69,7 +69,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from array import array
 from collections.abc import Callable, Sequence
@@ -78,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import support
 from support import cpu_seconds, fmt, free_port, host_busy_seconds, log_tail
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -152,24 +152,9 @@ def sources_fingerprint() -> dict[str, str]:
     for path in sorted((ROOT / "bridges").glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     out = {"bridges_sha256": digest.hexdigest()[:12]}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "bridges"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-        out["git_head"] = head + (" + uncommitted bridges/ changes" if dirty else "")
+    head = support.git_head("bridges")
+    if head is not None:
+        out["git_head"] = head
     return out
 
 
@@ -1968,12 +1953,7 @@ async def amain(args: argparse.Namespace, sweeps: dict[str, Sweep], stall: list[
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     with contextlib.ExitStack() as stack:
-        if args.log_dir:
-            args.log_dir.mkdir(parents=True, exist_ok=True)
-            workdir = args.log_dir
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bridge_scale-")))
-        os.chmod(workdir, 0o755)  # mosquitto may drop to its own user
+        workdir = support.workdir(stack, args.log_dir, "bridge_scale-")
         for phase in args.phases:
             if phase == "mixed":
                 layout = [{"ws": 34, "sse": 33}, {"grpc": 33}]
@@ -2027,15 +2007,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nWARNING: bridges/*.py changed during the run ({source['bridges_sha256']} -> {after})")
     if args.json:
         doc: dict[str, Any] = {
-            "date": started.isoformat(timespec="seconds"),
-            "command": command,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            **support.run_record(started, command, args),
             "source": source,
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "targets": {
                 "mixed_deliveries_per_cpu_s": TARGET_MIXED,
                 "grpc_deliveries_per_cpu_s": TARGET_GRPC,

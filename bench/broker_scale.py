@@ -59,7 +59,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -68,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import support
 from support import fmt, free_port, host_busy_seconds, raise_fd_limit, ratio, tcp_counters
 
 BASELINE = "mosquitto"
@@ -1006,12 +1006,7 @@ async def amain(args: argparse.Namespace, results: list[Result]) -> None:
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     with contextlib.ExitStack() as stack:
-        if args.log_dir:
-            args.log_dir.mkdir(parents=True, exist_ok=True)
-            workdir = args.log_dir
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="broker_scale-")))
-        os.chmod(workdir, 0o755)  # mosquitto may drop to its own user
+        workdir = support.workdir(stack, args.log_dir, "broker_scale-")
         for n in args.clients:
             for kind in args.brokers:
                 results.append(await run_one(args, kind, n, workdir))
@@ -1042,14 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results, args))
     if args.json:
         doc: dict[str, Any] = {
-            "date": started.isoformat(timespec="seconds"),
-            "command": command,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **support.run_record(started, command, args),
             "targets": {
                 "connect_clients": TARGET_CONNECT_CLIENTS,
                 "connect_s": TARGET_CONNECT_S,

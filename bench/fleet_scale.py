@@ -65,7 +65,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -73,6 +72,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
+import support
 from support import (
     cpu_seconds,
     fmt,
@@ -180,24 +180,9 @@ def fleet_fingerprint() -> dict[str, str]:
             timespec="seconds"
         ),
     }
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "fleet"],
-            cwd=ROOT,
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        out["git_head"] = head + (" + uncommitted fleet/ changes" if dirty else "")
+    head = support.git_head("fleet")
+    if head is not None:
+        out["git_head"] = head
     return out
 
 
@@ -1391,12 +1376,7 @@ async def amain(args: argparse.Namespace, runs: list[Run]) -> None:
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     sims = [LEAN] + ([NAIVE] if args.baseline == NAIVE else [])
     with contextlib.ExitStack() as stack:
-        if args.log_dir:
-            args.log_dir.mkdir(parents=True, exist_ok=True)
-            workdir = args.log_dir
-        else:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet_scale-")))
-        os.chmod(workdir, 0o755)  # mosquitto may drop to its own user
+        workdir = support.workdir(stack, args.log_dir, "fleet_scale-")
         for phase in args.phases:
             for sim in sims:
                 runs.append(await run_one(args, sim, phase, workdir))
@@ -1441,14 +1421,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(runs, args))
     if args.json:
         doc: dict[str, Any] = {
-            "date": started.isoformat(timespec="seconds"),
-            "command": command,
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **support.run_record(started, command, args),
             "simulator_source": source,
             "targets": {
                 "devices": TARGET_DEVICES,

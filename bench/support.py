@@ -1,17 +1,26 @@
-"""Helpers the benchmarks share: ports, CPU and TCP counters, fd limits, formatting.
+"""Helpers the benchmarks share: ports, CPU and TCP counters, fd limits, formatting, run records.
 
 The benchmarks run as scripts (`python bench/NAME.py`), so this module is imported by its plain name.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime
+import os
+import platform
 import resource
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -73,3 +82,44 @@ def raise_fd_limit(need: int) -> int:
     if need > soft:
         raise SystemExit(f"need ~{need} file descriptors, the limit is {soft} (hard {hard})")
     return soft
+
+
+def git_head(package: str) -> str | None:
+    """`git rev-parse --short HEAD`, marked when `package`/ has uncommitted changes; None without git."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+
+        def git(*argv: str) -> str:
+            done = subprocess.run(
+                ["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+            )
+            return done.stdout.strip()
+
+        dirty = git("status", "--porcelain", "--", package)
+        return git("rev-parse", "--short", "HEAD") + (f" + uncommitted {package}/ changes" if dirty else "")
+    return None
+
+
+def run_record(started: datetime.datetime, command: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The head of a benchmark's JSON: when, the command, the machine and every setting."""
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "command": command,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+
+
+def workdir(stack: contextlib.ExitStack, log_dir: Path | None, prefix: str) -> Path:
+    """`log_dir` (kept), or a temporary directory removed with `stack`; readable by a broker that
+    drops to its own user."""
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir
+    else:
+        path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    os.chmod(path, 0o755)
+    return path
