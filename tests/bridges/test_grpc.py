@@ -283,10 +283,7 @@ async def test_closing_the_stream_removes_the_consumer(stub: Stub, hub: Hub) -> 
     call = await subscribe(stub, "fleet/#")
     assert len(hub.consumers) == 1
     call.cancel()
-    async with asyncio.timeout(TIMEOUT):
-        # Nothing signals the removal: poll the condition, bounded by the timeout.
-        while hub.consumers:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: not hub.consumers, "the cancelled stream's consumer to leave the hub", TIMEOUT)
 
 
 async def test_server_shutdown_ends_streams_with_unavailable(broker: Broker) -> None:
