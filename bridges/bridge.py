@@ -29,6 +29,7 @@ class Bridge:
     http_port: int = 0
     grpc_port: int = 0
     urls: list[str] = field(default_factory=list)
+    dashboard_url: str = ""
 
 
 @contextlib.asynccontextmanager
@@ -75,12 +76,13 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     send_timeout=config.send_timeout,
                 ) as bridge.grpc_port,
             ):
+                bridge.dashboard_url = f"http://{host}:{bridge.http_port}/"
                 bridge.urls += [
                     f"http://{host}:{bridge.http_port}/events",
                     f"ws://{host}:{bridge.http_port}/ws",
                     f"http://{host}:{bridge.http_port}/metrics",
                     f"grpc://{host}:{bridge.grpc_port}",
-                    f"http://{host}:{bridge.http_port}/",  # the dashboard
+                    bridge.dashboard_url,
                 ]
                 yield bridge
         finally:

@@ -230,7 +230,7 @@ async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, ta
     bridge = await stack.enter_async_context(running(settings))
     for url in bridge.urls:
         click.echo(f"fleet bridge: serving {url}", err=True)
-    return str(bridge.urls[-1])  # bridges.bridge.running lists the dashboard last
+    return bridge.dashboard_url
 
 
 def _finish(report: Any, report_path: Path | None) -> None:
