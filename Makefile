@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a machine with python3 (3.11+), make and git:
 #   make demo   the all-in-one demo (`fleet up`) on the embedded broker
-#   make test   lint, type-check and the whole test suite
+#   make test   lint, type-check, build the docs and run the whole test suite
+#   make docs   serve the docs site (docs/, mkdocs.yml) on http://127.0.0.1:8000/
 # Both create .venv when it is missing. `make test` also installs the Debian packages the
 # interop tests need (Mosquitto and its clients, openssl) and the dashboard tests need (chromium)
 # when they are missing.
@@ -13,7 +14,7 @@ NODE_STAMP := tests/node/node_modules/.package-lock.json
 APT_PACKAGES := mosquitto mosquitto-clients openssl curl chromium tmux
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint deps node-deps bench screenshot clean
+.PHONY: demo test lint docs deps node-deps bench screenshot clean
 
 # Debian's own python3 makes venvs only with its python3-venv package (ensurepip).
 $(STAMP): pyproject.toml
@@ -49,10 +50,17 @@ node-deps:
 	  echo "node and npm not found: tests/bridges/test_node_clients.py will be skipped"; \
 	fi
 
+# mkdocs without --quiet: --quiet hides the warnings that --strict counts, and the build passes.
+# NO_MKDOCS_2_WARNING: mkdocs-material 9.8 prints a notice of its end of life (May 2027) on each build.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The docs site, live: it rebuilds on every change of docs/ or mkdocs.yml.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 test: $(STAMP) deps node-deps lint
 	$(BIN)/pytest
@@ -65,4 +73,4 @@ screenshot: $(STAMP) deps
 	DASHBOARD_SCREENSHOT=docs/dashboard.png $(BIN)/pytest tests/bridges/test_dashboard.py -k screenshot
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/node/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site tests/node/node_modules

@@ -65,7 +65,7 @@
     connectionChanged = true;
   }
 
-  // Events: one envelope (see README, "fleet bridge") at a time.
+  // Events: one envelope (see docs/bridge.md) at a time.
 
   function onEnvelope(envelope) {
     stats.events += 1;

@@ -135,19 +135,19 @@ def test_loading_the_plugin_imports_no_client_or_server_library() -> None:
     assert result.stdout.strip() == "[]", result
 
 
-def readme_example() -> str:
-    """The python block of the README's "An end-to-end example" section."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### An end-to-end example\n", 1)[1]
+def docs_example() -> str:
+    """The python block of the "An end-to-end example" section of the docs page docs/testing.md."""
+    page = (ROOT / "docs" / "testing.md").read_text()
+    section = page.split("## An end-to-end example\n", 1)[1]
     found = re.search(r"^```python\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
-    assert found is not None, "no python block in the README's end-to-end example"
+    assert found is not None, "no python block in the end-to-end example of docs/testing.md"
     return found[1]
 
 
-def test_the_readme_example_passes_in_a_new_project(pytester: pytest.Pytester) -> None:
-    """The README's end-to-end example (15 lines at most) passes as it is, in a project with no config."""
-    example = readme_example()
+def test_the_docs_example_passes_in_a_new_project(pytester: pytest.Pytester) -> None:
+    """The docs' end-to-end example (15 lines at most) passes as it is, in a project with no config."""
+    example = docs_example()
     assert len(example.splitlines()) <= 15, example
-    pytester.makepyfile(test_readme=example)
+    pytester.makepyfile(test_docs_example=example)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
     result.assert_outcomes(passed=1)
