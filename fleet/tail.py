@@ -84,7 +84,8 @@ async def tail(
 ) -> str | None:
     """Read `source`, `write` each event, until `count` events, `timeout` seconds, the end of the
     stream, or an event that meets `expectation`. Returns None, or why the run failed: the
-    expectation was not met, or the stream ended before `count` events.
+    expectation was not met, or fewer than `count` events came (the timeout passed or the stream
+    ended first).
 
     `note` gets one line when the stream is open (everything sent after that is read), and one if
     the stream ends on its own. Raises TransportError when the stream cannot be opened.
@@ -108,6 +109,8 @@ async def tail(
             if stream.ended is not None:
                 return f"{unmet} before the stream ended ({seen} events)"
             return f"{unmet} within {timeout}s ({seen} events)"
-        if stream.ended is not None and count is not None and seen < count:
-            return f"the stream ended after {seen} of {count} events: {stream.ended}"
+        if count is not None and seen < count:
+            if stream.ended is not None:
+                return f"the stream ended after {seen} of {count} events: {stream.ended}"
+            return f"timed out: {seen} of {count} events within {timeout}s"
         return None

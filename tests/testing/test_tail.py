@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,32 +30,51 @@ class Tail:
     code: int
 
 
+class Running:
+    """A `fleet tail` process that is reading: its stdout lines one by one, then its exit."""
+
+    def __init__(self, process: asyncio.subprocess.Process, stderr: list[str]) -> None:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        self.process = process
+        self._stdout, self._stderr = process.stdout, process.stderr
+        self._lines: list[str] = []
+        self._first = stderr
+
+    async def line(self) -> str:
+        """The next line on stdout (bounded in time)."""
+        async with asyncio.timeout(TIMEOUT):
+            line = await self._stdout.readline()
+        assert line, f"fleet tail closed its stdout: {self._first}"
+        self._lines.append(line.decode().rstrip("\n"))
+        return self._lines[-1]
+
+    async def finished(self) -> Tail:
+        """Wait (bounded) for the exit, with everything it printed."""
+        async with asyncio.timeout(TIMEOUT):
+            out, err = await asyncio.gather(self._stdout.read(), self._stderr.read())
+            code = await self.process.wait()
+        stdout = self._lines + out.decode().splitlines()
+        return Tail(self.process, stdout, self._first + err.decode().splitlines(), code)
+
+
 @contextlib.asynccontextmanager
-async def fleet_tail(*args: str) -> AsyncIterator[Callable[[], Awaitable[Tail]]]:
-    """Start `fleet tail ARGS` and wait (bounded) until it reads; the block gets a function that waits
-    for its exit. The process is killed by PID if it is still running at the end."""
+async def fleet_tail(*args: str) -> AsyncIterator[Running]:
+    """Start `fleet tail ARGS` and wait (bounded) until it reads. The process is killed by PID if it
+    is still running at the end."""
     process = await asyncio.create_subprocess_exec(
         *fleet_argv("tail", *args), cwd=ROOT, env=CHILD_ENV,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert process.stdout is not None
     assert process.stderr is not None
-    stdout, stderr = process.stdout, process.stderr
     first: list[str] = []
-
-    async def finished() -> Tail:
-        async with asyncio.timeout(TIMEOUT):
-            out, err = await asyncio.gather(stdout.read(), stderr.read())
-            code = await process.wait()
-        return Tail(process, out.decode().splitlines(), first + err.decode().splitlines(), code)
-
     try:
         async with asyncio.timeout(TIMEOUT):
             while not (first and first[-1].startswith("fleet tail: reading ")):
-                line = await stderr.readline()
+                line = await process.stderr.readline()
                 assert line, f"fleet tail exited before reading: {first}"
                 first.append(line.decode().rstrip("\n"))
-        yield finished
+        yield Running(process, first)
     finally:
         if process.returncode is None:
             process.kill()
@@ -76,9 +96,9 @@ async def test_tail_prints_the_fleets_events_as_json_lines(
     transport: str, fleet_broker: Broker, fleet_bridges: RunningBridges, fleet_sim: Any
 ) -> None:
     """`fleet tail URL --count 2` prints two devices' birth messages as JSON envelopes and exits 0."""
-    async with fleet_tail(*_url(transport, fleet_broker, fleet_bridges), "--count", "2") as finished:
+    async with fleet_tail(*_url(transport, fleet_broker, fleet_bridges), "--count", "2") as running:
         await fleet_sim(TWO_DOORS)
-        tail = await finished()
+        tail = await running.finished()
     assert tail.code == 0, tail
     reading = [line for line in tail.stderr if line.startswith("fleet tail: reading ")]
     assert reading[0].endswith(f"(filters: {STATUS})"), tail  # also when they came in the URL
@@ -94,9 +114,9 @@ async def test_tail_exits_0_once_the_expectation_is_met(fleet_broker: Broker, fl
     """`--expect` is met by the first matching event: tail prints it (`--format pretty`) and exits 0."""
     url = f"mqtt://127.0.0.1:{fleet_broker.port}/fleet/%23"
     expect = "topic=fleet/door-0001/status,payload.online=true"
-    async with fleet_tail(url, "--expect", expect, "--format", "pretty", "--timeout", "10") as finished:
+    async with fleet_tail(url, "--expect", expect, "--format", "pretty", "--timeout", "10") as running:
         await fleet_sim(TWO_DOORS)
-        tail = await finished()
+        tail = await running.finished()
     assert tail.code == 0, tail
     clock, topic, payload = tail.stdout[-1].split("  ", 2)
     assert topic == "fleet/door-0001/status", tail
@@ -110,9 +130,9 @@ async def test_tail_exits_1_with_a_one_line_reason_when_the_expectation_is_not_m
     """No event meets --expect within --timeout: tail prints what came, exits 1 and says why in a line."""
     expect = "topic=fleet/+/status,payload.online=false"
     args = [fleet_bridges.events, "--filter", STATUS, "--expect", expect, "--timeout", "3"]
-    async with fleet_tail(*args) as finished:
+    async with fleet_tail(*args) as running:
         await fleet_sim(TWO_DOORS)
-        tail = await finished()
+        tail = await running.finished()
     assert tail.code == 1, tail
     assert len(tail.stdout) == 2, tail
     assert (
@@ -149,8 +169,61 @@ async def test_tail_exits_1_when_the_stream_ends_before_count_events() -> None:
     server = await asyncio.start_server(one_event, "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
-        async with fleet_tail(f"http://127.0.0.1:{port}/feed", "--count", "3") as finished:
-            tail = await finished()
+        async with fleet_tail(f"http://127.0.0.1:{port}/feed", "--count", "3") as running:
+            tail = await running.finished()
     assert tail.code == 1, tail
     assert tail.stdout == ['{"temp":20}'], tail
     assert tail.stderr[-1] == "Error: the stream ended after 1 of 3 events: the server ended the stream", tail
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "ws", "sse", "grpc"])
+async def test_tail_exits_1_when_fewer_than_count_events_come_within_the_timeout(
+    transport: str, fleet_broker: Broker, fleet_bridges: RunningBridges, fleet_sim: Any
+) -> None:
+    """`--count 3 --timeout 2` with two devices: tail prints both events, then exits 1 in one line."""
+    args = [*_url(transport, fleet_broker, fleet_bridges), "--count", "3", "--timeout", "2"]
+    async with fleet_tail(*args) as running:
+        await fleet_sim(TWO_DOORS)
+        tail = await running.finished()
+    assert tail.code == 1, tail
+    assert len(tail.stdout) == 2, tail
+    assert tail.stderr[-1] == "Error: timed out: 2 of 3 events within 2.0s", tail
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_tail_exits_0_on_a_signal_after_printing_what_came(
+    sig: signal.Signals, fleet_broker: Broker, fleet_sim: Any
+) -> None:
+    """Ctrl-C (or SIGTERM) ends a plain tail like mosquitto_sub: events printed, exit 0, no 'Aborted!'."""
+    async with fleet_tail(f"mqtt://127.0.0.1:{fleet_broker.port}/{STATUS}") as running:
+        await fleet_sim(TWO_DOORS)
+        printed = [await running.line(), await running.line()]
+        running.process.send_signal(sig)
+        tail = await running.finished()
+    assert tail.code == 0, tail
+    assert tail.stdout == printed, tail
+    assert [json.loads(line)["kind"] for line in printed] == ["status", "status"], tail
+    assert not any("Aborted" in line for line in tail.stderr), tail
+
+
+@pytest.mark.parametrize(
+    ("goal", "unmet"),
+    [
+        (["--count", "5"], "--count 5"),
+        (["--expect", "payload.online=false"], "--expect payload.online=false"),
+    ],
+    ids=["count", "expect"],
+)
+async def test_tail_fails_with_130_when_ctrl_c_comes_before_its_goal(
+    goal: list[str], unmet: str, fleet_broker: Broker, fleet_sim: Any
+) -> None:
+    """Ctrl-C before --count or --expect is met is an interrupted check, not a pass: exit 130, saying so."""
+    async with fleet_tail(f"mqtt://127.0.0.1:{fleet_broker.port}/{STATUS}", *goal) as running:
+        await fleet_sim(TWO_DOORS)
+        printed = [await running.line(), await running.line()]
+        running.process.send_signal(signal.SIGINT)
+        tail = await running.finished()
+    assert tail.code == 130, tail
+    assert tail.stdout == printed, tail
+    reason = f"fleet tail: interrupted by SIGINT after 2 events, before {unmet} was met"
+    assert tail.stderr[-1] == reason, tail
