@@ -524,11 +524,13 @@ def tail_command(
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
-    URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://..., http[s]://... (Server-Sent Events) or
-    grpc://HOST:PORT/FILTER. Exit status: 0 when --count events arrived or --expect was met (or,
-    without them, at --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events
-    came, --expect was not met, or the stream could not be read, with one line saying why; 130 on
-    Ctrl-C (143 on SIGTERM) before --count or --expect was met; 2 for bad input.
+    URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://... (JSON, or MQTT over WebSocket when the server
+    accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc://HOST:PORT/FILTER.
+
+    Exit status: 0 when --count events arrived or --expect was met (or, without them, at
+    --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
+    not met, or the stream could not be read, with one line saying why; 130 on Ctrl-C (143 on
+    SIGTERM) before --count or --expect was met; 2 for bad input.
     """
     from fleet.errors import TransportError
     from fleet.tail import Source, format_event, tail

@@ -1,12 +1,15 @@
 """`fleet tail URL`: print the events of a stream as JSON lines, and optionally wait for one.
 
     mqtt://host:port/FILTER      MQTT (also mqtts://); the path is a topic filter, '#' by default
-    ws://host:port/ws?filter=F   WebSocket (also wss://), JSON text frames
+    ws://host:port/ws?filter=F   WebSocket (also wss://): JSON text frames, or MQTT over WebSocket
+                                 when the server accepts the subprotocol 'mqtt' (a broker, as
+                                 `fleet watch` and `fleet run` read ws:// URLs); '#' by default
     http://host:port/events      Server-Sent Events (also https://), JSON `data:` lines
     grpc://host:port/FILTER      our FleetBridgeService (mqtt_fleet.bridge.v1), '#' by default
 
 `--filter` adds topic filters: MQTT and gRPC subscribe to them, WebSocket and SSE URLs get them as
-`filter` query parameters (how our bridges take them).
+`filter` query parameters (how our bridges take them, and what MQTT over WebSocket subscribes to).
+An http:// answer that is not an event stream is an error naming what it was.
 """
 
 from __future__ import annotations

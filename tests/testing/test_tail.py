@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from broker.server import Broker
 from fleet.testing.services import RunningBridges
+from tests.conftest import BrokerFactory
 from tests.procs import CHILD_ENV, ROOT, fleet_argv, run
 
 TIMEOUT = 10.0
@@ -227,3 +229,84 @@ async def test_tail_fails_with_130_when_ctrl_c_comes_before_its_goal(
     assert tail.stdout == printed, tail
     reason = f"fleet tail: interrupted by SIGINT after 2 events, before {unmet} was met"
     assert tail.stderr[-1] == reason, tail
+
+
+async def test_tail_reads_mqtt_over_websocket_from_a_brokers_websocket_listener(
+    broker_factory: BrokerFactory,
+) -> None:
+    """A ws:// URL that `fleet watch` takes (a broker's WebSocket listener, which accepts the 'mqtt'
+    subprotocol) is read as MQTT, subscribed to its `?filter=`, typed with a bare '+'."""
+    async with broker_factory(ws_port=0) as broker:
+        url = f"ws://127.0.0.1:{broker.ws_port}/mqtt?filter=fleet/+/status"
+        async with fleet_tail(url, "--count", "2") as running:
+            async with aiomqtt.Client("127.0.0.1", broker.port) as publisher:
+                await publisher.publish("fleet/other/telemetry", b'{"seq": 0}', qos=1)
+                for device in ("door-0000", "door-0001"):
+                    await publisher.publish(f"fleet/{device}/status", b'{"online": true}', qos=1)
+            tail = await running.finished()
+    assert tail.code == 0, tail
+    assert tail.stderr[0] == (
+        f"fleet tail: reading mqtt stream ws://127.0.0.1:{broker.ws_port}/mqtt (filters: fleet/+/status)"
+    ), tail
+    events = [json.loads(line) for line in tail.stdout]
+    assert [event["topic"] for event in events] == ["fleet/door-0000/status", "fleet/door-0001/status"]
+    for event in events:
+        assert event["kind"] == "status"
+        assert event["payload"] == {"online": True}
+        assert "id" not in event  # MQTT's envelope: ids belong to a bridge
+
+
+async def _plain_http(body: bytes, content_type: str) -> asyncio.Server:
+    """Someone else's HTTP server: every request gets `body` as `content_type`."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "answered"),
+    [("/", "text/html; charset=utf-8"), ("/healthz", "application/json")],
+    ids=["dashboard", "healthz"],
+)
+async def test_tail_refuses_an_http_answer_that_is_not_an_event_stream_from_the_bridge(
+    path: str, answered: str, fleet_bridges: RunningBridges
+) -> None:
+    """`fleet tail http://bridge/` (the dashboard's page) exits 1 naming the URL, what it answered and
+    where the events are, instead of reading HTML and exiting 0."""
+    url = fleet_bridges.http + path
+    result = await asyncio.to_thread(run, fleet_argv("tail", url))
+    assert result.returncode == 1, result
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: cannot read {url}: it answered {answered}, not a Server-Sent"), error
+    assert f"{fleet_bridges.events} and JSON over WebSocket at {fleet_bridges.ws};" in error, error
+
+
+async def test_tail_refuses_a_plain_http_servers_json_page() -> None:
+    """Someone else's HTTP server answering JSON to an http:// URL is no event stream: exit 1, saying so."""
+    server = await _plain_http(b'{"temp": 20}', "application/json")
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/api"
+        result = await asyncio.to_thread(run, fleet_argv("tail", url))
+    assert result.returncode == 1, result
+    assert f"Error: cannot read {url}: it answered application/json, not a Server-Sent" in result.stderr
+
+
+async def test_tail_says_where_the_bridges_websocket_is_when_the_path_is_wrong(
+    fleet_bridges: RunningBridges,
+) -> None:
+    """`fleet tail ws://bridge/mqtt` (a broker's path on the bridge's port) names the status, the
+    content type and the bridge's /ws, not a bare 'HTTP 403'."""
+    url = fleet_bridges.http.replace("http://", "ws://") + "/mqtt"
+    result = await asyncio.to_thread(run, fleet_argv("tail", url))
+    assert result.returncode == 1, result
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: cannot open {url}: the WebSocket handshake got HTTP 403 ("), error
+    assert f"JSON over WebSocket at {fleet_bridges.ws};" in error, error
+    assert "'mqtt' subprotocol" in error, error
