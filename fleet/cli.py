@@ -506,7 +506,7 @@ async def _until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
 @cli.command("tail")
 @click.argument("url")
 @click.option("--filter", "filters", multiple=True, help="topic filter; repeatable  [default: the URL's]")
-@click.option("--count", type=click.IntRange(min=1), help="stop after N events")
+@click.option("--count", type=click.IntRange(min=1), help="stop after N events; fewer is a failure (exit 1)")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop after S seconds")
 @click.option(
     "--expect",
