@@ -371,7 +371,7 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
     read as MQTT over WebSocket, subscribed to `filters` ('#' without them); any other server is
     read as JSON text frames."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidHandshake, InvalidStatus, WebSocketException
+    from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus, WebSocketException
     from websockets.typing import Subprotocol
 
     try:
@@ -382,6 +382,11 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
         raise TransportError(
             f"cannot open {url}: the WebSocket handshake got HTTP {status} ({content_type}); "
             + _paths_hint(url)
+        ) from None
+    except InvalidMessage as exc:  # it answered, but not in HTTP
+        netloc = urllib.parse.urlsplit(url).netloc
+        raise TransportError(
+            f"cannot open {url}: {exc} (an MQTT/TCP port? then use mqtt://{netloc}); {_paths_hint(url)}"
         ) from None
     except InvalidHandshake as exc:  # it answered, but not as a WebSocket server
         raise TransportError(f"cannot open {url}: {exc}; {_paths_hint(url)}") from None

@@ -310,3 +310,13 @@ async def test_tail_says_where_the_bridges_websocket_is_when_the_path_is_wrong(
     assert error.startswith(f"Error: cannot open {url}: the WebSocket handshake got HTTP 403 ("), error
     assert f"JSON over WebSocket at {fleet_bridges.ws};" in error, error
     assert "'mqtt' subprotocol" in error, error
+
+
+async def test_tail_suggests_mqtt_when_a_ws_url_reaches_an_mqtt_tcp_port(fleet_broker: Broker) -> None:
+    """`fleet tail ws://HOST:1883/…` (the broker's MQTT/TCP port, which answers no HTTP) suggests mqtt://."""
+    url = f"ws://127.0.0.1:{fleet_broker.port}/mqtt"
+    result = await asyncio.to_thread(run, fleet_argv("tail", url))
+    assert result.returncode == 1, result
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: cannot open {url}: did not receive a valid HTTP response"), error
+    assert f"(an MQTT/TCP port? then use mqtt://127.0.0.1:{fleet_broker.port})" in error, error
