@@ -13,15 +13,17 @@ import getpass
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from fleet.errors import ConfigError
 
 __all__ = ["main"]
+
+_T = TypeVar("_T")
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
 
@@ -464,10 +466,47 @@ async def _run_bridge(settings: Any) -> None:
             click.echo("fleet bridge: shutting down")
 
 
+class _Interrupted(Exception):
+    """A signal asked the command to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
+    """What `work()` returns or raises (the first error, out of its group); SIGINT or SIGTERM
+    cancels it and raises _Interrupted once it has cleaned up."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future[int] = loop.create_future()
+
+    def on_signal(signum: int) -> None:
+        if not received.done():
+            received.set_result(signum)
+
+    async def interrupt() -> None:
+        raise _Interrupted(await received)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(interrupt(), name="fleet.cli.signals")
+            try:
+                return await work()
+            finally:
+                watcher.cancel()
+    except BaseExceptionGroup as group:
+        raise _first(group) from None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 @cli.command("tail")
 @click.argument("url")
 @click.option("--filter", "filters", multiple=True, help="topic filter; repeatable  [default: the URL's]")
-@click.option("--count", type=click.IntRange(min=1), help="stop after N events")
+@click.option("--count", type=click.IntRange(min=1), help="stop after N events; fewer is a failure (exit 1)")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="stop after S seconds")
 @click.option(
     "--expect",
@@ -485,13 +524,17 @@ def tail_command(
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
-    URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://..., http[s]://... (Server-Sent Events) or
-    grpc://HOST:PORT/FILTER. With --expect the exit status says whether a matching event arrived
-    (0) or not (1, with the reason).
+    URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://... (JSON, or MQTT over WebSocket when the server
+    accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc://HOST:PORT/FILTER.
+
+    Exit status: 0 when --count events arrived or --expect was met (or, without them, at
+    --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
+    not met, or the stream could not be read, with one line saying why; 130 on Ctrl-C (143 on
+    SIGTERM) before --count or --expect was met; 2 for bad input.
     """
     from fleet.errors import TransportError
     from fleet.tail import Source, format_event, tail
-    from fleet.testing.streams import Expectation
+    from fleet.testing.streams import Expectation, StreamEvent
 
     try:
         source = Source.parse(url, filters)
@@ -501,17 +544,36 @@ def tail_command(
         expectation = Expectation.parse(expect) if expect is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--expect") from None
-    try:
-        failure = asyncio.run(
-            tail(
-                source,
-                count=count,
-                timeout=timeout,
-                expectation=expectation,
-                write=lambda event: click.echo(format_event(event, pretty=output == "pretty")),
-                note=lambda line: click.echo(f"fleet tail: {line}", err=True),
-            )
+    printed = 0
+
+    def write(event: StreamEvent) -> None:
+        nonlocal printed
+        click.echo(format_event(event, pretty=output == "pretty"))
+        printed += 1
+
+    def interrupted(signum: int) -> None:
+        """Stop as mosquitto_sub does (0), unless a goal was set and not met: then the run failed."""
+        if expectation is None and count is None:
+            return
+        goal = f"--expect {expect}" if expectation is not None else f"--count {count}"
+        click.echo(
+            f"fleet tail: interrupted by {signal.Signals(signum).name} after {printed} events, "
+            f"before {goal} was met",
+            err=True,
         )
+        sys.exit(128 + signum)
+
+    def note(line: str) -> None:
+        click.echo(f"fleet tail: {line}", err=True)
+
+    def work() -> Awaitable[str | None]:
+        return tail(source, count=count, timeout=timeout, expectation=expectation, write=write, note=note)
+
+    try:
+        failure = asyncio.run(_until_signal(work))
+    except (KeyboardInterrupt, _Interrupted) as exc:  # KeyboardInterrupt: before the handlers were in
+        interrupted(exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT)
+        return
     except TransportError as exc:
         raise click.ClickException(str(exc)) from None
     if failure is not None:

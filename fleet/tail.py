@@ -1,12 +1,15 @@
 """`fleet tail URL`: print the events of a stream as JSON lines, and optionally wait for one.
 
     mqtt://host:port/FILTER      MQTT (also mqtts://); the path is a topic filter, '#' by default
-    ws://host:port/ws?filter=F   WebSocket (also wss://), JSON text frames
+    ws://host:port/ws?filter=F   WebSocket (also wss://): JSON text frames, or MQTT over WebSocket
+                                 when the server accepts the subprotocol 'mqtt' (a broker, as
+                                 `fleet watch` and `fleet run` read ws:// URLs); '#' by default
     http://host:port/events      Server-Sent Events (also https://), JSON `data:` lines
     grpc://host:port/FILTER      our FleetBridgeService (mqtt_fleet.bridge.v1), '#' by default
 
 `--filter` adds topic filters: MQTT and gRPC subscribe to them, WebSocket and SSE URLs get them as
-`filter` query parameters (how our bridges take them).
+`filter` query parameters (how our bridges take them, and what MQTT over WebSocket subscribes to).
+An http:// answer that is not an event stream is an error naming what it was.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ async def tail(
 ) -> str | None:
     """Read `source`, `write` each event, until `count` events, `timeout` seconds, the end of the
     stream, or an event that meets `expectation`. Returns None, or why the run failed: the
-    expectation was not met, or the stream ended before `count` events.
+    expectation was not met, or fewer than `count` events came (the timeout passed or the stream
+    ended first).
 
     `note` gets one line when the stream is open (everything sent after that is read), and one if
     the stream ends on its own. Raises TransportError when the stream cannot be opened.
@@ -108,6 +112,8 @@ async def tail(
             if stream.ended is not None:
                 return f"{unmet} before the stream ended ({seen} events)"
             return f"{unmet} within {timeout}s ({seen} events)"
-        if stream.ended is not None and count is not None and seen < count:
-            return f"the stream ended after {seen} of {count} events: {stream.ended}"
+        if count is not None and seen < count:
+            if stream.ended is not None:
+                return f"the stream ended after {seen} of {count} events: {stream.ended}"
+            return f"timed out: {seen} of {count} events within {timeout}s"
         return None

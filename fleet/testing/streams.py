@@ -12,8 +12,9 @@ expectation and the last events that arrived.
 Each frame becomes a `StreamEvent` whose `data` is the decoded JSON (the bridge envelope on our
 bridges; any JSON on someone else's WebSocket or SSE server). Its `topic` is `data["topic"]` and its
 `payload` is `data["payload"]`, or the whole of `data` when it has no payload field. MQTT messages
-get the bridges' envelope without `id`, so that one parser reads every transport. Client libraries
-are imported when a stream of their transport opens.
+get the bridges' envelope without `id`, so that one parser reads every transport. A WebSocket
+server that accepts the subprotocol 'mqtt' is an MQTT broker, and its stream is MQTT over WebSocket.
+Client libraries are imported when a stream of their transport opens.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleet.endpoint import Endpoint
-from fleet.errors import ConnectionLost, ExpectationFailed, TransportError
+from fleet.errors import ConnectionLost, ExpectationFailed, TopicError, TransportError
 from fleet.topics import matches, validate_filter
 
 if TYPE_CHECKING:
@@ -277,17 +278,37 @@ def _json_or_text(frame: str | bytes) -> Any:
 
 
 def with_filters(url: str, filters: Sequence[str]) -> str:
-    """`url` with a `filter` query parameter for each filter (how our bridges take them)."""
+    """`url` with a `filter` query parameter for each filter (how our bridges take them), added to
+    its query as it is."""
     if not filters:
         return url
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query += [("filter", topic_filter) for topic_filter in filters]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    added = urllib.parse.urlencode([("filter", f) for f in filters], quote_via=urllib.parse.quote)
+    return urllib.parse.urlunsplit(parts._replace(query=f"{parts.query}&{added}" if parts.query else added))
+
+
+def _query_filters(url: str) -> tuple[str, ...]:
+    """The `filter` parameters of `url`'s query; '+' is the MQTT wildcard there, not a space as in forms."""
+    pairs = (item.partition("=") for item in urllib.parse.urlsplit(url).query.split("&"))
+    return tuple(
+        urllib.parse.unquote(value) for key, _, value in pairs if urllib.parse.unquote(key) == "filter"
+    )
 
 
 Frames = AsyncGenerator[Any, None]
-Opened = tuple[str, Frames]  # the stream's name, and its decoded frames
+Opened = tuple[str, tuple[str, ...], Frames]  # the stream's name, its filters in effect, its frames
+
+
+def _paths_hint(url: str) -> str:
+    """Where our servers serve, on the host and port of `url`: for an error that reached something else."""
+    parts = urllib.parse.urlsplit(url)
+    secure = parts.scheme in ("https", "wss")
+    http, ws = ("https", "wss") if secure else ("http", "ws")
+    return (
+        f"fleet bridge serves Server-Sent Events at {http}://{parts.netloc}/events and JSON over "
+        f"WebSocket at {ws}://{parts.netloc}/ws; an MQTT broker's WebSocket listener answers the "
+        f"'mqtt' subprotocol (ws://HOST:8083/mqtt by default)"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -331,12 +352,13 @@ async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
             raise ConnectionLost(f"{endpoint}: {exc}") from None
 
     try:
-        for topic_filter in filters or ("#",):
+        subscribed = tuple(filters) or ("#",)
+        for topic_filter in subscribed:
             try:
                 await client.subscribe(topic_filter, qos=1)
             except aiomqtt.MqttError as exc:
                 raise TransportError(f"cannot subscribe to {topic_filter!r} at {endpoint}: {exc}") from None
-        yield f"mqtt stream {endpoint}", frames()
+        yield f"mqtt stream {endpoint}", subscribed, frames()
     finally:
         with contextlib.suppress(aiomqtt.MqttError):
             await client.__aexit__(None, None, None)
@@ -344,14 +366,44 @@ async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
 
 @contextlib.asynccontextmanager
 async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
-    """`url` has the filters already, as query parameters."""
+    """`url` has the filters already, as query parameters. The handshake offers the WebSocket
+    subprotocol 'mqtt' [MQTT-6.0.0-3]: a server that selects it [MQTT-6.0.0-4] is an MQTT broker,
+    read as MQTT over WebSocket, subscribed to `filters` ('#' without them); any other server is
+    read as JSON text frames."""
     from websockets.asyncio.client import connect
-    from websockets.exceptions import WebSocketException
+    from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus, WebSocketException
+    from websockets.typing import Subprotocol
 
     try:
-        websocket = await connect(url, open_timeout=OPEN_TIMEOUT)
+        websocket = await connect(url, subprotocols=[Subprotocol("mqtt")], open_timeout=OPEN_TIMEOUT)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        content_type = exc.response.headers.get("content-type", "no content type")
+        raise TransportError(
+            f"cannot open {url}: the WebSocket handshake got HTTP {status} ({content_type}); "
+            + _paths_hint(url)
+        ) from None
+    except InvalidMessage as exc:  # it answered, but not in HTTP
+        netloc = urllib.parse.urlsplit(url).netloc
+        raise TransportError(
+            f"cannot open {url}: {exc} (an MQTT/TCP port? then use mqtt://{netloc}); {_paths_hint(url)}"
+        ) from None
+    except InvalidHandshake as exc:  # it answered, but not as a WebSocket server
+        raise TransportError(f"cannot open {url}: {exc}; {_paths_hint(url)}") from None
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise TransportError(f"cannot open {url}: {exc}") from None
+
+    if websocket.subprotocol == "mqtt":
+        await websocket.close()
+        broker = urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl()
+        for topic_filter in filters:
+            try:
+                validate_filter(topic_filter)
+            except TopicError as exc:
+                raise TransportError(f"cannot subscribe at {broker}: {exc}") from None
+        async with _mqtt(broker, filters) as opened:
+            yield opened
+        return
 
     async def frames() -> Frames:
         try:
@@ -361,7 +413,7 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
             raise ConnectionLost(f"{url}: {exc}") from None
 
     try:
-        yield f"ws stream {url}", frames()
+        yield f"ws stream {url}", tuple(filters), frames()
     finally:
         await websocket.close()
 
@@ -381,9 +433,19 @@ async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot open {url}: {exc}") from None
         response = source.response
+        content_type = response.headers.get("content-type", "no content type")
         if response.status_code != 200:
-            body = (await response.aread()).decode(errors="replace").strip()
-            raise TransportError(f"cannot open {url}: HTTP {response.status_code}: {body[:200]}")
+            body = " ".join((await response.aread()).decode(errors="replace").split())
+            wrong_place = response.status_code in (404, 405, 426)  # no such path, or a WebSocket's
+            raise TransportError(
+                f"cannot open {url}: HTTP {response.status_code}: {body[:200]}"
+                + (f"; {_paths_hint(url)}" if wrong_place else "")
+            )
+        if content_type.partition(";")[0].strip().lower() != "text/event-stream":
+            raise TransportError(
+                f"cannot read {url}: it answered {content_type}, not a Server-Sent Events stream "
+                f"(text/event-stream); {_paths_hint(url)}"
+            )
 
         async def frames() -> Frames:
             try:
@@ -393,7 +455,7 @@ async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
             except (httpx.HTTPError, SSEError) as exc:
                 raise ConnectionLost(f"{url}: {exc}") from None
 
-        yield f"sse stream {url}", frames()
+        yield f"sse stream {url}", tuple(filters), frames()
 
 
 def grpc_events(response: bridge_pb2.SubscribeResponse) -> list[dict[str, Any]]:
@@ -459,7 +521,7 @@ async def _grpc(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
                 raise ConnectionLost(f"grpc://{target}: {exc.code().name}: {exc.details()}") from None
 
         try:
-            yield f"grpc stream grpc://{target}", frames()
+            yield f"grpc stream grpc://{target}", tuple(filters), frames()
         finally:
             call.cancel()
 
@@ -477,7 +539,8 @@ async def open_stream(transport: Transport, url: str, filters: Sequence[str] = (
     """Open a stream and read it in the background until the block exits.
 
     `url`: a broker URL (mqtt://, mqtts://, ws:// MQTT over WebSocket) for "mqtt", the endpoint's
-    URL for "ws" and "sse" (filters are added as `filter` query parameters), `host:port` or
+    URL for "ws" and "sse" (filters are added as `filter` query parameters; a ws:// server that
+    accepts the WebSocket subprotocol 'mqtt' is a broker, read as "mqtt"), `host:port` or
     grpc://host:port for "grpc" (our FleetBridgeService). Raises TransportError when it cannot
     open, and TopicError for an invalid filter.
     """
@@ -485,10 +548,9 @@ async def open_stream(transport: Transport, url: str, filters: Sequence[str] = (
         validate_filter(topic_filter)
     if transport in ("ws", "sse"):
         url = with_filters(url, filters)
-        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)
-        filters = tuple(value for key, value in query if key == "filter")  # with those the URL had
-    async with _OPENERS[transport](url, filters) as (name, frames):
-        stream = Stream(name, filters)
+        filters = _query_filters(url)  # with those the URL had
+    async with _OPENERS[transport](url, filters) as (name, subscribed, frames):
+        stream = Stream(name, subscribed)
         async with asyncio.TaskGroup() as tasks:
             reader = tasks.create_task(stream._read(frames), name=f"fleet.testing.stream[{name}]")
             try:
