@@ -353,11 +353,15 @@ def report() -> None:
 @click.argument("paths", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write the merged JSON here")
 def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
-    """Merge the reports of several shards into one, and print its summary."""
-    from fleet.report import Report, merge_reports
+    """Merge the reports of the shards of one run (`fleet run --shard I/N`), and print its summary.
+
+    Refuses a file or a shard given twice, a report that is not a `fleet run` report, and shards of
+    another config, seed or shard count.
+    """
+    from fleet.report import merge_shard_files
 
     try:
-        merged = merge_reports(Report.load(path) for path in paths)
+        merged = merge_shard_files(paths)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _finish(merged, output)
