@@ -709,13 +709,21 @@ async def _run_stress(
 @cli.command()
 @click.argument("password_file", type=click.Path(path_type=Path))
 @click.argument("username")
-@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="read the password from the first line of standard input, even from a terminal",
+)
 def passwd(password_file: Path, username: str, password_stdin: bool) -> None:
-    """Add or replace USERNAME in PASSWORD_FILE (PBKDF2-SHA512, Mosquitto's format)."""
+    """Add or replace USERNAME in PASSWORD_FILE (PBKDF2-SHA512, Mosquitto's format).
+
+    From a terminal it asks for the password twice, without echo. When standard input is not a
+    terminal (a pipe, a file), the password is its first line, read once.
+    """
     from broker.auth import set_password
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:

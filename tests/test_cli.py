@@ -6,12 +6,15 @@ import errno
 import signal
 import socket
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from broker.auth import PasswordFile
 from tests.procs import (
+    CHILD_ENV,
     LISTENING,
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
@@ -200,6 +203,25 @@ def test_passwd_file_lets_user_in_and_keeps_wrong_password_and_anonymous_out(
 
     proc.signal(signal.SIGTERM)
     assert_clean_exit(proc)
+
+
+def test_passwd_reads_a_piped_password_without_a_warning(tmp_path: Path) -> None:
+    """Without a terminal (no controlling tty, stdin a pipe), `fleet passwd FILE USER` takes the first
+    line of stdin as the password, once, and prints no GetPassWarning."""
+    password_file = tmp_path / "passwd"
+    done = subprocess.run(
+        fleet_argv("passwd", password_file, "user"),
+        input="s3cret\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=CHILD_ENV,
+        start_new_session=True,  # no controlling terminal, as in CI or under cron
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert done.stdout == f"fleet passwd: user set in {password_file}\n"
+    assert PasswordFile.load(password_file).verify("user", "s3cret")
 
 
 def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
