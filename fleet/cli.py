@@ -606,9 +606,25 @@ def _seconds(ctx: click.Context, param: click.Parameter, text: str | None) -> fl
 GATE_FAILED = 3
 
 
+class _Scenarios(click.Choice[str]):
+    """The built-in stress scenarios as choices, read from their registry only when `fleet stress`
+    checks or shows the option, so that every other command starts without loading it."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from fleet.stress.scenario import SCENARIOS
+
+        return SCENARIOS
+
+
 @cli.command("stress")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
-@click.option("--scenario", help="a built-in scenario; default: the config's [stress] table")
+@click.option(
+    "--scenario", type=_Scenarios(), help="a built-in scenario; default: the config's [stress] table"
+)
 @click.option(
     "--broker", "broker_url", help="mqtt[s]:// or ws[s]:// URL; default: the config's, else embedded"
 )
@@ -648,11 +664,8 @@ def stress_command(
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
     from fleet.stress.report import stress_table, write_json, write_junit
-    from fleet.stress.scenario import SCENARIOS, load_stress_settings
+    from fleet.stress.scenario import load_stress_settings
 
-    if scenario is not None and scenario not in SCENARIOS:
-        names = ", ".join(SCENARIOS)
-        raise click.BadParameter(f"{scenario!r}: built in are {names}", param_hint="--scenario")
     gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills)
     config = _load_fleet(config_path, seed)
     try:
