@@ -254,3 +254,23 @@ def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path:
     assert proc.wait() == 0, proc.describe()
     assert any("fleet run" in line for line in proc.stdout.lines), proc.describe()
     assert "Traceback" not in proc.stderr.text, proc.describe()
+
+
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [("127.0.0.1:1883", "mqtt://127.0.0.1:1883"), ("tcp://127.0.0.1:1883", "mqtt://127.0.0.1:1883")],
+    ids=["host-port", "tcp"],
+)
+@pytest.mark.parametrize("command", ["run", "watch"])
+def test_run_and_watch_suggest_the_mqtt_url_for_host_port_and_tcp(
+    tmp_path: Path, command: str, url: str, suggestion: str
+) -> None:
+    """`--broker host:port` and `--broker tcp://…` are refused with 'did you mean mqtt://host:port?'."""
+    config = tmp_path / "fleet.toml"
+    config.write_text('[[groups]]\nname = "a"\ncount = 1\n')
+    args = ("run", config, "--duration", 1) if command == "run" else ("watch",)
+    code, stdout, stderr = fleet_run(*args, "--broker", url)
+    assert code in (1, 2), stderr
+    assert f"did you mean {suggestion}?" in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""
