@@ -150,6 +150,8 @@ async def _run_fleet(
     workers: int,
     bridges: bool = False,
     watch: bool = False,
+    broker_overrides: dict[str, Any] | None = None,
+    bridge_overrides: dict[str, Any] | None = None,
 ) -> Any:
     from rich.console import Console
 
@@ -164,7 +166,7 @@ async def _run_fleet(
     async with contextlib.AsyncExitStack() as stack:
         if target is None:
             try:
-                settings = load_broker_settings(config_path, {})
+                settings = load_broker_settings(config_path, broker_overrides or {})
             except ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
             server = await stack.enter_async_context(running(settings))
@@ -173,7 +175,7 @@ async def _run_fleet(
             target = Target(Endpoint("mqtt", settings.host, server.port))
         click.echo(f"fleet: {config.size:,} devices -> {target.endpoint}", err=True)
         if bridges:
-            dashboard = await _start_bridges(stack, config_path, target)
+            dashboard = await _start_bridges(stack, config_path, target, bridge_overrides or {})
             click.echo(f"fleet up: the dashboard is at {dashboard}", err=True)
             if not watch:
                 click.echo(
@@ -217,12 +219,15 @@ async def _simulate_watched(
     return fleet.result()
 
 
-async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, target: Any) -> str:
-    """Bridge the fleet's broker with the config's [bridge] settings; return the dashboard's URL."""
+async def _start_bridges(
+    stack: contextlib.AsyncExitStack, config_path: Path, target: Any, options: dict[str, Any]
+) -> str:
+    """Bridge the fleet's broker with the config's [bridge] settings and `options` over them; return
+    the dashboard's URL."""
     from bridges.bridge import running
     from bridges.config import load_bridge_config
 
-    overrides: dict[str, Any] = {"broker": str(target.endpoint)}
+    overrides: dict[str, Any] = {**options, "broker": str(target.endpoint)}
     if target.username is not None:
         overrides.update(username=target.username, password=target.password)
     try:
@@ -368,11 +373,37 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--config", type=click.Path(path_type=Path), default=DEMO_CONFIG, show_default=True)
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    default=DEMO_CONFIG,
+    help="a fleet config; its [broker] and [bridge] tables set the ports  [default: configs/demo.toml]",
+)
 @click.option(
     "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: until Ctrl-C"
 )
-def up(config: Path, duration: float | None) -> None:
+@click.option(
+    "--port", type=int, help="the broker's MQTT/TCP port, 0 picks a free one  [default: the config's]"
+)
+@click.option(
+    "--ws-port", type=int, help="the broker's MQTT/WebSocket port, 0 turns it off  [default: the config's]"
+)
+@click.option(
+    "--http-port",
+    type=int,
+    help="the bridge's SSE, WebSocket, dashboard; 0 picks a free port  [default: the config's]",
+)
+@click.option(
+    "--grpc-port", type=int, help="the bridge's gRPC port; 0 picks a free one  [default: the config's]"
+)
+def up(
+    config: Path,
+    duration: float | None,
+    port: int | None,
+    ws_port: int | None,
+    http_port: int | None,
+    grpc_port: int | None,
+) -> None:
     """The all-in-one demo: the embedded broker, the demo fleet and the bridges, until Ctrl-C.
 
     In a terminal, `fleet watch` shows the fleet in the foreground; otherwise the logs and a
@@ -381,6 +412,17 @@ def up(config: Path, duration: float | None) -> None:
     click.echo(f"fleet up: demo from {config}; press Ctrl-C to stop", err=True)
     fleet_config = _load_fleet(config, None)
     target = _target(fleet_config, None)
+    broker_overrides = {
+        key: value for key, value in (("port", port), ("ws_port", ws_port)) if value is not None
+    }
+    if target is not None and broker_overrides:
+        option = "--port" if port is not None else "--ws-port"
+        raise click.UsageError(
+            f"{option} sets the embedded broker's port; {config} targets {target.endpoint}"
+        )
+    bridge_overrides = {
+        key: value for key, value in (("http_port", http_port), ("grpc_port", grpc_port)) if value is not None
+    }
     report = _simulate(
         config,
         fleet_config,
@@ -390,6 +432,8 @@ def up(config: Path, duration: float | None) -> None:
         workers=1,
         bridges=True,
         watch=sys.stdout.isatty() and sys.stdin.isatty(),
+        broker_overrides=broker_overrides,
+        bridge_overrides=bridge_overrides,
     )
     _finish(report, None)
 

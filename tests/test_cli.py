@@ -18,11 +18,13 @@ from tests.procs import (
     LISTENING,
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
+    ROOT,
     SUB_WAIT,
     TIMEOUT,
     Proc,
     connect_packet,
     fleet_argv,
+    free_port,
     mosquitto,
     needs_mosquitto_clients,
     run,
@@ -56,18 +58,19 @@ def fleet_run(*args: str | Path | int, input: str | None = None) -> tuple[int, s
     return done.returncode, done.stdout, done.stderr
 
 
-def listening_port(proc: Proc, scheme: str = "mqtt") -> int:
+def listening_port(proc: Proc, scheme: str = "mqtt", *, on_stderr: bool = False) -> int:
     """Wait (bounded) for the 'listening on SCHEME://127.0.0.1:PORT' line; return PORT."""
+    stream = proc.stderr if on_stderr else proc.stdout
 
     def announces(line: str) -> bool:
         found = LISTENING.match(line)
         return found is not None and found["scheme"] == scheme
 
     try:
-        index = proc.stdout.wait_for(announces)
+        index = stream.wait_for(announces)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{proc.describe()}") from None
-    found = LISTENING.match(proc.stdout.lines[index])
+    found = LISTENING.match(stream.lines[index])
     assert found is not None
     return int(found["port"])
 
@@ -254,6 +257,56 @@ def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path:
     assert proc.wait() == 0, proc.describe()
     assert any("fleet run" in line for line in proc.stdout.lines), proc.describe()
     assert "Traceback" not in proc.stderr.text, proc.describe()
+
+
+def test_up_help_shows_no_path_of_the_machine_it_runs_on() -> None:
+    """`fleet up --help` names the demo config as configs/demo.toml, not as an absolute path."""
+    code, stdout, _ = fleet_run("up", "--help")
+    assert code == 0
+    assert "[default: configs/demo.toml]" in stdout
+    assert str(ROOT) not in stdout
+
+
+def test_up_port_flags_move_every_listener_off_taken_ports(tmp_path: Path, fleet: Fleet) -> None:
+    """With the config's MQTT and HTTP ports taken, `fleet up --port 0 --ws-port W --http-port 0
+    --grpc-port G` serves on other ports, without a copy of the config."""
+    with socket.socket() as mqtt_taken, socket.socket() as http_taken:
+        for sock in (mqtt_taken, http_taken):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        taken = {sock.getsockname()[1] for sock in (mqtt_taken, http_taken)}
+        mqtt, http = (sock.getsockname()[1] for sock in (mqtt_taken, http_taken))
+        config = tmp_path / "demo.toml"
+        config.write_text(
+            f"[broker]\nport = {mqtt}\nws_port = 0\nsys_interval = 0\n\n"
+            f"[bridge]\nhttp_port = {http}\ngrpc_port = 0\n\n"
+            '[[groups]]\nname = "probe"\ncount = 2\ninterval = 0.2\n'
+        )
+        ws_port, grpc_port = free_port(), free_port()
+        proc = fleet(
+            "up",
+            "--config",
+            config,
+            "--port",
+            0,
+            "--ws-port",
+            ws_port,
+            "--http-port",
+            0,
+            "--grpc-port",
+            grpc_port,
+        )
+        assert listening_port(proc, "ws", on_stderr=True) == ws_port
+        port = listening_port(proc, on_stderr=True)
+        index = proc.stderr.wait_for(lambda line: line.startswith("fleet up: the dashboard is at "))
+        dashboard = proc.stderr.lines[index].removeprefix("fleet up: the dashboard is at ")
+        proc.stderr.wait_for(f"fleet bridge: serving grpc://127.0.0.1:{grpc_port}")
+        assert port not in taken
+        assert dashboard.startswith("http://127.0.0.1:")
+        assert int(dashboard.removeprefix("http://127.0.0.1:").rstrip("/")) not in taken
+        assert_mqtt_accepts(port)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.describe()
 
 
 @pytest.mark.parametrize(
