@@ -11,6 +11,7 @@ import contextlib
 import gc
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -240,12 +241,25 @@ async def _start_bridges(
     return bridge.dashboard_url
 
 
-def _finish(report: Any, report_path: Path | None) -> None:
+def _print_table(table: Any) -> None:
+    """Print a table on stdout. Without a terminal and without COLUMNS, rich would assume 80 columns
+    and wrap the cells; a log or a pipe gets every row on one line instead."""
     from rich.console import Console
 
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        needed = console.measure(table, options=console.options.update_width(_UNBOUNDED)).maximum
+        console.width = max(console.width, needed)
+    console.print(table)
+
+
+_UNBOUNDED = 10_000
+
+
+def _finish(report: Any, report_path: Path | None, title: str) -> None:
     from fleet.progress import summary_table
 
-    Console().print(summary_table(report))
+    _print_table(summary_table(report, title))
     if report_path is not None:
         report.write(report_path)
         click.echo(f"fleet: report written to {report_path}", err=True)
@@ -316,7 +330,7 @@ def run_command(
         shard=_shard(shard),
         workers=workers,
     )
-    _finish(report, report_path)
+    _finish(report, report_path, "fleet run")
 
 
 @cli.command()
@@ -369,7 +383,7 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
         merged = merge_shard_files(paths)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _finish(merged, output)
+    _finish(merged, output, "fleet report merge")
 
 
 @cli.command()
@@ -435,7 +449,7 @@ def up(
         broker_overrides=broker_overrides,
         bridge_overrides=bridge_overrides,
     )
-    _finish(report, None)
+    _finish(report, None, "fleet up")
 
 
 @cli.command()
@@ -703,8 +717,6 @@ def stress_command(
 
     Exits 3 when a gate fails.
     """
-    from rich.console import Console
-
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
     from fleet.stress.report import stress_table, write_json, write_junit
@@ -724,7 +736,7 @@ def stress_command(
     except* OSError as group:
         raise click.ClickException(str(_first(group))) from None
     checked = gates.check(result.account)
-    Console().print(stress_table(result, checked))
+    _print_table(stress_table(result, checked))
     if report_path is not None:
         write_json(report_path, result, checked)
         click.echo(f"fleet stress: report written to {report_path}", err=True)

@@ -239,7 +239,8 @@ def test_run_with_a_bad_shard_is_a_usage_error(tmp_path: Path, shard: str) -> No
 @pytest.fixture(scope="module")
 def shard_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Real reports, from runs side by side: shards 1/2 and 2/2 of FLEET, then for the refusals shard 2/2
-    with --seed 4, shard 2/2 of a config with one more device, shard 2/3, and a `fleet stress` report."""
+    with --seed 4, shard 2/2 of a config with one more device, shard 2/3, and a `fleet stress` report.
+    What each run printed on stdout, without a terminal, is beside its report (`.stdout`)."""
     tmp = tmp_path_factory.mktemp("shards")
     config = write(tmp, FLEET)
     bigger = write(tmp, FLEET.replace("count = 4", "count = 5"), "bigger.toml")
@@ -256,12 +257,27 @@ def shard_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         Proc(fleet_argv(*args, "--duration", 1.5, "--report", paths[name])) for name, args in runs.items()
     ]
     try:
-        for proc in started:
+        for proc, path in zip(started, paths.values(), strict=True):
             assert proc.wait(RUN_TIMEOUT) == 0, proc.describe()
+            path.with_suffix(".stdout").write_text(proc.stdout.text)
     finally:
         for proc in started:
             proc.stop()
     return paths
+
+
+def test_tables_keep_each_row_on_one_line_without_a_terminal(shard_reports: dict[str, Path]) -> None:
+    """Piped, without COLUMNS, the stress and run tables are as wide as they need: no cell wraps."""
+    stress = shard_reports["stress"].with_suffix(".stdout").read_text().splitlines()
+    for session in ("QoS 0, clean session", "QoS 1, clean session"):
+        assert any(line.lstrip("│ ").startswith(session) for line in stress), "\n".join(stress)
+    assert any("connections died on their own; their wills count neither way)" in line for line in stress), (
+        "\n".join(stress)
+    )
+    summary = shard_reports["1/2"].with_suffix(".stdout").read_text().splitlines()
+    assert summary[0].strip() == "fleet run"
+    for row in ("published QoS 0 / 1 / 2", "connect ms p50 / p99", "reconnect ms p50 / p99"):
+        assert any(line.lstrip("│ ").startswith(row) for line in summary), "\n".join(summary)
 
 
 def test_shard_reports_merge_into_the_whole_fleet(tmp_path: Path, shard_reports: dict[str, Path]) -> None:
