@@ -386,6 +386,9 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     _finish(merged, output, "fleet report merge")
 
 
+_PORT = click.IntRange(0, 65535)
+
+
 @cli.command()
 @click.option(
     "--config",
@@ -397,18 +400,18 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: until Ctrl-C"
 )
 @click.option(
-    "--port", type=int, help="the broker's MQTT/TCP port, 0 picks a free one  [default: the config's]"
+    "--port", type=_PORT, help="the broker's MQTT/TCP port, 0 picks a free one  [default: the config's]"
 )
 @click.option(
-    "--ws-port", type=int, help="the broker's MQTT/WebSocket port, 0 turns it off  [default: the config's]"
+    "--ws-port", type=_PORT, help="the broker's MQTT/WebSocket port, 0 turns it off  [default: the config's]"
 )
 @click.option(
     "--http-port",
-    type=int,
+    type=_PORT,
     help="the bridge's SSE, WebSocket, dashboard; 0 picks a free port  [default: the config's]",
 )
 @click.option(
-    "--grpc-port", type=int, help="the bridge's gRPC port; 0 picks a free one  [default: the config's]"
+    "--grpc-port", type=_PORT, help="the bridge's gRPC port; 0 picks a free one  [default: the config's]"
 )
 def up(
     config: Path,
