@@ -241,6 +241,9 @@ async def _start_bridges(
     return bridge.dashboard_url
 
 
+_UNBOUNDED = 10_000  # columns: a width no table of ours reaches
+
+
 def _print_table(table: Any) -> None:
     """Print a table on stdout. Without a terminal and without COLUMNS, rich would assume 80 columns
     and wrap the cells; a log or a pipe gets every row on one line instead."""
@@ -251,9 +254,6 @@ def _print_table(table: Any) -> None:
         needed = console.measure(table, options=console.options.update_width(_UNBOUNDED)).maximum
         console.width = max(console.width, needed)
     console.print(table)
-
-
-_UNBOUNDED = 10_000
 
 
 def _finish(report: Any, report_path: Path | None, title: str) -> None:
