@@ -27,6 +27,7 @@ from broker.message import Message
 from broker.retained import RetainedStore
 from broker.session import Limits, Session
 from broker.stats import Stats
+from broker.tally import Tally
 from broker.websocket import WebSocketTransport
 from fleet.errors import TopicError
 from fleet.packets import (
@@ -73,6 +74,12 @@ class Broker:
         self.started = time.monotonic()
         self.closing = False
         self._unflushed: list[Connection] = []
+        # A storm ends hundreds of connections at once: their wills make one line per interval.
+        self.wills_log = Tally(
+            log,
+            "publishing the will of client %r on %s",
+            "published %d more wills, the last of client %r on %s",
+        )
 
     def flush_soon(self, connection: Connection) -> None:
         """Write `connection`'s queued packets at the end of this loop turn, in one system call."""
@@ -105,7 +112,7 @@ class Broker:
         connection.will = None
         if will is not None and not self.closing:
             # The connection ended without DISCONNECT: publish its will [MQTT-3.1.2-8].
-            log.info("publishing the will of client %r on %s", connection.client_id, will.topic)
+            self.wills_log.add(connection.client_id, will.topic)
             self.stats.wills_published += 1
             self.publish(Message(will.topic, will.payload, will.qos, will.retain))
 
@@ -369,6 +376,7 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
                     sys_task.cancel()
     finally:
         broker.closing = True
+        broker.wills_log.close()
         for server in servers:
             server.close()
         if websocket_server is not None:

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import getpass
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -150,6 +151,8 @@ async def _run_fleet(
     workers: int,
     bridges: bool = False,
     watch: bool = False,
+    broker_overrides: dict[str, Any] | None = None,
+    bridge_overrides: dict[str, Any] | None = None,
 ) -> Any:
     from rich.console import Console
 
@@ -164,7 +167,7 @@ async def _run_fleet(
     async with contextlib.AsyncExitStack() as stack:
         if target is None:
             try:
-                settings = load_broker_settings(config_path, {})
+                settings = load_broker_settings(config_path, broker_overrides or {})
             except ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
             server = await stack.enter_async_context(running(settings))
@@ -173,7 +176,7 @@ async def _run_fleet(
             target = Target(Endpoint("mqtt", settings.host, server.port))
         click.echo(f"fleet: {config.size:,} devices -> {target.endpoint}", err=True)
         if bridges:
-            dashboard = await _start_bridges(stack, config_path, target)
+            dashboard = await _start_bridges(stack, config_path, target, bridge_overrides or {})
             click.echo(f"fleet up: the dashboard is at {dashboard}", err=True)
             if not watch:
                 click.echo(
@@ -217,12 +220,15 @@ async def _simulate_watched(
     return fleet.result()
 
 
-async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, target: Any) -> str:
-    """Bridge the fleet's broker with the config's [bridge] settings; return the dashboard's URL."""
+async def _start_bridges(
+    stack: contextlib.AsyncExitStack, config_path: Path, target: Any, options: dict[str, Any]
+) -> str:
+    """Bridge the fleet's broker with the config's [bridge] settings and `options` over them; return
+    the dashboard's URL."""
     from bridges.bridge import running
     from bridges.config import load_bridge_config
 
-    overrides: dict[str, Any] = {"broker": str(target.endpoint)}
+    overrides: dict[str, Any] = {**options, "broker": str(target.endpoint)}
     if target.username is not None:
         overrides.update(username=target.username, password=target.password)
     try:
@@ -235,12 +241,25 @@ async def _start_bridges(stack: contextlib.AsyncExitStack, config_path: Path, ta
     return bridge.dashboard_url
 
 
-def _finish(report: Any, report_path: Path | None) -> None:
+_UNBOUNDED = 10_000  # columns: a width no table of ours reaches
+
+
+def _print_table(table: Any) -> None:
+    """Print a table on stdout. Without a terminal and without COLUMNS, rich would assume 80 columns
+    and wrap the cells; a log or a pipe gets every row on one line instead."""
     from rich.console import Console
 
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        needed = console.measure(table, options=console.options.update_width(_UNBOUNDED)).maximum
+        console.width = max(console.width, needed)
+    console.print(table)
+
+
+def _finish(report: Any, report_path: Path | None, title: str) -> None:
     from fleet.progress import summary_table
 
-    Console().print(summary_table(report))
+    _print_table(summary_table(report, title))
     if report_path is not None:
         report.write(report_path)
         click.echo(f"fleet: report written to {report_path}", err=True)
@@ -311,7 +330,7 @@ def run_command(
         shard=_shard(shard),
         workers=workers,
     )
-    _finish(report, report_path)
+    _finish(report, report_path, "fleet run")
 
 
 @cli.command()
@@ -353,22 +372,55 @@ def report() -> None:
 @click.argument("paths", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write the merged JSON here")
 def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
-    """Merge the reports of several shards into one, and print its summary."""
-    from fleet.report import Report, merge_reports
+    """Merge the reports of the shards of one run (`fleet run --shard I/N`), and print its summary.
+
+    Refuses a file or a shard given twice, a report that is not a `fleet run` report, and shards of
+    another config, seed or shard count.
+    """
+    from fleet.report import merge_shard_files
 
     try:
-        merged = merge_reports(Report.load(path) for path in paths)
+        merged = merge_shard_files(paths)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _finish(merged, output)
+    _finish(merged, output, "fleet report merge")
+
+
+_PORT = click.IntRange(0, 65535)
 
 
 @cli.command()
-@click.option("--config", type=click.Path(path_type=Path), default=DEMO_CONFIG, show_default=True)
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path),
+    default=DEMO_CONFIG,
+    help="a fleet config; its [broker] and [bridge] tables set the ports  [default: configs/demo.toml]",
+)
 @click.option(
     "--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: until Ctrl-C"
 )
-def up(config: Path, duration: float | None) -> None:
+@click.option(
+    "--port", type=_PORT, help="the broker's MQTT/TCP port, 0 picks a free one  [default: the config's]"
+)
+@click.option(
+    "--ws-port", type=_PORT, help="the broker's MQTT/WebSocket port, 0 turns it off  [default: the config's]"
+)
+@click.option(
+    "--http-port",
+    type=_PORT,
+    help="the bridge's SSE, WebSocket, dashboard; 0 picks a free port  [default: the config's]",
+)
+@click.option(
+    "--grpc-port", type=_PORT, help="the bridge's gRPC port; 0 picks a free one  [default: the config's]"
+)
+def up(
+    config: Path,
+    duration: float | None,
+    port: int | None,
+    ws_port: int | None,
+    http_port: int | None,
+    grpc_port: int | None,
+) -> None:
     """The all-in-one demo: the embedded broker, the demo fleet and the bridges, until Ctrl-C.
 
     In a terminal, `fleet watch` shows the fleet in the foreground; otherwise the logs and a
@@ -377,6 +429,17 @@ def up(config: Path, duration: float | None) -> None:
     click.echo(f"fleet up: demo from {config}; press Ctrl-C to stop", err=True)
     fleet_config = _load_fleet(config, None)
     target = _target(fleet_config, None)
+    broker_overrides = {
+        key: value for key, value in (("port", port), ("ws_port", ws_port)) if value is not None
+    }
+    if target is not None and broker_overrides:
+        option = "--port" if port is not None else "--ws-port"
+        raise click.UsageError(
+            f"{option} sets the embedded broker's port; {config} targets {target.endpoint}"
+        )
+    bridge_overrides = {
+        key: value for key, value in (("http_port", http_port), ("grpc_port", grpc_port)) if value is not None
+    }
     report = _simulate(
         config,
         fleet_config,
@@ -386,8 +449,10 @@ def up(config: Path, duration: float | None) -> None:
         workers=1,
         bridges=True,
         watch=sys.stdout.isatty() and sys.stdin.isatty(),
+        broker_overrides=broker_overrides,
+        bridge_overrides=bridge_overrides,
     )
-    _finish(report, None)
+    _finish(report, None, "fleet up")
 
 
 @cli.command()
@@ -602,9 +667,25 @@ def _seconds(ctx: click.Context, param: click.Parameter, text: str | None) -> fl
 GATE_FAILED = 3
 
 
+class _Scenarios(click.Choice[str]):
+    """The built-in stress scenarios as choices, read from their registry only when `fleet stress`
+    checks or shows the option, so that every other command starts without loading it."""
+
+    def __init__(self) -> None:
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        from fleet.stress.scenario import SCENARIOS
+
+        return SCENARIOS
+
+
 @cli.command("stress")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
-@click.option("--scenario", help="a built-in scenario; default: the config's [stress] table")
+@click.option(
+    "--scenario", type=_Scenarios(), help="a built-in scenario; default: the config's [stress] table"
+)
 @click.option(
     "--broker", "broker_url", help="mqtt[s]:// or ws[s]:// URL; default: the config's, else embedded"
 )
@@ -639,16 +720,11 @@ def stress_command(
 
     Exits 3 when a gate fails.
     """
-    from rich.console import Console
-
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
     from fleet.stress.report import stress_table, write_json, write_junit
-    from fleet.stress.scenario import SCENARIOS, load_stress_settings
+    from fleet.stress.scenario import load_stress_settings
 
-    if scenario is not None and scenario not in SCENARIOS:
-        names = ", ".join(SCENARIOS)
-        raise click.BadParameter(f"{scenario!r}: built in are {names}", param_hint="--scenario")
     gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills)
     config = _load_fleet(config_path, seed)
     try:
@@ -663,7 +739,7 @@ def stress_command(
     except* OSError as group:
         raise click.ClickException(str(_first(group))) from None
     checked = gates.check(result.account)
-    Console().print(stress_table(result, checked))
+    _print_table(stress_table(result, checked))
     if report_path is not None:
         write_json(report_path, result, checked)
         click.echo(f"fleet stress: report written to {report_path}", err=True)
@@ -705,13 +781,21 @@ async def _run_stress(
 @cli.command()
 @click.argument("password_file", type=click.Path(path_type=Path))
 @click.argument("username")
-@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="read the password from the first line of standard input, even from a terminal",
+)
 def passwd(password_file: Path, username: str, password_stdin: bool) -> None:
-    """Add or replace USERNAME in PASSWORD_FILE (PBKDF2-SHA512, Mosquitto's format)."""
+    """Add or replace USERNAME in PASSWORD_FILE (PBKDF2-SHA512, Mosquitto's format).
+
+    From a terminal it asks for the password twice, without echo. When standard input is not a
+    terminal (a pipe, a file), the password is its first line, read once.
+    """
     from broker.auth import set_password
 
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:

@@ -38,7 +38,15 @@ class Endpoint:
 
         Raises ValueError saying what is wrong with the URL.
         """
-        parts = urlsplit(url.strip())
+        text = url.strip()
+        scheme, sep, rest = text.partition("://")
+        if not sep:
+            raise ValueError(f"broker URL {url!r} has no scheme; did you mean mqtt://{text}?")
+        if scheme.lower() == "tcp":
+            raise ValueError(f"broker URL {url!r}: MQTT over TCP is mqtt://; did you mean mqtt://{rest}?")
+        if scheme.lower() == "ssl":
+            raise ValueError(f"broker URL {url!r}: MQTT over TLS is mqtts://; did you mean mqtts://{rest}?")
+        parts = urlsplit(text)
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS:
             raise ValueError(f"broker URL {url!r}: the scheme must be mqtt, mqtts, ws or wss")

@@ -51,7 +51,7 @@ async def progress(console: Console, snapshot: Callable[[], Live]) -> AsyncItera
             if view is not None:
                 view.update(line)
             else:
-                console.print(line)
+                console.print(line, soft_wrap=True)  # one line per tick in a log, however narrow
 
     with contextlib.ExitStack() as stack:
         view = None
@@ -107,12 +107,12 @@ _ROWS = (
 )
 
 
-def summary_table(report: Report) -> Table:
-    """One column per group (and the fleet), one row per figure."""
+def summary_table(report: Report, title: str = "fleet run") -> Table:
+    """One column per group (and the fleet), one row per figure, under `title` (the command)."""
     columns = {name: _column(stats) for name, stats in sorted(report.groups.items())}
     if len(columns) != 1:
         columns["fleet"] = _column(report.fleet())
-    table = Table(title="fleet run", title_justify="left")
+    table = Table(title=title, title_justify="left")
     table.add_column("")
     for name in columns:
         table.add_column(name, justify="right", style="bold" if name == "fleet" else None)

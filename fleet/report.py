@@ -16,7 +16,7 @@ from typing import Any
 
 from fleet.errors import ConfigError
 
-__all__ = ["GroupStats", "Histogram", "Report", "merge_reports"]
+__all__ = ["GroupStats", "Histogram", "Report", "merge_reports", "merge_shard_files"]
 
 _BUCKETS_PER_DOUBLING = 32
 _PERCENTILES = (50, 90, 99)
@@ -193,13 +193,26 @@ class Report:
 
     @classmethod
     def load(cls, path: Path) -> Report:
+        """Read a `fleet run` report; ConfigError names the file and what it is instead."""
         try:
-            report = cls.from_json(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ConfigError(str(path), "no such file") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(str(path), f"not a fleet report: {exc!r}") from None
-        return report
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(path), f"not a fleet run report: {exc}") from None
+        if isinstance(data, dict) and "delivery" in data and "gates" in data:
+            raise ConfigError(str(path), "a `fleet stress` report; only `fleet run` reports merge")
+        if not isinstance(data, dict) or "groups" not in data:
+            raise ConfigError(str(path), 'not a fleet run report: it has no "groups"')
+        try:
+            return cls.from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(str(path), f"not a fleet run report: {exc!r}") from None
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The meta of each run in this report: itself, or the shards it was merged from."""
+        merged = self.meta.get("merged")
+        return list(merged) if isinstance(merged, list) else [self.meta]
 
 
 def merge_reports(reports: Iterable[Report]) -> Report:
@@ -207,5 +220,55 @@ def merge_reports(reports: Iterable[Report]) -> Report:
     merged = Report(meta={"merged": []})
     for report in reports:
         merged.merge(report)
-        merged.meta["merged"].append(report.meta)
+        merged.meta["merged"].extend(report.runs())
     return merged
+
+
+_SAME_RUN = (("config", "the fleet config"), ("seed", "the seed"))
+
+
+def merge_shard_files(paths: Iterable[Path]) -> Report:
+    """Load and merge the reports of the shards of one fleet run (`fleet run --shard I/N`).
+
+    Raises ConfigError naming the file when it is given twice, holds a shard already counted, is
+    not a `fleet run` report, or comes from another run: another config, seed or shard count.
+    """
+    files: dict[Path, Path] = {}
+    shards: dict[str, Path] = {}
+    first: tuple[Path, dict[str, Any]] | None = None
+    reports = []
+    for path in paths:
+        if path.resolve() in files:
+            earlier = files[path.resolve()]
+            raise ConfigError(str(path), f"given twice (also as {earlier}): it would count twice")
+        files[path.resolve()] = path
+        report = Report.load(path)
+        for run in report.runs():
+            shard = run.get("shard")
+            if not isinstance(shard, str) or "/" not in shard:
+                raise ConfigError(str(path), "not a fleet run report: its meta has no shard")
+            if shard in shards:
+                raise ConfigError(
+                    str(path), f"shard {shard} is also in {shards[shard]}: it would count twice"
+                )
+            shards[shard] = path
+            if first is None:
+                first = (path, run)
+                continue
+            origin, expected = first
+            for key, name in _SAME_RUN:
+                if run.get(key) != expected.get(key):
+                    raise ConfigError(
+                        str(path),
+                        f"{name} differs from {origin}'s ({run.get(key)} here, {expected.get(key)} "
+                        "there): only the shards of one run merge",
+                    )
+            count, expected_count = shard.partition("/")[2], expected["shard"].partition("/")[2]
+            if count != expected_count:
+                raise ConfigError(
+                    str(path),
+                    f"shard {shard} is of {count} shards, {origin}'s of {expected_count}: "
+                    "only the shards of one run merge",
+                )
+        reports.append(report)
+    return merge_reports(reports)

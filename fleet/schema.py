@@ -7,6 +7,8 @@ validated, frozen `FleetConfig` or raises ConfigError naming file, field path an
 
 from __future__ import annotations
 
+import hashlib
+import json
 import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -238,6 +240,13 @@ class FleetConfig(_Model):
     @property
     def size(self) -> int:
         return sum(group.count for group in self.groups)
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the devices the groups describe, whatever the seed, broker or duration: the shard
+        reports of one fleet share it, and `fleet report merge` refuses reports that differ."""
+        groups = json.dumps([group.model_dump(mode="json") for group in self.groups], sort_keys=True)
+        return hashlib.sha256(groups.encode()).hexdigest()[:16]
 
 
 def load_fleet_config(path: Path) -> FleetConfig:

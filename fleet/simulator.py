@@ -255,7 +255,12 @@ async def simulate(
     """
     devices = _fleet_devices(config, shard)
     report = Report(
-        meta={"seed": config.seed, "shard": f"{shard.number}/{shard.count}", "devices": len(devices)}
+        meta={
+            "config": config.fingerprint,
+            "seed": config.seed,
+            "shard": f"{shard.number}/{shard.count}",
+            "devices": len(devices),
+        }
     )
     for device in devices:
         report.group(device.group.name).devices += 1

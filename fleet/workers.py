@@ -129,7 +129,12 @@ async def simulate_in_workers(
             if process.is_alive():
                 process.kill()
     merged = merge_reports(reports[worker] for worker in sorted(reports))
-    merged.meta = {"workers": workers, "shard": f"{shard.number}/{shard.count}", "seed": config.seed}
+    merged.meta = {
+        "workers": workers,
+        "config": config.fingerprint,
+        "shard": f"{shard.number}/{shard.count}",
+        "seed": config.seed,
+    }
     return merged
 
 

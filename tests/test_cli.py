@@ -6,20 +6,25 @@ import errno
 import signal
 import socket
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from broker.auth import PasswordFile
 from tests.procs import (
+    CHILD_ENV,
     LISTENING,
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
+    ROOT,
     SUB_WAIT,
     TIMEOUT,
     Proc,
     connect_packet,
     fleet_argv,
+    free_port,
     mosquitto,
     needs_mosquitto_clients,
     run,
@@ -53,18 +58,19 @@ def fleet_run(*args: str | Path | int, input: str | None = None) -> tuple[int, s
     return done.returncode, done.stdout, done.stderr
 
 
-def listening_port(proc: Proc, scheme: str = "mqtt") -> int:
+def listening_port(proc: Proc, scheme: str = "mqtt", *, on_stderr: bool = False) -> int:
     """Wait (bounded) for the 'listening on SCHEME://127.0.0.1:PORT' line; return PORT."""
+    stream = proc.stderr if on_stderr else proc.stdout
 
     def announces(line: str) -> bool:
         found = LISTENING.match(line)
         return found is not None and found["scheme"] == scheme
 
     try:
-        index = proc.stdout.wait_for(announces)
+        index = stream.wait_for(announces)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{proc.describe()}") from None
-    found = LISTENING.match(proc.stdout.lines[index])
+    found = LISTENING.match(stream.lines[index])
     assert found is not None
     return int(found["port"])
 
@@ -202,6 +208,25 @@ def test_passwd_file_lets_user_in_and_keeps_wrong_password_and_anonymous_out(
     assert_clean_exit(proc)
 
 
+def test_passwd_reads_a_piped_password_without_a_warning(tmp_path: Path) -> None:
+    """Without a terminal (no controlling tty, stdin a pipe), `fleet passwd FILE USER` takes the first
+    line of stdin as the password, once, and prints no GetPassWarning."""
+    password_file = tmp_path / "passwd"
+    done = subprocess.run(
+        fleet_argv("passwd", password_file, "user"),
+        input="s3cret\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=CHILD_ENV,
+        start_new_session=True,  # no controlling terminal, as in CI or under cron
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert done.stdout == f"fleet passwd: user set in {password_file}\n"
+    assert PasswordFile.load(password_file).verify("user", "s3cret")
+
+
 def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path: Path, fleet: Fleet) -> None:
     """`fleet up` runs the broker, fleet and bridges, names the dashboard and the TUI; SIGTERM: summary, 0."""
     config = tmp_path / "demo.toml"
@@ -230,5 +255,75 @@ def test_up_runs_the_broker_and_the_fleet_and_stops_cleanly_on_sigterm(tmp_path:
 
     proc.signal(signal.SIGTERM)
     assert proc.wait() == 0, proc.describe()
-    assert any("fleet run" in line for line in proc.stdout.lines), proc.describe()
+    assert proc.stdout.lines[0].strip() == "fleet up", proc.describe()  # the summary's title
     assert "Traceback" not in proc.stderr.text, proc.describe()
+
+
+def test_up_help_shows_no_path_of_the_machine_it_runs_on() -> None:
+    """`fleet up --help` names the demo config as configs/demo.toml, not as an absolute path."""
+    code, stdout, _ = fleet_run("up", "--help")
+    assert code == 0
+    assert "[default: configs/demo.toml]" in stdout
+    assert str(ROOT) not in stdout
+
+
+def test_up_port_flags_move_every_listener_off_taken_ports(tmp_path: Path, fleet: Fleet) -> None:
+    """With the config's MQTT and HTTP ports taken, `fleet up --port 0 --ws-port W --http-port 0
+    --grpc-port G` serves on other ports, without a copy of the config."""
+    with socket.socket() as mqtt_taken, socket.socket() as http_taken:
+        for sock in (mqtt_taken, http_taken):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        taken = {sock.getsockname()[1] for sock in (mqtt_taken, http_taken)}
+        mqtt, http = (sock.getsockname()[1] for sock in (mqtt_taken, http_taken))
+        config = tmp_path / "demo.toml"
+        config.write_text(
+            f"[broker]\nport = {mqtt}\nws_port = 0\nsys_interval = 0\n\n"
+            f"[bridge]\nhttp_port = {http}\ngrpc_port = 0\n\n"
+            '[[groups]]\nname = "probe"\ncount = 2\ninterval = 0.2\n'
+        )
+        ws_port, grpc_port = free_port(), free_port()
+        proc = fleet(
+            "up",
+            "--config",
+            config,
+            "--port",
+            0,
+            "--ws-port",
+            ws_port,
+            "--http-port",
+            0,
+            "--grpc-port",
+            grpc_port,
+        )
+        assert listening_port(proc, "ws", on_stderr=True) == ws_port
+        port = listening_port(proc, on_stderr=True)
+        index = proc.stderr.wait_for(lambda line: line.startswith("fleet up: the dashboard is at "))
+        dashboard = proc.stderr.lines[index].removeprefix("fleet up: the dashboard is at ")
+        proc.stderr.wait_for(f"fleet bridge: serving grpc://127.0.0.1:{grpc_port}")
+        assert port not in taken
+        assert dashboard.startswith("http://127.0.0.1:")
+        assert int(dashboard.removeprefix("http://127.0.0.1:").rstrip("/")) not in taken
+        assert_mqtt_accepts(port)
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0, proc.describe()
+
+
+@pytest.mark.parametrize(
+    ("url", "suggestion"),
+    [("127.0.0.1:1883", "mqtt://127.0.0.1:1883"), ("tcp://127.0.0.1:1883", "mqtt://127.0.0.1:1883")],
+    ids=["host-port", "tcp"],
+)
+@pytest.mark.parametrize("command", ["run", "watch"])
+def test_run_and_watch_suggest_the_mqtt_url_for_host_port_and_tcp(
+    tmp_path: Path, command: str, url: str, suggestion: str
+) -> None:
+    """`--broker host:port` and `--broker tcp://…` are refused with 'did you mean mqtt://host:port?'."""
+    config = tmp_path / "fleet.toml"
+    config.write_text('[[groups]]\nname = "a"\ncount = 1\n')
+    args = ("run", config, "--duration", 1) if command == "run" else ("watch",)
+    code, stdout, stderr = fleet_run(*args, "--broker", url)
+    assert code in (1, 2), stderr
+    assert f"did you mean {suggestion}?" in stderr
+    assert "Traceback" not in stderr
+    assert stdout == ""

@@ -236,16 +236,53 @@ def test_run_with_a_bad_shard_is_a_usage_error(tmp_path: Path, shard: str) -> No
     assert "Traceback" not in stderr
 
 
-def test_shard_reports_merge_into_the_whole_fleet(tmp_path: Path, procs: Callable[..., Proc]) -> None:
-    """`--shard 1/2` and `--shard 2/2` run disjoint parts; `fleet report merge A B -o M` counts the fleet."""
-    config = write(tmp_path, FLEET)
-    paths = [tmp_path / "a.json", tmp_path / "b.json"]
-    shards = [
-        procs(*fleet_argv("run", config, "--shard", f"{n}/2", "--duration", 2, "--report", path))
-        for n, path in zip((1, 2), paths, strict=True)
+@pytest.fixture(scope="module")
+def shard_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real reports, from runs side by side: shards 1/2 and 2/2 of FLEET, then for the refusals shard 2/2
+    with --seed 4, shard 2/2 of a config with one more device, shard 2/3, and a `fleet stress` report.
+    What each run printed on stdout, without a terminal, is beside its report (`.stdout`)."""
+    tmp = tmp_path_factory.mktemp("shards")
+    config = write(tmp, FLEET)
+    bigger = write(tmp, FLEET.replace("count = 4", "count = 5"), "bigger.toml")
+    runs = {
+        "1/2": ("run", config, "--shard", "1/2"),
+        "2/2": ("run", config, "--shard", "2/2"),
+        "seed 4": ("run", config, "--shard", "2/2", "--seed", 4),
+        "bigger": ("run", bigger, "--shard", "2/2"),
+        "2/3": ("run", config, "--shard", "2/3"),
+        "stress": ("stress", config, "--scenario", "clean"),
+    }
+    paths = {name: tmp / f"{name.replace('/', '-of-').replace(' ', '-')}.json" for name in runs}
+    started = [
+        Proc(fleet_argv(*args, "--duration", 1.5, "--report", paths[name])) for name, args in runs.items()
     ]
-    for proc in shards:
-        assert proc.wait(RUN_TIMEOUT) == 0, proc.describe()
+    try:
+        for proc, path in zip(started, paths.values(), strict=True):
+            assert proc.wait(RUN_TIMEOUT) == 0, proc.describe()
+            path.with_suffix(".stdout").write_text(proc.stdout.text)
+    finally:
+        for proc in started:
+            proc.stop()
+    return paths
+
+
+def test_tables_keep_each_row_on_one_line_without_a_terminal(shard_reports: dict[str, Path]) -> None:
+    """Piped, without COLUMNS, the stress and run tables are as wide as they need: no cell wraps."""
+    stress = shard_reports["stress"].with_suffix(".stdout").read_text().splitlines()
+    for session in ("QoS 0, clean session", "QoS 1, clean session"):
+        assert any(line.lstrip("│ ").startswith(session) for line in stress), "\n".join(stress)
+    assert any("connections died on their own; their wills count neither way)" in line for line in stress), (
+        "\n".join(stress)
+    )
+    summary = shard_reports["1/2"].with_suffix(".stdout").read_text().splitlines()
+    assert summary[0].strip() == "fleet run"
+    for row in ("published QoS 0 / 1 / 2", "connect ms p50 / p99", "reconnect ms p50 / p99"):
+        assert any(line.lstrip("│ ").startswith(row) for line in summary), "\n".join(summary)
+
+
+def test_shard_reports_merge_into_the_whole_fleet(tmp_path: Path, shard_reports: dict[str, Path]) -> None:
+    """`--shard 1/2` and `--shard 2/2` run disjoint parts; `fleet report merge A B -o M` counts the fleet."""
+    paths = [shard_reports["1/2"], shard_reports["2/2"]]
     first, second = (load(path) for path in paths)
     assert [first["meta"]["shard"], second["meta"]["shard"]] == ["1/2", "2/2"]
     assert first["fleet"]["devices"] + second["fleet"]["devices"] == SIZE
@@ -263,11 +300,77 @@ def test_shard_reports_merge_into_the_whole_fleet(tmp_path: Path, procs: Callabl
     assert [meta["shard"] for meta in merged["meta"]["merged"]] == ["1/2", "2/2"]
 
 
-def test_report_merge_of_a_missing_report_is_a_clear_error(tmp_path: Path) -> None:
-    """`fleet report merge` naming a file that does not exist exits non-zero with one line, no traceback."""
-    missing = tmp_path / "absent.json"
-    code, _, stderr = fleet("report", "merge", missing)
-    assert error_line(code, stderr) == f"Error: {missing}: no such file"
+def refused_merge(tmp_path: Path, *paths: Path) -> str:
+    """Run `fleet report merge PATHS -o OUT`; check that it failed with one line and wrote nothing."""
+    out = tmp_path / "merged.json"
+    code, stdout, stderr = fleet("report", "merge", *paths, "-o", out)
+    assert not out.exists()
+    assert stdout == ""
+    return error_line(code, stderr)
+
+
+def test_report_merge_refuses_the_same_file_twice(tmp_path: Path, shard_reports: dict[str, Path]) -> None:
+    """`fleet report merge A B A` would count A twice: one line naming A, no report."""
+    first, second = shard_reports["1/2"], shard_reports["2/2"]
+    assert refused_merge(tmp_path, first, second, first) == (
+        f"Error: {first}: given twice (also as {first}): it would count twice"
+    )
+
+
+def test_report_merge_refuses_a_shard_given_twice(tmp_path: Path, shard_reports: dict[str, Path]) -> None:
+    """A copy of shard 1/2's report under another name is the same shard: one line naming the copy."""
+    first, second = shard_reports["1/2"], shard_reports["2/2"]
+    copy = tmp_path / "copy.json"
+    copy.write_text(first.read_text())
+    assert refused_merge(tmp_path, first, second, copy) == (
+        f"Error: {copy}: shard 1/2 is also in {first}: it would count twice"
+    )
+
+
+def test_report_merge_refuses_a_merged_report_with_one_of_its_shards(
+    tmp_path: Path, shard_reports: dict[str, Path]
+) -> None:
+    """A merged report counts its shards: merging it with one of them again is refused, naming the shard."""
+    first, second = shard_reports["1/2"], shard_reports["2/2"]
+    merged = tmp_path / "both.json"
+    assert fleet("report", "merge", first, second, "-o", merged)[0] == 0
+    assert refused_merge(tmp_path, merged, second) == (
+        f"Error: {second}: shard 2/2 is also in {merged}: it would count twice"
+    )
+
+
+def test_report_merge_refuses_a_stress_report(tmp_path: Path, shard_reports: dict[str, Path]) -> None:
+    """A `fleet stress` report is not a shard of a run: one line naming it, not KeyError('groups')."""
+    stress = shard_reports["stress"]
+    assert refused_merge(tmp_path, shard_reports["1/2"], stress) == (
+        f"Error: {stress}: a `fleet stress` report; only `fleet run` reports merge"
+    )
+
+
+def test_report_merge_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
+    """JSON that is no report, and a file that is no JSON, are each refused with one line naming the file."""
+    other = write(tmp_path, '{"name": "not a report"}\n', "other.json")
+    assert refused_merge(tmp_path, other) == f'Error: {other}: not a fleet run report: it has no "groups"'
+    toml = write(tmp_path, FLEET, "fleet.toml")
+    assert refused_merge(tmp_path, toml).startswith(f"Error: {toml}: not a fleet run report: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("seed 4", "the seed differs from {first}'s (4 here, 3 there): only the shards of one run merge"),
+        ("bigger", "the fleet config differs from {first}'s ("),
+        ("2/3", "shard 2/3 is of 3 shards, {first}'s of 2: only the shards of one run merge"),
+    ],
+    ids=["seed", "config", "shard-count"],
+)
+def test_report_merge_refuses_shards_of_another_run(
+    tmp_path: Path, shard_reports: dict[str, Path], name: str, reason: str
+) -> None:
+    """A shard run with another seed, config or shard count is not part of the run: one line naming it."""
+    first, other = shard_reports["1/2"], shard_reports[name]
+    line = refused_merge(tmp_path, first, other)
+    assert line.startswith(f"Error: {other}: " + reason.format(first=first)), line
 
 
 def test_workers_run_the_whole_fleet(tmp_path: Path) -> None:

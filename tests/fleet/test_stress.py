@@ -18,7 +18,7 @@ from fleet.schema import FleetConfig
 from fleet.simulator import Target
 from fleet.stress.accounting import Account
 from fleet.stress.runner import StressResult, run_stress
-from fleet.stress.scenario import Stage, StressSettings
+from fleet.stress.scenario import SCENARIOS, Stage, StressSettings
 from fleet.transport import Endpoint
 from tests.procs import Mosquitto, fleet_argv, run
 
@@ -298,4 +298,11 @@ def test_an_unknown_scenario_is_a_usage_error(tmp_path: Path) -> None:
     config.write_text('[[groups]]\nname = "a"\ncount = 1\n')
     done = run(fleet_argv("stress", config, "--scenario", "tornado"), timeout=RUN_TIMEOUT)
     assert done.returncode == 2
-    assert "Invalid value for --scenario: 'tornado': built in are clean, storm" in done.stderr
+    assert "Invalid value for '--scenario': 'tornado' is not one of 'clean', 'storm'," in done.stderr
+
+
+def test_help_lists_the_built_in_scenarios() -> None:
+    """`fleet stress --help` shows --scenario's choices: every scenario of the registry, in its order."""
+    done = run(fleet_argv("stress", "--help"), timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done
+    assert f"--scenario [{'|'.join(SCENARIOS)}]" in done.stdout

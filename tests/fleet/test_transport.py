@@ -211,7 +211,9 @@ def test_endpoint_parses_urls_with_default_ports(url: str, expected: Endpoint) -
     ("url", "complaint"),
     [
         ("http://h", "scheme must be mqtt"),
-        ("h:1883", "scheme must be mqtt"),
+        ("h:1883", r"has no scheme; did you mean mqtt://h:1883\?"),
+        ("tcp://h:1883", r"MQTT over TCP is mqtt://; did you mean mqtt://h:1883\?"),
+        ("ssl://h:8883", r"MQTT over TLS is mqtts://; did you mean mqtts://h:8883\?"),
         ("mqtt://", "has no host"),
         ("mqtt://h:99999", "port must be a number"),
         ("mqtt://h:0", "port must be a number"),
