@@ -24,7 +24,7 @@ together), what one free core would take at that load. The device table is sorte
 
 `over MQTT` is the real path at `--mqtt-rates`: `fleet broker` on a free port, a publisher child
 (the lean `Link`, QoS 0, `--seconds` worth of telemetry at the rate, pausing while its socket is
-congested) and the coalesced app on `MqttSource` (QoS 1 subscription, delivered at QoS 0). It
+congested) and the coalesced app on `MqttSource` (a QoS 0 subscription). It
 counts what arrived under `fleet/`; `lag` is how long after the publisher's last message the app
 had all of them (none: some never came, dropped by the broker for a slow reader). The broker and
 the publisher share the host's cores with the app. A step is sustained by the same rule.
@@ -116,6 +116,9 @@ class FloodSource:
             self.delivered += batch
 
     async def publish(self, topic: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def resync(self) -> None:
         raise NotImplementedError
 
 

@@ -4,6 +4,10 @@ Messages go straight from the source into the model (`FleetModel.ingest`, O(1) p
 The screen is refreshed by one timer, at most `1 / refresh` times a second, from the model's
 state at that moment, so a flood of messages never queues up redraws: the UI neither starves nor
 lags behind.
+
+The header says what the connection does (connecting, connected, lost, retrying) and whether the
+watcher fell behind the broker since it attached: then `r` resyncs, reading every retained status
+again.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from textual.widgets import (
 
 from fleet.device import KNOWN_OPS
 from fleet.errors import FleetError
-from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, TopicNode
-from fleet.watch.sources import Source
+from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, Sync, TopicNode
+from fleet.watch.sources import Attachment, Source
 from fleet.watch.table import Column, VirtualTable
 
 __all__ = ["KEYS", "WatchApp"]
@@ -53,6 +57,7 @@ KEYS = (
     ("enter", "device: open its detail; topic: expand or collapse"),
     ("escape", "close the detail or this help"),
     ("p", "pause the display (messages are still counted)"),
+    ("r", "resync: read every retained status again (after the header says behind)"),
     ("e", "export the visible history to a JSON-lines file"),
     ("?", "this help"),
     ("q, ctrl+c", "quit"),
@@ -87,6 +92,12 @@ _SYS = (
     ("dropped", "publish/messages/dropped"),
 )
 _NEEDS_VALUE = {"set_interval", "go_offline"}
+_ATTACHMENT_STYLES = {
+    "connecting": "bold yellow",
+    "connected": "bold green",
+    "lost": "bold white on red",
+    "retrying": "bold white on red",
+}
 
 
 def ago(seconds: float) -> str:
@@ -234,7 +245,7 @@ class WatchApp(App[None]):
 
     TITLE = "fleet watch"
     CSS = """
-    #header { height: 3; padding: 0 1; background: $panel; }
+    #header { height: 3; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     #filter { height: 3; }
     TabbedContent, ContentSwitcher, TabPane { height: 1fr; }
     TabPane { padding: 0; }
@@ -244,6 +255,7 @@ class WatchApp(App[None]):
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("question_mark", "help", "help"),
         Binding("p", "pause", "pause"),
+        Binding("r", "resync", "resync"),
         Binding("e", "export", "export"),
         Binding("slash", "filter", "filter"),
         Binding("d", "tab('devices')", "devices"),
@@ -278,6 +290,9 @@ class WatchApp(App[None]):
         self._commands = 0
         self._events_shown = 0
         self._now = clock()
+        self.attachment = Attachment(state="connecting", detail=source.description)
+        self._retry_at = 0.0
+        self._retry_logged = ""
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
@@ -303,8 +318,25 @@ class WatchApp(App[None]):
     def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
         self.model.ingest(topic, payload, retain, self.clock())
 
-    def _notify(self, text: str) -> None:
-        self.model.note(self.clock(), "broker", text)
+    def _notify(self, attachment: Attachment) -> None:
+        now = self.clock()
+        was = self.attachment.state
+        self.attachment = attachment
+        model = self.model
+        if attachment.state == "connected":
+            self._retry_logged = ""
+            if was != "connected":
+                # A fresh subscription re-reads every retained status: count what is missed from here.
+                model.synced(now, "attach")
+                model.note(now, "broker", f"connected to {attachment.detail}")
+        elif attachment.state == "lost":
+            model.note(now, "broker", f"lost {attachment.detail}")
+        elif attachment.state == "retrying":
+            assert attachment.retry_in is not None
+            self._retry_at = now + attachment.retry_in
+            if attachment.detail != self._retry_logged:
+                self._retry_logged = attachment.detail
+                model.note(now, "broker", f"{attachment.detail}; retrying")
 
     # The coalesced refresh
 
@@ -333,20 +365,36 @@ class WatchApp(App[None]):
             self.query_one("#tree", VirtualTable).set_items(self._topic_rows(now))
 
     def _header(self, now: float) -> Text:
+        """Three lines that never wrap: the connection, the fleet, and whether the view is in sync."""
         model = self.model
         online, offline, total = model.counts()
-        text = Text()
-        text.append("fleet watch ", style="bold")
-        text.append(f"{self.source.description}  prefix {model.prefix}/")
+        lost = model.lost()
+        text = Text(no_wrap=True, overflow="ellipsis")
+        attachment = self.attachment
+        badge: str = attachment.state
+        if badge == "retrying":
+            wait = self._retry_at - now
+            badge = f"retrying in {wait:.0f}s" if wait >= 0.5 else "retrying now"
+        text.append(f" {badge} ", style=_ATTACHMENT_STYLES[attachment.state])
+        if attachment.state in ("connecting", "connected"):
+            text.append(f" {attachment.detail}")
+        else:
+            text.append(f" {attachment.detail}", style="red")
+        text.append(f"  prefix {model.prefix}/")
         if self.paused:
             text.append("  PAUSED", style="bold reverse yellow")
-        text.append(f"\ndevices {online:,} online", style="bold green")
-        text.append(f"  {offline:,} offline", style="bold red" if offline else "")
-        text.append(f"  {total:,} total │ {model.rate.at(now):,.1f} msg/s in │ wills {model.wills:,}")
-        text.append(f" │ reconnects {model.reconnects_within(now):,}/min │ errors {model.errors:,}")
+        text.append(f"\n{total:,} devices: ")
+        text.append(f"{online:,} online", style="bold green")
+        text.append(f"  {offline - lost:,} offline", style="bold" if offline - lost else "")
+        text.append(f"  {lost:,} lost", style="bold red" if lost else "")
+        text.append(f" │ {model.rate.at(now):,.1f} msg/s │ wills {model.wills:,}")
+        text.append(f" │ {model.reconnects_within(now):,} reconn/min")
+        text.append("\n")
+        text.append_text(_sync_text(model.sync(), attachment.state == "connected"))
         figures = [f"{name} {model.sys[key]}" for name, key in _SYS if key in model.sys]
-        text.append("\n$SYS ", style="bold")
-        text.append(" │ ".join(figures) if figures else "no broker figures (yet)")
+        text.append(" │ $SYS ", style="bold")
+        text.append(" · ".join(figures) if figures else "none yet")
+        text.append(f" │ errors {model.errors:,}", style="red" if model.errors else "")
         return text
 
     def _show_events(self) -> None:
@@ -402,6 +450,22 @@ class WatchApp(App[None]):
     def action_pause(self) -> None:
         self.paused = not self.paused
         self.query_one("#header", Static).update(self._header(self.clock()))
+
+    def action_resync(self) -> None:
+        if self.attachment.state != "connected":
+            self.notify("not connected: the retained statuses are read when the connection is back")
+            return
+        now = self.clock()
+        self.model.synced(now, "resync")
+        self.model.note(now, "broker", "resync: reading every retained status again")
+        self._resync()
+
+    @work(group="resync", exclusive=True)
+    async def _resync(self) -> None:
+        try:
+            await self.source.resync()
+        except FleetError as exc:
+            self.model.note(self.clock(), "error", f"resync failed: {exc}")
 
     def action_filter(self) -> None:
         self.query_one(TabbedContent).active = "devices"
@@ -500,8 +564,26 @@ class WatchApp(App[None]):
             root.handlers[:] = handlers
 
 
+def _sync_text(sync: Sync, connected: bool) -> Text:
+    text = Text()
+    if sync.since is None:
+        text.append("not attached yet", style="yellow")
+    elif sync.behind:
+        what = [f"{sync.missed:,} missed (seq gaps)"] if sync.missed else []
+        if sync.dropped:
+            what.append(f"broker dropped {sync.dropped:,}")
+        text.append(f" behind since {clock_text(sync.since)}: {', '.join(what)} ", style="bold white on red")
+        if connected:
+            text.append(" r resyncs", style="bold")
+    else:
+        text.append(f"in sync since {clock_text(sync.since)}", style="green")
+        if sync.how == "resync":
+            text.append(f" (resynced, {sync.corrected:,} corrected)")
+    return text
+
+
 def _device_style(device: DeviceState) -> str:
-    return {None: "dim", True: "", False: "red"}[device.online]
+    return {"?": "dim", "online": "", "offline": "dim", "lost": "bold red"}[device.status]
 
 
 def _topic_style(row: tuple[int, TopicNode, bool, bool]) -> str:

@@ -145,3 +145,72 @@ def test_group_of_strips_the_index_of_a_device_id() -> None:
         "probe",
         "solo",
     ]
+
+
+def test_seq_gaps_since_attach_say_the_watcher_is_behind_until_a_resync() -> None:
+    """Messages missing from a device's seq after the attach mark the view behind; a resync clears it."""
+    model = FleetModel()
+    telemetry(model, "d-1", 0)
+    model.synced(T, "attach")
+    assert not model.sync().behind
+    telemetry(model, "d-1", 1)
+    telemetry(model, "d-1", 5)
+    sync = model.sync()
+    assert (sync.behind, sync.missed, sync.since, sync.how) == (True, 3, T, "attach")
+    model.synced(T + 1, "resync")
+    assert not model.sync().behind
+    assert model.devices["d-1"].gaps == 3  # the device's own loss column keeps its count
+
+
+def test_the_brokers_drop_counter_rising_after_the_attach_says_behind() -> None:
+    """The first $SYS drop count after the attach is the baseline; a rise above it is shown as dropped."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    model.ingest("$SYS/broker/publish/messages/dropped", b"40", True, T)
+    assert model.sync().dropped == 0
+    assert not model.sync().behind
+    model.ingest("$SYS/broker/publish/messages/dropped", b"1574", True, T)
+    assert model.sync().dropped == 1534
+    assert model.sync().behind
+    model.synced(T, "resync")
+    assert model.sync().dropped == 0
+
+
+def test_without_a_drop_counter_the_broker_drops_are_unknown() -> None:
+    """A broker without $SYS drop figures gives dropped None, not 0."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    model.ingest("$SYS/broker/clients/connected", b"3", True, T)
+    assert model.sync().dropped is None
+
+
+def test_a_resync_corrects_stale_statuses_from_the_retained_ones() -> None:
+    """After missed offline statuses the view is stale; the retained statuses re-read by a resync fix it."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    for device in ("a-1", "a-2", "a-3"):
+        status(model, device, {"online": True}, retain=True)
+    assert model.counts() == (3, 0, 3)
+    model.synced(T, "resync")
+    status(model, "a-1", {"online": False, "reason": "clean"}, retain=True)
+    status(model, "a-2", {"online": False, "reason": "lost"}, retain=True)
+    status(model, "a-3", {"online": True}, retain=True)
+    assert model.counts() == (1, 2, 3)
+    assert model.lost() == 1
+    assert model.sync().corrected == 2
+    assert [(e.device, e.text) for e in model.events] == [
+        ("a-1", "resync: offline, not online"),
+        ("a-2", "resync: lost, not online"),
+    ]
+
+
+def test_a_fired_will_and_a_clean_offline_are_told_apart() -> None:
+    """Status is lost after a last will, offline after a clean leave, and lost() counts only the first."""
+    model = FleetModel()
+    status(model, "a-1", {"online": False, "reason": "lost"})
+    status(model, "a-2", {"online": False, "reason": "clean"})
+    status(model, "a-3", {"online": False})
+    assert [model.devices[d].status for d in ("a-1", "a-2", "a-3")] == ["lost", "offline", "offline"]
+    assert model.lost() == 1
+    status(model, "a-1", {"online": True})
+    assert model.lost() == 0
