@@ -51,7 +51,7 @@ __all__ = ["KEYS", "WatchApp"]
 
 KEYS = (
     ("d / t / l", "devices, topic tree, event log"),
-    ("/", "filter the devices by id or group (enter: back to the table)"),
+    ("/", "filter the devices by id or group (enter: back to the table, escape: clear)"),
     ("1 … 9", "sort the devices by that column; again: reverse"),
     ("↑ ↓ PgUp PgDn Home End", "move in a table"),
     ("enter", "device: open its detail; topic: expand or collapse"),
@@ -62,18 +62,24 @@ KEYS = (
     ("?", "this help"),
     ("q, ctrl+c", "quit"),
 )
+# Each is wide enough for its title and the sort arrow: at 80 columns, with the scrollbar, they fit
+# exactly; a wider screen's spare width goes mostly to the ids and groups.
 _DEVICE_COLUMNS = (
-    Column("id", 16),
-    Column("group", 10),
-    Column("status", 7),
-    Column("last seen", 9, right=True),
+    Column("id", 12, grow=3),
+    Column("group", 7, grow=2),
+    Column("status", 8),
+    Column("seen", 6, right=True),
     Column("msgs", 8, right=True),
-    Column("rate/s", 7, right=True),
+    Column("rate/s", 8, right=True),
     Column("loss", 6, right=True),
-    Column("reconn", 6, right=True),
-    Column("last will", 9, right=True),
+    Column("reconn", 8, right=True),
+    Column("will", 6, right=True),
 )
-_TOPIC_COLUMNS = (Column("topic", 48), Column("messages", 10, right=True), Column("rate/s", 8, right=True))
+_TOPIC_COLUMNS = (
+    Column("topic", 40, grow=4),
+    Column("messages", 10, right=True),
+    Column("rate/s", 8, right=True),
+)
 _DESCENDING_FIRST = {"last seen", "msgs", "rate", "loss", "reconnects", "last will"}
 _EVENT_STYLES = {
     "online": "green",
@@ -246,7 +252,8 @@ class WatchApp(App[None]):
     TITLE = "fleet watch"
     CSS = """
     #header { height: 3; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
-    #filter { height: 3; }
+    #filter { height: 1; border: none; padding: 0 1; display: none; }
+    #filter.shown { display: block; }
     TabbedContent, ContentSwitcher, TabPane { height: 1fr; }
     TabPane { padding: 0; }
     """
@@ -258,9 +265,11 @@ class WatchApp(App[None]):
         Binding("r", "resync", "resync"),
         Binding("e", "export", "export"),
         Binding("slash", "filter", "filter"),
-        Binding("d", "tab('devices')", "devices"),
-        Binding("t", "tab('topics')", "topics"),
-        Binding("l", "tab('events')", "events"),
+        Binding("escape", "clear_filter", "clear filter", show=False),
+        # The tabs name their keys, so the footer leaves them out: at 80 columns it would be cut.
+        Binding("d", "tab('devices')", "devices", show=False),
+        Binding("t", "tab('topics')", "topics", show=False),
+        Binding("l", "tab('events')", "events", show=False),
         *(Binding(str(n), f"sort({n - 1})", f"sort {n}", show=False) for n in range(1, 10)),
     ]
 
@@ -293,16 +302,19 @@ class WatchApp(App[None]):
         self.attachment = Attachment(state="connecting", detail=source.description)
         self._retry_at = 0.0
         self._retry_logged = ""
+        self._header_shown = Text()
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
         with TabbedContent(initial="devices"):
-            with TabPane("devices", id="devices"):
-                yield Input(placeholder="/ to filter by id or group", id="filter")
-                yield VirtualTable(_DEVICE_COLUMNS, self._device_cells, _device_style, id="table")
-            with TabPane("topics", id="topics"):
-                yield VirtualTable(_TOPIC_COLUMNS, self._topic_cells, _topic_style, id="tree")
-            with TabPane("events", id="events"):
+            with TabPane("devices (d)", id="devices"):
+                yield Input(placeholder="filter by id or group; enter: back to the table", id="filter")
+                yield VirtualTable(
+                    _DEVICE_COLUMNS, self._device_cells, _device_style, key=_device_key, id="table"
+                )
+            with TabPane("topics (t)", id="topics"):
+                yield VirtualTable(_TOPIC_COLUMNS, self._topic_cells, _topic_style, key=_topic_key, id="tree")
+            with TabPane("events (l)", id="events"):
                 yield RichLog(max_lines=1000, wrap=False, markup=False, id="log")
         yield Footer()
 
@@ -350,7 +362,11 @@ class WatchApp(App[None]):
             return
         self.refreshes += 1
         now = self._now = self.clock()
-        header.update(self._header(now))
+        text = self._header(now)
+        if text != self._header_shown:
+            # Same size every time: no layout pass, which would cost the whole screen's.
+            self._header_shown = text
+            header.update(text, layout=False)
         self._show_events()
         screen = self.screen
         if isinstance(screen, DeviceScreen):
@@ -469,7 +485,16 @@ class WatchApp(App[None]):
 
     def action_filter(self) -> None:
         self.query_one(TabbedContent).active = "devices"
-        self.query_one("#filter", Input).focus()
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus or box.value:
+            box.value = ""
+            box.remove_class("shown")
+            self.query_one("#table", VirtualTable).focus()
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -513,6 +538,9 @@ class WatchApp(App[None]):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.value.strip():
+            box.remove_class("shown")
         self.query_one("#table", VirtualTable).focus()
 
     @on(VirtualTable.Selected, "#table")
@@ -584,6 +612,14 @@ def _sync_text(sync: Sync, connected: bool) -> Text:
 
 def _device_style(device: DeviceState) -> str:
     return {"?": "dim", "online": "", "offline": "dim", "lost": "bold red"}[device.status]
+
+
+def _device_key(device: DeviceState) -> str:
+    return device.id
+
+
+def _topic_key(row: tuple[int, TopicNode, bool, bool]) -> str:
+    return row[1].path
 
 
 def _topic_style(row: tuple[int, TopicNode, bool, bool]) -> str:

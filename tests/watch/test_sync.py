@@ -76,7 +76,7 @@ async def test_an_unreachable_broker_shows_retrying_not_an_empty_fleet() -> None
     port = free_port()
     app = WatchApp(MqttSource(Endpoint("mqtt", "127.0.0.1", port), backoff_max=0.2))
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: "retrying in" in header(app), "retrying in the header")
+        await until(pilot, lambda: " retrying " in header(app), "retrying in the header")
         text = header(app)
         assert f"cannot connect to mqtt://127.0.0.1:{port}" in text
         assert "not attached yet" in text
