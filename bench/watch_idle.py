@@ -42,7 +42,7 @@ class PacedSource:
     async def run(self, deliver: Deliver, notify: Notify) -> None:
         notify(Attachment(state="connected", detail="paced"))
         for device in self.devices:
-            deliver(f"fleet/{device}/status", b'{"online": true}', True)
+            deliver(f"fleet/{device}/status", b'{"online": true}', True, 1)
         loop = asyncio.get_running_loop()
         start, sent = loop.time(), 0
         while True:
@@ -51,11 +51,11 @@ class PacedSource:
                 device = self.devices[index % len(self.devices)]
                 seq = index // len(self.devices)
                 body = {"device": device, "seq": seq, "values": {"temperature": 20 + seq % 7, "ok": True}}
-                deliver(f"fleet/{device}/telemetry", json.dumps(body).encode(), False)
+                deliver(f"fleet/{device}/telemetry", json.dumps(body).encode(), False, 0)
             sent = due
             await asyncio.sleep(1 / self.rate)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         raise NotImplementedError
 
     async def resync(self) -> None:

@@ -100,7 +100,7 @@ class FloodSource:
         messages = self.messages
         count = len(messages)
         for topic, payload in messages[: count // 2]:  # every device known before the clock starts
-            deliver(topic, payload, False)
+            deliver(topic, payload, False, 0)
         position = count // 2
         self.delivered = 0
         rate = self.rate
@@ -111,11 +111,11 @@ class FloodSource:
             batch = min(self._due() - self.delivered, max(1, int(rate * 0.05)))
             for _ in range(batch):
                 topic, payload = messages[position]
-                deliver(topic, payload, False)
+                deliver(topic, payload, False, 0)
                 position = (position + 1) % count
             self.delivered += batch
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         raise NotImplementedError
 
     async def resync(self) -> None:
@@ -125,8 +125,8 @@ class FloodSource:
 class PerMessageApp(WatchApp):
     """The naive design: every message redraws the screen."""
 
-    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
-        super()._deliver(topic, payload, retain)
+    def _deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+        super()._deliver(topic, payload, retain, qos)
         self.refresh_view()
 
 

@@ -5,6 +5,10 @@ The screen is refreshed by one timer, at most `1 / refresh` times a second, from
 state at that moment, so a flood of messages never queues up redraws: the UI neither starves nor
 lags behind.
 
+The topic view is a general MQTT browser, as mqttui's users expect: `enter` on a topic shows its
+last payload (pretty-printed JSON), its retained flag and QoS, and a chart of any numeric field
+over time; `P` publishes any message.
+
 The header says what the connection does (connecting, connected, lost, retrying) and whether the
 watcher fell behind the broker since it attached: then `r` resyncs, reading every retained status
 again.
@@ -21,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.json import JSON
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -30,6 +35,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     Button,
+    Checkbox,
     Footer,
     Input,
     Label,
@@ -40,10 +46,11 @@ from textual.widgets import (
     TabbedContent,
     TabPane,
 )
+from textual_plotext import PlotextPlot
 
 from fleet.device import KNOWN_OPS
 from fleet.errors import FleetError
-from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, Sync, TopicNode
+from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, Received, Sync, TopicNode
 from fleet.watch.sources import Attachment, Source
 from fleet.watch.table import Column, VirtualTable
 
@@ -54,7 +61,10 @@ KEYS = (
     ("/", "filter the devices by id or group (enter: back to the table, escape: clear)"),
     ("1 … 9", "sort the devices by that column; again: reverse"),
     ("↑ ↓ PgUp PgDn Home End", "move in a table"),
-    ("enter", "device: open its detail; topic: expand or collapse"),
+    ("enter", "device: open its detail; topic: open it (payload, chart), or expand or collapse"),
+    ("→ ←", "topic tree: expand, collapse"),
+    ("f", "topic: chart the next numeric field"),
+    ("P", "publish a message (any topic, payload, QoS, retain)"),
     ("escape", "close the detail or this help"),
     ("p", "pause the display (messages are still counted)"),
     ("r", "resync: read every retained status again (after the header says behind)"),
@@ -98,6 +108,7 @@ _SYS = (
     ("dropped", "publish/messages/dropped"),
 )
 _NEEDS_VALUE = {"set_interval", "go_offline"}
+_BOOKKEEPING = {"seq", "ts"}
 _ATTACHMENT_STYLES = {
     "connecting": "bold yellow",
     "connected": "bold green",
@@ -241,6 +252,179 @@ class DeviceScreen(Screen[None]):
         self.query_one("#ack", Static).update(f"sent {self.pending}: {op}; waiting for the ack")
 
 
+class TopicScreen(Screen[None]):
+    """One topic: its last message (pretty-printed when JSON), retained flag, QoS, and a chart of
+    one numeric field of its recent messages (`f` picks the next field)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "back"),
+        Binding("f", "next_field", "next field"),
+        Binding("P", "app.publish", "publish"),
+    ]
+    DEFAULT_CSS = """
+    TopicScreen #summary { height: 2; padding: 0 1; background: $panel; }
+    TopicScreen #body { height: 1fr; }
+    TopicScreen #payload-box { width: 1fr; padding: 0 1; }
+    TopicScreen #chart { width: 2fr; border-left: solid $accent; }
+    TopicScreen #chart-title { height: 1; padding: 0 1; }
+    """
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+        self.field: str | None = None
+        self.ready = False
+        self._shown: Received | None = None
+        self._plotted: tuple[str | None, int, float] | None = None  # what the chart shows
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="summary")
+        with Horizontal(id="body"):
+            with VerticalScroll(id="payload-box"):
+                yield Static(id="payload")
+            with Vertical(id="chart"):
+                yield Static(id="chart-title")
+                yield PlotextPlot(id="plot")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.ready = True
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.model.follow(self.topic)
+        app.refresh_view()
+
+    def on_unmount(self) -> None:
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.model.follow(None)
+
+    def fields(self, model: FleetModel) -> list[str]:
+        """The numeric fields of the followed messages, in the order they first appear, with the
+        scheme's counter and clock (`seq`, `ts`) last: the readings are what one wants to see."""
+        seen: dict[str, None] = {}
+        for _, numbers in model.followed:
+            seen.update(dict.fromkeys(numbers))
+        return sorted(seen, key=lambda field: field in _BOOKKEEPING)
+
+    def action_next_field(self) -> None:
+        app = self.app
+        assert isinstance(app, WatchApp)
+        fields = self.fields(app.model)
+        if not fields:
+            app.notify("this topic has no numeric field to chart")
+            return
+        index = fields.index(self.field) + 1 if self.field in fields else 0
+        self.field = fields[index % len(fields)]
+        app.refresh_view()
+
+    def show(self, model: FleetModel, now: float) -> None:
+        node = model.topic(self.topic)
+        if node is None or node.last is None:
+            return
+        try:
+            summary = self.query_one("#summary", Static)
+        except NoMatches:  # the timer fired while the screen closes
+            return
+        last = node.last
+        summary.update(
+            Text.assemble(
+                (self.topic, "bold"),
+                f"\nretained {'yes' if last.retain else 'no'} · QoS {last.qos} · received"
+                f" {clock_text(last.at)} ({ago(now - last.at)} ago) · {len(last.payload):,} bytes"
+                f" · {node.messages:,} messages · {node.rate.at(now):.1f}/s",
+            )
+        )
+        if last is not self._shown:
+            self._shown = last
+            self.query_one("#payload", Static).update(_pretty(last.payload))
+        if self.field is None:
+            fields = self.fields(model)
+            self.field = fields[0] if fields else None
+        self._plot(model, now)
+
+    def _plot(self, model: FleetModel, now: float) -> None:
+        field = self.field
+        points = [(at, numbers[field]) for at, numbers in model.followed if field in numbers]
+        latest = points[-1][0] if points else 0.0
+        if (field, len(points), latest) == self._plotted:
+            return
+        self._plotted = (field, len(points), latest)
+        plot = self.query_one("#plot", PlotextPlot)
+        title = self.query_one("#chart-title", Static)
+        plt = plot.plt
+        plt.clear_data()
+        if field is None or not points:
+            title.update("no numeric field to chart")
+        else:
+            start = points[0][0]
+            plt.plot([at - start for at, _ in points], [value for _, value in points], marker="braille")
+            plt.xlabel(f"seconds since {clock_text(start)}")
+            title.update(Text.assemble((field, "bold"), f": the last {len(points):,} values · f: next field"))
+        plot.refresh()
+
+
+class PublishScreen(ModalScreen[None]):
+    """Publish any message: topic, payload, QoS and retain; the result shows under the form."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "close")]
+    DEFAULT_CSS = """
+    PublishScreen { align: center middle; }
+    PublishScreen > Vertical {
+        width: 90; height: auto; border: round $accent; padding: 0 1; background: $panel;
+    }
+    PublishScreen Horizontal { height: auto; }
+    PublishScreen #qos { width: 16; }
+    PublishScreen #result { height: auto; }
+    """
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("publish a message", classes="title")
+            yield Input(self.topic, placeholder="topic", id="topic")
+            yield Input(placeholder="payload (JSON or text)", id="payload")
+            with Horizontal():
+                yield Select([(f"QoS {q}", q) for q in (0, 1, 2)], value=1, allow_blank=False, id="qos")
+                yield Checkbox("retain", id="retain")
+                yield Button("publish", id="send")
+            yield Static("enter in the payload, or the button, publishes; escape closes", id="result")
+
+    def on_mount(self) -> None:
+        self.query_one("#payload", Input).focus()
+
+    @on(Button.Pressed, "#send")
+    @on(Input.Submitted, "#payload")
+    def send(self) -> None:
+        topic = self.query_one("#topic", Input).value.strip()
+        if not topic:
+            self.query_one("#result", Static).update(Text("a topic is needed", style="red"))
+            return
+        payload = self.query_one("#payload", Input).value.encode()
+        qos = self.query_one("#qos", Select).value
+        assert isinstance(qos, int)
+        retain = self.query_one("#retain", Checkbox).value
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.publish_message(topic, payload, qos=qos, retain=retain, result=self._result)
+        self.query_one("#result", Static).update(f"publishing to {topic} at QoS {qos}…")
+
+    def _result(self, text: str, ok: bool) -> None:
+        self.query_one("#result", Static).update(Text(text, style="green" if ok else "bold red"))
+
+
+def _pretty(payload: bytes) -> Text | JSON:
+    """The payload as indented, highlighted JSON when it is JSON, else as text."""
+    try:
+        text = payload.decode("utf-8")
+        return JSON(text, indent=2)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return Text(payload.decode("utf-8", "replace"))
+
+
 def _will(state: DeviceState, now: float) -> str:
     return "-" if state.last_will is None else f"{ago(now - state.last_will)} ago"
 
@@ -263,6 +447,7 @@ class WatchApp(App[None]):
         Binding("question_mark", "help", "help"),
         Binding("p", "pause", "pause"),
         Binding("r", "resync", "resync"),
+        Binding("P", "publish", "publish"),
         Binding("e", "export", "export"),
         Binding("slash", "filter", "filter"),
         Binding("escape", "clear_filter", "clear filter", show=False),
@@ -327,8 +512,8 @@ class WatchApp(App[None]):
         if self.until is not None:
             self.until.add_done_callback(lambda _: self.exit())
 
-    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
-        self.model.ingest(topic, payload, retain, self.clock())
+    def _deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+        self.model.ingest(topic, payload, retain, self.clock(), qos)
 
     def _notify(self, attachment: Attachment) -> None:
         now = self.clock()
@@ -369,7 +554,7 @@ class WatchApp(App[None]):
             header.update(text, layout=False)
         self._show_events()
         screen = self.screen
-        if isinstance(screen, DeviceScreen):
+        if isinstance(screen, DeviceScreen | TopicScreen):
             if screen.ready:
                 screen.show(self.model, now)
             return
@@ -548,10 +733,58 @@ class WatchApp(App[None]):
         self.push_screen(DeviceScreen(event.item.id))
 
     @on(VirtualTable.Selected, "#tree")
-    def _toggle_topic(self, event: VirtualTable.Selected) -> None:
+    def _open_topic(self, event: VirtualTable.Selected) -> None:
         node: TopicNode = event.item[1]
-        self.expanded.symmetric_difference_update({node.path})
+        if node.last is not None:
+            self.push_screen(TopicScreen(node.path))
+        else:
+            self.expanded.symmetric_difference_update({node.path})
+            self.refresh_view()
+
+    @on(VirtualTable.Sideways, "#tree")
+    def _expand_topic(self, event: VirtualTable.Sideways) -> None:
+        node: TopicNode = event.item[1]
+        if event.right:
+            self.expanded.add(node.path)
+        else:
+            self.expanded.discard(node.path)
         self.refresh_view()
+
+    def _tree_node(self) -> TopicNode | None:
+        tree = self.query_one("#tree", VirtualTable)
+        if self.query_one(TabbedContent).active != "topics" or not tree.items:
+            return None
+        node: TopicNode = tree.items[tree.cursor][1]
+        return node
+
+    def action_publish(self) -> None:
+        screen = self.screen
+        if isinstance(screen, TopicScreen):
+            topic = screen.topic
+        else:
+            node = self._tree_node()
+            topic = node.path if node is not None else f"{self.model.prefix}/"
+        self.push_screen(PublishScreen(topic))
+
+    def publish_message(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, result: Callable[[str, bool], None]
+    ) -> None:
+        """Publish any message; `result(text, ok)` is called with the outcome."""
+        self._publish_any(topic, payload, qos, retain, result)
+
+    @work(group="publish")
+    async def _publish_any(
+        self, topic: str, payload: bytes, qos: int, retain: bool, result: Callable[[str, bool], None]
+    ) -> None:
+        try:
+            await self.source.publish(topic, payload, qos=qos, retain=retain)
+        except FleetError as exc:
+            self.model.note(self.clock(), "error", f"not published to {topic}: {exc}")
+            result(f"not published: {exc}", False)
+            return
+        what = f"published {len(payload):,} bytes to {topic} at QoS {qos}{', retained' if retain else ''}"
+        self.model.note(self.clock(), "command", what)
+        result(what, True)
 
     # Commands
 

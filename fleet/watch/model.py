@@ -31,6 +31,7 @@ __all__ = [
     "Sync",
     "TopicNode",
     "group_of",
+    "numeric_fields",
 ]
 
 EventKind = Literal["online", "offline", "will", "command", "ack", "error", "broker"]
@@ -41,6 +42,8 @@ RATE_WINDOW = 10.0  # seconds: the time constant of every rate
 SPARK_POINTS = 60  # values kept per numeric metric
 RAW_KEPT = 20  # raw messages kept per device
 RECONNECT_WINDOW = 60.0  # "reconnects in the last minute"
+FOLLOWED_POINTS = 600  # numeric readings kept of the topic on show
+MAX_FIELDS = 64  # numeric fields read from one payload
 _GROUP_SUFFIX = re.compile(r"[-_.]?\d+$")
 DROPPED = "publish/messages/dropped"  # the broker's drop counter under $SYS/broker/, Mosquitto's name
 
@@ -48,6 +51,28 @@ DROPPED = "publish/messages/dropped"  # the broker's drop counter under $SYS/bro
 def group_of(device: str) -> str:
     """The group a device id names by convention: `thermo-0007` is in `thermo`, `van-03` in `van`."""
     return _GROUP_SUFFIX.sub("", device) or device
+
+
+def numeric_fields(payload: bytes) -> dict[str, float]:
+    """The numbers in a JSON payload, by dotted path (`values.temperature`); a bare number is
+    `value`. Booleans are not numbers here; other payloads have none. At most MAX_FIELDS."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    fields: dict[str, float] = {}
+    pending: list[tuple[str, Any]] = [("value", body)] if not isinstance(body, dict) else []
+    if isinstance(body, dict):
+        pending.extend(body.items())
+    while pending and len(fields) < MAX_FIELDS:
+        path, value = pending.pop(0)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and math.isfinite(value):
+            fields[path] = float(value)
+        elif isinstance(value, dict):
+            pending.extend((f"{path}.{key}", inner) for key, inner in value.items())
+    return fields
 
 
 class Rate:
@@ -90,6 +115,7 @@ class Received:
     topic: str
     retain: bool
     payload: bytes
+    qos: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The JSON-lines form of the export: the payload decoded when it is JSON, else as text."""
@@ -171,9 +197,10 @@ class DeviceState:
 
 
 class TopicNode:
-    """One level of the topic tree: the messages and the rate of its whole subtree."""
+    """One level of the topic tree: the messages and the rate of its whole subtree, and the last
+    message on this very topic (None when only topics below it had messages)."""
 
-    __slots__ = ("children", "messages", "name", "path", "rate")
+    __slots__ = ("children", "last", "messages", "name", "path", "rate")
 
     def __init__(self, name: str, path: str) -> None:
         self.name = name
@@ -181,6 +208,7 @@ class TopicNode:
         self.children: dict[str, TopicNode] = {}
         self.messages = 0
         self.rate = Rate()
+        self.last: Received | None = None
 
 
 def _sort_key(column: str, now: float) -> Any:
@@ -224,14 +252,17 @@ class FleetModel:
         self._missed = 0
         self._dropped_base: int | None = None
         self._corrected = 0
+        # The topic on show in the topic view, and the numbers of its recent messages.
+        self._followed: str | None = None
+        self.followed: deque[tuple[float, dict[str, float]]] = deque(maxlen=FOLLOWED_POINTS)
 
     # Ingest
 
-    def ingest(self, topic: str, payload: bytes, retain: bool, now: float) -> None:
+    def ingest(self, topic: str, payload: bytes, retain: bool, now: float, qos: int = 0) -> None:
         """Fold one message into the state; never raises for bad payloads (they are logged as errors)."""
         self.messages += 1
         self.rate.add(now)
-        received = Received(now, topic, retain, payload)
+        received = Received(now, topic, retain, payload, qos)
         self.history.append(received)
         node = self.topics
         node.messages += 1
@@ -243,6 +274,9 @@ class FleetModel:
             child.messages += 1
             child.rate.add(now)
             node = child
+        node.last = received
+        if topic == self._followed:
+            self.followed.append((now, numeric_fields(payload)))
         if topic.startswith("$SYS/broker/"):
             key = topic.removeprefix("$SYS/broker/")
             self.sys[key] = payload.decode("utf-8", "replace")
@@ -358,6 +392,20 @@ class FleetModel:
             return int(self.sys[DROPPED])
         except (KeyError, ValueError):
             return None
+
+    def follow(self, topic: str | None) -> None:
+        """Keep the numbers of `topic`'s messages in `followed`, starting from those in the history."""
+        self._followed = topic
+        self.followed.clear()
+        if topic is not None:
+            self.followed.extend((m.at, numeric_fields(m.payload)) for m in self.history if m.topic == topic)
+
+    def topic(self, path: str) -> TopicNode | None:
+        """The tree's node of `path`, if any message was on it or below it."""
+        node: TopicNode | None = self.topics
+        for level in path.split("/"):
+            node = node.children.get(level) if node is not None else None
+        return node
 
     # Views
 

@@ -22,8 +22,8 @@ from fleet.transport import ClientSession, Link, make_connect
 
 __all__ = ["Attachment", "Deliver", "LinkState", "ListSource", "Message", "MqttSource", "Notify", "Source"]
 
-Deliver = Callable[[str, bytes, bool], None]
-"""Called with (topic, payload, retain) for each message, in order."""
+Deliver = Callable[[str, bytes, bool, int], None]
+"""Called with (topic, payload, retain, qos) for each message, in order."""
 
 LinkState = Literal["connecting", "connected", "lost", "retrying"]
 
@@ -52,6 +52,7 @@ class Message:
     topic: str
     payload: bytes
     retain: bool = False
+    qos: int = 0
 
 
 class Source(Protocol):
@@ -62,8 +63,8 @@ class Source(Protocol):
     async def run(self, deliver: Deliver, notify: Notify) -> None:
         """Deliver messages until cancelled."""
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Publish a message (a device command); raises FleetError when it cannot."""
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Publish a message (a device command, or any message); raises FleetError when it cannot."""
 
     async def resync(self) -> None:
         """Read every retained message under the prefix again; raises FleetError when it cannot."""
@@ -83,7 +84,7 @@ class ListSource:
     ) -> None:
         self.messages = messages
         self.retained = retained
-        self.published: list[tuple[str, bytes]] = []
+        self.published: list[tuple[str, bytes, int, bool]] = []  # topic, payload, QoS, retain
         self.resyncs = 0
         self._description = description
         self._deliver: Deliver | None = None
@@ -96,17 +97,17 @@ class ListSource:
         self._deliver = deliver
         notify(Attachment(state="connected", detail=self._description))
         for message in self.messages:
-            deliver(message.topic, message.payload, message.retain)
+            deliver(message.topic, message.payload, message.retain, message.qos)
         await asyncio.Event().wait()
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        self.published.append((topic, payload))
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        self.published.append((topic, payload, qos, retain))
 
     async def resync(self) -> None:
         self.resyncs += 1
         if self._deliver is not None:
             for message in self.retained:
-                self._deliver(message.topic, message.payload, True)
+                self._deliver(message.topic, message.payload, True, message.qos)
 
 
 class MqttSource:
@@ -145,7 +146,7 @@ class MqttSource:
 
     async def run(self, deliver: Deliver, notify: Notify) -> None:
         def on_message(packet: Publish) -> None:
-            deliver(packet.topic, packet.payload, packet.retain)
+            deliver(packet.topic, packet.payload, packet.retain, packet.qos)
 
         attempt = 0
         where = str(self.endpoint)
@@ -185,12 +186,13 @@ class MqttSource:
             notify(Attachment(state="retrying", detail=reason, retry_in=delay))
             await asyncio.sleep(delay)
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         link = self._link
         if link is None or not link.connected:
             raise TransportError(f"not attached to {self.endpoint}")
-        future = link.publish(topic, payload, qos=1)
-        assert future is not None
+        future = link.publish(topic, payload, qos=qos, retain=retain)
+        if future is None:  # QoS 0: written, nothing to wait for
+            return
         try:
             async with asyncio.timeout(10.0):
                 await future

@@ -66,6 +66,8 @@ class VirtualTable(ScrollView, can_focus=True):
         Binding("home", "move(-1_000_000_000)", "first", show=False),
         Binding("end", "move(1_000_000_000)", "last", show=False),
         Binding("enter", "select", "open", show=False),
+        Binding("right", "sideways(True)", "expand", show=False),
+        Binding("left", "sideways(False)", "collapse", show=False),
     ]
     DEFAULT_CSS = """
     VirtualTable { height: 1fr; }
@@ -76,6 +78,19 @@ class VirtualTable(ScrollView, can_focus=True):
             super().__init__()
             self.table = table
             self.item = item
+
+        @property
+        def control(self) -> VirtualTable:
+            return self.table
+
+    class Sideways(Message):
+        """Right (expand) or left (collapse) on the item under the cursor."""
+
+        def __init__(self, table: VirtualTable, item: Any, right: bool) -> None:
+            super().__init__()
+            self.table = table
+            self.item = item
+            self.right = right
 
         @property
         def control(self) -> VirtualTable:
@@ -211,6 +226,10 @@ class VirtualTable(ScrollView, can_focus=True):
     def action_select(self) -> None:
         if self._items:
             self.post_message(self.Selected(self, self._items[self.cursor]))
+
+    def action_sideways(self, right: bool) -> None:
+        if self._items:
+            self.post_message(self.Sideways(self, self._items[self.cursor], right))
 
     def on_click(self, event: events.Click) -> None:
         if event.y >= 1:

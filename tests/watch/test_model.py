@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fleet.watch.model import FleetModel, group_of
+from fleet.watch.model import FleetModel, group_of, numeric_fields
 from tests.watch.data import NOW, messages
 
 T = NOW
@@ -214,3 +214,55 @@ def test_a_fired_will_and_a_clean_offline_are_told_apart() -> None:
     assert model.lost() == 1
     status(model, "a-1", {"online": True})
     assert model.lost() == 0
+
+
+def test_numeric_fields_are_read_by_dotted_path_and_booleans_are_not_numbers() -> None:
+    """Numbers anywhere in a JSON object are fields by path; a bare number is `value`; text has none."""
+    body = {"seq": 3, "values": {"temperature": 21.5, "heating": True, "pos": {"lat": 52.1}}, "s": "x"}
+    assert numeric_fields(json.dumps(body).encode()) == {
+        "seq": 3.0,
+        "values.temperature": 21.5,
+        "values.pos.lat": 52.1,
+    }
+    assert numeric_fields(b"21") == {"value": 21.0}
+    assert numeric_fields(b"not json") == {}
+    assert numeric_fields(b"[1, 2]") == {}
+
+
+def test_each_topic_keeps_its_last_message_with_retain_and_qos() -> None:
+    """The topic tree's node of a topic holds its last message, retained flag and QoS included."""
+    model = FleetModel()
+    model.ingest("lab/a/b", b'{"x": 1}', True, T, 1)
+    model.ingest("lab/a/b", b'{"x": 2}', False, T + 1, 2)
+    node = model.topic("lab/a/b")
+    assert node is not None
+    assert node.last is not None
+    assert (node.last.payload, node.last.retain, node.last.qos, node.last.at) == (
+        b'{"x": 2}',
+        False,
+        2,
+        T + 1,
+    )
+    parent = model.topic("lab/a")
+    assert parent is not None
+    assert parent.last is None
+    assert model.topic("lab/nope") is None
+
+
+def test_a_followed_topic_keeps_its_numbers_from_the_history_on() -> None:
+    """Following a topic reads its earlier messages from the history, then each new one."""
+    model = FleetModel()
+    for seq in range(3):
+        telemetry(model, "d-1", seq, at=T + seq, temperature=20.0 + seq)
+    telemetry(model, "d-2", 0, temperature=99.0)
+    model.follow("fleet/d-1/telemetry")
+    telemetry(model, "d-1", 3, at=T + 3, temperature=23.0)
+    assert [(at, numbers["values.temperature"]) for at, numbers in model.followed] == [
+        (T, 20.0),
+        (T + 1, 21.0),
+        (T + 2, 22.0),
+        (T + 3, 23.0),
+    ]
+    model.follow(None)
+    telemetry(model, "d-1", 4)
+    assert not model.followed

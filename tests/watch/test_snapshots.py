@@ -36,6 +36,9 @@ SCREENS = {
     "events": (("l",), SIZE),
     "device_detail": (("slash", *"thermo-0002", "enter", "enter"), SIZE),
     "help": (("question_mark",), SIZE),
+    "topic_detail": (("t", "down", "right", "down", "enter"), SIZE),
+    "topic_detail_80x24": (("t", "down", "right", "down", "enter"), (80, 24)),
+    "publish": (("t", "down", "P", *"{}"), SIZE),
 }
 
 

@@ -26,7 +26,7 @@ class Inbox:
         self.notes: list[Attachment] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, topic: str, payload: bytes, retain: bool) -> None:
+    def deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
         self.messages.append((topic, payload, retain))
         self._changed.set()
 
