@@ -386,6 +386,11 @@ class FleetModel:
         self._missed = 0
         self._corrected = 0
         self._dropped_base = self._dropped() if how == "resync" else None
+        if how == "attach":
+            # What the devices sent while the watcher was away is the watcher's gap, not theirs:
+            # count loss from the next seq on.
+            for device in self.devices.values():
+                device.seq_next = None
 
     def _dropped(self) -> int | None:
         try:

@@ -266,3 +266,16 @@ def test_a_followed_topic_keeps_its_numbers_from_the_history_on() -> None:
     model.follow(None)
     telemetry(model, "d-1", 4)
     assert not model.followed
+
+
+def test_what_devices_sent_while_the_watcher_was_away_is_not_their_loss() -> None:
+    """After the watcher re-attaches, the seq it missed meanwhile counts neither as loss nor as behind."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    telemetry(model, "d-1", 0)
+    telemetry(model, "d-1", 1)
+    model.synced(T + 30, "attach")
+    telemetry(model, "d-1", 40, at=T + 30)
+    telemetry(model, "d-1", 42, at=T + 31)
+    assert model.devices["d-1"].gaps == 1
+    assert model.sync().missed == 1
