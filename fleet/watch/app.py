@@ -341,9 +341,9 @@ class TopicScreen(Screen[None]):
         if self.field is None:
             fields = self.fields(model)
             self.field = fields[0] if fields else None
-        self._plot(model, now)
+        self._plot(model)
 
-    def _plot(self, model: FleetModel, now: float) -> None:
+    def _plot(self, model: FleetModel) -> None:
         field = self.field
         points = [(at, numbers[field]) for at, numbers in model.followed if field in numbers]
         latest = points[-1][0] if points else 0.0
