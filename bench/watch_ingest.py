@@ -24,7 +24,7 @@ together), what one free core would take at that load. The device table is sorte
 
 `over MQTT` is the real path at `--mqtt-rates`: `fleet broker` on a free port, a publisher child
 (the lean `Link`, QoS 0, `--seconds` worth of telemetry at the rate, pausing while its socket is
-congested) and the coalesced app on `MqttSource` (QoS 1 subscription, delivered at QoS 0). It
+congested) and the coalesced app on `MqttSource` (a QoS 0 subscription). It
 counts what arrived under `fleet/`; `lag` is how long after the publisher's last message the app
 had all of them (none: some never came, dropped by the broker for a slow reader). The broker and
 the publisher share the host's cores with the app. A step is sustained by the same rule.
@@ -100,7 +100,7 @@ class FloodSource:
         messages = self.messages
         count = len(messages)
         for topic, payload in messages[: count // 2]:  # every device known before the clock starts
-            deliver(topic, payload, False)
+            deliver(topic, payload, False, 0)
         position = count // 2
         self.delivered = 0
         rate = self.rate
@@ -111,19 +111,22 @@ class FloodSource:
             batch = min(self._due() - self.delivered, max(1, int(rate * 0.05)))
             for _ in range(batch):
                 topic, payload = messages[position]
-                deliver(topic, payload, False)
+                deliver(topic, payload, False, 0)
                 position = (position + 1) % count
             self.delivered += batch
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        raise NotImplementedError
+
+    async def resync(self) -> None:
         raise NotImplementedError
 
 
 class PerMessageApp(WatchApp):
     """The naive design: every message redraws the screen."""
 
-    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
-        super()._deliver(topic, payload, retain)
+    def _deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+        super()._deliver(topic, payload, retain, qos)
         self.refresh_view()
 
 

@@ -4,6 +4,14 @@ Messages go straight from the source into the model (`FleetModel.ingest`, O(1) p
 The screen is refreshed by one timer, at most `1 / refresh` times a second, from the model's
 state at that moment, so a flood of messages never queues up redraws: the UI neither starves nor
 lags behind.
+
+The topic view is a general MQTT browser, as mqttui's users expect: `enter` on a topic shows its
+last payload (pretty-printed JSON), its retained flag and QoS, and a chart of any numeric field
+over time; `P` publishes any message.
+
+The header says what the connection does (connecting, connected, lost, retrying) and whether the
+watcher fell behind the broker since it attached: then `r` resyncs, reading every retained status
+again.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.json import JSON
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -26,6 +35,7 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import (
     Button,
+    Checkbox,
     Footer,
     Input,
     Label,
@@ -36,39 +46,50 @@ from textual.widgets import (
     TabbedContent,
     TabPane,
 )
+from textual_plotext import PlotextPlot
 
 from fleet.device import KNOWN_OPS
 from fleet.errors import FleetError
-from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, TopicNode
-from fleet.watch.sources import Source
+from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, Received, Sync, TopicNode
+from fleet.watch.sources import Attachment, Source
 from fleet.watch.table import Column, VirtualTable
 
 __all__ = ["KEYS", "WatchApp"]
 
 KEYS = (
     ("d / t / l", "devices, topic tree, event log"),
-    ("/", "filter the devices by id or group (enter: back to the table)"),
+    ("/", "filter the devices by id or group (enter: back to the table, escape: clear)"),
     ("1 … 9", "sort the devices by that column; again: reverse"),
     ("↑ ↓ PgUp PgDn Home End", "move in a table"),
-    ("enter", "device: open its detail; topic: expand or collapse"),
+    ("enter", "device: open its detail; topic: open it (payload, chart), or expand or collapse"),
+    ("→ ←", "topic tree: expand, collapse"),
+    ("f", "topic: chart the next numeric field"),
+    ("P", "publish a message (any topic, payload, QoS, retain)"),
     ("escape", "close the detail or this help"),
     ("p", "pause the display (messages are still counted)"),
+    ("r", "resync: read every retained status again (after the header says behind)"),
     ("e", "export the visible history to a JSON-lines file"),
     ("?", "this help"),
     ("q, ctrl+c", "quit"),
 )
+# Each is wide enough for its title and the sort arrow: at 80 columns, with the scrollbar, they fit
+# exactly; a wider screen's spare width goes mostly to the ids and groups.
 _DEVICE_COLUMNS = (
-    Column("id", 16),
-    Column("group", 10),
-    Column("status", 7),
-    Column("last seen", 9, right=True),
+    Column("id", 12, grow=3),
+    Column("group", 7, grow=2),
+    Column("status", 8),
+    Column("seen", 6, right=True),
     Column("msgs", 8, right=True),
-    Column("rate/s", 7, right=True),
+    Column("rate/s", 8, right=True),
     Column("loss", 6, right=True),
-    Column("reconn", 6, right=True),
-    Column("last will", 9, right=True),
+    Column("reconn", 8, right=True),
+    Column("will", 6, right=True),
 )
-_TOPIC_COLUMNS = (Column("topic", 48), Column("messages", 10, right=True), Column("rate/s", 8, right=True))
+_TOPIC_COLUMNS = (
+    Column("topic", 40, grow=4),
+    Column("messages", 10, right=True),
+    Column("rate/s", 8, right=True),
+)
 _DESCENDING_FIRST = {"last seen", "msgs", "rate", "loss", "reconnects", "last will"}
 _EVENT_STYLES = {
     "online": "green",
@@ -87,6 +108,13 @@ _SYS = (
     ("dropped", "publish/messages/dropped"),
 )
 _NEEDS_VALUE = {"set_interval", "go_offline"}
+_BOOKKEEPING = {"seq", "ts"}
+_ATTACHMENT_STYLES = {
+    "connecting": "bold yellow",
+    "connected": "bold green",
+    "lost": "bold white on red",
+    "retrying": "bold white on red",
+}
 
 
 def ago(seconds: float) -> str:
@@ -224,6 +252,179 @@ class DeviceScreen(Screen[None]):
         self.query_one("#ack", Static).update(f"sent {self.pending}: {op}; waiting for the ack")
 
 
+class TopicScreen(Screen[None]):
+    """One topic: its last message (pretty-printed when JSON), retained flag, QoS, and a chart of
+    one numeric field of its recent messages (`f` picks the next field)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "back"),
+        Binding("f", "next_field", "next field"),
+        Binding("P", "app.publish", "publish"),
+    ]
+    DEFAULT_CSS = """
+    TopicScreen #summary { height: 2; padding: 0 1; background: $panel; }
+    TopicScreen #body { height: 1fr; }
+    TopicScreen #payload-box { width: 1fr; padding: 0 1; }
+    TopicScreen #chart { width: 2fr; border-left: solid $accent; }
+    TopicScreen #chart-title { height: 1; padding: 0 1; }
+    """
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+        self.field: str | None = None
+        self.ready = False
+        self._shown: Received | None = None
+        self._plotted: tuple[str | None, int, float] | None = None  # what the chart shows
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="summary")
+        with Horizontal(id="body"):
+            with VerticalScroll(id="payload-box"):
+                yield Static(id="payload")
+            with Vertical(id="chart"):
+                yield Static(id="chart-title")
+                yield PlotextPlot(id="plot")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.ready = True
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.model.follow(self.topic)
+        app.refresh_view()
+
+    def on_unmount(self) -> None:
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.model.follow(None)
+
+    def fields(self, model: FleetModel) -> list[str]:
+        """The numeric fields of the followed messages, in the order they first appear, with the
+        scheme's counter and clock (`seq`, `ts`) last: the readings are what one wants to see."""
+        seen: dict[str, None] = {}
+        for _, numbers in model.followed:
+            seen.update(dict.fromkeys(numbers))
+        return sorted(seen, key=lambda field: field in _BOOKKEEPING)
+
+    def action_next_field(self) -> None:
+        app = self.app
+        assert isinstance(app, WatchApp)
+        fields = self.fields(app.model)
+        if not fields:
+            app.notify("this topic has no numeric field to chart")
+            return
+        index = fields.index(self.field) + 1 if self.field in fields else 0
+        self.field = fields[index % len(fields)]
+        app.refresh_view()
+
+    def show(self, model: FleetModel, now: float) -> None:
+        node = model.topic(self.topic)
+        if node is None or node.last is None:
+            return
+        try:
+            summary = self.query_one("#summary", Static)
+        except NoMatches:  # the timer fired while the screen closes
+            return
+        last = node.last
+        summary.update(
+            Text.assemble(
+                (self.topic, "bold"),
+                f"\nretained {'yes' if last.retain else 'no'} · QoS {last.qos} · received"
+                f" {clock_text(last.at)} ({ago(now - last.at)} ago) · {len(last.payload):,} bytes"
+                f" · {node.messages:,} messages · {node.rate.at(now):.1f}/s",
+            )
+        )
+        if last is not self._shown:
+            self._shown = last
+            self.query_one("#payload", Static).update(_pretty(last.payload))
+        if self.field is None:
+            fields = self.fields(model)
+            self.field = fields[0] if fields else None
+        self._plot(model)
+
+    def _plot(self, model: FleetModel) -> None:
+        field = self.field
+        points = [(at, numbers[field]) for at, numbers in model.followed if field in numbers]
+        latest = points[-1][0] if points else 0.0
+        if (field, len(points), latest) == self._plotted:
+            return
+        self._plotted = (field, len(points), latest)
+        plot = self.query_one("#plot", PlotextPlot)
+        title = self.query_one("#chart-title", Static)
+        plt = plot.plt
+        plt.clear_data()
+        if field is None or not points:
+            title.update("no numeric field to chart")
+        else:
+            start = points[0][0]
+            plt.plot([at - start for at, _ in points], [value for _, value in points], marker="braille")
+            plt.xlabel(f"seconds since {clock_text(start)}")
+            title.update(Text.assemble((field, "bold"), f": the last {len(points):,} values · f: next field"))
+        plot.refresh()
+
+
+class PublishScreen(ModalScreen[None]):
+    """Publish any message: topic, payload, QoS and retain; the result shows under the form."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", "close")]
+    DEFAULT_CSS = """
+    PublishScreen { align: center middle; }
+    PublishScreen > Vertical {
+        width: 90; height: auto; border: round $accent; padding: 0 1; background: $panel;
+    }
+    PublishScreen Horizontal { height: auto; }
+    PublishScreen #qos { width: 16; }
+    PublishScreen #result { height: auto; }
+    """
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self.topic = topic
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("publish a message", classes="title")
+            yield Input(self.topic, placeholder="topic", id="topic")
+            yield Input(placeholder="payload (JSON or text)", id="payload")
+            with Horizontal():
+                yield Select([(f"QoS {q}", q) for q in (0, 1, 2)], value=1, allow_blank=False, id="qos")
+                yield Checkbox("retain", id="retain")
+                yield Button("publish", id="send")
+            yield Static("enter in the payload, or the button, publishes; escape closes", id="result")
+
+    def on_mount(self) -> None:
+        self.query_one("#payload", Input).focus()
+
+    @on(Button.Pressed, "#send")
+    @on(Input.Submitted, "#payload")
+    def send(self) -> None:
+        topic = self.query_one("#topic", Input).value.strip()
+        if not topic:
+            self.query_one("#result", Static).update(Text("a topic is needed", style="red"))
+            return
+        payload = self.query_one("#payload", Input).value.encode()
+        qos = self.query_one("#qos", Select).value
+        assert isinstance(qos, int)
+        retain = self.query_one("#retain", Checkbox).value
+        app = self.app
+        assert isinstance(app, WatchApp)
+        app.publish_message(topic, payload, qos=qos, retain=retain, result=self._result)
+        self.query_one("#result", Static).update(f"publishing to {topic} at QoS {qos}…")
+
+    def _result(self, text: str, ok: bool) -> None:
+        self.query_one("#result", Static).update(Text(text, style="green" if ok else "bold red"))
+
+
+def _pretty(payload: bytes) -> Text | JSON:
+    """The payload as indented, highlighted JSON when it is JSON, else as text."""
+    try:
+        text = payload.decode("utf-8")
+        return JSON(text, indent=2)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return Text(payload.decode("utf-8", "replace"))
+
+
 def _will(state: DeviceState, now: float) -> str:
     return "-" if state.last_will is None else f"{ago(now - state.last_will)} ago"
 
@@ -234,8 +435,9 @@ class WatchApp(App[None]):
 
     TITLE = "fleet watch"
     CSS = """
-    #header { height: 3; padding: 0 1; background: $panel; }
-    #filter { height: 3; }
+    #header { height: 3; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
+    #filter { height: 1; border: none; padding: 0 1; display: none; }
+    #filter.shown { display: block; }
     TabbedContent, ContentSwitcher, TabPane { height: 1fr; }
     TabPane { padding: 0; }
     """
@@ -244,11 +446,15 @@ class WatchApp(App[None]):
         Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("question_mark", "help", "help"),
         Binding("p", "pause", "pause"),
+        Binding("r", "resync", "resync"),
+        Binding("P", "publish", "publish"),
         Binding("e", "export", "export"),
         Binding("slash", "filter", "filter"),
-        Binding("d", "tab('devices')", "devices"),
-        Binding("t", "tab('topics')", "topics"),
-        Binding("l", "tab('events')", "events"),
+        Binding("escape", "clear_filter", "clear filter", show=False),
+        # The tabs name their keys, so the footer leaves them out: at 80 columns it would be cut.
+        Binding("d", "tab('devices')", "devices", show=False),
+        Binding("t", "tab('topics')", "topics", show=False),
+        Binding("l", "tab('events')", "events", show=False),
         *(Binding(str(n), f"sort({n - 1})", f"sort {n}", show=False) for n in range(1, 10)),
     ]
 
@@ -278,16 +484,22 @@ class WatchApp(App[None]):
         self._commands = 0
         self._events_shown = 0
         self._now = clock()
+        self.attachment = Attachment(state="connecting", detail=source.description)
+        self._retry_at = 0.0
+        self._retry_logged = ""
+        self._header_shown = Text()
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
         with TabbedContent(initial="devices"):
-            with TabPane("devices", id="devices"):
-                yield Input(placeholder="/ to filter by id or group", id="filter")
-                yield VirtualTable(_DEVICE_COLUMNS, self._device_cells, _device_style, id="table")
-            with TabPane("topics", id="topics"):
-                yield VirtualTable(_TOPIC_COLUMNS, self._topic_cells, _topic_style, id="tree")
-            with TabPane("events", id="events"):
+            with TabPane("devices (d)", id="devices"):
+                yield Input(placeholder="filter by id or group; enter: back to the table", id="filter")
+                yield VirtualTable(
+                    _DEVICE_COLUMNS, self._device_cells, _device_style, key=_device_key, id="table"
+                )
+            with TabPane("topics (t)", id="topics"):
+                yield VirtualTable(_TOPIC_COLUMNS, self._topic_cells, _topic_style, key=_topic_key, id="tree")
+            with TabPane("events (l)", id="events"):
                 yield RichLog(max_lines=1000, wrap=False, markup=False, id="log")
         yield Footer()
 
@@ -300,11 +512,28 @@ class WatchApp(App[None]):
         if self.until is not None:
             self.until.add_done_callback(lambda _: self.exit())
 
-    def _deliver(self, topic: str, payload: bytes, retain: bool) -> None:
-        self.model.ingest(topic, payload, retain, self.clock())
+    def _deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+        self.model.ingest(topic, payload, retain, self.clock(), qos)
 
-    def _notify(self, text: str) -> None:
-        self.model.note(self.clock(), "broker", text)
+    def _notify(self, attachment: Attachment) -> None:
+        now = self.clock()
+        was = self.attachment.state
+        self.attachment = attachment
+        model = self.model
+        if attachment.state == "connected":
+            self._retry_logged = ""
+            if was != "connected":
+                # A fresh subscription re-reads every retained status: count what is missed from here.
+                model.synced(now, "attach")
+                model.note(now, "broker", f"connected to {attachment.detail}")
+        elif attachment.state == "lost":
+            model.note(now, "broker", f"lost {attachment.detail}")
+        elif attachment.state == "retrying":
+            assert attachment.retry_in is not None
+            self._retry_at = now + attachment.retry_in
+            if attachment.detail != self._retry_logged:
+                self._retry_logged = attachment.detail
+                model.note(now, "broker", f"{attachment.detail}; retrying")
 
     # The coalesced refresh
 
@@ -318,10 +547,14 @@ class WatchApp(App[None]):
             return
         self.refreshes += 1
         now = self._now = self.clock()
-        header.update(self._header(now))
+        text = self._header(now)
+        if text != self._header_shown:
+            # Same size every time: no layout pass, which would cost the whole screen's.
+            self._header_shown = text
+            header.update(text, layout=False)
         self._show_events()
         screen = self.screen
-        if isinstance(screen, DeviceScreen):
+        if isinstance(screen, DeviceScreen | TopicScreen):
             if screen.ready:
                 screen.show(self.model, now)
             return
@@ -333,20 +566,36 @@ class WatchApp(App[None]):
             self.query_one("#tree", VirtualTable).set_items(self._topic_rows(now))
 
     def _header(self, now: float) -> Text:
+        """Three lines that never wrap: the connection, the fleet, and whether the view is in sync."""
         model = self.model
         online, offline, total = model.counts()
-        text = Text()
-        text.append("fleet watch ", style="bold")
-        text.append(f"{self.source.description}  prefix {model.prefix}/")
+        lost = model.lost()
+        text = Text(no_wrap=True, overflow="ellipsis")
+        attachment = self.attachment
+        badge: str = attachment.state
+        if badge == "retrying":
+            wait = self._retry_at - now
+            badge = f"retrying in {wait:.0f}s" if wait >= 0.5 else "retrying now"
+        text.append(f" {badge} ", style=_ATTACHMENT_STYLES[attachment.state])
+        if attachment.state in ("connecting", "connected"):
+            text.append(f" {attachment.detail}")
+        else:
+            text.append(f" {attachment.detail}", style="red")
+        text.append(f"  prefix {model.prefix}/")
         if self.paused:
             text.append("  PAUSED", style="bold reverse yellow")
-        text.append(f"\ndevices {online:,} online", style="bold green")
-        text.append(f"  {offline:,} offline", style="bold red" if offline else "")
-        text.append(f"  {total:,} total │ {model.rate.at(now):,.1f} msg/s in │ wills {model.wills:,}")
-        text.append(f" │ reconnects {model.reconnects_within(now):,}/min │ errors {model.errors:,}")
+        text.append(f"\n{total:,} devices: ")
+        text.append(f"{online:,} online", style="bold green")
+        text.append(f"  {offline - lost:,} offline", style="bold" if offline - lost else "")
+        text.append(f"  {lost:,} lost", style="bold red" if lost else "")
+        text.append(f" │ {model.rate.at(now):,.1f} msg/s │ wills {model.wills:,}")
+        text.append(f" │ {model.reconnects_within(now):,} reconn/min")
+        text.append("\n")
+        text.append_text(_sync_text(model.sync(), attachment.state == "connected"))
         figures = [f"{name} {model.sys[key]}" for name, key in _SYS if key in model.sys]
-        text.append("\n$SYS ", style="bold")
-        text.append(" │ ".join(figures) if figures else "no broker figures (yet)")
+        text.append(" │ $SYS ", style="bold")
+        text.append(" · ".join(figures) if figures else "none yet")
+        text.append(f" │ errors {model.errors:,}", style="red" if model.errors else "")
         return text
 
     def _show_events(self) -> None:
@@ -403,9 +652,34 @@ class WatchApp(App[None]):
         self.paused = not self.paused
         self.query_one("#header", Static).update(self._header(self.clock()))
 
+    def action_resync(self) -> None:
+        if self.attachment.state != "connected":
+            self.notify("not connected: the retained statuses are read when the connection is back")
+            return
+        now = self.clock()
+        self.model.synced(now, "resync")
+        self.model.note(now, "broker", "resync: reading every retained status again")
+        self._resync()
+
+    @work(group="resync", exclusive=True)
+    async def _resync(self) -> None:
+        try:
+            await self.source.resync()
+        except FleetError as exc:
+            self.model.note(self.clock(), "error", f"resync failed: {exc}")
+
     def action_filter(self) -> None:
         self.query_one(TabbedContent).active = "devices"
-        self.query_one("#filter", Input).focus()
+        box = self.query_one("#filter", Input)
+        box.add_class("shown")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus or box.value:
+            box.value = ""
+            box.remove_class("shown")
+            self.query_one("#table", VirtualTable).focus()
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
@@ -449,6 +723,9 @@ class WatchApp(App[None]):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
+        box = self.query_one("#filter", Input)
+        if not box.value.strip():
+            box.remove_class("shown")
         self.query_one("#table", VirtualTable).focus()
 
     @on(VirtualTable.Selected, "#table")
@@ -456,10 +733,58 @@ class WatchApp(App[None]):
         self.push_screen(DeviceScreen(event.item.id))
 
     @on(VirtualTable.Selected, "#tree")
-    def _toggle_topic(self, event: VirtualTable.Selected) -> None:
+    def _open_topic(self, event: VirtualTable.Selected) -> None:
         node: TopicNode = event.item[1]
-        self.expanded.symmetric_difference_update({node.path})
+        if node.last is not None:
+            self.push_screen(TopicScreen(node.path))
+        else:
+            self.expanded.symmetric_difference_update({node.path})
+            self.refresh_view()
+
+    @on(VirtualTable.Sideways, "#tree")
+    def _expand_topic(self, event: VirtualTable.Sideways) -> None:
+        node: TopicNode = event.item[1]
+        if event.right:
+            self.expanded.add(node.path)
+        else:
+            self.expanded.discard(node.path)
         self.refresh_view()
+
+    def _tree_node(self) -> TopicNode | None:
+        tree = self.query_one("#tree", VirtualTable)
+        if self.query_one(TabbedContent).active != "topics" or not tree.items:
+            return None
+        node: TopicNode = tree.items[tree.cursor][1]
+        return node
+
+    def action_publish(self) -> None:
+        screen = self.screen
+        if isinstance(screen, TopicScreen):
+            topic = screen.topic
+        else:
+            node = self._tree_node()
+            topic = node.path if node is not None else f"{self.model.prefix}/"
+        self.push_screen(PublishScreen(topic))
+
+    def publish_message(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, result: Callable[[str, bool], None]
+    ) -> None:
+        """Publish any message; `result(text, ok)` is called with the outcome."""
+        self._publish_any(topic, payload, qos, retain, result)
+
+    @work(group="publish")
+    async def _publish_any(
+        self, topic: str, payload: bytes, qos: int, retain: bool, result: Callable[[str, bool], None]
+    ) -> None:
+        try:
+            await self.source.publish(topic, payload, qos=qos, retain=retain)
+        except FleetError as exc:
+            self.model.note(self.clock(), "error", f"not published to {topic}: {exc}")
+            result(f"not published: {exc}", False)
+            return
+        what = f"published {len(payload):,} bytes to {topic} at QoS {qos}{', retained' if retain else ''}"
+        self.model.note(self.clock(), "command", what)
+        result(what, True)
 
     # Commands
 
@@ -500,8 +825,34 @@ class WatchApp(App[None]):
             root.handlers[:] = handlers
 
 
+def _sync_text(sync: Sync, connected: bool) -> Text:
+    text = Text()
+    if sync.since is None:
+        text.append("not attached yet", style="yellow")
+    elif sync.behind:
+        what = [f"{sync.missed:,} missed (seq gaps)"] if sync.missed else []
+        if sync.dropped:
+            what.append(f"broker dropped {sync.dropped:,}")
+        text.append(f" behind since {clock_text(sync.since)}: {', '.join(what)} ", style="bold white on red")
+        if connected:
+            text.append(" r resyncs", style="bold")
+    else:
+        text.append(f"in sync since {clock_text(sync.since)}", style="green")
+        if sync.how == "resync":
+            text.append(f" (resynced, {sync.corrected:,} corrected)")
+    return text
+
+
 def _device_style(device: DeviceState) -> str:
-    return {None: "dim", True: "", False: "red"}[device.online]
+    return {"?": "dim", "online": "", "offline": "dim", "lost": "bold red"}[device.status]
+
+
+def _device_key(device: DeviceState) -> str:
+    return device.id
+
+
+def _topic_key(row: tuple[int, TopicNode, bool, bool]) -> str:
+    return row[1].path
 
 
 def _topic_style(row: tuple[int, TopicNode, bool, bool]) -> str:

@@ -4,6 +4,9 @@ Every message is decoded once and folded into per-device state, a topic tree wit
 a bounded event log and a bounded history. The caller passes the receive time, so a test with a
 fixed clock gets the same state, and the same screen, every run. Rendering reads this state at its
 own pace: ingesting never waits for the screen.
+
+It also keeps what says the watcher fell behind the broker since it last (re)read the retained
+statuses: messages missing from devices' seq, and the rise of the broker's drop counter in `$SYS`.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ __all__ = [
     "LogEvent",
     "Rate",
     "Received",
+    "Sync",
     "TopicNode",
     "group_of",
+    "numeric_fields",
 ]
 
 EventKind = Literal["online", "offline", "will", "command", "ack", "error", "broker"]
@@ -37,12 +42,37 @@ RATE_WINDOW = 10.0  # seconds: the time constant of every rate
 SPARK_POINTS = 60  # values kept per numeric metric
 RAW_KEPT = 20  # raw messages kept per device
 RECONNECT_WINDOW = 60.0  # "reconnects in the last minute"
+FOLLOWED_POINTS = 600  # numeric readings kept of the topic on show
+MAX_FIELDS = 64  # numeric fields read from one payload
 _GROUP_SUFFIX = re.compile(r"[-_.]?\d+$")
+DROPPED = "publish/messages/dropped"  # the broker's drop counter under $SYS/broker/, Mosquitto's name
 
 
 def group_of(device: str) -> str:
     """The group a device id names by convention: `thermo-0007` is in `thermo`, `van-03` in `van`."""
     return _GROUP_SUFFIX.sub("", device) or device
+
+
+def numeric_fields(payload: bytes) -> dict[str, float]:
+    """The numbers in a JSON payload, by dotted path (`values.temperature`); a bare number is
+    `value`. Booleans are not numbers here; other payloads have none. At most MAX_FIELDS."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    fields: dict[str, float] = {}
+    pending: list[tuple[str, Any]] = [("value", body)] if not isinstance(body, dict) else []
+    if isinstance(body, dict):
+        pending.extend(body.items())
+    while pending and len(fields) < MAX_FIELDS:
+        path, value = pending.pop(0)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and math.isfinite(value):
+            fields[path] = float(value)
+        elif isinstance(value, dict):
+            pending.extend((f"{path}.{key}", inner) for key, inner in value.items())
+    return fields
 
 
 class Rate:
@@ -85,6 +115,7 @@ class Received:
     topic: str
     retain: bool
     payload: bytes
+    qos: int = 0
 
     def as_json(self) -> dict[str, Any]:
         """The JSON-lines form of the export: the payload decoded when it is JSON, else as text."""
@@ -100,6 +131,23 @@ class Received:
         return record
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sync:
+    """How far the watcher can trust its state: what it missed since `since`, when it last attached
+    or resynced. `missed` counts messages missing from devices' seq; `dropped` is the rise of the
+    broker's drop counter (any client's drops: the counter is broker-wide), None without one."""
+
+    since: float | None
+    how: Literal["attach", "resync"] | None
+    missed: int
+    dropped: int | None
+    corrected: int  # statuses a resync changed
+
+    @property
+    def behind(self) -> bool:
+        return self.missed > 0 or bool(self.dropped)
+
+
 class DeviceState:
     """What is known about one device; mutated by `FleetModel.ingest` only."""
 
@@ -111,6 +159,7 @@ class DeviceState:
         "last_seen",
         "last_will",
         "messages",
+        "offline_reason",
         "online",
         "rate",
         "raw",
@@ -124,6 +173,7 @@ class DeviceState:
         self.id = device
         self.group = group_of(device)
         self.online: bool | None = None
+        self.offline_reason: str | None = None
         self.last_seen = 0.0
         self.messages = 0
         self.rate = Rate()
@@ -138,13 +188,19 @@ class DeviceState:
 
     @property
     def status(self) -> str:
-        return {None: "?", True: "online", False: "offline"}[self.online]
+        """online, offline (left cleanly), lost (its last will), or ? (not known yet)."""
+        if self.online is None:
+            return "?"
+        if self.online:
+            return "online"
+        return "lost" if self.offline_reason == "lost" else "offline"
 
 
 class TopicNode:
-    """One level of the topic tree: the messages and the rate of its whole subtree."""
+    """One level of the topic tree: the messages and the rate of its whole subtree, and the last
+    message on this very topic (None when only topics below it had messages)."""
 
-    __slots__ = ("children", "messages", "name", "path", "rate")
+    __slots__ = ("children", "last", "messages", "name", "path", "rate")
 
     def __init__(self, name: str, path: str) -> None:
         self.name = name
@@ -152,6 +208,7 @@ class TopicNode:
         self.children: dict[str, TopicNode] = {}
         self.messages = 0
         self.rate = Rate()
+        self.last: Received | None = None
 
 
 def _sort_key(column: str, now: float) -> Any:
@@ -189,14 +246,23 @@ class FleetModel:
         self.event_count = 0  # events ever logged, so a view can tell which are new
         self._reconnects: deque[float] = deque()
         self._online = 0
+        self._lost = 0
+        self._sync_at: float | None = None
+        self._sync_how: Literal["attach", "resync"] | None = None
+        self._missed = 0
+        self._dropped_base: int | None = None
+        self._corrected = 0
+        # The topic on show in the topic view, and the numbers of its recent messages.
+        self._followed: str | None = None
+        self.followed: deque[tuple[float, dict[str, float]]] = deque(maxlen=FOLLOWED_POINTS)
 
     # Ingest
 
-    def ingest(self, topic: str, payload: bytes, retain: bool, now: float) -> None:
+    def ingest(self, topic: str, payload: bytes, retain: bool, now: float, qos: int = 0) -> None:
         """Fold one message into the state; never raises for bad payloads (they are logged as errors)."""
         self.messages += 1
         self.rate.add(now)
-        received = Received(now, topic, retain, payload)
+        received = Received(now, topic, retain, payload, qos)
         self.history.append(received)
         node = self.topics
         node.messages += 1
@@ -208,8 +274,14 @@ class FleetModel:
             child.messages += 1
             child.rate.add(now)
             node = child
+        node.last = received
+        if topic == self._followed:
+            self.followed.append((now, numeric_fields(payload)))
         if topic.startswith("$SYS/broker/"):
-            self.sys[topic.removeprefix("$SYS/broker/")] = payload.decode("utf-8", "replace")
+            key = topic.removeprefix("$SYS/broker/")
+            self.sys[key] = payload.decode("utf-8", "replace")
+            if key == DROPPED and self._dropped_base is None:
+                self._dropped_base = self._dropped()
             return
         device_id, kind = classify(topic, self.prefix)
         if device_id is None or kind == "raw":
@@ -245,6 +317,7 @@ class FleetModel:
             expected = device.seq_next
             if expected is not None and seq > expected:
                 device.gaps += seq - expected
+                self._missed += seq - expected
             if expected is None or seq >= expected:
                 device.seq_next = seq + 1
         values = body.get("values")
@@ -262,13 +335,19 @@ class FleetModel:
         if not isinstance(online, bool):
             self._log(now, "error", device.id, "a status without a boolean 'online'")
             return
-        was = device.online
+        was, was_status = device.online, device.status
+        reason = body.get("reason")
         device.online = online
+        device.offline_reason = None if online else str(reason) if reason is not None else None
         self._online += (online is True) - (was is True)
+        self._lost += (device.status == "lost") - (was_status == "lost")
         if retain:
             # A retained status tells the state, not news: it is older than this session.
-            if not online and body.get("reason") == "lost":
+            if not online and reason == "lost":
                 device.last_will = now
+            if self._sync_how == "resync" and was_status not in ("?", device.status):
+                self._corrected += 1
+                self._log(now, "broker", device.id, f"resync: {device.status}, not {was_status}")
             return
         device.last_seen = now
         if online:
@@ -276,7 +355,7 @@ class FleetModel:
                 device.reconnects += 1
                 self._reconnects.append(now)
             self._log(now, "online", device.id, "online" if was is None else "back online")
-        elif body.get("reason") == "lost":
+        elif reason == "lost":
             device.last_will = now
             self.wills += 1
             self._log(now, "will", device.id, "last will: the connection was lost")
@@ -299,6 +378,40 @@ class FleetModel:
         """Log what the watcher itself did or saw: a command sent, the broker connection, an error."""
         self._log(now, kind, device, text)
 
+    def synced(self, now: float, how: Literal["attach", "resync"]) -> None:
+        """The source subscribed afresh (`attach`) or again (`resync`): the broker re-sends every
+        retained status, so what was missed before is about to be corrected; count from here."""
+        self._sync_at = now
+        self._sync_how = how
+        self._missed = 0
+        self._corrected = 0
+        self._dropped_base = self._dropped() if how == "resync" else None
+        if how == "attach":
+            # What the devices sent while the watcher was away is the watcher's gap, not theirs:
+            # count loss from the next seq on.
+            for device in self.devices.values():
+                device.seq_next = None
+
+    def _dropped(self) -> int | None:
+        try:
+            return int(self.sys[DROPPED])
+        except (KeyError, ValueError):
+            return None
+
+    def follow(self, topic: str | None) -> None:
+        """Keep the numbers of `topic`'s messages in `followed`, starting from those in the history."""
+        self._followed = topic
+        self.followed.clear()
+        if topic is not None:
+            self.followed.extend((m.at, numeric_fields(m.payload)) for m in self.history if m.topic == topic)
+
+    def topic(self, path: str) -> TopicNode | None:
+        """The tree's node of `path`, if any message was on it or below it."""
+        node: TopicNode | None = self.topics
+        for level in path.split("/"):
+            node = node.children.get(level) if node is not None else None
+        return node
+
     # Views
 
     def reconnects_within(self, now: float, window: float = RECONNECT_WINDOW) -> int:
@@ -312,6 +425,22 @@ class FleetModel:
         """(online, offline, total) devices."""
         total = len(self.devices)
         return self._online, total - self._online, total
+
+    def lost(self) -> int:
+        """Devices offline by their last will (a subset of the offline ones)."""
+        return self._lost
+
+    def sync(self) -> Sync:
+        """What the watcher missed since it last attached or resynced."""
+        now, base = self._dropped(), self._dropped_base
+        dropped = None if now is None or base is None else max(0, now - base)
+        return Sync(
+            since=self._sync_at,
+            how=self._sync_how,
+            missed=self._missed,
+            dropped=dropped,
+            corrected=self._corrected,
+        )
 
     def rows(self, text: str, column: str, descending: bool, now: float) -> list[DeviceState]:
         """The devices whose id or group contains `text`, sorted by `column`."""

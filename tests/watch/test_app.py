@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from textual.strip import Strip
+
 from broker.server import Broker
 from fleet.endpoint import Endpoint
 from fleet.schema import FleetConfig
@@ -212,3 +214,116 @@ async def test_the_app_closes_itself_when_what_it_shows_is_done() -> None:
     async with asyncio.timeout(10):
         await app.run_async(headless=True, size=SIZE)
     assert app.return_code == 0
+
+
+def painted(table: VirtualTable, y: int) -> str:
+    return "".join(segment.text for segment in table.render_line(y))
+
+
+async def test_at_80_by_24_every_column_and_the_sort_arrow_fit_and_the_header_does_not_wrap() -> None:
+    """At 80x24 the header keeps to its three lines, and the table shows every column whole, with the
+    sort arrow on the last one."""
+    app = demo_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("9")
+        await settle(pilot)
+        header = app.query_one("#header")
+        assert header.size.height == 3
+        lines = ["".join(segment.text for segment in header.render_line(y)).strip() for y in range(3)]
+        assert lines[0].startswith("connected")
+        assert lines[1].startswith("20 devices: 18 online  1 offline  1 lost")
+        assert lines[2].startswith("behind since")
+        titles = painted(table(app), 0)
+        columns = ["id", "group", "status", "seen", "msgs", "rate/s", "loss", "reconn", "will", "▼"]
+        assert titles.split() == columns
+        assert len(titles.rstrip()) <= table(app).scrollable_content_region.width
+        row = painted(table(app), 1 + ids(app).index("van-0003"))
+        assert row.split()[-1] == "0s"  # the last will's age, whole
+
+
+async def test_on_a_wide_terminal_the_table_takes_the_whole_width() -> None:
+    """At 200 columns the device table's columns share the whole width, less the scrollbar."""
+    app = demo_app()
+    async with app.run_test(size=(200, 30)) as pilot:
+        await settle(pilot)
+        width = table(app).size.width - table(app).styles.scrollbar_size_vertical
+        assert sum(w + 1 for w in table(app).widths) == width
+        assert len(painted(table(app), 0).rstrip()) >= width - 2
+
+
+async def test_the_filter_box_shows_only_while_filtering() -> None:
+    """The filter line is hidden until /; enter on an empty filter or escape hides it again."""
+    app = demo_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        box = app.query_one("#filter")
+        assert not box.display
+        await pilot.press("slash")
+        assert box.display
+        assert box.size.height == 1
+        await pilot.press("enter")
+        assert not box.display
+        await pilot.press("slash", "v", "a", "n", "enter")
+        assert box.display, "a filter in force stays on show"
+        await pilot.press("escape")
+        assert not box.display
+        assert len(ids(app)) == 20
+
+
+async def test_a_fired_will_and_a_clean_offline_look_different() -> None:
+    """A device whose will fired is marked lost in bold red; one that left cleanly is offline, dimmed."""
+    app = demo_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        rows = {device.id: i + 1 for i, device in enumerate(table(app).items)}
+        lost = table(app).render_line(rows["van-0003"])
+        clean = table(app).render_line(rows["door-0001"])
+        assert "lost" in "".join(s.text for s in lost)
+        assert "offline" in "".join(s.text for s in clean)
+        lost_style, clean_style = next(iter(lost)).style, next(iter(clean)).style
+        assert lost_style is not None
+        assert clean_style is not None
+        assert lost_style.bold
+        assert lost_style.color != clean_style.color
+        assert clean_style.dim
+
+
+async def test_the_cursor_stays_on_its_topic_when_the_tree_re_sorts() -> None:
+    """The topic tree is sorted by rate; when another topic gets busier, the cursor keeps its topic."""
+    app = demo_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("t", "down", "down", "down")
+        tree = app.query_one("#tree", VirtualTable)
+        before = tree.items[tree.cursor][1].path
+        quiet = [row[1] for row in tree.items if row[0] == 1][-1]
+        for seq in range(200):
+            app.model.ingest(f"{quiet.path}/telemetry", b'{"seq": %d}' % seq, False, NOW)
+        app.refresh_view()
+        await pilot.pause()
+        assert tree.items[1][1].path == quiet.path, "the busy topic moved up"
+        assert tree.items[tree.cursor][1].path == before
+
+
+async def test_a_refresh_where_nothing_changed_paints_no_table_line() -> None:
+    """With a fixed clock and no new messages, a refresh repaints nothing: an idle TUI costs little."""
+    app = demo_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        painted_lines: list[int] = []
+        render_line = table(app).render_line
+
+        def counting(y: int) -> Strip:
+            painted_lines.append(y)
+            return render_line(y)
+
+        table(app).render_line = counting  # type: ignore[method-assign]
+        app.refresh_view()
+        await pilot.pause()
+        assert painted_lines == []
+        app.model.ingest("fleet/door-0002/telemetry", b'{"seq": 50}', False, NOW)
+        app.refresh_view()
+        await pilot.pause()
+        assert painted_lines, "a changed row is painted"
+        assert len(set(painted_lines)) <= 2  # its line, and perhaps the one it moved from

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fleet.watch.model import FleetModel, group_of
+from fleet.watch.model import FleetModel, group_of, numeric_fields
 from tests.watch.data import NOW, messages
 
 T = NOW
@@ -145,3 +145,137 @@ def test_group_of_strips_the_index_of_a_device_id() -> None:
         "probe",
         "solo",
     ]
+
+
+def test_seq_gaps_since_attach_say_the_watcher_is_behind_until_a_resync() -> None:
+    """Messages missing from a device's seq after the attach mark the view behind; a resync clears it."""
+    model = FleetModel()
+    telemetry(model, "d-1", 0)
+    model.synced(T, "attach")
+    assert not model.sync().behind
+    telemetry(model, "d-1", 1)
+    telemetry(model, "d-1", 5)
+    sync = model.sync()
+    assert (sync.behind, sync.missed, sync.since, sync.how) == (True, 3, T, "attach")
+    model.synced(T + 1, "resync")
+    assert not model.sync().behind
+    assert model.devices["d-1"].gaps == 3  # the device's own loss column keeps its count
+
+
+def test_the_brokers_drop_counter_rising_after_the_attach_says_behind() -> None:
+    """The first $SYS drop count after the attach is the baseline; a rise above it is shown as dropped."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    model.ingest("$SYS/broker/publish/messages/dropped", b"40", True, T)
+    assert model.sync().dropped == 0
+    assert not model.sync().behind
+    model.ingest("$SYS/broker/publish/messages/dropped", b"1574", True, T)
+    assert model.sync().dropped == 1534
+    assert model.sync().behind
+    model.synced(T, "resync")
+    assert model.sync().dropped == 0
+
+
+def test_without_a_drop_counter_the_broker_drops_are_unknown() -> None:
+    """A broker without $SYS drop figures gives dropped None, not 0."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    model.ingest("$SYS/broker/clients/connected", b"3", True, T)
+    assert model.sync().dropped is None
+
+
+def test_a_resync_corrects_stale_statuses_from_the_retained_ones() -> None:
+    """After missed offline statuses the view is stale; the retained statuses re-read by a resync fix it."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    for device in ("a-1", "a-2", "a-3"):
+        status(model, device, {"online": True}, retain=True)
+    assert model.counts() == (3, 0, 3)
+    model.synced(T, "resync")
+    status(model, "a-1", {"online": False, "reason": "clean"}, retain=True)
+    status(model, "a-2", {"online": False, "reason": "lost"}, retain=True)
+    status(model, "a-3", {"online": True}, retain=True)
+    assert model.counts() == (1, 2, 3)
+    assert model.lost() == 1
+    assert model.sync().corrected == 2
+    assert [(e.device, e.text) for e in model.events] == [
+        ("a-1", "resync: offline, not online"),
+        ("a-2", "resync: lost, not online"),
+    ]
+
+
+def test_a_fired_will_and_a_clean_offline_are_told_apart() -> None:
+    """Status is lost after a last will, offline after a clean leave, and lost() counts only the first."""
+    model = FleetModel()
+    status(model, "a-1", {"online": False, "reason": "lost"})
+    status(model, "a-2", {"online": False, "reason": "clean"})
+    status(model, "a-3", {"online": False})
+    assert [model.devices[d].status for d in ("a-1", "a-2", "a-3")] == ["lost", "offline", "offline"]
+    assert model.lost() == 1
+    status(model, "a-1", {"online": True})
+    assert model.lost() == 0
+
+
+def test_numeric_fields_are_read_by_dotted_path_and_booleans_are_not_numbers() -> None:
+    """Numbers anywhere in a JSON object are fields by path; a bare number is `value`; text has none."""
+    body = {"seq": 3, "values": {"temperature": 21.5, "heating": True, "pos": {"lat": 52.1}}, "s": "x"}
+    assert numeric_fields(json.dumps(body).encode()) == {
+        "seq": 3.0,
+        "values.temperature": 21.5,
+        "values.pos.lat": 52.1,
+    }
+    assert numeric_fields(b"21") == {"value": 21.0}
+    assert numeric_fields(b"not json") == {}
+    assert numeric_fields(b"[1, 2]") == {}
+
+
+def test_each_topic_keeps_its_last_message_with_retain_and_qos() -> None:
+    """The topic tree's node of a topic holds its last message, retained flag and QoS included."""
+    model = FleetModel()
+    model.ingest("lab/a/b", b'{"x": 1}', True, T, 1)
+    model.ingest("lab/a/b", b'{"x": 2}', False, T + 1, 2)
+    node = model.topic("lab/a/b")
+    assert node is not None
+    assert node.last is not None
+    assert (node.last.payload, node.last.retain, node.last.qos, node.last.at) == (
+        b'{"x": 2}',
+        False,
+        2,
+        T + 1,
+    )
+    parent = model.topic("lab/a")
+    assert parent is not None
+    assert parent.last is None
+    assert model.topic("lab/nope") is None
+
+
+def test_a_followed_topic_keeps_its_numbers_from_the_history_on() -> None:
+    """Following a topic reads its earlier messages from the history, then each new one."""
+    model = FleetModel()
+    for seq in range(3):
+        telemetry(model, "d-1", seq, at=T + seq, temperature=20.0 + seq)
+    telemetry(model, "d-2", 0, temperature=99.0)
+    model.follow("fleet/d-1/telemetry")
+    telemetry(model, "d-1", 3, at=T + 3, temperature=23.0)
+    assert [(at, numbers["values.temperature"]) for at, numbers in model.followed] == [
+        (T, 20.0),
+        (T + 1, 21.0),
+        (T + 2, 22.0),
+        (T + 3, 23.0),
+    ]
+    model.follow(None)
+    telemetry(model, "d-1", 4)
+    assert not model.followed
+
+
+def test_what_devices_sent_while_the_watcher_was_away_is_not_their_loss() -> None:
+    """After the watcher re-attaches, the seq it missed meanwhile counts neither as loss nor as behind."""
+    model = FleetModel()
+    model.synced(T, "attach")
+    telemetry(model, "d-1", 0)
+    telemetry(model, "d-1", 1)
+    model.synced(T + 30, "attach")
+    telemetry(model, "d-1", 40, at=T + 30)
+    telemetry(model, "d-1", 42, at=T + 31)
+    assert model.devices["d-1"].gaps == 1
+    assert model.sync().missed == 1

@@ -28,12 +28,17 @@ def keys(*pressed: str) -> Callable[[Pilot[None]], Any]:
 
 
 SCREENS = {
-    "devices": (),
-    "devices_sorted_by_loss_filtered": ("7", "slash", "v", "a", "n", "enter"),
-    "topics": ("t", "down", "down", "enter"),
-    "events": ("l",),
-    "device_detail": ("slash", *"thermo-0002", "enter", "enter"),
-    "help": ("question_mark",),
+    "devices": ((), SIZE),
+    "devices_sorted_by_loss_filtered": (("7", "slash", "v", "a", "n", "enter"), SIZE),
+    "devices_80x24_sorted_by_will": (("9",), (80, 24)),
+    "devices_200_wide": ((), (200, 30)),
+    "topics": (("t", "down", "down", "enter"), SIZE),
+    "events": (("l",), SIZE),
+    "device_detail": (("slash", *"thermo-0002", "enter", "enter"), SIZE),
+    "help": (("question_mark",), SIZE),
+    "topic_detail": (("t", "down", "right", "down", "enter"), SIZE),
+    "topic_detail_80x24": (("t", "down", "right", "down", "enter"), (80, 24)),
+    "publish": (("t", "down", "P", *"{}"), SIZE),
 }
 
 
@@ -43,7 +48,7 @@ def colors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_COLOR", raising=False)
 
 
-@pytest.mark.parametrize("pressed", SCREENS.values(), ids=SCREENS.keys())
-def test_screen(snap_compare: Compare, pressed: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("pressed", "size"), SCREENS.values(), ids=SCREENS.keys())
+def test_screen(snap_compare: Compare, pressed: tuple[str, ...], size: tuple[int, int]) -> None:
     """The screen looks as recorded: the header, the view, and the footer with its keys."""
-    assert snap_compare(demo_app(), terminal_size=SIZE, run_before=keys(*pressed))
+    assert snap_compare(demo_app(), terminal_size=size, run_before=keys(*pressed))

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.endpoint import Endpoint
 from fleet.errors import TransportError
-from fleet.watch.sources import MqttSource
+from fleet.watch.sources import Attachment, MqttSource
 from tests.conftest import BrokerFactory
 from tests.procs import Mosquitto, Paho
 
@@ -23,15 +23,15 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
-        self.notes: list[str] = []
+        self.notes: list[Attachment] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, topic: str, payload: bytes, retain: bool) -> None:
+    def deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
         self.messages.append((topic, payload, retain))
         self._changed.set()
 
-    def notify(self, text: str) -> None:
-        self.notes.append(text)
+    def notify(self, attachment: Attachment) -> None:
+        self.notes.append(attachment)
         self._changed.set()
 
     async def wait(self, condition: Callable[[], bool], what: str) -> None:
@@ -43,15 +43,15 @@ class Inbox:
         except TimeoutError:
             raise AssertionError(f"not within {TIMEOUT}s: {what}; notes: {self.notes}") from None
 
-    def last_note(self, start: str) -> bool:
-        return bool(self.notes) and self.notes[-1].startswith(start)
+    def state(self) -> str | None:
+        return self.notes[-1].state if self.notes else None
 
 
 @contextlib.asynccontextmanager
 async def attached(source: MqttSource, inbox: Inbox) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(source.run(inbox.deliver, inbox.notify), name="test.source")
     try:
-        await inbox.wait(lambda: inbox.last_note("attached"), "attached")
+        await inbox.wait(lambda: inbox.state() == "connected", "connected")
         yield task
     finally:
         task.cancel()
@@ -91,14 +91,41 @@ async def test_it_reattaches_when_the_broker_comes_back(broker_factory: BrokerFa
             port = first.port
             source = MqttSource(Endpoint("mqtt", "127.0.0.1", port), backoff_max=0.2)
             task = asyncio.create_task(source.run(inbox.deliver, inbox.notify), name="test.source")
-            await inbox.wait(lambda: inbox.last_note("attached"), "attached")
-        await inbox.wait(lambda: inbox.last_note("lost"), "the loss noted")
+            await inbox.wait(lambda: inbox.state() == "connected", "connected")
+        await inbox.wait(lambda: inbox.state() == "retrying", "the loss noted")
+        assert [note.state for note in inbox.notes] == ["connecting", "connected", "lost", "retrying"]
         with pytest.raises(TransportError, match="not attached"):
             await source.publish("fleet/d-1/cmd", b"{}")
         async with broker_factory(port=port):
-            await inbox.wait(lambda: inbox.last_note("attached"), "attached again")
+            await inbox.wait(lambda: inbox.state() == "connected", "connected again")
     finally:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_on_mosquitto_more_retained_statuses_than_its_queue_all_arrive_and_again_on_resync(
+    mosquitto_broker: Mosquitto, paho_client: Callable[..., Paho]
+) -> None:
+    """2,000 retained statuses, beyond Mosquitto's 20 in flight + 1,000 queued: all arrive, and a resync
+    delivers every one again (a QoS 1 subscription got 1,020)."""
+    count = 2_000
+    devices = paho_client("watch-devices")
+    devices.connect(mosquitto_broker.port)
+    sent = [
+        devices.client.publish(f"fleet/d-{i:04d}/status", b'{"online": false}', 1, retain=True)
+        for i in range(count)
+    ]
+    for info in sent:
+        await asyncio.to_thread(info.wait_for_publish, TIMEOUT)
+    inbox = Inbox()
+    source = MqttSource(Endpoint("mqtt", "127.0.0.1", mosquitto_broker.port))
+
+    def statuses() -> int:
+        return sum(1 for topic, _, retain in inbox.messages if retain and topic.endswith("/status"))
+
+    async with attached(source, inbox):
+        await inbox.wait(lambda: statuses() == count, f"{count} retained statuses")
+        await source.resync()
+        await inbox.wait(lambda: statuses() == 2 * count, f"{count} retained statuses again")
