@@ -48,7 +48,15 @@ class TopicError(FleetError, ValueError):
 
 
 class ProtocolError(FleetError):
-    """A peer broke the MQTT protocol; the message names the rule, and the connection must close."""
+    """A peer broke the MQTT protocol; the message names the rule, and the connection must close.
+
+    `reason` is the MQTT 5 DISCONNECT reason code a broker sends before closing: 0x81 (malformed
+    packet) unless the rule names another, such as 0x82 (protocol error) or 0x95 (packet too large).
+    """
+
+    def __init__(self, message: str, reason: int = 0x81) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnsupportedProtocol(ProtocolError):

@@ -194,7 +194,7 @@ def decode_properties(data: bytes, pos: int, packet_type: int) -> tuple[Properti
             raise ProtocolError(f"{where} has an unknown property {identifier:#04x} [MQTT 5.0 2.2.2.2]")
         name, kind, allowed = entry
         if packet_type not in allowed:
-            raise ProtocolError(f"{where} may not carry the property {name} [MQTT 5.0 2.2.2.2]")
+            raise ProtocolError(f"{where} may not carry the property {name} [MQTT 5.0 2.2.2.2]", 0x82)
         value: Any
         if kind == _BYTE:
             if pos >= end:
@@ -228,13 +228,18 @@ def decode_properties(data: bytes, pos: int, packet_type: int) -> tuple[Properti
         if pos > end:
             raise ProtocolError(f"{where} property {name} runs past the property length [MQTT-2.2.2]")
         if name in _FLAGS and value > 1:
-            raise ProtocolError(f"{where} property {name} is {value}, not 0 or 1 [MQTT 5.0 {_FLAGS[name]}]")
+            raise ProtocolError(
+                f"{where} property {name} is {value}, not 0 or 1 [MQTT 5.0 {_FLAGS[name]}]", 0x82
+            )
         if name in _NONZERO and value == 0:
-            raise ProtocolError(f"{where} property {name} is 0 [MQTT 5.0 {_NONZERO[name]}]")
+            reason = 0x94 if name == "topic_alias" else 0x82
+            raise ProtocolError(f"{where} property {name} is 0 [MQTT 5.0 {_NONZERO[name]}]", reason)
         if kind == _PAIR or (name == "subscription_identifiers" and packet_type == 3):
             values[name] = (*values.get(name, ()), value)
         elif name in values:
-            raise ProtocolError(f"{where} carries the property {name} more than once [MQTT 5.0 2.2.2.2]")
+            raise ProtocolError(
+                f"{where} carries the property {name} more than once [MQTT 5.0 2.2.2.2]", 0x82
+            )
         else:
             values[name] = (value,) if name == "subscription_identifiers" else value
     return Properties(**values), end

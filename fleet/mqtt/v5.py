@@ -409,9 +409,9 @@ def _decode_publish(flags: int, body: bytes, *, from_client: bool) -> Publish:
         except TopicError as exc:
             raise ProtocolError(f"PUBLISH {exc}") from exc
     elif properties.topic_alias is None:
-        raise ProtocolError("PUBLISH with an empty topic name and no Topic Alias [MQTT-3.3.2-1]")
+        raise ProtocolError("PUBLISH with an empty topic name and no Topic Alias [MQTT-3.3.2-1]", 0x82)
     if from_client and properties.subscription_identifiers:
-        raise ProtocolError("PUBLISH from a client with a Subscription Identifier [MQTT-3.3.4-6]")
+        raise ProtocolError("PUBLISH from a client with a Subscription Identifier [MQTT-3.3.4-6]", 0x82)
     return Publish(topic, body[cursor.pos :], qos, bool(flags & 0x01), dup, packet_id, properties)
 
 
@@ -469,7 +469,7 @@ def _decode_subscribe(body: bytes) -> Subscribe:
             raise ProtocolError("SUBSCRIBE Retain Handling 3 [MQTT-3.8.3-5]")
         no_local = bool(options & 0x04)
         if no_local and is_shared(topic_filter):
-            raise ProtocolError("SUBSCRIBE No Local on a shared subscription [MQTT-3.8.3-4]")
+            raise ProtocolError("SUBSCRIBE No Local on a shared subscription [MQTT-3.8.3-4]", 0x82)
         subscriptions.append(Subscription(topic_filter, qos, no_local, bool(options & 0x08), retain_handling))
     if not subscriptions:
         raise ProtocolError("SUBSCRIBE without any topic filter [MQTT-3.8.3-2]")
