@@ -55,6 +55,8 @@ log = logging.getLogger("broker")
 KEEPALIVE_GRACE = 1.5
 # A QoS 0 message to a client whose send buffer holds more than this is dropped and counted.
 CONGESTED_BYTES = 1 << 20
+# How long a connection the broker ended with DISCONNECT stays half-open for the client to close it.
+DISCONNECT_LINGER = 2.0
 
 Decoder = Callable[[int, int, bytes], object]
 
@@ -270,13 +272,27 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def disconnect(self, reason: int) -> None:
-        """Close the connection: an MQTT 5 client is first told why with DISCONNECT [MQTT 5.0 4.13]."""
-        if self.version == 5 and self.connected:
-            self.send(v5.encode_disconnect(reason))
-            self.close()
-        else:
+    def disconnect(self, reason: int, *, linger: bool = True) -> None:
+        """Close the connection: an MQTT 5 client is first told why with DISCONNECT [MQTT 5.0 4.13].
+
+        With `linger`, a TCP connection is half-closed and what the client still sends is read and
+        dropped for up to DISCONNECT_LINGER seconds, so the client reads the DISCONNECT instead of a
+        reset caused by packets it sent before it saw it.
+        """
+        if not (self.version == 5 and self.connected):
             self.abort()
+            return
+        self.send(v5.encode_disconnect(reason))
+        transport = self.transport
+        if not linger or transport is None or self.closing or not transport.can_write_eof():
+            self.close()
+            return
+        self.flush()
+        self.closing = True
+        transport.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(DISCONNECT_LINGER, self.abort)
 
     def violation(self, reason: str, code: int = reasons.PROTOCOL_ERROR) -> None:
         self.broker.stats.protocol_errors += 1

@@ -615,7 +615,7 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
             websocket_server.close(close_connections=False)
         for connection in list(broker.connections):
             # MQTT 5 clients are told why: DISCONNECT 0x8B, server shutting down [MQTT 5.0 4.13].
-            connection.disconnect(reasons.SERVER_SHUTTING_DOWN)
+            connection.disconnect(reasons.SERVER_SHUTTING_DOWN, linger=False)
         for server in servers:
             await server.wait_closed()
         if websocket_server is not None:
