@@ -545,13 +545,15 @@ async def test_mqtt_3_3_2_17_to_20_properties_are_forwarded_unchanged(open5: Ope
 
 
 async def test_payload_format_indicator_utf8_with_invalid_payload_is_refused_with_0x99(open5: Open) -> None:
-    """PUBLISH with Payload Format Indicator 1 and a payload that is not UTF-8 gets PUBACK 0x99."""
+    """Payload Format Indicator 1 with a non-UTF-8 payload: PUBACK 0x99 at QoS 1, DISCONNECT 0x99 at QoS 0."""
     client = await open5()
     await client.connect("pfi")
     assert (
         await client.publish_acked("pfi/t", b"\xff\xfe", 1, properties=Properties(payload_format_indicator=1))
         == 0x99
     )
+    client.publish("pfi/t", b"\xff\xfe", 0, properties=Properties(payload_format_indicator=1))
+    assert await client.read_disconnect() == 0x99
 
 
 async def test_reason_codes_on_acknowledgements(open5: Open) -> None:
