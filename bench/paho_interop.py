@@ -42,7 +42,14 @@ def main() -> None:
     names = args.tests or _tests(script)
     passed = 0
     for name in names:
-        argv = [sys.executable, script.name, "-p", str(args.port), f"Test.{name}"]
+        # client_test.py hands its own options to unittest.main, which refuses them: run the script with
+        # unittest.main told to run this one test.
+        code = (
+            "import runpy, sys, unittest; sys.argv = sys.argv[1:]; main = unittest.main; "
+            f"unittest.main = lambda *a, **k: main(*a, argv=[sys.argv[0], 'Test.{name}'], **k); "
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+        )
+        argv = [sys.executable, "-c", code, script.name, "-p", str(args.port)]
         started = time.monotonic()
         try:
             done = subprocess.run(
