@@ -163,9 +163,7 @@ class Broker:
         session.cancel_timers()
         unfinished = session.take_unfinished_shared()
         for topic_filter in session.subscriptions:
-            if topic_filter.startswith("$share/"):
-                self._leave_group(topic_filter, session)
-            else:
+            if not self._leave_group(topic_filter, session):
                 self.subscriptions.remove(topic_filter, session)
         session.subscriptions.clear()
         session.options = 0
@@ -469,15 +467,22 @@ class Broker:
             self.subscriptions.add(topic_filter, session, sub.qos)
         return sub.qos, existed
 
-    def _leave_group(self, topic_filter: str, session: Session) -> None:
-        group_name, inner = v5.split_shared(topic_filter)
-        group = self.shared.get((group_name, inner))
-        if group is None:
-            return
-        group.members.pop(session, None)
+    def _leave_group(self, topic_filter: str, session: Session) -> bool:
+        """Take `session` out of the shared group of `topic_filter`; False if it is in none (an MQTT
+        3.1.1 client's `$share/...` is an ordinary filter)."""
+        if not v5.is_shared(topic_filter):
+            return False
+        try:
+            key = v5.split_shared(topic_filter)
+        except TopicError:
+            return False
+        group = self.shared.get(key)
+        if group is None or group.members.pop(session, None) is None:
+            return False
         if not group.members:
-            del self.shared[(group_name, inner)]
-            self.subscriptions.remove(inner, group)
+            del self.shared[key]
+            self.subscriptions.remove(group.topic_filter, group)
+        return True
 
     def handle_unsubscribe(
         self, connection: Connection, session: Session, packet: Unsubscribe | v5.Unsubscribe
@@ -485,11 +490,8 @@ class Broker:
         codes: list[int] = []
         for topic_filter in packet.filters:
             existed = session.unsubscribe(topic_filter)
-            if existed:
-                if topic_filter.startswith("$share/") and connection.version == 5:
-                    self._leave_group(topic_filter, session)
-                else:
-                    self.subscriptions.remove(topic_filter, session)
+            if existed and not self._leave_group(topic_filter, session):
+                self.subscriptions.remove(topic_filter, session)
             codes.append(reasons.SUCCESS if existed else reasons.NO_SUBSCRIPTION_EXISTED)
         if isinstance(packet, v5.Unsubscribe):
             connection.send(v5.encode_unsuback(packet.packet_id, codes))

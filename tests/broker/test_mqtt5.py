@@ -602,3 +602,18 @@ async def test_mqtt_3_1_1_and_5_clients_exchange_messages_with_properties_droppe
     await new.publish_acked("mix/from5", b"hello v4", 1, properties=Properties(user_properties=(("a", "b"),)))
     received = await old.read_publish()
     assert (received.topic, received.payload, received.qos) == ("mix/from5", b"hello v4", 1)
+
+
+async def test_mqtt_3_1_1_clients_see_share_filters_as_ordinary_filters(open5: Open, raw_client: Any) -> None:
+    """A 3.1.1 client's `$share/x` is an ordinary filter: it gets what is published to `$share/x`, and its
+    session ends cleanly at disconnect (no shared group is involved)."""
+    old: RawClient = await raw_client()
+    await old.connect("v4-share")
+    assert await old.subscribe(("$share/x", 1)) == [1]
+    pub = await open5()
+    await pub.connect("v4-share-pub")
+    await pub.publish_acked("$share/x", b"literal", 1)
+    assert (await old.read_publish()).payload == b"literal"
+    await old.disconnect()
+    again: RawClient = await raw_client()
+    assert await again.connect("v4-share") == (False, 0)
