@@ -293,6 +293,8 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(DISCONNECT_LINGER, self.abort)
+        # The session and the will do not wait for the linger: the connection has ended for MQTT.
+        self.broker.connection_closed(self)
 
     def violation(self, reason: str, code: int = reasons.PROTOCOL_ERROR) -> None:
         self.broker.stats.protocol_errors += 1
