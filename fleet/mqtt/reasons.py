@@ -35,7 +35,6 @@ __all__ = [
     "UNSPECIFIED_ERROR",
     "UNSUPPORTED_PROTOCOL_VERSION",
     "VALID",
-    "is_error",
 ]
 
 SUCCESS = NORMAL = 0x00
@@ -87,8 +86,3 @@ VALID: dict[int, frozenset[int]] = {
 }
 # A client may send DISCONNECT only with these reasons (the others are the server's) [3.14.2.1].
 CLIENT_DISCONNECT = frozenset({0x00, 0x04, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x96, 0x98, 0x99})
-
-
-def is_error(code: int) -> bool:
-    """Reason codes of 0x80 and above report a failure [MQTT 5.0 2.4]."""
-    return code >= 0x80

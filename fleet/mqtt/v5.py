@@ -18,7 +18,6 @@ from fleet.mqtt.properties import (
     WILL,
     Properties,
     decode_properties,
-    decode_variable_int,
     encode_properties,
     encode_variable_int,
 )
@@ -41,6 +40,7 @@ __all__ = [
     "Unsubscribe",
     "Will",
     "decode_client_packet",
+    "decode_connect",
     "decode_server_packet",
     "encode_ack",
     "encode_auth",
@@ -585,10 +585,3 @@ def encode_disconnect(reason: int = 0, properties: Properties = EMPTY) -> bytes:
 
 def encode_auth(reason: int, properties: Properties) -> bytes:
     return _packet(0xF0, bytes((reason,)) + encode_properties(properties))
-
-
-def variable_int_size(value: int) -> int:
-    return len(encode_variable_int(value))
-
-
-__all__ += ["decode_connect", "decode_variable_int", "variable_int_size"]
