@@ -35,10 +35,18 @@ Mosquitto runs with its defaults except ``listener PORT 127.0.0.1`` and ``allow_
 stderr, which goes to a log file).  amqtt (optional, ``--brokers ...,amqtt``) runs as shipped with
 one TCP listener and only the anonymous-auth plugin.
 
+MQTT 5: the broker names ``fleet5`` and ``mosquitto5`` run the same brokers with MQTT 5 clients (CONNECT
+level 5, empty property lists); ``fleet-base`` runs the fleet broker of another checkout, given with
+``--base-worktree`` (for example ``git worktree add /tmp/base <commit before yours>``), with MQTT
+3.1.1 clients.  ``CPU us/msg`` is broker CPU per delivery during the routing window; the comparison
+block prints fleet5/fleet (target <= 1.10) and fleet/fleet-base (target <= 1.05).
+
 Usage::
 
     .venv/bin/python bench/broker_scale.py [--clients 1000,5000,10000]
         [--brokers fleet,mosquitto] [--seconds 5] [--json out.json]
+    .venv/bin/python bench/broker_scale.py --clients 1000 \
+        --brokers fleet,fleet5,fleet-base,mosquitto,mosquitto5 --base-worktree /tmp/base
 """
 
 from __future__ import annotations
@@ -71,7 +79,7 @@ import support
 from support import fmt, free_port, host_busy_seconds, raise_fd_limit, ratio, tcp_counters
 
 BASELINE = "mosquitto"
-KNOWN_BROKERS = ("fleet", "mosquitto", "amqtt")
+KNOWN_BROKERS = ("fleet", "mosquitto", "amqtt", "fleet5", "mosquitto5", "fleet-base")
 MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PAYLOAD_BYTES = 200
 KEEPALIVE_S = 60
@@ -110,20 +118,24 @@ def mqtt_str(s: bytes) -> bytes:
     return _U16.pack(len(s)) + s
 
 
-def connect_pkt(client_id: bytes, keepalive: int = KEEPALIVE_S) -> bytes:
-    # protocol name "MQTT", level 4, flags 0x02 = clean session, no will/user/password
-    body = mqtt_str(b"MQTT") + b"\x04\x02" + _U16.pack(keepalive) + mqtt_str(client_id)
+def connect_pkt(client_id: bytes, version: int, keepalive: int = KEEPALIVE_S) -> bytes:
+    # protocol name "MQTT", level 4 or 5, flags 0x02 = clean session, no will/user/password;
+    # MQTT 5 adds an empty property list
+    props = b"\x00" if version == 5 else b""
+    body = mqtt_str(b"MQTT") + bytes((version, 2)) + _U16.pack(keepalive) + props + mqtt_str(client_id)
     return b"\x10" + varint(len(body)) + body
 
 
-def subscribe_pkt(packet_id: int, topic: bytes, qos: int = 1) -> bytes:
-    body = _U16.pack(packet_id) + mqtt_str(topic) + bytes([qos])
+def subscribe_pkt(packet_id: int, topic: bytes, version: int, qos: int = 1) -> bytes:
+    props = b"\x00" if version == 5 else b""
+    body = _U16.pack(packet_id) + props + mqtt_str(topic) + bytes([qos])
     return b"\x82" + varint(len(body)) + body
 
 
-def publish_prefix(topic: bytes, payload_len: int) -> bytes:
-    """Fixed header + topic of a QoS 1 PUBLISH; the packet id and payload follow."""
-    return b"\x32" + varint(2 + len(topic) + 2 + payload_len) + mqtt_str(topic)
+def publish_prefix(topic: bytes, payload_len: int, version: int) -> bytes:
+    """Fixed header + topic of a QoS 1 PUBLISH; then the packet id (MQTT 5: a property list), payload."""
+    extra = 1 if version == 5 else 0
+    return b"\x32" + varint(2 + len(topic) + 2 + extra + payload_len) + mqtt_str(topic)
 
 
 def cmd_topic(i: int) -> bytes:
@@ -144,9 +156,11 @@ class Stats:
         "publisher",
         "recording",
         "sent",
+        "version",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = 4) -> None:
+        self.version = version
         self.sent = 0
         self.acked = 0
         self.delivered = 0
@@ -234,7 +248,8 @@ class Client(asyncio.Protocol):
                     self.connack.set_result(buf[i + 1])
             elif kind == SUBACK:
                 if not self.suback.done():
-                    self.suback.set_result(buf[i + 2])
+                    # MQTT 5: an (empty) property list comes before the reason codes
+                    self.suback.set_result(buf[i + 2 + (self.stats.version == 5)])
             elif kind != PINGRESP:
                 self.stats.protocol_errors[f"unexpected packet type {kind}"] += 1
             pos = end
@@ -252,6 +267,16 @@ class Client(asyncio.Protocol):
             self.transport.write(_PUBACK.pack(0x40, 2, (buf[p] << 8) | buf[p + 1]))
             self.last_tx = time.monotonic()
             p += 2
+        if st.version == 5:  # skip the property list: its length, then the properties
+            shift = length = 0
+            while True:
+                b = buf[p]
+                p += 1
+                length |= (b & 0x7F) << shift
+                if not b & 0x80:
+                    break
+                shift += 7
+            p += length
         if first & 0x08:
             st.dups += 1
         st.delivered += 1
@@ -296,6 +321,8 @@ class Publisher(Client):
         if room <= 0 or (room < self.min_batch and self.inflight and not self.blocked):
             return
         ts = time.perf_counter_ns().to_bytes(8, "big")
+        if st.version == 5:
+            ts = b"\x00" + ts  # the empty property list between packet id and payload
         prefixes = self.prefixes
         count = len(prefixes)
         inflight = self.inflight
@@ -341,12 +368,13 @@ async def open_client(
     try:
         async with asyncio.timeout(limit_s):
             _, proto = await loop.create_connection(factory, HOST, port)
-            proto.send(connect_pkt(client_id))
+            version = proto.stats.version
+            proto.send(connect_pkt(client_id, version))
             rc = await proto.connack
             if rc != 0:
                 raise ConnectionError(f"CONNACK return code {rc}")
             if topic is not None:
-                proto.send(subscribe_pkt(1, topic))
+                proto.send(subscribe_pkt(1, topic, version))
                 granted = await proto.suback
                 if granted == 0x80:
                     raise ConnectionError("SUBACK failure (0x80)")
@@ -373,8 +401,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class Broker:
     """One broker subprocess on a free loopback port, its output in a log file."""
 
-    def __init__(self, kind: str, workdir: Path, tag: str) -> None:
+    def __init__(self, kind: str, workdir: Path, tag: str, base: Path | None = None) -> None:
         self.kind = kind
+        self.base = base
         self.port = free_port()
         self.log_path = workdir / f"{kind}-{tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -383,7 +412,24 @@ class Broker:
         self.cmd = self._command(workdir, tag)
 
     def _command(self, workdir: Path, tag: str) -> list[str]:
-        if self.kind == "fleet":
+        server = self.kind.removesuffix("5")
+        if server == "fleet-base":
+            assert self.base is not None
+            # The other checkout's code: its own package directory comes first on the path.
+            code = f"import sys; sys.path.insert(0, {str(self.base)!r}); from fleet.cli import cli; cli()"
+            return [
+                sys.executable,
+                "-c",
+                code,
+                "broker",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--ws-port",
+                "0",
+            ]
+        if server == "fleet":
             return [
                 sys.executable,
                 "-m",
@@ -396,12 +442,12 @@ class Broker:
                 "--ws-port",
                 "0",
             ]
-        if self.kind == "mosquitto":
+        if server == "mosquitto":
             conf = workdir / f"mosquitto-{tag}.conf"
             conf.write_text(f"listener {self.port} {HOST}\nallow_anonymous true\n")
             conf.chmod(0o644)
             return [MOSQUITTO_BIN, "-c", str(conf)]
-        if self.kind == "amqtt":
+        if server == "amqtt":
             conf = workdir / f"amqtt-{tag}.yaml"
             conf.write_text(
                 "listeners:\n  default:\n    type: tcp\n"
@@ -630,7 +676,7 @@ async def connect_phase(
 async def routing_phase(
     args: argparse.Namespace, broker: Broker, stats: Stats, res: Result, devices: list[Client]
 ) -> None:
-    prefixes = [publish_prefix(d.topic, PAYLOAD_BYTES) for d in devices]
+    prefixes = [publish_prefix(d.topic, PAYLOAD_BYTES, stats.version) for d in devices]
     pub = await open_client(
         lambda: Publisher(stats, prefixes, args.window, args.backlog),
         broker.port,
@@ -713,8 +759,8 @@ async def wait_until(cond: Callable[[], bool], limit_s: float, broker: Broker) -
 
 async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) -> Result:
     res = Result(broker=kind, clients=n)
-    stats = Stats()
-    broker = Broker(kind, workdir, f"{n}")
+    stats = Stats(5 if kind.endswith("5") else 4)
+    broker = Broker(kind, workdir, f"{n}", args.base_worktree)
     devices: list[Client] = []
     pinger: asyncio.Task[None] | None = None
     print(f"- {kind}, {n} clients: starting on port {broker.port} ...", flush=True)
@@ -863,6 +909,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                     fmt(r.kb_per_conn, ".1f"),
                     fmt(None if r.rss_after_kb is None else r.rss_after_kb / 1024, ".1f"),
                     fmt(r.broker_cpu_pct, ".0f"),
+                    fmt(cpu_per_msg(r), ".1f"),
                     fmt(r.loadgen_cpu_pct, ".0f"),
                     fmt(r.other_cpu_pct, ".0f"),
                     fmt(r.listen_overflows, "d"),
@@ -883,6 +930,7 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                     "KB/conn",
                     "RSS MB",
                     "broker CPU%",
+                    "CPU us/msg",
                     "loadgen CPU%",
                     "other CPU%",
                     "listen ovf",
@@ -913,6 +961,21 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                 f"\nratios {b}/{BASELINE} (connect s, KB/conn: lower is better; msg/s: higher is better)",
                 table(["clients", "connect s", "msg/s", "KB/conn"], rows),
             ]
+    for new, old, limit in (("fleet5", "fleet", 1.10), ("fleet", "fleet-base", 1.05)):
+        if new not in brokers or old not in brokers:
+            continue
+        lines = []
+        for n in args.clients:
+            r, m = by.get((new, n)), by.get((old, n))
+            if r is None or m is None:
+                continue
+            a, b = cpu_per_msg(r), cpu_per_msg(m)
+            if a is None or b is None:
+                lines.append(f"  [ n/a] {n:,} clients: no routing figure")
+                continue
+            verdict = "PASS" if a / b <= limit else "FAIL"
+            lines.append(f"  [{verdict}] {n:,} clients: {a:.1f} / {b:.1f} us = {a / b:.2f} (<= {limit:.2f})")
+        out += [f"\nbroker CPU per delivery, {new}/{old}:", *lines]
     for b in brokers:
         if b == BASELINE:
             continue
@@ -929,6 +992,13 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
             "those figures are disturbed; rerun on a quiet machine."
         )
     return "\n".join(out)
+
+
+def cpu_per_msg(r: Result) -> float | None:
+    """Broker CPU microseconds per delivery during the routing window."""
+    if r.broker_cpu_pct is None or not r.msg_per_s:
+        return None
+    return r.broker_cpu_pct / 100 * 1e6 / r.msg_per_s
 
 
 def targets(rs: list[Result]) -> list[str]:
@@ -983,6 +1053,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=2.0, help="idle pause before each RSS reading (s)")
     p.add_argument("--max-errors", type=int, default=100, help="connect errors before giving up on a run")
     p.add_argument("--log-dir", type=Path, help="keep broker logs and configs here (default: temp dir)")
+    p.add_argument("--base-worktree", type=Path, help="the checkout whose fleet broker `fleet-base` runs")
     args = p.parse_args(argv)
     try:
         args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -992,6 +1063,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [b for b in args.brokers if b not in KNOWN_BROKERS]
     if bad:
         p.error(f"--brokers: unknown {bad}; known: {list(KNOWN_BROKERS)}")
+    if "fleet-base" in args.brokers and (
+        args.base_worktree is None or not (args.base_worktree / "fleet").is_dir()
+    ):
+        p.error("--brokers fleet-base needs --base-worktree, a checkout with a fleet/ package")
     if not args.clients or min(args.clients) < 1:
         p.error("--clients: give positive counts")
     if "mosquitto" in args.brokers and not Path(MOSQUITTO_BIN).exists():

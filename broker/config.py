@@ -32,6 +32,20 @@ class BrokerSettings(BaseModel):
     max_queued: int = Field(default=1000, ge=0, description="messages queued per session")
     max_inflight: int = Field(default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 per session")
     max_packet_size: int = Field(default=1 << 20, ge=128, le=268_435_455)
+    max_keepalive: int = Field(
+        default=65535,
+        ge=1,
+        le=65535,
+        description="seconds; longer keepalives are cut to it (Server Keep Alive)",
+    )
+    max_topic_alias: int = Field(default=10, ge=0, le=65535, description="MQTT 5 topic aliases per client")
+    max_session_expiry: int = Field(
+        default=0xFFFFFFFF,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="seconds an offline MQTT 5 session is kept at most",
+    )
+    shared_subscriptions: bool = Field(default=True, description="whether $share/{group}/{filter} is served")
     connect_timeout: float = Field(default=10.0, gt=0)
     sys_interval: float = Field(default=10.0, ge=0, description="seconds between $SYS updates; 0: off")
 

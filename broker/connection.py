@@ -1,16 +1,24 @@
 """One client's network connection: framing, the CONNECT handshake, keepalive, and packet dispatch.
 
 `Connection` is an `asyncio.Protocol`, so TCP and TLS connections cost no task of their own. The
-WebSocket listener drives the same class through a small transport adapter.
+WebSocket listener drives the same class through a small transport adapter. The CONNECT's protocol
+level picks the codec: MQTT 3.1.1 (and 3.1) from `fleet.packets`, MQTT 5 from `fleet.mqtt.v5`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from broker.message import Message
 from fleet.errors import ProtocolError, UnsupportedProtocol
+from fleet.mqtt import reasons, v5
+from fleet.mqtt.properties import EMPTY, Properties, encode_properties
 from fleet.packets import (
     CONNACK_UNACCEPTABLE_PROTOCOL,
     PUBACK,
@@ -27,6 +35,7 @@ from fleet.packets import (
     Will,
     connack,
     decode_client_packet,
+    encode_publish,
     pingresp,
     puback,
     pubcomp,
@@ -46,30 +55,51 @@ log = logging.getLogger("broker")
 KEEPALIVE_GRACE = 1.5
 # A QoS 0 message to a client whose send buffer holds more than this is dropped and counted.
 CONGESTED_BYTES = 1 << 20
+# How long a connection the broker ended with DISCONNECT stays half-open for the client to close it.
+DISCONNECT_LINGER = 2.0
+
+Decoder = Callable[[int, int, bytes], object]
+
+
+def _connect_level(body: bytes) -> int:
+    """The protocol level of a CONNECT body, or -1 when it is too short to tell."""
+    if len(body) < 3:
+        return -1
+    end = 2 + int.from_bytes(body[:2], "big")
+    return body[end] if end < len(body) else -1
 
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "_decode",
         "_frames",
         "_last_heard",
         "_out",
         "_timer",
+        "aliases_in",
+        "aliases_out",
         "broker",
         "client_id",
         "closing",
         "connected",
         "keepalive",
+        "max_outgoing",
         "paused",
         "peer",
+        "receive_maximum",
         "session",
+        "topic_alias_maximum",
         "transport",
+        "version",
         "will",
+        "will_delay",
     )
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
         self.transport: asyncio.WriteTransport | None = None
         self._frames = FrameReader(broker.settings.max_packet_size)
+        self._decode: Decoder = decode_client_packet
         self.session: Session | None = None
         self.client_id = ""
         self.peer = "?"
@@ -80,7 +110,15 @@ class Connection(asyncio.Protocol):
         self._last_heard = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] | None = None
-        self.will: Will | None = None
+        self.will: Will | v5.Will | None = None
+        self.will_delay = 0
+        self.version = 4
+        # What an MQTT 5 client announced in CONNECT; 3.1.1 clients get the defaults.
+        self.receive_maximum = 65535
+        self.max_outgoing: int | None = None
+        self.topic_alias_maximum = 0
+        self.aliases_in: dict[int, str] = {}
+        self.aliases_out: dict[str, int] = {}
 
     # asyncio.Protocol
 
@@ -101,20 +139,24 @@ class Connection(asyncio.Protocol):
         self._last_heard = asyncio.get_running_loop().time()
         try:
             for kind, flags, body in self._frames.feed(data):
-                self._dispatch(decode_client_packet(kind, flags, body))
+                if not self.connected and kind == 1 and _connect_level(body) == 5:
+                    self.version = 5
+                    self._decode = v5.decode_client_packet
+                packet = self._decode(kind, flags, body)
+                if self.version == 5:
+                    self._dispatch5(packet)
+                else:
+                    self._dispatch(packet)
                 if self.closing:
                     return
         except UnsupportedProtocol as exc:
             log.warning(
-                "refused %s from %s: mqtt-fleet's broker speaks MQTT 3.1.1 only; "
-                "use an external broker for MQTT 5",
-                exc,
-                self.peer,
+                "refused %s from %s: mqtt-fleet's broker speaks MQTT 3.1, 3.1.1 and 5", exc, self.peer
             )
             self.send(connack(False, CONNACK_UNACCEPTABLE_PROTOCOL))
             self.close()
         except ProtocolError as exc:
-            self.violation(str(exc))
+            self.violation(str(exc), exc.reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -147,6 +189,68 @@ class Connection(asyncio.Protocol):
         else:
             self._out.append(data)
 
+    def send_publish(
+        self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
+    ) -> bool:
+        """Send one PUBLISH in this client's protocol version; False when it was not sent: expired, or
+        larger than the client's Maximum Packet Size (dropped and counted [MQTT-3.1.2-25])."""
+        expiry: int | None = None
+        if message.expires is not None:
+            remaining = message.expires - time.monotonic()
+            if remaining <= 0:
+                # An expired message is never delivered [MQTT-3.3.2-5].
+                self.broker.stats.messages_expired += 1
+                return False
+            expiry = math.ceil(remaining)
+        if self.version != 5:
+            # Properties are dropped toward MQTT 3.1.1 clients.
+            data = encode_publish(
+                message.topic_bytes, message.payload, qos, retain=retain, dup=dup, packet_id=packet_id
+            )
+            return self._send_sized(data, message)
+        topic = message.topic_bytes
+        alias = new_alias = None
+        if self.topic_alias_maximum:
+            alias = self.aliases_out.get(message.topic)
+            if alias is not None:
+                topic = b""
+            elif len(self.aliases_out) < self.topic_alias_maximum:
+                alias = new_alias = len(self.aliases_out) + 1
+        properties = message.encoded_properties
+        if expiry is not None or alias is not None or sub_ids:
+            properties = encode_properties(
+                dataclasses.replace(
+                    message.properties,
+                    message_expiry_interval=expiry,
+                    topic_alias=alias,
+                    subscription_identifiers=sub_ids,
+                )
+            )
+        data = v5.encode_publish(
+            topic, message.payload, qos, retain=retain, dup=dup, packet_id=packet_id, properties=properties
+        )
+        if not self._send_sized(data, message):
+            return False
+        if new_alias is not None:
+            self.aliases_out[message.topic] = new_alias
+        return True
+
+    def _send_sized(self, data: bytes, message: Message) -> bool:
+        if self.max_outgoing is not None and len(data) > self.max_outgoing:
+            stats = self.broker.stats
+            stats.messages_oversize += 1
+            stats.messages_dropped += 1
+            log.info(
+                "dropped a message on %s for client %r: %d bytes exceed its Maximum Packet Size %d",
+                message.topic,
+                self.client_id,
+                len(data),
+                self.max_outgoing,
+            )
+            return False
+        self.send(data)
+        return True
+
     def flush(self) -> None:
         out, self._out = self._out, None
         if out and self.transport is not None and not self.transport.is_closing():
@@ -168,10 +272,34 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def violation(self, reason: str) -> None:
+    def disconnect(self, reason: int, *, linger: bool = True) -> None:
+        """Close the connection: an MQTT 5 client is first told why with DISCONNECT [MQTT 5.0 4.13].
+
+        With `linger`, a TCP connection is half-closed and what the client still sends is read and
+        dropped for up to DISCONNECT_LINGER seconds, so the client reads the DISCONNECT instead of a
+        reset caused by packets it sent before it saw it.
+        """
+        if not (self.version == 5 and self.connected):
+            self.abort()
+            return
+        self.send(v5.encode_disconnect(reason))
+        transport = self.transport
+        if not linger or transport is None or self.closing or not transport.can_write_eof():
+            self.close()
+            return
+        self.flush()
+        self.closing = True
+        transport.write_eof()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(DISCONNECT_LINGER, self.abort)
+        # The session and the will do not wait for the linger: the connection has ended for MQTT.
+        self.broker.connection_closed(self)
+
+    def violation(self, reason: str, code: int = reasons.PROTOCOL_ERROR) -> None:
         self.broker.stats.protocol_errors += 1
         log.warning("closing %s (client %r): protocol violation: %s", self.peer, self.client_id, reason)
-        self.abort()
+        self.disconnect(code)
 
     # Timers
 
@@ -202,9 +330,9 @@ class Connection(asyncio.Protocol):
             self.client_id,
             silent,
         )
-        self.abort()
+        self.disconnect(reasons.KEEP_ALIVE_TIMEOUT)
 
-    # Packets
+    # MQTT 3.1.1 packets
 
     def _dispatch(self, packet: object) -> None:
         if not self.connected:
@@ -238,10 +366,10 @@ class Connection(asyncio.Protocol):
             assert packet_id is not None
             if packet_id not in session.awaiting_release:
                 session.awaiting_release.add(packet_id)
-                self.broker.handle_publish(self, session, packet)
+                self.broker.handle_publish(self, session, packet.topic, packet)
             self.send(pubrec(packet_id))
             return
-        self.broker.handle_publish(self, session, packet)
+        self.broker.handle_publish(self, session, packet.topic, packet)
         if packet_id is not None:
             self.send(puback(packet_id))
 
@@ -256,3 +384,124 @@ class Connection(asyncio.Protocol):
         else:
             session.awaiting_release.discard(packet_id)
             self.send(pubcomp(packet_id))
+
+    # MQTT 5 packets
+
+    def _dispatch5(self, packet: object) -> None:
+        if not self.connected:
+            if not isinstance(packet, v5.Connect):
+                raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]", reasons.PROTOCOL_ERROR)
+            self.broker.handle_connect(self, packet)
+            return
+        session = self.session
+        if session is None:
+            return
+        if isinstance(packet, v5.Publish):
+            self._on_publish5(session, packet)
+        elif isinstance(packet, v5.Ack):
+            self._on_ack5(session, packet)
+        elif isinstance(packet, v5.Subscribe):
+            self.broker.handle_subscribe(self, session, packet)
+        elif isinstance(packet, v5.Unsubscribe):
+            self.broker.handle_unsubscribe(self, session, packet)
+        elif isinstance(packet, v5.Pingreq):
+            self.send(pingresp())
+        elif isinstance(packet, v5.Disconnect):
+            self._on_disconnect5(session, packet)
+        elif isinstance(packet, v5.Auth):
+            # No Authentication Method was agreed in CONNECT (one would have been refused with 0x8C).
+            raise ProtocolError("AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-6]", 0x82)
+        else:
+            raise ProtocolError("a second CONNECT on one connection [MQTT-3.1.0-2]", reasons.PROTOCOL_ERROR)
+
+    def _on_disconnect5(self, session: Session, packet: v5.Disconnect) -> None:
+        expiry = packet.properties.session_expiry_interval
+        if expiry is not None:
+            if session.expiry == 0 and expiry:
+                raise ProtocolError(
+                    "DISCONNECT sets a Session Expiry Interval after CONNECT gave 0 [MQTT-3.14.2-2]", 0x82
+                )
+            session.expiry = min(expiry, self.broker.settings.max_session_expiry)
+        if packet.reason != reasons.DISCONNECT_WITH_WILL:
+            # A normal DISCONNECT discards the will; reason 0x04 keeps it [MQTT-3.14.4-3].
+            self.will = None
+        self.close()
+
+    def _resolve_topic(self, packet: v5.Publish) -> str:
+        alias = packet.properties.topic_alias
+        if alias is None:
+            return packet.topic
+        if alias > self.broker.settings.max_topic_alias:
+            raise ProtocolError(
+                f"Topic Alias {alias} exceeds the Topic Alias Maximum "
+                f"{self.broker.settings.max_topic_alias} [MQTT-3.3.2-9]",
+                reasons.TOPIC_ALIAS_INVALID,
+            )
+        if packet.topic:
+            self.aliases_in[alias] = packet.topic
+            return packet.topic
+        topic = self.aliases_in.get(alias)
+        if topic is None:
+            raise ProtocolError(
+                f"Topic Alias {alias} was never set on this connection [MQTT 5.0 3.3.2.3.4]", 0x82
+            )
+        return topic
+
+    def _on_publish5(self, session: Session, packet: v5.Publish) -> None:
+        topic = self._resolve_topic(packet)
+        packet_id = packet.packet_id
+        if packet.qos == 2:
+            assert packet_id is not None
+            if packet_id in session.awaiting_release:
+                self.send(v5.encode_ack(PUBREC, packet_id))
+                return
+            if len(session.awaiting_release) >= self.broker.settings.max_inflight:
+                raise ProtocolError(
+                    f"more than Receive Maximum {self.broker.settings.max_inflight} QoS 2 messages "
+                    "unreleased [MQTT-3.3.4-8]",
+                    reasons.RECEIVE_MAXIMUM_EXCEEDED,
+                )
+            code = self.broker.handle_publish(self, session, topic, packet)
+            if code == reasons.PAYLOAD_FORMAT_INVALID and self.closing:
+                return
+            if code < 0x80:
+                session.awaiting_release.add(packet_id)
+            self.send(v5.encode_ack(PUBREC, packet_id, code))
+            return
+        code = self.broker.handle_publish(self, session, topic, packet)
+        if packet_id is not None and not self.closing:
+            self.send(v5.encode_ack(PUBACK, packet_id, code))
+
+    def _on_ack5(self, session: Session, packet: v5.Ack) -> None:
+        kind = packet.kind
+        packet_id = packet.packet_id
+        if kind in (PUBACK, PUBCOMP):
+            session.acknowledge(packet_id)
+        elif kind == PUBREC:
+            if packet.reason >= 0x80:
+                # A PUBREC with an error ends the QoS 2 exchange [MQTT 5.0 4.3.3].
+                session.acknowledge(packet_id)
+            elif session.received(packet_id):
+                self.send(v5.encode_ack(6, packet_id))
+            else:
+                self.send(v5.encode_ack(6, packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND))
+        elif packet_id in session.awaiting_release:
+            session.awaiting_release.discard(packet_id)
+            self.send(v5.encode_ack(PUBCOMP, packet_id))
+        else:
+            self.send(v5.encode_ack(PUBCOMP, packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND))
+
+
+def forwarded(properties: Properties) -> Properties:
+    """The properties of an incoming PUBLISH or will that are forwarded unchanged [MQTT-3.3.2-17..20]."""
+    if properties is EMPTY:
+        return EMPTY
+    if (
+        properties.topic_alias is None
+        and properties.message_expiry_interval is None
+        and properties.will_delay_interval is None
+    ):
+        return properties
+    return dataclasses.replace(
+        properties, topic_alias=None, message_expiry_interval=None, will_delay_interval=None
+    )

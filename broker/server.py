@@ -1,4 +1,4 @@
-"""The embedded MQTT 3.1.1 broker: listeners, sessions, routing, retained messages, auth and ACLs.
+"""The embedded MQTT 3.1.1 and 5 broker: listeners, sessions, routing, retained messages, auth and ACLs.
 
 async with running(BrokerSettings(port=0)) as broker:
     print(broker.urls)
@@ -22,14 +22,17 @@ from websockets.typing import Subprotocol
 from broker.acl import AclFile
 from broker.auth import PasswordFile
 from broker.config import BrokerSettings, is_loopback
-from broker.connection import Connection
+from broker.connection import Connection, forwarded
 from broker.message import Message
 from broker.retained import RetainedStore
-from broker.session import Limits, Session
+from broker.session import NEVER, Limits, Session, Subscription
+from broker.shared import SharedGroup
 from broker.stats import Stats
 from broker.tally import Tally
 from broker.websocket import WebSocketTransport
 from fleet.errors import TopicError
+from fleet.mqtt import reasons, v5
+from fleet.mqtt.properties import EMPTY, Properties
 from fleet.packets import (
     CONNACK_ACCEPTED,
     CONNACK_BAD_CREDENTIALS,
@@ -40,6 +43,7 @@ from fleet.packets import (
     Publish,
     Subscribe,
     Unsubscribe,
+    Will,
     connack,
     suback,
     unsuback,
@@ -62,7 +66,8 @@ class Broker:
         self.stats = Stats()
         self.sessions: dict[str, Session] = {}
         self.connections: set[Connection] = set()
-        self.subscriptions: SubscriptionTree[Session] = SubscriptionTree()
+        self.subscriptions: SubscriptionTree[Session | SharedGroup] = SubscriptionTree()
+        self.shared: dict[tuple[str, str], SharedGroup] = {}
         self.retained = RetainedStore()
         self.limits = Limits(max_inflight=settings.max_inflight, max_queued=settings.max_queued)
         self.passwords = PasswordFile.load(settings.password_file) if settings.password_file else None
@@ -104,47 +109,108 @@ class Broker:
         self.connections.discard(connection)
         session = connection.session
         connection.session = None
-        if session is not None and session.outlet is connection:
-            session.outlet = None
-            if session.clean:
-                self._discard(session)
-        will = connection.will
+        will = _will_message(connection.will)
         connection.will = None
-        if will is not None and not self.closing:
-            # The connection ended without DISCONNECT: publish its will [MQTT-3.1.2-8].
-            self.wills_log.add(connection.client_id, will.topic)
-            self.stats.wills_published += 1
-            self.publish(Message(will.topic, will.payload, will.qos, will.retain))
+        if self.closing:
+            return
+        client_id = connection.client_id
+        if session is None or session.outlet is not connection:
+            if will is not None:
+                self._publish_will(client_id, will)
+            return
+        session.outlet = None
+        if session.expiry == 0:
+            # The session ends with the connection, and its will is published now [MQTT 5.0 3.1.2.11.2].
+            self._discard(session)
+            if will is not None:
+                self._publish_will(client_id, will)
+            return
+        loop = asyncio.get_running_loop()
+        if will is not None:
+            # The will waits for its Will Delay Interval, or for the session's end if that is sooner.
+            delay = min(connection.will_delay, session.expiry)
+            if delay == 0:
+                self._publish_will(client_id, will)
+            else:
+                session.pending_will = will
+                session.will_timer = loop.call_later(delay, self._will_due, session)
+        if session.expiry != NEVER:
+            session.expiry_timer = loop.call_later(session.expiry, self._expire, session)
+
+    def _publish_will(self, client_id: str, will: Message) -> None:
+        # The connection ended without DISCONNECT (or with 0x04): publish its will [MQTT-3.1.2-8].
+        self.wills_log.add(client_id, will.topic)
+        self.stats.wills_published += 1
+        self.publish(_stamped(will))
+
+    def _will_due(self, session: Session) -> None:
+        session.will_timer = None
+        will, session.pending_will = session.pending_will, None
+        if will is not None and session.outlet is None:
+            self._publish_will(session.client_id, will)
+
+    def _expire(self, session: Session) -> None:
+        session.expiry_timer = None
+        if session.outlet is not None or self.sessions.get(session.client_id) is not session:
+            return
+        log.info("the session of client %r expired", session.client_id)
+        will, session.pending_will = session.pending_will, None
+        self._discard(session)
+        if will is not None:
+            self._publish_will(session.client_id, will)
 
     def _discard(self, session: Session) -> None:
+        session.cancel_timers()
+        unfinished = session.take_unfinished_shared()
         for topic_filter in session.subscriptions:
-            self.subscriptions.remove(topic_filter, session)
+            if not self._leave_group(topic_filter, session):
+                self.subscriptions.remove(topic_filter, session)
         session.subscriptions.clear()
+        session.options = 0
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+        # A shared subscriber's unfinished QoS 1/2 messages go to another member of its group.
+        for entry in unfinished:
+            group = entry.group
+            picked = group.pick() if group is not None else None
+            if picked is not None:
+                member, subscription = picked
+                member.deliver(
+                    entry.message, min(entry.qos, subscription.qos), retain=entry.retain, group=group
+                )
 
-    def _authenticate(self, packet: Connect) -> int:
-        if packet.username is None:
+    def _authenticate(self, username: str | None, password: bytes | None) -> int:
+        if username is None:
             return CONNACK_ACCEPTED if self.settings.anonymous else CONNACK_NOT_AUTHORIZED
         if self.passwords is None:
             return CONNACK_ACCEPTED
-        if self.passwords.verify(packet.username, packet.password):
+        if self.passwords.verify(username, password):
             return CONNACK_ACCEPTED
         return CONNACK_BAD_CREDENTIALS
 
-    def handle_connect(self, connection: Connection, packet: Connect) -> None:
+    def handle_connect(self, connection: Connection, packet: Connect | v5.Connect) -> None:
+        settings = self.settings
+        is5 = isinstance(packet, v5.Connect)
+        properties = packet.properties if isinstance(packet, v5.Connect) else EMPTY
+        clean = packet.clean_start if isinstance(packet, v5.Connect) else packet.clean_session
         client_id = packet.client_id
+        assigned = None
+        if is5 and properties.authentication_method is not None:
+            # Enhanced authentication is not supported [MQTT 5.0 4.12, 3.2.2.2].
+            reason = f"authentication method {properties.authentication_method!r} is not supported"
+            self._refuse(connection, reasons.BAD_AUTHENTICATION_METHOD, reason)
+            return
         if not client_id:
-            if not packet.clean_session:
+            if not clean and not is5:
                 self._refuse(connection, CONNACK_IDENTIFIER_REJECTED, "empty client id needs CleanSession=1")
                 return
-            # The server assigns a unique id to a zero-length one [MQTT-3.1.3-6].
-            client_id = f"auto-{uuid.uuid4().hex}"
+            # The server assigns a unique id to a zero-length one [MQTT-3.1.3-6, MQTT-3.2.2-16].
+            client_id = assigned = f"auto-{uuid.uuid4().hex}"
         elif packet.protocol_level == 3 and len(client_id) > 23:
             self._refuse(connection, CONNACK_IDENTIFIER_REJECTED, "MQTT 3.1 ids have 23 characters at most")
             return
         connection.client_id = client_id
-        code = self._authenticate(packet)
+        code = self._authenticate(packet.username, packet.password)
         will = packet.will
         # A will the client may not publish itself is refused at CONNECT, as Mosquitto does.
         if (
@@ -158,113 +224,279 @@ class Broker:
             self._refuse(connection, code, f"authentication failed for user {packet.username!r}")
             return
 
+        if is5:
+            requested = properties.session_expiry_interval or 0
+            expiry = min(requested, settings.max_session_expiry)
+        else:
+            expiry = 0 if clean else NEVER
         session = self.sessions.get(client_id)
         present = False
         if session is not None:
             previous = session.outlet
             if isinstance(previous, Connection):
                 self._take_over(previous)
-            if packet.clean_session or session.clean:
+            session = self.sessions.get(client_id)
+        if session is not None:
+            session.cancel_timers()
+            # A reconnect within the Will Delay Interval publishes no will [MQTT-3.1.3-9].
+            session.pending_will = None
+            if clean:
                 self._discard(session)
                 session = None
             else:
                 present = True
         if session is None:
-            session = Session(client_id, clean=packet.clean_session, limits=self.limits, stats=self.stats)
+            session = Session(client_id, expiry=expiry, limits=self.limits, stats=self.stats)
             self.sessions[client_id] = session
+        session.expiry = expiry
         session.username = packet.username
         session.outlet = connection
         connection.session = session
-        connection.will = packet.will
+        connection.will = will
         connection.connected = True
+        keepalive = packet.keepalive
         self.stats.connections_total += 1
         self.stats.clients_maximum = max(self.stats.clients_maximum, len(self.connections))
-        connection.send(connack(present, CONNACK_ACCEPTED))
-        connection.start_keepalive(packet.keepalive)
+        if is5:
+            assert isinstance(packet, v5.Connect)
+            delay = will.properties.will_delay_interval if isinstance(will, v5.Will) else None
+            connection.will_delay = delay or 0
+            connection.receive_maximum = properties.receive_maximum or 65535
+            connection.max_outgoing = properties.maximum_packet_size
+            connection.topic_alias_maximum = properties.topic_alias_maximum or 0
+            server_keepalive = None
+            if keepalive > settings.max_keepalive:
+                keepalive = server_keepalive = settings.max_keepalive
+            connection.send(
+                v5.encode_connack(
+                    present,
+                    reasons.SUCCESS,
+                    Properties(
+                        session_expiry_interval=expiry
+                        if expiry != (properties.session_expiry_interval or 0)
+                        else None,
+                        receive_maximum=settings.max_inflight,
+                        maximum_packet_size=settings.max_packet_size,
+                        topic_alias_maximum=settings.max_topic_alias or None,
+                        assigned_client_identifier=assigned,
+                        server_keep_alive=server_keepalive,
+                        shared_subscription_available=None if settings.shared_subscriptions else 0,
+                    ),
+                )
+            )
+        else:
+            connection.send(connack(present, CONNACK_ACCEPTED))
+        connection.start_keepalive(keepalive)
         log.debug("client %r connected from %s (session present: %s)", client_id, connection.peer, present)
         session.resume()
 
     def _refuse(self, connection: Connection, code: int, reason: str) -> None:
         log.warning("refused CONNECT from %s (client %r): %s", connection.peer, connection.client_id, reason)
-        connection.send(connack(False, code))
+        if connection.version == 5:
+            connection.send(v5.encode_connack(False, _V5_CONNACK.get(code, code)))
+        else:
+            connection.send(connack(False, code))
         connection.close()
 
     def _take_over(self, previous: Connection) -> None:
-        """A second CONNECT with the same client id closes the first connection [MQTT-3.1.4-2].
+        """A second CONNECT with the same client id closes the first connection [MQTT-3.1.4-2]; an
+        MQTT 5 client is told so with DISCONNECT 0x8E [MQTT-3.1.4-3].
 
-        The old connection ended without DISCONNECT, so its will is published now, before the new
-        connection's CONNACK: a device's last will never lands after its own new birth message.
+        The old connection ended without DISCONNECT, so its will is due now (or after its Will Delay
+        Interval, which the new connection then cancels), before the new connection's CONNACK.
         """
         log.info("client %r took over its session from %s", previous.client_id, previous.peer)
-        session = previous.session
-        previous.session = None
-        if session is not None:
-            session.outlet = None
         self.connection_closed(previous)
-        previous.abort()
+        previous.disconnect(reasons.SESSION_TAKEN_OVER)
 
     # Messages
 
-    def handle_publish(self, connection: Connection, session: Session, packet: Publish) -> None:
-        topic = packet.topic
+    def handle_publish(
+        self, connection: Connection, session: Session, topic: str, packet: Publish | v5.Publish
+    ) -> int:
+        """Route one PUBLISH from a client; return the MQTT 5 reason code for its acknowledgement."""
         if topic.startswith("$SYS"):
             log.info("ignored a PUBLISH to %s from client %r: $SYS is the broker's", topic, session.client_id)
-            return
+            return reasons.TOPIC_NAME_INVALID
         if self.acl is not None and not self.acl.can_publish(session.client_id, session.username, topic):
             log.info("ACL denied client %r publishing to %s", session.client_id, topic)
-            return
-        self.publish(Message(topic, packet.payload, packet.qos, packet.retain))
+            return reasons.NOT_AUTHORIZED
+        if isinstance(packet, Publish):
+            routed = self.publish(
+                Message(topic, packet.payload, packet.qos, packet.retain, sender=session.client_id)
+            )
+            return reasons.SUCCESS if routed else reasons.NO_MATCHING_SUBSCRIBERS
+        properties = packet.properties
+        if properties.payload_format_indicator == 1:
+            try:
+                packet.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                # A payload that says UTF-8 and is not [MQTT 5.0 3.3.2.3.2]: refused with 0x99.
+                log.info("client %r published a payload that is not the UTF-8 it claims", session.client_id)
+                if packet.qos == 0:
+                    connection.disconnect(reasons.PAYLOAD_FORMAT_INVALID)
+                return reasons.PAYLOAD_FORMAT_INVALID
+        interval = properties.message_expiry_interval
+        expires = None if interval is None else time.monotonic() + interval
+        message = Message(
+            topic,
+            packet.payload,
+            packet.qos,
+            packet.retain,
+            forwarded(properties),
+            expires,
+            session.client_id,
+        )
+        return reasons.SUCCESS if self.publish(message) else reasons.NO_MATCHING_SUBSCRIBERS
 
-    def publish(self, message: Message) -> None:
-        """Route a message to every matching subscription at min(publish QoS, granted QoS) [MQTT-3.8.4]."""
+    def publish(self, message: Message) -> int:
+        """Route a message to every matching subscription at min(publish QoS, granted QoS) [MQTT-3.8.4];
+        return how many sessions it went to."""
         self.stats.messages_received += 1
         if message.retain:
             self.retained.store(message)
-        self._route(message)
+        return self._route(message)
 
-    def _route(self, message: Message) -> None:
+    def _route(self, message: Message) -> int:
         acl = self.acl
         qos = message.qos
-        for session, granted in self.subscriptions.match(message.topic).items():
-            if acl is not None and not acl.can_read(session.client_id, session.username, message.topic):
+        topic = message.topic
+        count = 0
+        for subscriber, granted in self.subscriptions.match(topic).items():
+            if type(subscriber) is SharedGroup:
+                picked = subscriber.pick()
+                if picked is None:
+                    continue
+                member, sub = picked
+                if acl is not None and not acl.can_read(member.client_id, member.username, topic):
+                    continue
+                one: tuple[int, ...] = (sub.identifier,) if sub.identifier else ()
+                retain = sub.retain_as_published and message.retain
+                member.deliver(message, min(sub.qos, qos), retain=retain, sub_ids=one, group=subscriber)
+                count += 1
                 continue
-            session.deliver(message, granted if granted < qos else qos)
+            assert isinstance(subscriber, Session)
+            session = subscriber
+            if acl is not None and not acl.can_read(session.client_id, session.username, topic):
+                continue
+            if session.options:
+                options = session.route_options(message, qos)
+                if options is None:
+                    continue
+                delivered_qos, retain, ids = options
+                session.deliver(message, delivered_qos, retain=retain, sub_ids=ids)
+            else:
+                session.deliver(message, granted if granted < qos else qos)
+            count += 1
+        return count
 
-    def handle_subscribe(self, connection: Connection, session: Session, packet: Subscribe) -> None:
+    def handle_subscribe(
+        self, connection: Connection, session: Session, packet: Subscribe | v5.Subscribe
+    ) -> None:
+        is5 = isinstance(packet, v5.Subscribe)
+        if is5:
+            assert isinstance(packet, v5.Subscribe)
+            given = packet.properties.subscription_identifiers
+            identifier = given[0] if given else None
+            wanted = [
+                (
+                    s.topic_filter,
+                    Subscription(s.qos, s.no_local, s.retain_as_published, s.retain_handling, identifier),
+                )
+                for s in packet.subscriptions
+            ]
+        else:
+            assert isinstance(packet, Subscribe)
+            wanted = [(topic_filter, Subscription(qos)) for topic_filter, qos in packet.topics]
         codes: list[int] = []
-        granted: list[tuple[str, int]] = []
-        for topic_filter, qos in packet.topics:
-            try:
-                validate_filter(topic_filter)
-            except TopicError as exc:
-                log.warning("refused a subscription of client %r: %s", session.client_id, exc)
-                codes.append(SUBACK_FAILURE)
+        retained_for: list[tuple[str, Subscription]] = []
+        for topic_filter, sub in wanted:
+            code, existed = self._subscribe_one(session, topic_filter, sub, is5)
+            codes.append(code)
+            if code >= 0x80:
                 continue
-            if self.acl is not None and not self.acl.can_subscribe(
-                session.client_id, session.username, topic_filter
-            ):
-                log.warning("ACL denied client %r subscribing to %r", session.client_id, topic_filter)
-                codes.append(SUBACK_FAILURE)
+            # Retain Handling: 0 sends retained messages, 1 only for a new subscription, 2 never
+            # [MQTT-3.3.1-9, -10, -11]; a shared subscription gets none [MQTT 5.0 4.8.2].
+            if topic_filter.startswith("$share/") or sub.retain_handling == 2:
                 continue
-            session.subscriptions[topic_filter] = qos
-            self.subscriptions.add(topic_filter, session, qos)
-            codes.append(qos)
-            granted.append((topic_filter, qos))
-        connection.send(suback(packet.packet_id, codes))
+            if sub.retain_handling == 1 and existed:
+                continue
+            retained_for.append((topic_filter, sub))
+        connection.send(v5.encode_suback(packet.packet_id, codes) if is5 else suback(packet.packet_id, codes))
         # Retained messages go to this subscriber only, for the filters it just subscribed to
-        # [MQTT-3.3.1-6], at min(message QoS, granted QoS).
+        # [MQTT-3.3.1-6], at min(message QoS, granted QoS), with the retain flag set.
         acl = self.acl
-        for topic_filter, qos in granted:
+        now = time.monotonic()
+        for topic_filter, sub in retained_for:
+            ids: tuple[int, ...] = (sub.identifier,) if sub.identifier else ()
             for message in self.retained.matching(topic_filter):
+                if message.expires is not None and message.expires <= now:
+                    continue
                 if acl is not None and not acl.can_read(session.client_id, session.username, message.topic):
                     continue
-                session.deliver(message, min(message.qos, qos), retain=True)
+                session.deliver(message, min(message.qos, sub.qos), retain=True, sub_ids=ids)
 
-    def handle_unsubscribe(self, connection: Connection, session: Session, packet: Unsubscribe) -> None:
+    def _subscribe_one(
+        self, session: Session, topic_filter: str, sub: Subscription, is5: bool
+    ) -> tuple[int, bool]:
+        """The SUBACK code of one subscription, and whether it replaced an existing one."""
+        shared = v5.is_shared(topic_filter) and is5
+        try:
+            if shared:
+                group_name, inner = v5.split_shared(topic_filter)
+            else:
+                validate_filter(topic_filter)
+        except TopicError as exc:
+            log.warning("refused a subscription of client %r: %s", session.client_id, exc)
+            return (reasons.TOPIC_FILTER_INVALID if is5 else SUBACK_FAILURE), False
+        if shared and not self.settings.shared_subscriptions:
+            return reasons.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, False
+        checked = inner if shared else topic_filter
+        if self.acl is not None and not self.acl.can_subscribe(session.client_id, session.username, checked):
+            log.warning("ACL denied client %r subscribing to %r", session.client_id, topic_filter)
+            return (reasons.NOT_AUTHORIZED if is5 else SUBACK_FAILURE), False
+        existed = session.subscribe(topic_filter, sub)
+        if shared:
+            key = (group_name, inner)
+            group = self.shared.get(key)
+            if group is None:
+                group = self.shared[key] = SharedGroup(group_name, inner)
+                self.subscriptions.add(inner, group, 2)
+            group.members[session] = sub
+        else:
+            self.subscriptions.add(topic_filter, session, sub.qos)
+        return sub.qos, existed
+
+    def _leave_group(self, topic_filter: str, session: Session) -> bool:
+        """Take `session` out of the shared group of `topic_filter`; False if it is in none (an MQTT
+        3.1.1 client's `$share/...` is an ordinary filter)."""
+        if not v5.is_shared(topic_filter):
+            return False
+        try:
+            key = v5.split_shared(topic_filter)
+        except TopicError:
+            return False
+        group = self.shared.get(key)
+        if group is None or group.members.pop(session, None) is None:
+            return False
+        if not group.members:
+            del self.shared[key]
+            self.subscriptions.remove(group.topic_filter, group)
+        return True
+
+    def handle_unsubscribe(
+        self, connection: Connection, session: Session, packet: Unsubscribe | v5.Unsubscribe
+    ) -> None:
+        codes: list[int] = []
         for topic_filter in packet.filters:
-            if session.subscriptions.pop(topic_filter, None) is not None:
+            existed = session.unsubscribe(topic_filter)
+            if existed and not self._leave_group(topic_filter, session):
                 self.subscriptions.remove(topic_filter, session)
-        connection.send(unsuback(packet.packet_id))
+            codes.append(reasons.SUCCESS if existed else reasons.NO_SUBSCRIPTION_EXISTED)
+        if isinstance(packet, v5.Unsubscribe):
+            connection.send(v5.encode_unsuback(packet.packet_id, codes))
+        else:
+            connection.send(unsuback(packet.packet_id))
 
     # $SYS
 
@@ -284,6 +516,8 @@ class Broker:
             "$SYS/broker/messages/received": str(stats.messages_received),
             "$SYS/broker/messages/sent": str(stats.messages_sent),
             "$SYS/broker/publish/messages/dropped": str(stats.messages_dropped),
+            "$SYS/broker/publish/messages/expired": str(stats.messages_expired),
+            "$SYS/broker/publish/messages/oversize": str(stats.messages_oversize),
             "$SYS/broker/store/messages/count": str(queued),
             "$SYS/broker/subscriptions/count": str(len(self.subscriptions)),
             "$SYS/broker/retained messages/count": str(len(self.retained)),
@@ -382,7 +616,8 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
         if websocket_server is not None:
             websocket_server.close(close_connections=False)
         for connection in list(broker.connections):
-            connection.abort()
+            # MQTT 5 clients are told why: DISCONNECT 0x8B, server shutting down [MQTT 5.0 4.13].
+            connection.disconnect(reasons.SERVER_SHUTTING_DOWN, linger=False)
         for server in servers:
             await server.wait_closed()
         if websocket_server is not None:
@@ -394,6 +629,40 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
             broker.stats.messages_dropped,
             broker.stats.wills_published,
         )
+
+
+# MQTT 3.1.1 CONNACK return codes and their MQTT 5 reason codes.
+_V5_CONNACK = {
+    CONNACK_IDENTIFIER_REJECTED: reasons.CLIENT_IDENTIFIER_NOT_VALID,
+    CONNACK_BAD_CREDENTIALS: reasons.BAD_USER_NAME_OR_PASSWORD,
+    CONNACK_NOT_AUTHORIZED: reasons.NOT_AUTHORIZED,
+}
+
+
+def _will_message(will: Will | v5.Will | None) -> Message | None:
+    """The will as a message; its Message Expiry Interval starts when it is published."""
+    if will is None:
+        return None
+    if isinstance(will, Will):
+        return Message(will.topic, will.payload, will.qos, will.retain)
+    interval = will.properties.message_expiry_interval
+    return Message(
+        will.topic,
+        will.payload,
+        will.qos,
+        will.retain,
+        forwarded(will.properties),
+        None if interval is None else float(interval),
+    )
+
+
+def _stamped(will: Message) -> Message:
+    """A will about to be published: its expiry interval becomes a deadline from now."""
+    if will.expires is None:
+        return will
+    return Message(
+        will.topic, will.payload, will.qos, will.retain, will.properties, time.monotonic() + will.expires
+    )
 
 
 def _url_host(host: str) -> str:

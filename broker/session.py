@@ -1,24 +1,33 @@
 """Client sessions: subscriptions, the in-flight window, the bounded offline queue, and redelivery.
 
-A session outlives its network connection when the client asked for a persistent session
-(CleanSession = 0). Everything here is synchronous; the connection calls in with packets and the
-session writes through the connection's `send`.
+A session outlives its network connection while its Session Expiry Interval runs: forever for an
+MQTT 3.1.1 persistent session (CleanSession = 0) and for 0xFFFFFFFF, not at all for 0. Everything
+here is synchronous; the connection calls in with packets and the session writes through the
+connection's `send` and `send_publish`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from broker.message import Message
 from broker.stats import Stats
-from fleet.packets import encode_publish, pubrel
+from fleet.packets import pubrel
+from fleet.topics import matches
 
-__all__ = ["Limits", "Outlet", "Session"]
+if TYPE_CHECKING:
+    from broker.shared import SharedGroup
+
+__all__ = ["NEVER", "Entry", "Limits", "Outlet", "Session", "Subscription"]
 
 log = logging.getLogger("broker")
+
+# Session Expiry Interval 0xFFFFFFFF: the session does not expire [MQTT 5.0 3.1.2.11.2].
+NEVER = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,24 +36,53 @@ class Limits:
     max_queued: int
 
 
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One subscription's options [MQTT 5.0 3.8.3.1]; 3.1.1 subscriptions have only a QoS."""
+
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+    identifier: int | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Whether delivery needs only the QoS (no option changes what is sent)."""
+        return not (self.no_local or self.retain_as_published or self.identifier)
+
+
 class Outlet(Protocol):
     """What a session needs of the network connection it is attached to."""
 
     @property
     def paused(self) -> bool: ...
 
+    @property
+    def receive_maximum(self) -> int: ...
+
     def congested(self) -> bool: ...
 
     def send(self, data: bytes) -> None: ...
 
+    def send_publish(
+        self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
+    ) -> bool: ...
 
-class _Inflight:
-    __slots__ = ("message", "qos", "released", "retain")
 
-    def __init__(self, message: Message, qos: int, retain: bool) -> None:
+class Entry:
+    """A QoS 1/2 message queued for, or in flight to, this session."""
+
+    __slots__ = ("group", "message", "qos", "released", "retain", "sub_ids")
+
+    def __init__(
+        self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...], group: SharedGroup | None
+    ) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
+        self.sub_ids = sub_ids
+        self.group = group
         self.released = False
 
 
@@ -54,34 +92,88 @@ class Session:
     __slots__ = (
         "_next_packet_id",
         "awaiting_release",
-        "clean",
         "client_id",
         "dropped",
+        "expiry",
+        "expiry_timer",
         "inflight",
         "limits",
+        "options",
         "outlet",
+        "pending_will",
         "queue",
         "stats",
         "subscriptions",
         "username",
+        "will_timer",
     )
 
-    def __init__(self, client_id: str, *, clean: bool, limits: Limits, stats: Stats) -> None:
+    def __init__(self, client_id: str, *, expiry: int, limits: Limits, stats: Stats) -> None:
         self.client_id = client_id
-        self.clean = clean
+        self.expiry = expiry
         self.limits = limits
         self.stats = stats
         self.username: str | None = None
         self.outlet: Outlet | None = None
-        self.subscriptions: dict[str, int] = {}
-        self.inflight: dict[int, _Inflight] = {}
-        self.queue: deque[tuple[Message, int, bool]] = deque()
+        self.subscriptions: dict[str, Subscription] = {}
+        # How many of `subscriptions` are not plain: routing looks at the options only then.
+        self.options = 0
+        self.inflight: dict[int, Entry] = {}
+        self.queue: deque[Entry] = deque()
         # QoS 2 packet ids received and not yet released, so a duplicate is not routed twice.
         self.awaiting_release: set[int] = set()
         self.dropped = 0
         self._next_packet_id = 0
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.will_timer: asyncio.TimerHandle | None = None
+        # The will of the last connection, while its Will Delay Interval runs [MQTT-3.1.3-9].
+        self.pending_will: Message | None = None
 
-    def deliver(self, message: Message, qos: int, *, retain: bool = False) -> None:
+    def subscribe(self, topic_filter: str, subscription: Subscription) -> bool:
+        """Add or replace a subscription; return whether one existed for this filter."""
+        previous = self.subscriptions.get(topic_filter)
+        if previous is not None and not previous.plain:
+            self.options -= 1
+        if not subscription.plain:
+            self.options += 1
+        self.subscriptions[topic_filter] = subscription
+        return previous is not None
+
+    def unsubscribe(self, topic_filter: str) -> bool:
+        previous = self.subscriptions.pop(topic_filter, None)
+        if previous is not None and not previous.plain:
+            self.options -= 1
+        return previous is not None
+
+    def route_options(self, message: Message, qos: int) -> tuple[int, bool, tuple[int, ...]] | None:
+        """(QoS, retain flag, subscription identifiers) of one copy for all of this session's matching
+        non-shared subscriptions [MQTT 5.0 3.3.4], or None when No Local excludes them all."""
+        best = -1
+        retain = False
+        ids: list[int] = []
+        own = message.sender == self.client_id
+        for topic_filter, sub in self.subscriptions.items():
+            if topic_filter.startswith("$share/") or not matches(topic_filter, message.topic):
+                continue
+            if sub.no_local and own:  # [MQTT-3.8.3-3]
+                continue
+            best = max(best, sub.qos)
+            retain = retain or (sub.retain_as_published and message.retain)  # [MQTT-3.3.1-12, -13]
+            if sub.identifier:
+                ids.append(sub.identifier)
+        if best < 0:
+            return None
+        return min(best, qos), retain, tuple(ids)
+
+    def deliver(
+        self,
+        message: Message,
+        qos: int,
+        *,
+        retain: bool = False,
+        sub_ids: tuple[int, ...] = (),
+        group: SharedGroup | None = None,
+    ) -> None:
         """Send `message` at `qos` now, or queue it, or drop it and count the drop."""
         outlet = self.outlet
         if qos == 0:
@@ -91,20 +183,26 @@ class Session:
             if outlet.congested():
                 self._drop(message, "the client is not reading")
                 return
-            outlet.send(encode_publish(message.topic_bytes, message.payload, 0, retain=retain))
-            self.stats.messages_sent += 1
+            if outlet.send_publish(message, 0, retain, 0, False, sub_ids):
+                self.stats.messages_sent += 1
             return
+        entry = Entry(message, qos, retain, sub_ids, group)
         if (
             outlet is not None
             and not outlet.paused
             and not self.queue
-            and len(self.inflight) < self.limits.max_inflight
+            and len(self.inflight) < self._window(outlet)
         ):
-            self._send_new(outlet, message, qos, retain)
+            self._send_new(outlet, entry)
         elif len(self.queue) < self.limits.max_queued:
-            self.queue.append((message, qos, retain))
+            self.queue.append(entry)
         else:
             self._drop(message, f"its queue holds {self.limits.max_queued} messages")
+
+    def _window(self, outlet: Outlet) -> int:
+        # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
+        receive_maximum = outlet.receive_maximum
+        return receive_maximum if receive_maximum < self.limits.max_inflight else self.limits.max_inflight
 
     def _drop(self, message: Message, why: str) -> None:
         self.dropped += 1
@@ -118,13 +216,12 @@ class Session:
                 why,
             )
 
-    def _send_new(self, outlet: Outlet, message: Message, qos: int, retain: bool) -> None:
+    def _send_new(self, outlet: Outlet, entry: Entry) -> None:
+        message = entry.message
         packet_id = self._allocate_packet_id()
-        self.inflight[packet_id] = _Inflight(message, qos, retain)
-        outlet.send(
-            encode_publish(message.topic_bytes, message.payload, qos, retain=retain, packet_id=packet_id)
-        )
-        self.stats.messages_sent += 1
+        if outlet.send_publish(message, entry.qos, entry.retain, packet_id, False, entry.sub_ids):
+            self.inflight[packet_id] = entry
+            self.stats.messages_sent += 1
 
     def _allocate_packet_id(self) -> int:
         packet_id = self._next_packet_id
@@ -140,35 +237,30 @@ class Session:
         if outlet is None:
             return
         queue = self.queue
-        while queue and not outlet.paused and len(self.inflight) < self.limits.max_inflight:
-            message, qos, retain = queue.popleft()
-            self._send_new(outlet, message, qos, retain)
+        window = self._window(outlet)
+        while queue and not outlet.paused and len(self.inflight) < window:
+            self._send_new(outlet, queue.popleft())
 
     def resume(self) -> None:
         """After a reconnect, re-send unacknowledged PUBLISH and PUBREL packets [MQTT-4.4.0-1]."""
         outlet = self.outlet
         if outlet is None:
             return
-        for packet_id, entry in self.inflight.items():
+        for packet_id, entry in list(self.inflight.items()):
             if entry.released:
                 outlet.send(pubrel(packet_id))
-            else:
-                outlet.send(
-                    encode_publish(
-                        entry.message.topic_bytes,
-                        entry.message.payload,
-                        entry.qos,
-                        retain=entry.retain,
-                        dup=True,
-                        packet_id=packet_id,
-                    )
-                )
+            elif not outlet.send_publish(
+                entry.message, entry.qos, entry.retain, packet_id, True, entry.sub_ids
+            ):
+                del self.inflight[packet_id]
         self.pump()
 
-    def acknowledge(self, packet_id: int) -> None:
+    def acknowledge(self, packet_id: int) -> bool:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered; the window moves on."""
-        if self.inflight.pop(packet_id, None) is not None:
-            self.pump()
+        if self.inflight.pop(packet_id, None) is None:
+            return False
+        self.pump()
+        return True
 
     def received(self, packet_id: int) -> bool:
         """PUBREC: mark a QoS 2 message released; return whether the PUBREL must be sent."""
@@ -177,3 +269,16 @@ class Session:
             return False
         entry.released = True
         return True
+
+    def cancel_timers(self) -> None:
+        for timer in (self.expiry_timer, self.will_timer):
+            if timer is not None:
+                timer.cancel()
+        self.expiry_timer = None
+        self.will_timer = None
+
+    def take_unfinished_shared(self) -> list[Entry]:
+        """The queued and unreleased in-flight messages this session got through shared subscriptions."""
+        taken = [e for e in self.inflight.values() if e.group is not None and not e.released]
+        taken += [e for e in self.queue if e.group is not None]
+        return taken

@@ -12,6 +12,8 @@ class Stats:
         "clients_maximum",
         "connections_total",
         "messages_dropped",
+        "messages_expired",
+        "messages_oversize",
         "messages_received",
         "messages_sent",
         "protocol_errors",
@@ -22,6 +24,8 @@ class Stats:
         self.messages_received = 0
         self.messages_sent = 0
         self.messages_dropped = 0
+        self.messages_expired = 0
+        self.messages_oversize = 0
         self.connections_total = 0
         self.clients_maximum = 0
         self.protocol_errors = 0

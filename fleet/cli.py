@@ -85,6 +85,10 @@ def _broker_options(func: Any) -> Any:
         click.option("--max-queued", type=int, help="messages queued per session  [default: 1000]"),
         click.option("--max-inflight", type=int, help="unacked QoS 1/2 per session  [default: 20]"),
         click.option("--max-packet-size", type=int, help="bytes  [default: 1048576]"),
+        click.option(
+            "--max-keepalive", type=int, help="seconds, sent as MQTT 5 Server Keep Alive  [default: 65535]"
+        ),
+        click.option("--max-topic-alias", type=int, help="MQTT 5 topic aliases per client  [default: 10]"),
         click.option("--sys-interval", type=float, help="seconds between $SYS updates, 0: off [default: 10]"),
     ]
     for option in reversed(options):
@@ -95,7 +99,7 @@ def _broker_options(func: Any) -> Any:
 @cli.command()
 @_broker_options
 def broker(config: Path | None, **options: Any) -> None:
-    """Run the embedded MQTT 3.1.1 broker until SIGINT or SIGTERM."""
+    """Run the embedded MQTT 3.1.1 and 5 broker until SIGINT or SIGTERM."""
     from broker.config import load_broker_settings
 
     overrides = {key: value for key, value in options.items() if value is not None}

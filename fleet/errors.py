@@ -6,7 +6,7 @@ Exception tree::
     ├── ConfigError          a config, password or ACL file is invalid
     ├── TopicError           a topic name or topic filter is invalid
     ├── ProtocolError        a peer broke the MQTT protocol
-    │   └── UnsupportedProtocol   a CONNECT for another protocol level (MQTT 5)
+    │   └── UnsupportedProtocol   a CONNECT for a protocol level this side does not speak
     ├── ConnectRefused       a broker answered CONNECT with a refusal (CONNACK return code 1-5)
     ├── TransportError       a connection could not be opened, or failed; the message says what
     │   └── ConnectionLost   an open connection ended, or a QoS 1/2 message's session was discarded
@@ -48,11 +48,19 @@ class TopicError(FleetError, ValueError):
 
 
 class ProtocolError(FleetError):
-    """A peer broke the MQTT protocol; the message names the rule, and the connection must close."""
+    """A peer broke the MQTT protocol; the message names the rule, and the connection must close.
+
+    `reason` is the MQTT 5 DISCONNECT reason code a broker sends before closing: 0x81 (malformed
+    packet) unless the rule names another, such as 0x82 (protocol error) or 0x95 (packet too large).
+    """
+
+    def __init__(self, message: str, reason: int = 0x81) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnsupportedProtocol(ProtocolError):
-    """A CONNECT asked for a protocol level this side does not speak (for example MQTT 5)."""
+    """A CONNECT asked for a protocol level this side does not speak (the broker: other than 3, 4 and 5)."""
 
     def __init__(self, name: str, level: int) -> None:
         super().__init__(f"unsupported protocol {name!r} level {level}")

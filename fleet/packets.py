@@ -186,7 +186,8 @@ class FrameReader:
             if multiplier:
                 break
             if length > self.max_size:
-                raise ProtocolError(f"a packet of {length} bytes exceeds the maximum size {self.max_size}")
+                too_large = f"a packet of {length} bytes exceeds the maximum size {self.max_size}"
+                raise ProtocolError(f"{too_large} [MQTT-3.2.2-15]", 0x95)
             end = index + length
             if end > size:
                 break

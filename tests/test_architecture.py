@@ -56,6 +56,17 @@ def test_core_modules_import_only_the_standard_library_pydantic_and_the_core(nam
             assert module.removeprefix("fleet.") in CORE, f"fleet/{name}.py imports {module}"
 
 
+@pytest.mark.parametrize("path", _modules("fleet/mqtt"), ids=lambda p: p.name)
+def test_the_mqtt_package_is_core_it_imports_only_the_standard_library_and_the_core(path: Path) -> None:
+    """fleet/mqtt (the MQTT 5 codec) is part of the core: no I/O library, nothing outside the core."""
+    for module in _imports(path):
+        if module.startswith("fleet."):
+            name = module.removeprefix("fleet.")
+            assert name in CORE or name.split(".")[0] == "mqtt", f"fleet/mqtt/{path.name} imports {module}"
+        else:
+            assert module.split(".")[0] in sys.stdlib_module_names, f"fleet/mqtt/{path.name} imports {module}"
+
+
 @pytest.mark.parametrize("path", _modules("broker"), ids=lambda p: p.name)
 def test_the_broker_imports_neither_bridges_nor_the_simulator(path: Path) -> None:
     """broker/ never imports bridges/ or the simulator, and no longer needs amqtt."""

@@ -65,18 +65,18 @@ async def test_packet_larger_than_max_packet_size_is_refused_before_it_is_buffer
         await _assert_others_unaffected(broker)
 
 
-async def test_mqtt_3_1_2_2_mqtt5_connect_is_refused_with_a_clear_log_line(
+async def test_mqtt_3_1_2_2_unknown_protocol_level_is_refused_with_a_clear_log_line(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An MQTT 5 CONNECT gets CONNACK 0x01 (unacceptable protocol version) and a log line saying why."""
+    """A CONNECT for protocol level 6 gets CONNACK 0x01 (unacceptable protocol version) and a log line."""
     client = await RawClient.open(broker.port)
-    # CONNECT, protocol level 5, clean start, keepalive 60, properties length 0, client id "v5".
-    client.send_bytes(b"\x10\x0f\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x02v5")
+    # CONNECT, protocol level 6, clean start, keepalive 60, client id "v6".
+    client.send_bytes(b"\x10\x0e\x00\x04MQTT\x06\x02\x00\x3c\x00\x02v6")
     with caplog.at_level(logging.WARNING, logger="broker"):
         connack = await client.read()
         assert connack.variable_header.return_code == 1
         await client.expect_closed()
-    assert "MQTT 3.1.1 only; use an external broker for MQTT 5" in caplog.text
+    assert "speaks MQTT 3.1, 3.1.1 and 5" in caplog.text
     await client.close()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.mqtt import v5
 from tests.conftest import BrokerFactory
 from tests.procs import (
     MOSQUITTO_PUB,
@@ -28,6 +29,7 @@ from tests.procs import (
     run,
 )
 from tests.rawmqtt import RawClient
+from tests.rawmqtt5 import Raw5
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
@@ -209,3 +211,28 @@ def test_fleet_broker_cli_prints_mqtts_url_and_serves_tls(
     sub_argv = mosquitto(MOSQUITTO_SUB, broker.port, "-t", topic, "-C", 1, "-W", SUB_WAIT)
     got = run(sub_argv, timeout=TIMEOUT + 5)
     assert (got.returncode, got.stdout) == (0, "kept\n"), got.stderr
+
+
+@needs_mosquitto_clients
+async def test_mqtt5_clients_over_tls(broker_factory: BrokerFactory, pki: Pki) -> None:
+    """An MQTT 5 client on the TLS listener gets CONNACK properties and what mosquitto_pub -V mqttv5 sends
+    over TLS, user properties included."""
+    async with broker_factory(tls_cert=pki.cert, tls_key=pki.key, tls_port=0) as broker:
+        assert broker.tls_port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.tls_port, ssl=_client_context(pki))
+        subscriber = Raw5(reader, writer)
+        try:
+            assert (await subscriber.connect("tls5-sub")).properties.receive_maximum == 20
+            assert await subscriber.subscribe(v5.Subscription("tls5/#", 1)) == (1,)
+            argv = [
+                MOSQUITTO_PUB, "-V", "mqttv5", "-h", "127.0.0.1", "-p", str(broker.tls_port),
+                "--cafile", str(pki.ca), "-t", "tls5/hello", "-q", "1", "-m", "secret",
+                "-D", "publish", "user-property", "k", "v",
+            ]  # fmt: skip
+            done = await asyncio.to_thread(run, [str(arg) for arg in argv])
+            assert done.returncode == 0, done.stderr
+            received = await subscriber.read_publish()
+            assert (received.topic, received.payload) == ("tls5/hello", b"secret")
+            assert received.properties.user_properties == (("k", "v"),)
+        finally:
+            await subscriber.close()
