@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, Protocol
 
 import grpc
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -92,28 +91,11 @@ class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes, qos: int) -> None: ...
 
 
-def _set_json(value: struct_pb2.Value, payload: Any) -> None:
-    if payload is None:
-        value.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(payload, bool):
-        value.bool_value = payload
-    elif isinstance(payload, int | float):
-        value.number_value = payload
-    elif isinstance(payload, str):
-        value.string_value = payload
-    elif isinstance(payload, dict):
-        value.struct_value.update(payload)
-    elif isinstance(payload, list):
-        value.list_value.extend(payload)
-    else:
-        raise TypeError(f"not a JSON value: {type(payload).__name__}")
-
-
 def event_message(event: Event) -> pb.Event:
     """The protobuf form of an envelope: the same fields and values as its JSON form.
 
-    A JSON payload goes into `json` (a `google.protobuf.Value`), any other into `raw`; so does a
-    JSON payload that protobuf cannot hold (an integer beyond a double's range, a lone surrogate).
+    A JSON payload goes into `json_text` as the very bytes of the envelope's `payload`, any other
+    into `raw`.
     """
     message = pb.Event(
         id=event.id,
@@ -125,11 +107,8 @@ def event_message(event: Event) -> pb.Event:
     )
     if event.device is not None:
         message.device = event.device
-    if event.is_json:
-        try:
-            _set_json(message.json, event.payload)
-        except (ValueError, TypeError, OverflowError):
-            message.raw = event.raw  # setting the other member of the oneof clears `json`
+    if event.payload_json is not None:
+        message.json_text = event.payload_json.decode()
     else:
         message.raw = event.raw
     return message
