@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, Protocol
 
@@ -75,7 +76,11 @@ _EVENTS_TAG: Final = bytes([4 << 3 | 2])
 # Server-side HTTP/2 keepalive: a peer that stops answering pings is cut after about 40 s instead of
 # holding its stream open forever (grpc's default has none; see BRIDGE-NOTES.md). Pings go on while
 # a quiet stream sends no data, and clients may ping every 10 s (the default refuses under 5 min).
+#
+# No SO_REUSEPORT (grpc sets it by default): a second bridge on the same port would listen beside the
+# first, and the kernel would split the consumers between them. A taken port fails instead.
 SERVER_OPTIONS: Final = (
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -325,6 +330,19 @@ class FleetBridgeServicer:
             stream.consumer.close(reason)
 
 
+def _raise_bind_error(host: str, port: int, address: str) -> None:
+    """Raise the OSError that binding `host:port` gives (address already in use, say), as the HTTP
+    listener does: grpc says only "Failed to bind". Binds as grpc does, with SO_REUSEADDR."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise OSError(exc.errno, f"gRPC cannot listen on {address}: {reason}") from None
+
+
 @contextlib.asynccontextmanager
 async def grpc_server(
     hub: Hub,
@@ -338,6 +356,9 @@ async def grpc_server(
     grace: float = 1.0,
 ) -> AsyncIterator[int]:
     """Serve FleetBridgeService, `grpc.health.v1` and server reflection; yields the bound port.
+
+    A port that another process (another bridge, say) listens on raises OSError here, "address
+    already in use", as the HTTP listener does.
 
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
@@ -357,6 +378,7 @@ async def grpc_server(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
+        _raise_bind_error(host, port, address)
         raise TransportError(f"gRPC cannot listen on {address}: {exc}") from exc
     await server.start()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import time
 from collections import deque
@@ -16,6 +17,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from bridges.bridge import running
+from bridges.config import BridgeConfig
 from bridges.envelope import Kind, make_event
 from bridges.grpc_service import BATCH_BYTES, SERVICE_NAME, FleetBridgeServicer, event_message, grpc_server
 from bridges.hub import Dropped, Hub, Policy
@@ -452,3 +455,19 @@ async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) ->
 async def _read_ten(subscription: Subscription) -> None:
     for _ in range(10):
         await subscription.item()
+
+
+async def test_a_second_bridge_on_a_taken_grpc_port_fails(broker: Broker) -> None:
+    """A second bridge on the gRPC port of a running one fails with "address already in use", as the
+    HTTP port does, instead of sharing the port (SO_REUSEPORT) and splitting the consumers."""
+    first = BridgeConfig(broker=f"mqtt://127.0.0.1:{broker.port}", http_port=0, grpc_port=0)
+    async with running(first) as bridge:
+        taken = first.model_copy(update={"grpc_port": bridge.grpc_port})
+        in_use = pytest.RaisesExc(
+            OSError,
+            match=f"127.0.0.1:{bridge.grpc_port}: address already in use",
+            check=lambda exc: exc.errno == errno.EADDRINUSE,
+        )
+        with pytest.RaisesGroup(in_use, flatten_subgroups=True):  # raised inside the bridge's TaskGroup
+            async with running(taken):
+                pass
