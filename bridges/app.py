@@ -1,7 +1,8 @@
 """The bridge's HTTP app: WebSocket `/ws`, Server-Sent Events `/events`, `/healthz`, `/readyz`, `/metrics`.
 
 Both streaming transports deliver the Hub's envelope exactly as it was encoded once per message
-(`Event.json`); neither re-encodes per consumer.
+(`Event.json`); neither re-encodes per consumer. In their query strings a `+` is itself (the MQTT
+wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`.
 
 `GET /ws` (WebSocket, JSON text frames)
     Query: `filter` (repeatable; none means: wait for a subscribe message), `policy`
@@ -80,6 +81,7 @@ __all__ = [
     "StreamOptions",
     "create_app",
     "parse_stream_options",
+    "query_params",
 ]
 
 log = logging.getLogger("bridges.app")
@@ -135,12 +137,18 @@ def parse_stream_options(params: QueryParams, default_size: int) -> StreamOption
     """The `filter`, `policy` and `queue` query parameters, validated; raises ValueError (or its
     subclass TopicError) with a reason fit to show the client.
 
-    Filters are repeated parameters and never split on commas: a comma is legal in a topic."""
+    Filters are repeated parameters and never split on commas: a comma is legal in a topic. Pass
+    `query_params(scope)`, which reads `+` as the wildcard."""
     filters = tuple(dict.fromkeys(params.getlist("filter")))
     if len(filters) > MAX_FILTERS:
         raise ValueError(f"at most {MAX_FILTERS} filters, got {len(filters)}")
     for topic_filter in filters:
-        validate_filter(topic_filter)
+        try:
+            validate_filter(topic_filter)
+        except TopicError as exc:
+            if "+" not in topic_filter:
+                raise
+            raise TopicError(f"{exc}; in the URL, '+' is the wildcard: write a space as %20") from None
     raw_policy = params.get("policy", "drop-oldest")
     policy = _POLICIES.get(raw_policy)
     if policy is None:
@@ -158,8 +166,18 @@ def parse_stream_options(params: QueryParams, default_size: int) -> StreamOption
     return StreamOptions(filters=filters, policy=policy, size=size)
 
 
+def query_params(scope: Scope) -> QueryParams:
+    """The query string's parameters, with `+` read as itself, not as a space.
+
+    Form encoding turns `+` into a space, so `?filter=fleet/+/status`, as people type it (and curl
+    and browsers send it), would become the filter `fleet/ /status` and match nothing. A topic filter
+    is not form data: here `+` is the wildcard, and a space is written `%20`."""
+    raw: bytes = scope.get("query_string", b"")
+    return QueryParams(raw.replace(b"+", b"%2B"))
+
+
 def _resume_point(request: Request) -> int | None:
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    raw = request.headers.get("last-event-id") or query_params(request.scope).get("last_event_id")
     if not raw:
         return None
     try:
@@ -227,7 +245,7 @@ class BridgeState:
         if self.closing is not None:
             return PlainTextResponse(self.closing, status_code=503)
         try:
-            options = parse_stream_options(request.query_params, self.hub.queue_size)
+            options = parse_stream_options(query_params(request.scope), self.hub.queue_size)
             if not options.filters:
                 raise TopicError("at least one filter is needed, for example ?filter=fleet/%23 (fleet/#)")
             after_id = _resume_point(request)
@@ -246,7 +264,7 @@ class BridgeState:
 
     async def websocket(self, websocket: WebSocket) -> None:
         try:
-            options = parse_stream_options(websocket.query_params, self.hub.queue_size)
+            options = parse_stream_options(query_params(websocket.scope), self.hub.queue_size)
         except ValueError as exc:
             await _refuse(websocket, _CLOSE_POLICY, str(exc))
             return
