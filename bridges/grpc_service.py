@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bridges.envelope import Event, Kind
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
+from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.source import BrokerUnavailable
 from bridges.turns import BURST
@@ -137,12 +137,15 @@ class _EncodedEvents:
         self._bytes: dict[int, bytes] = {}
 
     def get(self, event: Event) -> bytes:
-        data = self._bytes.get(event.id)
+        # The hub's retained copy of a status shares its id with the live event (retain false) it
+        # copies: retained events have keys of their own, below zero.
+        key = ~event.id if event.retain else event.id
+        data = self._bytes.get(key)
         if data is None:
             data = pb.EventBatch(events=[event_message(event)]).SerializeToString()
             if len(self._bytes) >= self.size:
                 del self._bytes[next(iter(self._bytes))]  # the oldest inserted
-            self._bytes[event.id] = data
+            self._bytes[key] = data
         return data
 
 
@@ -210,8 +213,8 @@ class FleetBridgeServicer:
         events: list[bytes] = []
         size = 0
         for item in items:
-            if isinstance(item, Event):
-                data = self._encoded.get(item)
+            if isinstance(item, Event | Retained):
+                data = self._encoded.get(item if isinstance(item, Event) else item.event)
                 events.append(data)
                 size += len(data)
                 if size < BATCH_BYTES:
