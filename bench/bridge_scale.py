@@ -163,22 +163,14 @@ def sources_fingerprint() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 _TS_JSON = b'"ts":'
-_TS_GRPC = b"\x0a\x02ts\x12\x09\x11"  # Struct entry "ts" -> Value{number_value: <8-byte double>}
 _DOUBLE = struct.Struct("<d")
 
 
 def ts_of_json(data: bytes) -> int:
-    """The payload's ts (microseconds) from a JSON envelope."""
+    """The payload's ts (microseconds) from a JSON envelope, or from a serialized gRPC Event, whose
+    `json_text` holds the payload's JSON as the envelope has it."""
     i = data.find(_TS_JSON) + len(_TS_JSON)
     return int(data[i : data.index(b",", i)])
-
-
-def ts_of_grpc(data: bytes) -> int:
-    """The payload's ts from a serialized Event (a Struct number is a double)."""
-    i = data.find(_TS_GRPC)
-    if i < 0:
-        raise ValueError("no ts in the gRPC event")
-    return int(_DOUBLE.unpack_from(data, i + len(_TS_GRPC))[0])
 
 
 _RECEIVED_AT = b'"received_at":'
@@ -573,7 +565,7 @@ async def grpc_consumer(owner: Owner, conn: Conn, port: int, ready: asyncio.Futu
                 if owner.recording and not conn.stall:
                     now = time.time_ns() // 1000
                     for event in events:
-                        owner.record("grpc", now, ts_of_grpc(event), received_at_of_grpc(event))
+                        owner.record("grpc", now, ts_of_json(event), received_at_of_grpc(event))
             conn.closed = f"stream ended ({await call.code()})"
         except grpc.aio.AioRpcError as exc:
             conn.closed = f"{exc.code().name}: {exc.details()}"

@@ -1,7 +1,8 @@
 """The bridge's HTTP app: WebSocket `/ws`, Server-Sent Events `/events`, `/healthz`, `/readyz`, `/metrics`.
 
 Both streaming transports deliver the Hub's envelope exactly as it was encoded once per message
-(`Event.json`); neither re-encodes per consumer.
+(`Event.json`); neither re-encodes per consumer. In their query strings a `+` is itself (the MQTT
+wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`.
 
 `GET /ws` (WebSocket, JSON text frames)
     Query: `filter` (repeatable; none means: wait for a subscribe message), `policy`
@@ -11,7 +12,8 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
         {"type": "subscribe", "filters": ["fleet/+/status"]}      adds filters
         {"type": "unsubscribe", "filters": ["fleet/+/status"]}    removes filters
         {"type": "publish", "topic": "fleet/dev-1/cmd", "payload": {...} or "text", "qos": 1}
-    Bridge to client: each event as its envelope; `{"type": "subscribed", "filters": [...]}` (the
+    Bridge to client: each event as its envelope, after the hub's retained messages that the
+    filters (or a subscribe message's added filters) match; `{"type": "subscribed", "filters": [...]}` (the
     whole set now in force), `{"type": "published", "topic": ...}`, `{"type": "dropped", "count":
     n, "total": m}`, and `{"type": "error", "error": reason}` for a bad, unknown or forbidden
     message, after which the connection stays open. A consumer cut under `policy=disconnect` is
@@ -22,9 +24,11 @@ Both streaming transports deliver the Hub's envelope exactly as it was encoded o
 
 `GET /events` (text/event-stream)
     Query: `filter` (repeatable, required), `policy`, `queue`, and `last_event_id` (or the
-    `Last-Event-ID` header) to resume from the replay ring. Each event has `id:` (the envelope id),
-    `event:` (its kind: telemetry, status, ack, raw, bridge) and `data:` (the envelope). `dropped`
-    and `reset` events carry no id, so the resume point stays on the last real event. A bad query
+    `Last-Event-ID` header) to resume from the replay ring. Without a resume point the stream
+    starts with the hub's retained messages that the filters match, with no `id:` line. Each event
+    has `id:` (the envelope id), `event:` (its kind: telemetry, status, ack, raw, bridge) and
+    `data:` (the envelope). `dropped` and `reset` events carry no id, so the resume point stays on
+    the last real event. A bad query
     is a 400 with the reason as text. The stream starts with a `retry:` hint, sends a comment every
     `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut: its
     connection is aborted.
@@ -63,7 +67,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from bridges.envelope import Event
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
+from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
 from bridges.turns import BURST
@@ -80,6 +84,7 @@ __all__ = [
     "StreamOptions",
     "create_app",
     "parse_stream_options",
+    "query_params",
 ]
 
 log = logging.getLogger("bridges.app")
@@ -135,12 +140,18 @@ def parse_stream_options(params: QueryParams, default_size: int) -> StreamOption
     """The `filter`, `policy` and `queue` query parameters, validated; raises ValueError (or its
     subclass TopicError) with a reason fit to show the client.
 
-    Filters are repeated parameters and never split on commas: a comma is legal in a topic."""
+    Filters are repeated parameters and never split on commas: a comma is legal in a topic. Pass
+    `query_params(scope)`, which reads `+` as the wildcard."""
     filters = tuple(dict.fromkeys(params.getlist("filter")))
     if len(filters) > MAX_FILTERS:
         raise ValueError(f"at most {MAX_FILTERS} filters, got {len(filters)}")
     for topic_filter in filters:
-        validate_filter(topic_filter)
+        try:
+            validate_filter(topic_filter)
+        except TopicError as exc:
+            if "+" not in topic_filter:
+                raise
+            raise TopicError(f"{exc}; in the URL, '+' is the wildcard: write a space as %20") from None
     raw_policy = params.get("policy", "drop-oldest")
     policy = _POLICIES.get(raw_policy)
     if policy is None:
@@ -158,8 +169,18 @@ def parse_stream_options(params: QueryParams, default_size: int) -> StreamOption
     return StreamOptions(filters=filters, policy=policy, size=size)
 
 
+def query_params(scope: Scope) -> QueryParams:
+    """The query string's parameters, with `+` read as itself, not as a space.
+
+    Form encoding turns `+` into a space, so `?filter=fleet/+/status`, as people type it (and curl
+    and browsers send it), would become the filter `fleet/ /status` and match nothing. A topic filter
+    is not form data: here `+` is the wildcard, and a space is written `%20`."""
+    raw: bytes = scope.get("query_string", b"")
+    return QueryParams(raw.replace(b"+", b"%2B"))
+
+
 def _resume_point(request: Request) -> int | None:
-    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    raw = request.headers.get("last-event-id") or query_params(request.scope).get("last_event_id")
     if not raw:
         return None
     try:
@@ -227,7 +248,7 @@ class BridgeState:
         if self.closing is not None:
             return PlainTextResponse(self.closing, status_code=503)
         try:
-            options = parse_stream_options(request.query_params, self.hub.queue_size)
+            options = parse_stream_options(query_params(request.scope), self.hub.queue_size)
             if not options.filters:
                 raise TopicError("at least one filter is needed, for example ?filter=fleet/%23 (fleet/#)")
             after_id = _resume_point(request)
@@ -246,7 +267,7 @@ class BridgeState:
 
     async def websocket(self, websocket: WebSocket) -> None:
         try:
-            options = parse_stream_options(websocket.query_params, self.hub.queue_size)
+            options = parse_stream_options(query_params(websocket.scope), self.hub.queue_size)
         except ValueError as exc:
             await _refuse(websocket, _CLOSE_POLICY, str(exc))
             return
@@ -383,7 +404,11 @@ class _WebSocketSession:
         old = self.consumer
         new = None
         if filters:
-            new = self.state.hub.add(filters, transport=WS_TRANSPORT, policy=self.policy, size=self.size)
+            # Retained messages for the filters added, as a new MQTT subscription gets them.
+            added = tuple(f for f in filters if f not in self.filters)
+            new = self.state.hub.add(
+                filters, transport=WS_TRANSPORT, policy=self.policy, size=self.size, retained_for=added
+            )
         self.filters, self.consumer = filters, new
         if old is not None:
             if old.queued and old.closed is None:
@@ -393,7 +418,11 @@ class _WebSocketSession:
                 old.close(_RESUBSCRIBED)
         self._changed.set()
 
-    def _wanted(self, event: Event) -> bool:
+    def _wanted(self, item: Item) -> bool:
+        """Whether the current filters want `item`, a retired consumer's item: notices always."""
+        event = item.event if isinstance(item, Retained) else item
+        if not isinstance(event, Event):
+            return True
         return event.kind == "bridge" or any(matches(f, event.topic) for f in self.filters)
 
     def close(self, reason: str) -> None:
@@ -467,7 +496,7 @@ class _WebSocketSession:
                     old.close(_RESUBSCRIBED)
                     continue
                 item = await self._get(old)  # returns at once: the queue is not empty
-                if isinstance(item, Event) and not self._wanted(item):
+                if item is not None and not self._wanted(item):
                     continue
             elif self.consumer is None:
                 turns.leave(self)  # no filters, nothing to send until they change
@@ -478,7 +507,7 @@ class _WebSocketSession:
                 consumer = self.consumer
                 item = await self._get(consumer)
                 # The filters changed while this get was waking up: the item is the retired consumer's.
-                if consumer is not self.consumer and isinstance(item, Event) and not self._wanted(item):
+                if consumer is not self.consumer and item is not None and not self._wanted(item):
                     continue
             if item is not None:
                 await self._send(self._frame(item))
@@ -508,6 +537,8 @@ class _WebSocketSession:
         if isinstance(item, Event):
             # ASGI takes text as str; uvicorn encodes it again. Decoding ASCII-heavy JSON is a copy.
             return item.json.decode()
+        if isinstance(item, Retained):
+            return item.event.json.decode()
         if isinstance(item, Dropped):
             self._dropped += item.count  # across filter changes, not per hub consumer
             return _encode({"type": "dropped", "count": item.count, "total": self._dropped})
@@ -593,6 +624,10 @@ def _sse_frame(item: Item) -> bytes:
     """One SSE event, built from the envelope's bytes; the JSON codec never emits a raw CR or LF."""
     if isinstance(item, Event):
         return b"id: %d\n%bdata: %b\n\n" % (item.id, _SSE_KIND_LINES[item.kind], item.json)
+    if isinstance(item, Retained):
+        # No id: the client's resume point stays on live events, so that a reconnect without one
+        # gets the retained messages again, and one with one gets the ring after it.
+        return b"%bdata: %b\n\n" % (_SSE_KIND_LINES[item.event.kind], item.event.json)
     if isinstance(item, Dropped):
         return b'event: dropped\ndata: {"count":%d,"total":%d}\n\n' % (item.count, item.total)
     assert isinstance(item, Reset)

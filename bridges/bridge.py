@@ -36,7 +36,12 @@ class Bridge:
 async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
     """Serve all bridge transports until the block exits; the MQTT side reconnects on its own."""
     endpoint = config.endpoint
-    hub = Hub(ring_size=config.ring_size, queue_size=config.queue_size)
+    hub = Hub(
+        ring_size=config.ring_size,
+        queue_size=config.queue_size,
+        retained_bytes=config.retained_bytes,
+        retained_topics=config.retained_topics,
+    )
     source = MqttSource(
         hub,
         SourceSettings(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bridges.hub import RETAINED_BYTES, RETAINED_TOPICS
 from fleet.config import load_table, validated
 from fleet.endpoint import Endpoint
 from fleet.topics import validate_filter
@@ -29,6 +30,12 @@ class BridgeConfig(BaseModel):
     publish_allowed: tuple[str, ...] = ("fleet/+/cmd",)
     ring_size: int = Field(default=10_000, ge=1, description="events kept for SSE and gRPC resume")
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
+    retained_bytes: int = Field(
+        default=RETAINED_BYTES, ge=0, description="bytes of retained messages kept for new consumers; 0: none"
+    )
+    retained_topics: tuple[str, ...] = Field(
+        default=RETAINED_TOPICS, description="topics whose every message is published retained"
+    )
     policy: Literal["drop-oldest", "disconnect"] = "drop-oldest"
     sse_retry_ms: int = Field(default=3000, ge=0)
     keepalive: float = Field(default=15.0, ge=0, description="SSE keep-alive comment interval")
@@ -44,7 +51,7 @@ class BridgeConfig(BaseModel):
         Endpoint.parse(value)
         return value
 
-    @field_validator("subscriptions", "publish_allowed")
+    @field_validator("subscriptions", "publish_allowed", "retained_topics")
     @classmethod
     def _filters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for topic_filter in value:
@@ -60,7 +67,7 @@ def load_bridge_config(path: Path | None, overrides: dict[str, Any]) -> BridgeCo
     """The `[bridge]` table of `path` (if any) with `overrides` on top; ConfigError when invalid."""
     table: dict[str, Any] = dict(load_table(path, "bridge")) if path is not None else {}
     table.update(overrides)
-    for key in ("subscriptions", "publish_allowed"):
+    for key in ("subscriptions", "publish_allowed", "retained_topics"):
         if isinstance(table.get(key), list):
             table[key] = tuple(table[key])
     return validated(BridgeConfig, table, where=str(path) if path else "command line", prefix="bridge")

@@ -5,7 +5,13 @@
 
 `kind` is `telemetry`, `status`, `ack` or `raw` (topics outside the scheme), and `bridge` for the
 bridge's own news about its broker connection. A payload that is not JSON is `null`, with the
-bytes in `payload_base64`.
+bytes in `payload_base64`; so is one with `NaN` or `Infinity`, which Python's parser takes but JSON
+(and a browser's `JSON.parse`) does not.
+
+A JSON payload is encoded once, compact, as `Event.payload_json`, and spliced into the envelope as
+those very bytes: the gRPC bridge carries the same bytes, so integers stay integers and keys keep
+their order on every transport. Text that UTF-8 cannot hold (a lone surrogate, from a `\\ud800`
+escape) is written with `\\u` escapes instead.
 """
 
 from __future__ import annotations
@@ -32,13 +38,26 @@ class Event:
     qos: int
     retain: bool
     received_at: float
-    payload: Any  # the decoded JSON value; None when the payload is not JSON
+    payload_json: bytes | None  # the payload as compact JSON, as in the envelope; None when not JSON
     raw: bytes  # the payload as received
     json: bytes  # the envelope, encoded once for every consumer
 
     @property
-    def is_json(self) -> bool:
-        return self.payload is not None or self.raw.strip() == b"null"
+    def payload(self) -> Any:
+        """The payload's JSON value, decoded on each call; None when the payload is not JSON."""
+        return None if self.payload_json is None else json.loads(self.payload_json)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _compact(value: Any) -> bytes:
+    """`value` as compact JSON in UTF-8; with `\\u` escapes when it holds text UTF-8 cannot encode."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def make_event(
@@ -54,22 +73,23 @@ def make_event(
 ) -> Event:
     device, classified = classify(topic, prefix)
     kind = kind or classified
-    envelope: dict[str, Any] = {
-        "id": event_id,
-        "topic": topic,
-        "device": device,
-        "kind": kind,
-        "qos": qos,
-        "retain": retain,
-        "received_at": round(received_at, 6),
-    }
+    head = _compact(
+        {
+            "id": event_id,
+            "topic": topic,
+            "device": device,
+            "kind": kind,
+            "qos": qos,
+            "retain": retain,
+            "received_at": round(received_at, 6),
+        }
+    )[:-1]  # without its closing brace: the payload follows
+    payload_json: bytes | None
     try:
-        payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        payload = None
-        envelope["payload"] = None
-        envelope["payload_base64"] = base64.b64encode(raw).decode("ascii")
+        payload_json = _compact(json.loads(raw, parse_constant=_not_json))
+    except (ValueError, RecursionError):  # ValueError: UnicodeDecodeError, JSONDecodeError; nesting too deep
+        payload_json = None
+        data = b'%b,"payload":null,"payload_base64":"%b"}' % (head, base64.b64encode(raw))
     else:
-        envelope["payload"] = payload
-    data = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
-    return Event(event_id, topic, device, kind, qos, retain, received_at, payload, raw, data)
+        data = b'%b,"payload":%b}' % (head, payload_json)
+    return Event(event_id, topic, device, kind, qos, retain, received_at, payload_json, raw, data)

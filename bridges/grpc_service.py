@@ -28,16 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, Protocol
 
 import grpc
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bridges.envelope import Event, Kind
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset
+from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.source import BrokerUnavailable
 from bridges.turns import BURST
@@ -76,7 +76,11 @@ _EVENTS_TAG: Final = bytes([4 << 3 | 2])
 # Server-side HTTP/2 keepalive: a peer that stops answering pings is cut after about 40 s instead of
 # holding its stream open forever (grpc's default has none; see BRIDGE-NOTES.md). Pings go on while
 # a quiet stream sends no data, and clients may ping every 10 s (the default refuses under 5 min).
+#
+# No SO_REUSEPORT (grpc sets it by default): a second bridge on the same port would listen beside the
+# first, and the kernel would split the consumers between them. A taken port fails instead.
 SERVER_OPTIONS: Final = (
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -92,28 +96,11 @@ class Publisher(Protocol):
     async def publish(self, topic: str, payload: bytes, qos: int) -> None: ...
 
 
-def _set_json(value: struct_pb2.Value, payload: Any) -> None:
-    if payload is None:
-        value.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(payload, bool):
-        value.bool_value = payload
-    elif isinstance(payload, int | float):
-        value.number_value = payload
-    elif isinstance(payload, str):
-        value.string_value = payload
-    elif isinstance(payload, dict):
-        value.struct_value.update(payload)
-    elif isinstance(payload, list):
-        value.list_value.extend(payload)
-    else:
-        raise TypeError(f"not a JSON value: {type(payload).__name__}")
-
-
 def event_message(event: Event) -> pb.Event:
     """The protobuf form of an envelope: the same fields and values as its JSON form.
 
-    A JSON payload goes into `json` (a `google.protobuf.Value`), any other into `raw`; so does a
-    JSON payload that protobuf cannot hold (an integer beyond a double's range, a lone surrogate).
+    A JSON payload goes into `json_text` as the very bytes of the envelope's `payload`, any other
+    into `raw`.
     """
     message = pb.Event(
         id=event.id,
@@ -125,11 +112,8 @@ def event_message(event: Event) -> pb.Event:
     )
     if event.device is not None:
         message.device = event.device
-    if event.is_json:
-        try:
-            _set_json(message.json, event.payload)
-        except (ValueError, TypeError, OverflowError):
-            message.raw = event.raw  # setting the other member of the oneof clears `json`
+    if event.payload_json is not None:
+        message.json_text = event.payload_json.decode()
     else:
         message.raw = event.raw
     return message
@@ -153,12 +137,15 @@ class _EncodedEvents:
         self._bytes: dict[int, bytes] = {}
 
     def get(self, event: Event) -> bytes:
-        data = self._bytes.get(event.id)
+        # The hub's retained copy of a status shares its id with the live event (retain false) it
+        # copies: retained events have keys of their own, below zero.
+        key = ~event.id if event.retain else event.id
+        data = self._bytes.get(key)
         if data is None:
             data = pb.EventBatch(events=[event_message(event)]).SerializeToString()
             if len(self._bytes) >= self.size:
                 del self._bytes[next(iter(self._bytes))]  # the oldest inserted
-            self._bytes[event.id] = data
+            self._bytes[key] = data
         return data
 
 
@@ -226,8 +213,8 @@ class FleetBridgeServicer:
         events: list[bytes] = []
         size = 0
         for item in items:
-            if isinstance(item, Event):
-                data = self._encoded.get(item)
+            if isinstance(item, Event | Retained):
+                data = self._encoded.get(item if isinstance(item, Event) else item.event)
                 events.append(data)
                 size += len(data)
                 if size < BATCH_BYTES:
@@ -346,6 +333,19 @@ class FleetBridgeServicer:
             stream.consumer.close(reason)
 
 
+def _raise_bind_error(host: str, port: int, address: str) -> None:
+    """Raise the OSError that binding `host:port` gives (address already in use, say), as the HTTP
+    listener does: grpc says only "Failed to bind". Binds as grpc does, with SO_REUSEADDR."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise OSError(exc.errno, f"gRPC cannot listen on {address}: {reason}") from None
+
+
 @contextlib.asynccontextmanager
 async def grpc_server(
     hub: Hub,
@@ -359,6 +359,9 @@ async def grpc_server(
     grace: float = 1.0,
 ) -> AsyncIterator[int]:
     """Serve FleetBridgeService, `grpc.health.v1` and server reflection; yields the bound port.
+
+    A port that another process (another bridge, say) listens on raises OSError here, "address
+    already in use", as the HTTP listener does.
 
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
@@ -378,6 +381,7 @@ async def grpc_server(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:
+        _raise_bind_error(host, port, address)
         raise TransportError(f"gRPC cannot listen on {address}: {exc}") from exc
     await server.start()
     try:

@@ -9,6 +9,11 @@ queue has a fixed size and a stated overflow policy:
 - `disconnect`: the consumer is closed with a reason, and its transport ends the connection.
 
 A slow consumer never stalls the others: offering an event never waits.
+
+The hub also keeps the latest retained message of each topic (`RetainedCache`, bounded in bytes),
+and a new consumer gets the entries its filters match (`Retained` items) before any live event, as
+a new MQTT subscription gets the broker's retained messages. A consumer that resumes from an event
+id gets the replay ring instead.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from bridges.envelope import BRIDGE_TOPIC, Event, make_event
 from bridges.turns import Turns
@@ -27,7 +32,19 @@ from fleet.errors import TopicError
 from fleet.routing import SubscriptionTree
 from fleet.topics import matches, validate_filter
 
-__all__ = ["Consumer", "ConsumerClosed", "Dropped", "Hub", "Item", "Policy", "Reset"]
+__all__ = [
+    "RETAINED_BYTES",
+    "RETAINED_TOPICS",
+    "Consumer",
+    "ConsumerClosed",
+    "Dropped",
+    "Hub",
+    "Item",
+    "Policy",
+    "Reset",
+    "Retained",
+    "RetainedCache",
+]
 
 Policy = Literal["drop-oldest", "disconnect"]
 
@@ -48,7 +65,89 @@ class Reset:
     oldest_id: int
 
 
-Item = Event | Dropped | Reset
+@dataclass(frozen=True, slots=True)
+class Retained:
+    """A topic's retained message, from the bridge's cache, for a new consumer: the envelope says
+    `"retain": true`, and its id is that of the message it copies (older than live events)."""
+
+    event: Event
+
+
+Item = Event | Dropped | Reset | Retained
+
+# 16 MiB: the statuses of 10,000 devices take about 2.5 MB.
+RETAINED_BYTES: Final = 16 * 1024 * 1024
+# The device scheme publishes every status retained (birth, will, clean offline).
+RETAINED_TOPICS: Final = ("fleet/+/status",)
+
+
+class RetainedCache:
+    """The latest retained message per topic, as far as the bridge can tell, at most `limit` bytes.
+
+    MQTT 3.1.1 sets the retain flag only on what a new subscription receives [MQTT-3.3.1-8, -9]: a
+    retained message published while the bridge is subscribed arrives with the flag clear. So:
+    - a message with the flag set (sent when the bridge subscribed) is its topic's entry;
+    - on a topic that `always` matches (topics whose every message is published retained, like
+      the scheme's statuses), every message is its topic's entry, kept with `"retain": true`;
+    - a message on any other topic that has an entry removes the entry: it may have replaced the
+      retained message or not, and the cache keeps only what it knows.
+    An empty payload removes the entry (it deletes the retained message). Entries are counted by the
+    bytes of the envelope and payload they hold; past `limit`, the least recently updated go first.
+    """
+
+    def __init__(self, limit: int, always: tuple[str, ...], *, prefix: str = "fleet") -> None:
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0 bytes, got {limit}")
+        self.limit = limit
+        self.always = always
+        self.prefix = prefix
+        self.bytes = 0
+        self.evicted = 0
+        self._entries: dict[str, Event] = {}  # least recently updated first
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[Event]:
+        """The entries, least recently updated first: in the order of their ids."""
+        return iter(list(self._entries.values()))
+
+    def update(self, event: Event) -> None:
+        topic = event.topic
+        if not event.retain and not any(matches(f, topic) for f in self.always):
+            if topic in self._entries:
+                self._remove(topic)
+            return
+        self._remove(topic)
+        if not event.raw:
+            return
+        if not event.retain:
+            event = make_event(
+                event.id, topic, event.raw, qos=event.qos, retain=True, received_at=event.received_at,
+                prefix=self.prefix, kind=event.kind,
+            )  # fmt: skip
+        size = _held_bytes(event)
+        if size > self.limit:
+            self.evicted += 1
+            return
+        self._entries[topic] = event
+        self.bytes += size
+        while self.bytes > self.limit:
+            self._remove(next(iter(self._entries)))
+            self.evicted += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+    def _remove(self, topic: str) -> None:
+        event = self._entries.pop(topic, None)
+        if event is not None:
+            self.bytes -= _held_bytes(event)
+
+
+def _held_bytes(event: Event) -> int:
+    return len(event.json) + len(event.raw) + len(event.payload_json or b"")
 
 
 class ConsumerClosed(Exception):
@@ -65,6 +164,7 @@ class Consumer:
     __slots__ = (
         "_pending_drops",
         "_queue",
+        "_retained",
         "_waiter",
         "closed",
         "dropped",
@@ -84,6 +184,9 @@ class Consumer:
         self.size = size
         self.transport = transport
         self._queue: deque[Item] = deque()
+        # Retained messages for a new consumer, sent before the queue: bounded by the hub's cache,
+        # not by `size`, so that a fleet's statuses neither overflow a small queue nor cut it.
+        self._retained: deque[Retained] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._pending_drops = 0
         self.dropped = 0
@@ -122,6 +225,8 @@ class Consumer:
         while True:
             if self.closed is not None:
                 raise ConsumerClosed(self.closed)
+            if self._retained:
+                return self._retained.popleft()
             if self._pending_drops:
                 count, self._pending_drops = self._pending_drops, 0
                 return Dropped(count, self.dropped)
@@ -138,7 +243,9 @@ class Consumer:
 
         A batch ends before a `Dropped` item, so that a drop count always precedes the events after it."""
         items = [await self.get()]
-        queue = self._queue
+        retained, queue = self._retained, self._queue
+        while retained and len(items) < limit and self.closed is None:
+            items.append(retained.popleft())
         while queue and len(items) < limit and not self._pending_drops and self.closed is None:
             items.append(queue.popleft())
         return items
@@ -154,16 +261,26 @@ class Consumer:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Items waiting: retained messages not yet sent, and the queue."""
+        return len(self._retained) + len(self._queue)
 
 
 class Hub:
     """Fans out MQTT messages as envelopes; `ingest` is called by the MQTT source."""
 
-    def __init__(self, *, ring_size: int = 10_000, queue_size: int = 1_000, prefix: str = "fleet") -> None:
+    def __init__(
+        self,
+        *,
+        ring_size: int = 10_000,
+        queue_size: int = 1_000,
+        prefix: str = "fleet",
+        retained_bytes: int = RETAINED_BYTES,
+        retained_topics: tuple[str, ...] = RETAINED_TOPICS,
+    ) -> None:
         if ring_size < 1 or queue_size < 1:
             raise ValueError("ring_size and queue_size must be at least 1")
         self.ring: deque[Event] = deque(maxlen=ring_size)
+        self.retained = RetainedCache(retained_bytes, retained_topics, prefix=prefix)
         self.queue_size = queue_size
         self.prefix = prefix
         self.consumers: set[Consumer] = set()
@@ -197,8 +314,10 @@ class Hub:
         policy: Policy = "drop-oldest",
         size: int | None = None,
         after_id: int | None = None,
+        retained_for: Iterable[str] | None = None,
     ) -> Consumer:
-        """A new consumer of `filters`; with `after_id`, first replay the ring's events after it."""
+        """A new consumer of `filters`: first the retained messages they match (or those that
+        `retained_for`, a subset, matches) or, with `after_id`, the ring's events after it."""
         consumer = Consumer(
             self,
             self.validate_filters(filters),
@@ -208,6 +327,11 @@ class Hub:
         )
         if after_id is not None:
             self._replay(consumer, after_id)
+        else:
+            wanted = consumer.filters if retained_for is None else tuple(retained_for)
+            consumer._retained.extend(
+                Retained(event) for event in self.retained if any(matches(f, event.topic) for f in wanted)
+            )
         status = self._status
         if not self.broker_connected and status is not None and (after_id is None or after_id >= status.id):
             consumer.offer(status)  # joining while the broker is down: say so at once
@@ -247,6 +371,7 @@ class Hub:
         self._next_id += 1
         self.events_in += 1
         self.ring.append(event)
+        self.retained.update(event)
         for consumer in self._routes.match(topic):
             consumer.offer(event)
             self.deliveries[consumer.transport] = self.deliveries.get(consumer.transport, 0) + 1
@@ -255,6 +380,10 @@ class Hub:
     def broker_status(self, connected: bool, reason: str) -> None:
         """Tell every consumer, whatever its filters, that the bridge's broker connection changed."""
         self.broker_connected = connected
+        if not connected:
+            # Retained messages may change unseen meanwhile; the broker sends them all again when
+            # the bridge subscribes after reconnecting.
+            self.retained.clear()
         payload = json.dumps({"connected": connected, "reason": reason})
         event = make_event(
             self._next_id, BRIDGE_TOPIC, payload.encode(), qos=0, retain=False, received_at=time.time(),

@@ -71,8 +71,21 @@ class HubCollector:
         )
         ring = GaugeMetricFamily(f"{PREFIX}_ring_events", "Events held in the replay ring for resumption.")
         ring_capacity = GaugeMetricFamily(f"{PREFIX}_ring_capacity", "The replay ring's capacity in events.")
+        retained = GaugeMetricFamily(
+            f"{PREFIX}_retained_messages", "Retained messages kept for new consumers, one per topic."
+        )
+        retained_bytes = GaugeMetricFamily(
+            f"{PREFIX}_retained_bytes", "Bytes the retained messages hold (bounded by retained_bytes)."
+        )
+        retained_evicted = CounterMetricFamily(
+            f"{PREFIX}_retained_evicted",
+            "Retained messages dropped from the cache, or never kept, to stay within retained_bytes.",
+        )
         if sampled:
             events_in.add_metric([], hub.events_in)
+            retained.add_metric([], len(hub.retained))
+            retained_bytes.add_metric([], hub.retained.bytes)
+            retained_evicted.add_metric([], hub.retained.evicted)
             for transport, count in sorted(hub.deliveries.items()):
                 deliveries.add_metric([transport], count)
             for transport, count in sorted(hub.drops.items()):
@@ -100,6 +113,9 @@ class HubCollector:
             connected,
             ring,
             ring_capacity,
+            retained,
+            retained_bytes,
+            retained_evicted,
         )
 
 

@@ -14,7 +14,8 @@
   const LOG_ROWS = 200;
   const COMPACT_OVER = 400; // devices: past this the grid drops the labels
   const RECONNECT_MAX_MS = 10000;
-  const COMMAND_TIMEOUT_MS = 10000;
+  const COMMAND_TIMEOUT_MS = 10000; // for the bridge's answer to a publish
+  const ACK_TIMEOUT_MS = 10000; // for the device's ack, once the command is published
   const COMMAND_ROWS = 50;
   // An SSE page starts with the bridge's replay ring (10,000 events by default): recent statuses,
   // wills and values. Its queue at the bridge holds that much, so the replay is not cut short.
@@ -32,7 +33,9 @@
 
   const devices = new Map(); // id -> device record
   const changed = new Set(); // device ids whose cell or card needs redrawing
-  const stats = { events: 0, dropped: 0, gaps: 0, reconnects: 0, lastId: null };
+  // streamReconnects: this page's own streams. deviceReconnects: devices back online, from their
+  // statuses (see onStatus).
+  const stats = { events: 0, dropped: 0, gaps: 0, streamReconnects: 0, deviceReconnects: 0, lastId: null };
   let logBacklog = []; // log entries not rendered yet, oldest first
   let gridOrderStale = false;
   let pinned = []; // device ids with a chart card, in order
@@ -43,7 +46,9 @@
   function device(id) {
     let record = devices.get(id);
     if (record === undefined) {
-      record = { id, state: "unknown", reason: "", seq: null, values: new Map(), cell: null, card: null };
+      record = {
+        id, state: "unknown", reason: "", status: null, seq: null, values: new Map(), cell: null, card: null,
+      };
       devices.set(id, record);
       gridOrderStale = true;
       if (pinned.length < CARDS) {
@@ -55,8 +60,10 @@
     return record;
   }
 
-  function log(kind, text) {
-    logBacklog.push({ at: new Date(), kind, text });
+  // `at`: when it happened; for an event that is when the bridge received it (its received_at), which
+  // for replayed history is long before the page did.
+  function log(kind, text, at = new Date()) {
+    logBacklog.push({ at, kind, text });
     if (logBacklog.length > LOG_ROWS) logBacklog = logBacklog.slice(-LOG_ROWS);
   }
 
@@ -72,22 +79,25 @@
     stats.lastId = envelope.id;
     if (awaitingResume !== null) settleResume("resumed", `resumed after event ${awaitingResume}, nothing missed`);
     const payload = envelope.payload;
+    const at = typeof envelope.received_at === "number" ? new Date(envelope.received_at * 1000) : new Date();
     switch (envelope.kind) {
       case "telemetry":
         onTelemetry(envelope.device, payload);
-        if (logTelemetry.checked) log("telemetry", `${envelope.device} ${JSON.stringify(payload)}`);
+        if (logTelemetry.checked) log("telemetry", `${envelope.device} ${JSON.stringify(payload)}`, at);
         break;
       case "status":
-        onStatus(envelope.device, payload);
+        onStatus(envelope.device, payload, envelope.retain === true, at);
         break;
       case "ack":
-        onAck(envelope.device, payload);
+        onAck(envelope.device, payload, at);
         break;
       case "bridge":
-        log("bridge", `broker ${payload && payload.connected ? "connected" : "lost"}: ${payload && payload.reason}`);
+        log(
+          "bridge", `broker ${payload && payload.connected ? "connected" : "lost"}: ${payload && payload.reason}`, at,
+        );
         break;
       default:
-        log("raw", envelope.topic);
+        log("raw", envelope.topic, at);
     }
   }
 
@@ -117,19 +127,29 @@
     }
   }
 
-  function onStatus(id, payload) {
+  // A device reconnects when it announces itself online (its birth) after an earlier status of its
+  // own: a will, an offline status, or a birth whose connection has since been replaced. A retained
+  // status (the bridge's copy, for a page that just connected) tells the state, not news: it sets
+  // the cell and is neither logged nor counted.
+  function onStatus(id, payload, retained, at) {
     if (!id || !payload || typeof payload !== "object") return;
     const record = device(id);
+    const previous = record.status;
     if (payload.online === true) {
       record.state = "online";
       record.reason = "";
-      log("status", `${id} online`);
+      record.status = "online";
+      if (retained) return;
+      if (previous !== null) stats.deviceReconnects += 1;
+      log("status", previous === null ? `${id} online` : `${id} back online (was ${previous})`, at);
     } else if (payload.online === false) {
       const reason = typeof payload.reason === "string" ? payload.reason : "";
       record.state = reason === "lost" || reason === "clean" ? reason : "offline";
       record.reason = reason;
+      record.status = reason === "lost" ? "offline, will" : "offline";
+      if (retained) return;
       const why = reason === "lost" ? "last will: lost" : reason || "no reason given";
-      log(reason === "lost" ? "will" : "status", `${id} offline (${why})`);
+      log(reason === "lost" ? "will" : "status", `${id} offline (${why})`, at);
     }
   }
 
@@ -138,15 +158,19 @@
   const commands = new Map(); // command id -> table row
   let commandCount = 0;
 
-  function onAck(id, payload) {
+  function onAck(id, payload, at) {
     const commandId = payload && typeof payload === "object" ? String(payload.id) : "";
     const ok = Boolean(payload && payload.ok);
     const text = ok ? "ack: ok" : `ack: failed${payload && payload.error ? `: ${payload.error}` : ""}`;
     const row = commands.get(commandId);
-    if (row !== undefined) commandState(row, ok ? "ack" : "failed", text);
-    log("ack", `${id} ${commandId} ${text}`);
+    if (row !== undefined) {
+      clearTimeout(Number(row.dataset.ackTimer));
+      commandState(row, ok ? "ack" : "failed", text); // also after "no ack": a late ack still counts
+    }
+    log("ack", `${id} ${commandId} ${text}`, at);
   }
 
+  // A command's row: sending -> waiting (published, waiting for the ack) -> ack, failed or no-ack.
   function commandState(row, state, text) {
     row.dataset.state = state;
     row.lastChild.textContent = text;
@@ -158,9 +182,10 @@
     if (value !== "") command.value = Number(value);
     const row = el("tr");
     row.dataset.command = command.id;
-    for (const text of [command.id, deviceId, value === "" ? op : `${op} ${value}`, "sending"]) {
+    for (const text of [command.id, deviceId, value === "" ? op : `${op} ${value}`, ""]) {
       row.append(el("td", "", text));
     }
+    commandState(row, "sending", "sending");
     const table = $("command-table").tBodies[0];
     table.prepend(row);
     commands.set(command.id, row);
@@ -183,7 +208,15 @@
       const reply = JSON.parse(message.data);
       clearTimeout(timer);
       if (reply.type === "published") {
-        if (row.dataset.state === "sending") commandState(row, "published", "published, waiting for the ack");
+        // The ack may have come first, over the page's stream.
+        if (row.dataset.state === "sending") {
+          commandState(row, "waiting", "published, waiting for the ack");
+          row.dataset.ackTimer = setTimeout(() => {
+            if (row.dataset.state === "waiting") {
+              commandState(row, "no-ack", `no ack within ${ACK_TIMEOUT_MS / 1000} s: is the device online?`);
+            }
+          }, ACK_TIMEOUT_MS);
+        }
       } else {
         commandState(row, "failed", `refused: ${reply.error}`);
       }
@@ -221,7 +254,7 @@
 
   function connected(name) {
     retryDelay = 500;
-    if (everConnected) stats.reconnects += 1;
+    if (everConnected) stats.streamReconnects += 1;
     everConnected = true;
     if (awaitingResume === null) setConnection("live", `${name}: live`);
     else setConnection("resuming", `SSE: reconnected, resuming after event ${awaitingResume}…`);
@@ -466,8 +499,10 @@
       const entry = logBacklog[index];
       const item = el("li");
       item.dataset.kind = entry.kind;
+      const time = el("time", "", entry.at.toLocaleTimeString());
+      time.dateTime = entry.at.toISOString();
       item.append(
-        el("time", "", entry.at.toLocaleTimeString()),
+        time,
         el("span", "kind", entry.kind),
         el("span", "text", entry.text),
       );
@@ -498,7 +533,8 @@
     $("stat-clean").textContent = clean;
     $("stat-dropped").textContent = stats.dropped;
     $("stat-gaps").textContent = stats.gaps;
-    $("stat-reconnects").textContent = stats.reconnects;
+    $("stat-device-reconnects").textContent = stats.deviceReconnects;
+    $("stat-stream-reconnects").textContent = stats.streamReconnects;
     $("stat-last-id").textContent = stats.lastId ?? "none";
   }
 

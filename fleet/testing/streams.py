@@ -470,8 +470,6 @@ def grpc_events(response: bridge_pb2.SubscribeResponse) -> list[dict[str, Any]]:
 
 
 def _grpc_envelope(event: bridge_pb2.Event) -> dict[str, Any]:
-    from google.protobuf import json_format
-
     from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 
     data: dict[str, Any] = {
@@ -482,7 +480,8 @@ def _grpc_envelope(event: bridge_pb2.Event) -> dict[str, Any]:
         "qos": event.qos,
         "retain": event.retain,
         "received_at": event.received_at,
-        "payload": json_format.MessageToDict(event.json) if event.HasField("json") else None,
+        # The envelope's own JSON text: integers stay integers, keys keep their order.
+        "payload": json.loads(event.json_text) if event.HasField("json_text") else None,
     }
     if event.HasField("raw"):
         data["payload_base64"] = base64.b64encode(event.raw).decode()

@@ -69,3 +69,21 @@ def test_fleet_bridge_refuses_a_bad_broker_url_with_one_line() -> None:
     assert "bridge.broker" in result.stderr, result.stderr
     assert "scheme" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_fleet_bridge_on_a_taken_grpc_port_fails_with_one_line(bridge_proc: Callable[..., Proc]) -> None:
+    """A second `fleet bridge` on the gRPC port of a first fails at once, "address already in use",
+    without a traceback, instead of sharing the port with it."""
+    # No broker is needed to listen: the bridges keep retrying their broker link meanwhile.
+    first = bridge_proc("--broker", "mqtt://127.0.0.1:1", "--http-port", 0, "--grpc-port", 0)
+    index = first.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving grpc://"))
+    grpc_port = first.stdout.lines[index].rsplit(":", 1)[1]
+    second = run(
+        fleet_argv("bridge", "--broker", "mqtt://127.0.0.1:1", "--http-port", "0", "--grpc-port", grpc_port)
+    )
+    assert second.returncode == 1, second
+    assert (
+        f"cannot listen: [Errno 98] gRPC cannot listen on 127.0.0.1:{grpc_port}: address already in use"
+        in (second.stderr)
+    ), second.stderr
+    assert "Traceback" not in second.stderr

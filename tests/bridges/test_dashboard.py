@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,72 @@ async def test_a_command_the_bridge_refuses_shows_the_reason(bridge: RunningBrid
     await expect(row.locator("td").last).to_contain_text("refused: ")
 
 
+async def test_a_command_nobody_acks_goes_from_waiting_to_no_ack(bridge: RunningBridge, page: Page) -> None:
+    """A command to a device that does not exist is published, shown as waiting for its ack, and
+    marked "no ack" once the ack timeout (10 s, fast-forwarded) passes, instead of "sending" forever."""
+    await page.clock.install()
+    await open_dashboard(page, bridge)
+    await page.fill('#command-form input[name="device"]', "ghost-0009")
+    await page.click('#command-form button[type="submit"]')
+    row = page.locator("#command-table tbody tr").first
+    await expect(row).to_have_attribute("data-state", "waiting")
+    await expect(row.locator("td").last).to_have_text("published, waiting for the ack")
+    await page.clock.fast_forward("00:11")
+    await expect(row).to_have_attribute("data-state", "no-ack")
+    await expect(row.locator("td").last).to_contain_text("no ack within 10 s")
+
+
+async def test_the_log_stamps_replayed_history_with_the_bridge_s_receive_time(
+    bridge: RunningBridge, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """A status from before the page opened is logged at the time the bridge received it, not at the
+    time the page did (here the page's clock runs three hours ahead)."""
+    await publish_and_wait(mqtt, bridge.hub, [("fleet/meter-0003/status", {"online": True})])
+    received_at = bridge.hub.ring[-1].received_at
+    await page.clock.install(time=received_at + 3 * 3600)
+    await open_dashboard(page, bridge)
+    entry = page.locator('#log-list li[data-kind="status"]', has_text="meter-0003 online")
+    shown = await page.evaluate("(at) => new Date(at * 1000).toLocaleTimeString()", received_at)
+    await expect(entry.locator("time")).to_have_text(shown)
+    stamp = await entry.locator("time").get_attribute("datetime")
+    assert stamp is not None
+    assert abs(datetime.fromisoformat(stamp).timestamp() - received_at) < 0.002, (stamp, received_at)
+
+
+async def test_over_websocket_the_page_starts_with_the_retained_statuses(
+    bridge: RunningBridge, page: Page, mqtt: aiomqtt.Client
+) -> None:
+    """The bridge's retained statuses colour the grid of a WebSocket page at once; being state, not
+    news, they are neither logged nor counted as reconnects."""
+    await mqtt.publish("fleet/meter-0005/status", b'{"online": false, "reason": "lost"}', qos=1, retain=True)
+    await wait_until(lambda: len(bridge.hub.retained) == 1, "the status in the bridge's cache")
+    await open_dashboard(page, bridge, "ws")
+    await expect(cell(page, "meter-0005")).to_have_attribute("data-state", "lost")
+    await publish_and_wait(mqtt, bridge.hub, [("fleet/meter-0006/status", {"online": True})])
+    await expect(page.locator("#log-list")).to_contain_text("meter-0006 online")  # logged after it
+    await expect(page.locator("#log-list")).not_to_contain_text("meter-0005")
+    await expect(page.locator("#stat-device-reconnects")).to_have_text("0")
+
+
+async def test_device_reconnects_count_births_after_a_will_not_the_page_s_streams(
+    broker: Broker, bridge: RunningBridge, page: Page
+) -> None:
+    """A device that comes back online after its will fired counts as one device reconnect; the page's
+    own stream reconnects are counted apart."""
+    await open_dashboard(page, bridge)
+    will = ("fleet/meter-0004/status", b'{"online": false, "reason": "lost"}', 1, True)
+    for attempt in range(2):
+        device = await RawClient.open(broker.port)
+        await device.connect("meter-0004", will=will)
+        device.publish("fleet/meter-0004/status", b'{"online": true}', 0, retain=True)
+        await expect(cell(page, "meter-0004")).to_have_attribute("data-state", "online")
+        await expect(page.locator("#stat-device-reconnects")).to_have_text(str(attempt))
+        device.abort()
+        await expect(cell(page, "meter-0004")).to_have_attribute("data-state", "lost")
+    await expect(page.locator("#log-list")).to_contain_text("meter-0004 back online (was offline, will)")
+    await expect(page.locator("#stat-stream-reconnects")).to_have_text("0")
+
+
 def telemetry(device: str, seq: int) -> tuple[str, dict[str, Any]]:
     return f"fleet/{device}/telemetry", {"device": device, "seq": seq, "values": {"level": seq % 7}}
 
@@ -271,7 +338,8 @@ async def test_after_the_server_drops_the_stream_the_page_resumes_without_a_gap(
     await expect(page.locator("#connection")).to_have_attribute("data-state", "resumed")
     await expect(page.locator("#connection")).to_contain_text("nothing missed")
     await expect(page.locator("#stat-gaps")).to_have_text("0")
-    await expect(page.locator("#stat-reconnects")).to_have_text("1")
+    await expect(page.locator("#stat-stream-reconnects")).to_have_text("1")
+    await expect(page.locator("#stat-device-reconnects")).to_have_text("0")  # the page's, not a device's
 
 
 async def test_a_dropped_websocket_reconnects_and_says_events_were_missed(
@@ -283,7 +351,7 @@ async def test_a_dropped_websocket_reconnects_and_says_events_were_missed(
         consumer.close("cut by the test")  # the bridge closes the socket with code 1008
     await expect(page.locator("#log-list")).to_contain_text("WebSocket closed (1008: cut by the test)")
     await expect(page.locator("#connection")).to_have_text("WebSocket: live")
-    await expect(page.locator("#stat-reconnects")).to_have_text("1")
+    await expect(page.locator("#stat-stream-reconnects")).to_have_text("1")
     await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-4", 0)])
     await expect(card(page, "pump-4").locator(".seq")).to_have_text("seq 0")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import time
 from collections import deque
@@ -12,10 +13,12 @@ from typing import Any, get_args
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2, json_format
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from bridges.bridge import running
+from bridges.config import BridgeConfig
 from bridges.envelope import Kind, make_event
 from bridges.grpc_service import BATCH_BYTES, SERVICE_NAME, FleetBridgeServicer, event_message, grpc_server
 from bridges.hub import Dropped, Hub, Policy
@@ -143,7 +146,7 @@ async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
 async def test_subscribe_delivers_the_envelope_of_a_json_message(
     stub: Stub, hub: Hub, publisher: RawClient
 ) -> None:
-    """A JSON payload arrives as a google.protobuf.Value, with every envelope field as in the JSON form."""
+    """A JSON payload arrives as the envelope's JSON text, with every envelope field as in the JSON form."""
     call = await subscribe(stub, "fleet/#")
     before = time.time()
     publisher.publish(
@@ -157,8 +160,8 @@ async def test_subscribe_delivers_the_envelope_of_a_json_message(
     assert event.device == "dev-1"
     assert (event.kind, event.qos, event.retain) == (pb.KIND_TELEMETRY, 1, False)
     assert before - 1 <= event.received_at <= time.time()
-    assert event.WhichOneof("payload") == "json"
-    assert json_format.MessageToDict(event.json) == {"device": "dev-1", "seq": 42, "values": {"t": 21.5}}
+    assert event.WhichOneof("payload") == "json_text"
+    assert event.json_text == '{"device":"dev-1","seq":42,"values":{"t":21.5}}'
     envelope = json.loads(hub.ring[-1].json)
     assert (event.id, event.received_at) == (envelope["id"], envelope["received_at"])
 
@@ -186,7 +189,7 @@ async def test_filters_select_topics(stub: Stub, publisher: RawClient) -> None:
     call.cancel()
 
     assert (event.topic, event.kind) == ("fleet/dev-1/status", pb.KIND_STATUS)
-    assert json_format.MessageToDict(event.json) == {"online": True}
+    assert json.loads(event.json_text) == {"online": True}
 
 
 @pytest.mark.parametrize(
@@ -377,23 +380,20 @@ async def test_reflection_lists_and_describes_the_service(channel: grpc.aio.Chan
 @pytest.mark.parametrize(
     ("raw", "member", "expected"),
     [
-        (b'{"a": [1, "x", null]}', "json", {"a": [1, "x", None]}),
-        (b"[true, 2.5]", "json", [True, 2.5]),
-        (b"42", "json", 42),
-        (b'"hello"', "json", "hello"),
-        (b"null", "json", None),
+        (b'{"a": [1, "x", null]}', "json_text", '{"a":[1,"x",null]}'),
+        (b"[true, 2.5]", "json_text", "[true,2.5]"),
+        (b"42", "json_text", "42"),
+        (b'"hello"', "json_text", '"hello"'),
+        (b"null", "json_text", "null"),
+        (b"1" + b"0" * 400, "json_text", "1" + "0" * 400),  # an integer no double can hold, exact
         (b"\xff\xfe", "raw", b"\xff\xfe"),
-        (b"1" + b"0" * 400, "raw", b"1" + b"0" * 400),  # an integer no double can hold
     ],
 )
 def test_event_message_payloads(raw: bytes, member: str, expected: Any) -> None:
-    """Any JSON value goes into `json`; bytes that are not JSON, or not representable, go into `raw`."""
+    """Any JSON value goes into `json_text` as compact JSON; bytes that are not JSON go into `raw`."""
     message = event_message(make_event(7, "fleet/d/telemetry", raw, qos=0, retain=False, received_at=1.5))
     assert message.WhichOneof("payload") == member
-    if member == "json":
-        assert json_format.MessageToDict(message)["json"] == expected
-    else:
-        assert message.raw == expected
+    assert getattr(message, member) == expected
 
 
 @pytest.mark.parametrize("kind", get_args(Kind))
@@ -455,3 +455,19 @@ async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) ->
 async def _read_ten(subscription: Subscription) -> None:
     for _ in range(10):
         await subscription.item()
+
+
+async def test_a_second_bridge_on_a_taken_grpc_port_fails(broker: Broker) -> None:
+    """A second bridge on the gRPC port of a running one fails with "address already in use", as the
+    HTTP port does, instead of sharing the port (SO_REUSEPORT) and splitting the consumers."""
+    first = BridgeConfig(broker=f"mqtt://127.0.0.1:{broker.port}", http_port=0, grpc_port=0)
+    async with running(first) as bridge:
+        taken = first.model_copy(update={"grpc_port": bridge.grpc_port})
+        in_use = pytest.RaisesExc(
+            OSError,
+            match=f"127.0.0.1:{bridge.grpc_port}: address already in use",
+            check=lambda exc: exc.errno == errno.EADDRINUSE,
+        )
+        with pytest.RaisesGroup(in_use, flatten_subgroups=True):  # raised inside the bridge's TaskGroup
+            async with running(taken):
+                pass

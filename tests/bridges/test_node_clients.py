@@ -172,20 +172,6 @@ def grpc(bridge: Bridge, mode: str, *args: str | int) -> list[str | int]:
     return ["grpc_client.mjs", f"127.0.0.1:{bridge.grpc_port}", str(PROTO), mode, *args]
 
 
-def _json_value(value: dict[str, Any]) -> Any:
-    """A `google.protobuf.Value` as proto-loader decodes it (oneofs: true), as the JSON value it holds.
-
-    protobufjs bundles the well-known types with camelCase field names, which keepCase leaves alone."""
-    kind = value["kind"]
-    if kind == "nullValue":
-        return None
-    if kind == "structValue":
-        return {key: _json_value(item) for key, item in value["structValue"].get("fields", {}).items()}
-    if kind == "listValue":
-        return [_json_value(item) for item in value["listValue"].get("values", [])]
-    return value[kind]
-
-
 def grpc_envelope(response: dict[str, Any]) -> dict[str, Any]:
     """The JSON envelope that an event of a SubscribeResponse batch stands for (fields at their default
     omitted); grpc_client.mjs prints each event of a batch as {"event": ...}."""
@@ -200,8 +186,8 @@ def grpc_envelope(response: dict[str, Any]) -> dict[str, Any]:
         "retain": event.get("retain", False),
         "received_at": event.get("received_at", 0),
     }
-    if event["payload"] == "json":
-        envelope["payload"] = _json_value(event["json"])
+    if event["member"] == "json_text":
+        envelope["payload"] = event["payload"]  # JSON.parse(json_text), by grpc_client.mjs
     else:
         envelope["payload"] = None
         envelope["payload_base64"] = event["raw"]  # bytes: String is base64, as in the envelope
@@ -248,6 +234,10 @@ async def test_all_three_clients_receive_the_same_envelopes(
     assert ws.texts[2:] == [event["data"] for event in sse_lines]
     grpc_envelopes = [grpc_envelope(response) for response in grpc_lines]
     assert ws_envelopes == [json.loads(event["data"]) for event in sse_lines] == grpc_envelopes
+    # grpc-js gets the payload's very bytes: its json_text is the WebSocket frame's payload, as text.
+    for text, response in zip(ws.texts[2:], grpc_lines, strict=True):
+        if "json_text" in response["event"]:
+            assert text.endswith(f',"payload":{response["event"]["json_text"]}}}')
     for (topic, payload), envelope, event in zip(MESSAGES, ws_envelopes, sse_lines, strict=True):
         assert envelope["topic"] == topic
         assert event["id"] == str(envelope["id"])

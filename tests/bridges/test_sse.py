@@ -136,6 +136,31 @@ async def test_resume_older_than_the_ring_gets_a_reset_then_continues(
             assert json.loads((await reader.next()).data)["payload"]["seq"] == 11
 
 
+async def test_an_unencoded_plus_in_a_filter_is_the_wildcard(
+    bridge: RunningBridge, mqtt: aiomqtt.Client
+) -> None:
+    """`curl -N '/events?filter=fleet/+/telemetry'`, with `+` as users type it, streams the telemetry."""
+    async with Curl.stream(f"{bridge.http}/events?filter=fleet/+/telemetry") as curl:
+        assert await curl.line() == "retry: 3000"
+        await wait_until(lambda: consumers(bridge.hub, "sse") == 1, "curl's stream to open")
+        assert next(iter(bridge.hub.consumers)).filters == ("fleet/+/telemetry",)
+        await publish_and_wait(mqtt, bridge.hub, [("fleet/dev-2/telemetry", {"seq": 7})])
+        assert await curl.line_starting("event: ") == "event: telemetry"
+
+
+async def test_a_plus_meant_as_a_space_is_refused_with_a_hint(bridge: RunningBridge) -> None:
+    """A form-encoded space (`a+b`) reads as a misplaced wildcard: a 400 that says to write %20."""
+    async with httpx.AsyncClient(base_url=bridge.http) as client:
+        response = await client.get("/events?filter=room+1/%23")
+        async with client.stream("GET", "/events?filter=room%201/%23") as spaced:
+            assert spaced.status_code == 200
+            await wait_until(lambda: consumers(bridge.hub, "sse") == 1, "the stream to open")
+            assert next(iter(bridge.hub.consumers)).filters == ("room 1/#",)
+    assert response.status_code == 400
+    assert "'room+1/#': '+' must occupy a whole level" in response.text
+    assert "write a space as %20" in response.text
+
+
 async def test_curl_sees_the_retry_hint_events_and_keepalive_comments(
     bridge_factory: BridgeFactory, mqtt: aiomqtt.Client
 ) -> None:

@@ -59,6 +59,15 @@ async def test_events_arrive_as_the_envelope_text(bridge: RunningBridge, mqtt: a
         assert envelope["payload"] == {"seq": 7}
 
 
+async def test_an_unencoded_plus_in_the_query_is_the_wildcard(
+    bridge: RunningBridge, mqtt: aiomqtt.Client
+) -> None:
+    """`/ws?filter=fleet/+/status`, typed as is, subscribes to the statuses, not to `fleet/ /status`."""
+    async with connect(f"ws://127.0.0.1:{bridge.port}/ws?filter=fleet/+/status") as ws:
+        await publish_and_wait(mqtt, bridge.hub, [("fleet/dev-1/status", {"online": True})])
+        assert (await recv_json(ws))["topic"] == "fleet/dev-1/status"
+
+
 async def test_subscribe_and_unsubscribe_change_the_filter_set(
     bridge: RunningBridge, mqtt: aiomqtt.Client
 ) -> None:

@@ -11,8 +11,11 @@
 // at their default value are left out. A failed call exits 1 with the status code's name on stderr:
 // "grpc_client.mjs: INVALID_ARGUMENT (3): ...".
 //
+// A JSON payload comes as `json_text`, the envelope's JSON text: each event is printed with it parsed
+// into `payload`, as a consumer would read it (JSON.parse), and `json_text` kept as received.
+//
 // Imports resolve from the nearest folder above <protoPath> that holds a buf.yaml (the Buf module
-// root); google/protobuf/struct.proto comes from protobufjs, which bundles the well-known types.
+// root).
 
 import fs from "node:fs";
 import path from "node:path";
@@ -57,6 +60,12 @@ function failCall(error, progress) {
   fail(`${name} (${error.code}): ${error.details || error.message}${progress ? `; ${progress}` : ""}`);
 }
 
+/** The event with its JSON payload parsed into `payload` (the `payload` oneof's name moves to `member`). */
+function withPayload(event) {
+  const { payload: member, ...fields } = event;
+  return member === "json_text" ? { ...fields, member, payload: JSON.parse(event.json_text) } : { ...fields, member };
+}
+
 if (mode === "subscribe") {
   const [filtersJSON, rawCount, rawTimeout, resumeAfterId] = rest;
   const filters = JSON.parse(filtersJSON);
@@ -79,7 +88,7 @@ if (mode === "subscribe") {
   });
   call.on("data", (response) => {
     const batch = response.item === "events";
-    const items = batch ? response.events.events.map((event) => ({ event })) : [response];
+    const items = batch ? response.events.events.map((event) => ({ event: withPayload(event) })) : [response];
     for (const item of items) {
       emit(item);
       received += 1;

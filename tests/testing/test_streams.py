@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
 import pytest
 
+from bridges.app import query_params
 from broker.server import Broker
 from fleet.errors import ConfigError, ExpectationFailed, TopicError, TransportError
 from fleet.testing.services import RunningBridges
+from fleet.testing.streams import with_filters
 from tests.conftest import BrokerFactory
 from tests.procs import free_port
 
@@ -102,3 +105,11 @@ async def test_mqtt_stream_reads_any_broker_also_over_websocket(
             await client.publish("plant/line-1/speed", b"12.5", qos=1)
         event = await stream.expect(topic="plant/+/speed")
         assert (event.data["kind"], event.payload) == ("raw", 12.5)
+
+
+def test_filters_in_a_url_keep_their_plus_and_spaces() -> None:
+    """A `+` typed in a stream URL stays the wildcard, and an added filter with a space survives: the
+    bridge reads both filters as they were meant."""
+    url = with_filters("http://h/events?filter=fleet/+/status", ["room 1/#"])
+    query = urllib.parse.urlsplit(url).query.encode()
+    assert query_params({"query_string": query}).getlist("filter") == ["fleet/+/status", "room 1/#"]

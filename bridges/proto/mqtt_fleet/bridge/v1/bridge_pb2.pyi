@@ -11,7 +11,6 @@ and tests/bridges/test_protos.py fails when the committed code is stale.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -158,7 +157,7 @@ class Event(_message.Message):
     QOS_FIELD_NUMBER: _builtins.int
     RETAIN_FIELD_NUMBER: _builtins.int
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
-    JSON_FIELD_NUMBER: _builtins.int
+    JSON_TEXT_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Monotonic per bridge process; the resume point (`resume_after_id`)."""
@@ -170,14 +169,13 @@ class Event(_message.Message):
     retain: _builtins.bool
     received_at: _builtins.float
     """When the bridge received the message: seconds since the Unix epoch, as in the JSON envelope."""
+    json_text: _builtins.str
+    """A payload that is JSON, whatever its type (object, array, number, string, bool or null): the
+    exact text of the JSON envelope's `payload` (compact, UTF-8), so that integers stay integers
+    and keys keep their order. Parse it with any JSON parser.
+    """
     raw: _builtins.bytes
-    """A payload that is not JSON: the bytes as received."""
-    @_builtins.property
-    def json(self) -> _struct_pb2.Value:
-        """A payload that is JSON, whatever its type (object, array, number, string, bool or null).
-        Numbers are doubles, as in JavaScript; the payload is `raw` when one cannot be represented.
-        """
-
+    """A payload that is not JSON (nor JSON with NaN or Infinity): the bytes as received."""
     def __init__(
         self,
         *,
@@ -188,16 +186,16 @@ class Event(_message.Message):
         qos: _builtins.int = ...,
         retain: _builtins.bool = ...,
         received_at: _builtins.float = ...,
-        json: _struct_pb2.Value | None = ...,
+        json_text: _builtins.str = ...,
         raw: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "device", b"device", "json", b"json", "payload", b"payload", "raw", b"raw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "device", b"device", "json_text", b"json_text", "payload", b"payload", "raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "device", b"device", "id", b"id", "json", b"json", "kind", b"kind", "payload", b"payload", "qos", b"qos", "raw", b"raw", "received_at", b"received_at", "retain", b"retain", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "device", b"device", "id", b"id", "json_text", b"json_text", "kind", b"kind", "payload", b"payload", "qos", b"qos", "raw", b"raw", "received_at", b"received_at", "retain", b"retain", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__device: _TypeAlias = _typing.Literal["device"]  # noqa: Y015
     _WhichOneofArgType__device: _TypeAlias = _typing.Literal["_device", b"_device"]  # noqa: Y015
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["json", "raw"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["json_text", "raw"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__device) -> _WhichOneofReturnType__device | None: ...

@@ -44,7 +44,9 @@ class FleetBridgeServiceStub:
     The server sends the response headers (initial metadata) once the subscription is registered:
     every event the bridge receives after that point is delivered, or counted in a Dropped item.
     Events come in batches: one response carries every event that was waiting for this stream, up to
-    a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+    a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages). Without
+    resume_after_id, the stream starts with the latest retained message of each topic the filters
+    match (`retain` set, and the id of the message it copies), as a new MQTT subscription does.
 
     Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
     a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
@@ -68,7 +70,9 @@ class FleetBridgeServiceAsyncStub(FleetBridgeServiceStub):
     The server sends the response headers (initial metadata) once the subscription is registered:
     every event the bridge receives after that point is delivered, or counted in a Dropped item.
     Events come in batches: one response carries every event that was waiting for this stream, up to
-    a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+    a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages). Without
+    resume_after_id, the stream starts with the latest retained message of each topic the filters
+    match (`retain` set, and the id of the message it copies), as a new MQTT subscription does.
 
     Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
     a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
@@ -95,7 +99,9 @@ class FleetBridgeServiceServicer(metaclass=_abc_1.ABCMeta):
         The server sends the response headers (initial metadata) once the subscription is registered:
         every event the bridge receives after that point is delivered, or counted in a Dropped item.
         Events come in batches: one response carries every event that was waiting for this stream, up to
-        a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages).
+        a bound, in order (as Pub/Sub's StreamingPull carries repeated received_messages). Without
+        resume_after_id, the stream starts with the latest retained message of each topic the filters
+        match (`retain` set, and the id of the message it copies), as a new MQTT subscription does.
 
         Errors: INVALID_ARGUMENT for a missing or invalid filter; RESOURCE_EXHAUSTED when the bridge cut
         a consumer that fell too far behind (overflow policy disconnect), or that took no data for the
