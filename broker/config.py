@@ -27,7 +27,9 @@ class BrokerSettings(BaseModel):
     password_file: Path | None = None
     acl_file: Path | None = None
     allow_anonymous: bool | None = Field(
-        default=None, description="default: true without a password file, false with one"
+        default=None,
+        description="default: true without a password file on loopback, false with one; off loopback "
+        "without a password file it must be given",
     )
     max_queued: int = Field(default=1000, ge=0, description="messages queued per session")
     max_inflight: int = Field(default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 per session")
@@ -57,6 +59,13 @@ class BrokerSettings(BaseModel):
             raise ValueError("tls_cert: required with tls_key")
         if self.allow_anonymous is False and self.password_file is None:
             raise ValueError("allow_anonymous: false without a password_file would let nobody connect")
+        if self.allow_anonymous is None and self.password_file is None and not is_loopback(self.host):
+            # As Mosquitto 2.0: off loopback, anonymous access must be asked for by name.
+            raise ValueError(
+                f"allow_anonymous: listening on {self.host} without a password_file would let any "
+                "machine that reaches it publish and subscribe; give a password_file (--password-file), "
+                "or set allow_anonymous = true (--allow-anonymous) to allow that explicitly"
+            )
         return self
 
     @property

@@ -568,8 +568,9 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
     host = settings.host
     if not is_loopback(host) and settings.anonymous:
         log.warning(
-            "!!! listening on %s with anonymous access: any machine that can reach this host may "
-            "publish and subscribe. Give --password-file (and --acl-file) to require credentials. !!!",
+            "!!! listening on %s with anonymous access (--allow-anonymous): any machine that can reach "
+            "this host may publish and subscribe. Give --password-file (and --acl-file) to require "
+            "credentials. !!!",
             host,
         )
     tcp = await loop.create_server(lambda: Connection(broker), host, settings.port, backlog=4096)

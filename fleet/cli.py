@@ -80,7 +80,8 @@ def _broker_options(func: Any) -> Any:
         click.option(
             "--allow-anonymous/--no-allow-anonymous",
             default=None,
-            help="default: allowed without a password file, refused with one",
+            help="default: allowed on loopback without a password file, refused with one; "
+            "off loopback without a password file, --allow-anonymous must be given",
         ),
         click.option("--max-queued", type=int, help="messages queued per session  [default: 1000]"),
         click.option("--max-inflight", type=int, help="unacked QoS 1/2 per session  [default: 20]"),
