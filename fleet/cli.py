@@ -75,6 +75,21 @@ def _broker_options(func: Any) -> Any:
         click.option("--tls-port", type=int, help="MQTT/TLS port, with --tls-cert  [default: 8883]"),
         click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain)"),
         click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key"),
+        click.option(
+            "--cafile", type=click.Path(path_type=Path), help="CA that client certificates must chain to"
+        ),
+        click.option(
+            "--require-certificate",
+            is_flag=True,
+            default=None,
+            help="TLS clients must present a certificate signed by --cafile",
+        ),
+        click.option(
+            "--use-identity-as-username",
+            is_flag=True,
+            default=None,
+            help="a TLS client's user name (for ACLs, %u) is its certificate's CN",
+        ),
         click.option("--password-file", type=click.Path(path_type=Path), help="made by `fleet passwd`"),
         click.option("--acl-file", type=click.Path(path_type=Path), help="Mosquitto-style ACL file"),
         click.option(

@@ -66,6 +66,15 @@ def test_file_table_with_relative_paths_and_command_line_overrides(tmp_path: Pat
         ('tls_cert = "c.pem"', "broker.tls_key: required with tls_cert"),
         ("allow_anonymous = false", "broker.allow_anonymous: false without a password_file"),
         ("colour = 1", "broker.colour: unknown key"),
+        ('cafile = "ca.pem"', "broker.cafile: checks client certificates on the TLS listener"),
+        (
+            'tls_cert = "c.pem"\ntls_key = "k.pem"\nrequire_certificate = true',
+            "broker.require_certificate: needs a cafile",
+        ),
+        (
+            'tls_cert = "c.pem"\ntls_key = "k.pem"\ncafile = "ca.pem"\nuse_identity_as_username = true',
+            "broker.use_identity_as_username: needs require_certificate",
+        ),
     ],
 )
 def test_bad_settings_name_the_file_and_field(tmp_path: Path, table: str, message: str) -> None:
