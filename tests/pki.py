@@ -99,3 +99,11 @@ def make_pki(directory: Path, ca_name: str = "mqtt-fleet test CA") -> Pki:
         "-out", "server.pem",
     )  # fmt: skip
     return Pki(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A self-signed test CA, a server certificate it signed for localhost and 127.0.0.1, and client ones."""
+    if OPENSSL is None:
+        pytest.skip("the openssl command is not installed")
+    return make_pki(tmp_path_factory.mktemp("tls"))

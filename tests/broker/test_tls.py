@@ -9,11 +9,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from fleet.mqtt import v5
 from tests.conftest import BrokerFactory
-from tests.pki import Pki, make_pki, needs_openssl
+from tests.pki import Pki, needs_openssl
 from tests.procs import (
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
@@ -31,12 +29,6 @@ from tests.rawmqtt import RawClient
 from tests.rawmqtt5 import Raw5
 
 pytestmark = needs_openssl
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A self-signed test CA, a server certificate it signed for localhost and 127.0.0.1, and client ones."""
-    return make_pki(tmp_path_factory.mktemp("tls"))
 
 
 def _client_context(pki: Pki) -> ssl.SSLContext:
