@@ -565,7 +565,7 @@ def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentia
 
     url, from_url = _split_url(broker_url, "--broker")
     try:
-        target = Target(Endpoint.parse(url), from_url.replace(credentials))
+        target = Target(Endpoint.parse(url), from_url.override(credentials))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
     if not prefix or any(c in prefix for c in "/+#\x00"):

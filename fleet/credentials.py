@@ -53,15 +53,10 @@ class Credentials:
         """Whether any TLS setting was given (which a plain mqtt:// or ws:// URL cannot use)."""
         return self.cafile is not None or self.cert is not None or self.insecure
 
-    @property
-    def templated(self) -> bool:
-        """Whether a field names `{device}` or `{group}`: each device then has its own identity."""
-        return any(_placeholders(str(value)) for value in self._templates().values())
-
     def _templates(self) -> dict[str, str | Path]:
         return {name: value for name in _TEMPLATED if (value := getattr(self, name)) is not None}
 
-    def replace(self, other: Credentials) -> Credentials:
+    def override(self, other: Credentials) -> Credentials:
         """These credentials with every field that `other` sets taken from `other`."""
         changes = {
             f.name: getattr(other, f.name) for f in dataclasses.fields(other) if getattr(other, f.name)

@@ -95,7 +95,7 @@ def make_target(
     url, from_url = split_url(url)
     endpoint = Endpoint.parse(url)
     configured = broker.credentials() if broker is not None else Credentials()
-    return Target(endpoint, configured.replace(from_url).replace(credentials or Credentials()))
+    return Target(endpoint, configured.override(from_url).override(credentials or Credentials()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ class Source:
         A `user:password@` in the URL is taken out of it; `credentials` win over it, field by field.
         """
         url, from_url = split_url(url)
-        credentials = from_url.replace(credentials or Credentials())
+        credentials = from_url.override(credentials or Credentials())
         scheme, sep, rest = url.partition("://")
         transport = _SCHEMES.get(scheme.lower())
         if not sep or transport is None:
@@ -62,6 +62,8 @@ class Source:
             raise ValueError(
                 f"{url!r}: --cafile, --cert and --insecure need an mqtts://, wss:// or https:// URL"
             )
+        if credentials.username is not None and transport not in ("mqtt", "ws"):
+            raise ValueError(f"{url!r}: a user name and password log in to a broker: mqtt[s]:// or ws[s]://")
         wanted = list(filters)
         if transport in ("mqtt", "grpc"):
             # The path is a topic filter, '#' and '+' as they are or percent-encoded.

@@ -272,3 +272,10 @@ async def test_watch_attaches_to_a_tls_broker_with_a_password(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def test_tail_refuses_a_login_for_a_stream_that_is_not_a_brokers() -> None:
+    """-u for an SSE or gRPC URL is refused (exit 2): those logins belong to a broker."""
+    done = run(fleet_argv("tail", "http://127.0.0.1:1/events", "-u", "op", "--timeout", 5), timeout=30)
+    assert done.returncode == 2
+    assert "a user name and password log in to a broker" in done.stderr

@@ -562,7 +562,7 @@ async def open_stream(
     credentials = credentials or Credentials()
     if transport in ("mqtt", "ws"):  # a broker's URL may carry user:password@
         url, from_url = split_url(url)
-        credentials = from_url.replace(credentials)
+        credentials = from_url.override(credentials)
     for topic_filter in filters:
         validate_filter(topic_filter)
     if transport in ("ws", "sse"):
