@@ -69,9 +69,7 @@ class Credentials:
 
     def shared(self) -> Credentials:
         """These credentials without their templated fields: for clients that are not a device."""
-        drop: dict[str, Any] = {
-            name: None for name, value in self._templates().items() if _placeholders(str(value))
-        }
+        drop: dict[str, Any] = {name: None for name, value in self._templates().items() if _per_device(value)}
         if "username" in drop:
             drop.update(password=None, password_file=None)
         if "cert" in drop or "key" in drop:
@@ -79,9 +77,11 @@ class Credentials:
         return dataclasses.replace(self, **drop)
 
     def for_device(self, device: str, group: str) -> Credentials:
-        """The credentials of one device: `{device}` and `{group}` filled in."""
+        """The credentials of one device: `{device}` and `{group}` filled in (other braces, as in a
+        password given on the command line, are kept as they are)."""
         values = {
-            name: str(value).format(device=device, group=group) for name, value in self._templates().items()
+            name: str(value).replace("{device}", device).replace("{group}", group)
+            for name, value in self._templates().items()
         }
         paths: dict[str, Any] = {
             name: Path(values[name]) for name in ("password_file", "cert", "key") if name in values
@@ -131,6 +131,10 @@ class Credentials:
 def _reason(exc: OSError) -> str:
     reason = getattr(exc, "reason", None) or exc.strerror  # ssl.SSLError has a reason, OSError a strerror
     return str(reason or exc)
+
+
+def _per_device(value: str | Path) -> bool:
+    return any(token in str(value) for token in ("{device}", "{group}"))
 
 
 def _placeholders(template: str) -> set[str]:

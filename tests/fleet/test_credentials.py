@@ -70,3 +70,13 @@ def test_ssl_context_names_a_missing_certificate(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Credentials(cert=tmp_path / "c.pem", key=tmp_path / "k.pem").ssl_context()
     assert str(caught.value).startswith(f"{tmp_path / 'c.pem'}: cannot load the client certificate")
+
+
+def test_for_device_fills_in_only_device_and_group() -> None:
+    """`{device}` and `{group}` are filled in; other braces (a password from the command line) stay."""
+    credentials = Credentials(
+        username="{group}.{device}", password="p{x}{", cert=Path("{device}.pem"), key=Path("k")
+    )
+    one = credentials.for_device("d-1", "g")
+    assert (one.username, one.password, one.cert) == ("g.d-1", "p{x}{", Path("d-1.pem"))
+    assert credentials.shared() == Credentials()
