@@ -24,10 +24,19 @@ class BrokerSettings(BaseModel):
     tls_port: int = Field(default=8883, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    cafile: Path | None = Field(
+        default=None, description="CA certificates that client certificates are checked against"
+    )
+    require_certificate: bool = Field(default=False, description="TLS clients must present a certificate")
+    use_identity_as_username: bool = Field(
+        default=False, description="a TLS client's user name is its certificate's CN"
+    )
     password_file: Path | None = None
     acl_file: Path | None = None
     allow_anonymous: bool | None = Field(
-        default=None, description="default: true without a password file, false with one"
+        default=None,
+        description="default: true without a password file on loopback, false with one; off loopback "
+        "without a password file it must be given",
     )
     max_queued: int = Field(default=1000, ge=0, description="messages queued per session")
     max_inflight: int = Field(default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 per session")
@@ -55,8 +64,23 @@ class BrokerSettings(BaseModel):
             raise ValueError("tls_key: required with tls_cert")
         if self.tls_key is not None and self.tls_cert is None:
             raise ValueError("tls_cert: required with tls_key")
+        if self.cafile is not None and self.tls_cert is None:
+            raise ValueError(
+                "cafile: checks client certificates on the TLS listener; give tls_cert and tls_key"
+            )
+        if self.require_certificate and self.cafile is None:
+            raise ValueError("require_certificate: needs a cafile to check client certificates against")
+        if self.use_identity_as_username and not self.require_certificate:
+            raise ValueError("use_identity_as_username: needs require_certificate")
         if self.allow_anonymous is False and self.password_file is None:
             raise ValueError("allow_anonymous: false without a password_file would let nobody connect")
+        if self.allow_anonymous is None and self.password_file is None and not is_loopback(self.host):
+            # As Mosquitto 2.0: off loopback, anonymous access must be asked for by name.
+            raise ValueError(
+                f"allow_anonymous: listening on {self.host} without a password_file would let any "
+                "machine that reaches it publish and subscribe; give a password_file (--password-file), "
+                "or set allow_anonymous = true (--allow-anonymous) to allow that explicitly"
+            )
         return self
 
     @property
@@ -76,7 +100,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_PATH_KEYS = ("tls_cert", "tls_key", "password_file", "acl_file")
+_PATH_KEYS = ("tls_cert", "tls_key", "cafile", "password_file", "acl_file")
 
 
 def load_broker_settings(path: Path | None, overrides: dict[str, Any]) -> BrokerSettings:

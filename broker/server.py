@@ -179,14 +179,25 @@ class Broker:
                     entry.message, min(entry.qos, subscription.qos), retain=entry.retain, group=group
                 )
 
-    def _authenticate(self, username: str | None, password: bytes | None) -> int:
+    def _authenticate(
+        self, connection: Connection, username: str | None, password: bytes | None
+    ) -> tuple[int, str | None]:
+        """CONNACK's return code, and the user name the client has for ACLs."""
+        if self.settings.use_identity_as_username:
+            identity = _certificate_name(connection)
+            if identity is not None:
+                # The TLS handshake verified the certificate; as Mosquitto, no password is checked.
+                return CONNACK_ACCEPTED, identity
+            if username is not None and self.passwords is None:
+                # User names come from certificates: one nothing can verify must not pass for a device.
+                return CONNACK_BAD_CREDENTIALS, username
         if username is None:
-            return CONNACK_ACCEPTED if self.settings.anonymous else CONNACK_NOT_AUTHORIZED
+            return (CONNACK_ACCEPTED if self.settings.anonymous else CONNACK_NOT_AUTHORIZED), None
         if self.passwords is None:
-            return CONNACK_ACCEPTED
+            return CONNACK_ACCEPTED, username
         if self.passwords.verify(username, password):
-            return CONNACK_ACCEPTED
-        return CONNACK_BAD_CREDENTIALS
+            return CONNACK_ACCEPTED, username
+        return CONNACK_BAD_CREDENTIALS, username
 
     def handle_connect(self, connection: Connection, packet: Connect | v5.Connect) -> None:
         settings = self.settings
@@ -210,18 +221,18 @@ class Broker:
             self._refuse(connection, CONNACK_IDENTIFIER_REJECTED, "MQTT 3.1 ids have 23 characters at most")
             return
         connection.client_id = client_id
-        code = self._authenticate(packet.username, packet.password)
+        code, username = self._authenticate(connection, packet.username, packet.password)
         will = packet.will
         # A will the client may not publish itself is refused at CONNECT, as Mosquitto does.
         if (
             code == CONNACK_ACCEPTED
             and will is not None
             and self.acl is not None
-            and not self.acl.can_publish(client_id, packet.username, will.topic)
+            and not self.acl.can_publish(client_id, username, will.topic)
         ):
             code = CONNACK_NOT_AUTHORIZED
         if code != CONNACK_ACCEPTED:
-            self._refuse(connection, code, f"authentication failed for user {packet.username!r}")
+            self._refuse(connection, code, f"authentication failed for user {username!r}")
             return
 
         if is5:
@@ -249,7 +260,7 @@ class Broker:
             session = Session(client_id, expiry=expiry, limits=self.limits, stats=self.stats)
             self.sessions[client_id] = session
         session.expiry = expiry
-        session.username = packet.username
+        session.username = username
         session.outlet = connection
         connection.session = session
         connection.will = will
@@ -568,8 +579,9 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
     host = settings.host
     if not is_loopback(host) and settings.anonymous:
         log.warning(
-            "!!! listening on %s with anonymous access: any machine that can reach this host may "
-            "publish and subscribe. Give --password-file (and --acl-file) to require credentials. !!!",
+            "!!! listening on %s with anonymous access (--allow-anonymous): any machine that can reach "
+            "this host may publish and subscribe. Give --password-file (and --acl-file) to require "
+            "credentials. !!!",
             host,
         )
     tcp = await loop.create_server(lambda: Connection(broker), host, settings.port, backlog=4096)
@@ -581,6 +593,9 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
         if settings.tls_cert is not None and settings.tls_key is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(settings.tls_cert, settings.tls_key)
+            if settings.cafile is not None:
+                context.load_verify_locations(settings.cafile)
+                context.verify_mode = ssl.CERT_REQUIRED if settings.require_certificate else ssl.CERT_OPTIONAL
             tls = await loop.create_server(
                 lambda: Connection(broker), host, settings.tls_port, ssl=context, backlog=4096
             )
@@ -663,6 +678,16 @@ def _stamped(will: Message) -> Message:
     return Message(
         will.topic, will.payload, will.qos, will.retain, will.properties, time.monotonic() + will.expires
     )
+
+
+def _certificate_name(connection: Connection) -> str | None:
+    """The common name of the client certificate that the TLS handshake verified, if any."""
+    transport = connection.transport
+    certificate = transport.get_extra_info("peercert") if transport is not None else None
+    if not certificate:
+        return None
+    names = [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[-1] if names else None
 
 
 def _url_host(host: str) -> str:

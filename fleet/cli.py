@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import getpass
 import logging
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
+from fleet.credentials import Credentials
 from fleet.errors import ConfigError
 
 __all__ = ["main"]
@@ -75,12 +77,28 @@ def _broker_options(func: Any) -> Any:
         click.option("--tls-port", type=int, help="MQTT/TLS port, with --tls-cert  [default: 8883]"),
         click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain)"),
         click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key"),
+        click.option(
+            "--cafile", type=click.Path(path_type=Path), help="CA that client certificates must chain to"
+        ),
+        click.option(
+            "--require-certificate",
+            is_flag=True,
+            default=None,
+            help="TLS clients must present a certificate signed by --cafile",
+        ),
+        click.option(
+            "--use-identity-as-username",
+            is_flag=True,
+            default=None,
+            help="a TLS client's user name (for ACLs, %u) is its certificate's CN",
+        ),
         click.option("--password-file", type=click.Path(path_type=Path), help="made by `fleet passwd`"),
         click.option("--acl-file", type=click.Path(path_type=Path), help="Mosquitto-style ACL file"),
         click.option(
             "--allow-anonymous/--no-allow-anonymous",
             default=None,
-            help="default: allowed without a password file, refused with one",
+            help="default: allowed on loopback without a password file, refused with one; "
+            "off loopback without a password file, --allow-anonymous must be given",
         ),
         click.option("--max-queued", type=int, help="messages queued per session  [default: 1000]"),
         click.option("--max-inflight", type=int, help="unacked QoS 1/2 per session  [default: 20]"),
@@ -94,6 +112,59 @@ def _broker_options(func: Any) -> Any:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _split_url(url: str, hint: str) -> tuple[str, Credentials]:
+    """`url` without `user:password@`, and those credentials; a bad one is an error not showing them."""
+    from fleet.credentials import split_url
+
+    try:
+        return split_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+
+
+_CLIENT_OPTIONS = ("username", "password", "password_file", "cafile", "cert", "key", "insecure")
+
+
+def _client_options(func: Callable[..., _T]) -> Callable[..., _T]:
+    """The options of a broker's client, named as mosquitto_sub names them; the command gets them
+    as one `credentials` value (fleet.credentials.Credentials)."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> _T:
+        values = {name: kwargs.pop(name) for name in _CLIENT_OPTIONS}
+        context = click.get_current_context()
+        if values["username"] is None and (
+            context.get_parameter_source("password") == click.core.ParameterSource.ENVIRONMENT
+        ):
+            values["password"] = None  # FLEET_PASSWORD is for clients that give a user name
+        try:
+            kwargs["credentials"] = Credentials(**values)
+        except ValueError as exc:
+            field, _, reason = str(exc).partition(": ")
+            raise click.BadParameter(reason, param_hint=f"--{field.replace('_', '-')}") from None
+        return func(*args, **kwargs)
+
+    file = click.Path(dir_okay=False, path_type=Path)
+    options = [
+        click.option("-u", "--username", help="user name for the broker"),
+        click.option(
+            "-P",
+            "--password",
+            envvar="FLEET_PASSWORD",
+            show_envvar=True,
+            help="password (with -u); FLEET_PASSWORD or --password-file keep it out of the shell history",
+        ),
+        click.option("--password-file", type=file, help="a file whose first line is the password (with -u)"),
+        click.option("--cafile", type=file, help="CA certificates (PEM) to verify the broker with"),
+        click.option("--cert", type=file, help="client certificate (PEM), with --key"),
+        click.option("--key", type=file, help="the client certificate's private key (PEM)"),
+        click.option("--insecure", is_flag=True, help="do not verify the broker's certificate and host name"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @cli.command()
@@ -136,11 +207,11 @@ def _load_fleet(path: Path, seed: int | None) -> Any:
     return config if seed is None else config.model_copy(update={"seed": seed})
 
 
-def _target(config: Any, url: str | None) -> Any:
+def _target(config: Any, url: str | None, credentials: Credentials | None = None) -> Any:
     from fleet.simulator import make_target
 
     try:
-        return make_target(config, url)
+        return make_target(config, url, credentials)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -211,7 +282,8 @@ async def _simulate_watched(
     from fleet.watch.app import WatchApp
     from fleet.watch.sources import MqttSource
 
-    source = MqttSource(target.endpoint, username=target.username, password=target.password)
+    login = target.login()
+    source = MqttSource(target.endpoint, username=login.username, password=login.password, ssl=login.ssl)
     async with asyncio.TaskGroup() as tg:
         fleet = tg.create_task(
             simulate(config, target, duration=duration, stop=stop, shard=shard, live=live),
@@ -233,8 +305,10 @@ async def _start_bridges(
     from bridges.config import load_bridge_config
 
     overrides: dict[str, Any] = {**options, "broker": str(target.endpoint)}
-    if target.username is not None:
-        overrides.update(username=target.username, password=target.password)
+    login = target.login()
+    if login.username is not None:
+        password = login.password
+        overrides.update(username=login.username, password=None if password is None else password.decode())
     try:
         settings = load_bridge_config(config_path, overrides)
     except ConfigError as exc:
@@ -315,6 +389,7 @@ def _shard(text: str | None) -> Any:
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="processes")
 @click.option("--shard", help="I/N: run the I-th of N deterministic parts of the fleet")
+@_client_options
 def run_command(
     config_path: Path,
     broker_url: str | None,
@@ -323,13 +398,18 @@ def run_command(
     report_path: Path | None,
     workers: int,
     shard: str | None,
+    credentials: Credentials,
 ) -> None:
-    """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C."""
+    """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C.
+
+    -u, -P, --cafile, --cert and --key (with --broker, or the config's [broker] url) are the
+    devices' credentials, and win over the config's.
+    """
     config = _load_fleet(config_path, seed)
     report = _simulate(
         config_path,
         config,
-        _target(config, broker_url),
+        _target(config, broker_url, credentials),
         duration=duration or config.duration,
         shard=_shard(shard),
         workers=workers,
@@ -468,8 +548,6 @@ def up(
     help="mqtt[s]:// or ws[s]://",
 )
 @click.option("--prefix", default="fleet", show_default=True, help="first topic level of the fleet's topics")
-@click.option("--username", help="user name for the broker")
-@click.option("--password", help="password for the broker (with --username)")
 @click.option(
     "--export-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -477,22 +555,28 @@ def up(
     show_default=True,
     help="where `e` writes the history",
 )
-def watch(broker_url: str, prefix: str, username: str | None, password: str | None, export_dir: Path) -> None:
+@_client_options
+def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentials) -> None:
     """A live view of the fleet on any broker: devices, topics, events, and commands to devices."""
     from fleet.endpoint import Endpoint
+    from fleet.simulator import Target
     from fleet.watch.app import WatchApp
     from fleet.watch.sources import MqttSource
 
+    url, from_url = _split_url(broker_url, "--broker")
     try:
-        endpoint = Endpoint.parse(broker_url)
+        target = Target(Endpoint.parse(url), from_url.override(credentials))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--broker") from None
     if not prefix or any(c in prefix for c in "/+#\x00"):
         raise click.BadParameter("one topic level, without '/', '+' or '#'", param_hint="--prefix")
     try:
-        source = MqttSource(endpoint, prefix=prefix, username=username, password=password)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--password") from None
+        login = target.login()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    source = MqttSource(
+        target.endpoint, prefix=prefix, username=login.username, password=login.password, ssl=login.ssl
+    )
     app = WatchApp(source, prefix=prefix, export_dir=export_dir)
     with app.logs_in_event_log():
         app.run()
@@ -583,6 +667,7 @@ async def _until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
     help="exit 0 once an event matches, e.g. 'topic=fleet/+/status,payload.online=false'",
 )
 @click.option("--format", "output", type=click.Choice(["json", "pretty"]), default="json", show_default=True)
+@_client_options
 def tail_command(
     url: str,
     filters: tuple[str, ...],
@@ -590,6 +675,7 @@ def tail_command(
     timeout: float | None,
     expect: str | None,
     output: str,
+    credentials: Credentials,
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
@@ -600,13 +686,16 @@ def tail_command(
     --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
     not met, or the stream could not be read, with one line saying why; 130 on Ctrl-C (143 on
     SIGTERM) before --count or --expect was met; 2 for bad input.
+
+    A broker's URL may carry `user:password@` (never shown again); -u, -P, --password-file,
+    --cafile, --cert, --key and --insecure are mosquitto_sub's, and win over the URL's.
     """
     from fleet.errors import TransportError
     from fleet.tail import Source, format_event, tail
     from fleet.testing.streams import Expectation, StreamEvent
 
     try:
-        source = Source.parse(url, filters)
+        source = Source.parse(url, filters, credentials)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL or --filter") from None
     try:
@@ -643,7 +732,7 @@ def tail_command(
     except (KeyboardInterrupt, _Interrupted) as exc:  # KeyboardInterrupt: before the handlers were in
         interrupted(exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT)
         return
-    except TransportError as exc:
+    except (TransportError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     if failure is not None:
         raise click.ClickException(failure)
@@ -706,6 +795,7 @@ class _Scenarios(click.Choice[str]):
 @click.option("--max-dup-qos2", type=click.IntRange(min=0), help="gate: QoS 2 messages delivered twice")
 @click.option("--max-reconnect-p99", callback=_seconds, help="gate: reconnect time p99, like 5s or 500ms")
 @click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
+@_client_options
 def stress_command(
     config_path: Path,
     scenario: str | None,
@@ -719,10 +809,12 @@ def stress_command(
     max_dup_qos2: int | None,
     max_reconnect_p99: float | None,
     require_wills: bool,
+    credentials: Credentials,
 ) -> None:
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
 
-    Exits 3 when a gate fails.
+    -u, -P, --cafile, --cert and --key (with --broker, or the config's [broker] url) are the
+    credentials of the devices and the observer, and win over the config's. Exits 3 when a gate fails.
     """
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
@@ -735,7 +827,7 @@ def stress_command(
         settings = load_stress_settings(config_path, config, scenario, duration)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    target = _target(config, broker_url)
+    target = _target(config, broker_url, credentials)
     try:
         result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid))
     except* FleetError as group:

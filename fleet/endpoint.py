@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from fleet.credentials import redact
+
 __all__ = ["DEFAULT_PORTS", "Endpoint", "Scheme"]
 
 Scheme = Literal["mqtt", "mqtts", "ws", "wss"]
@@ -36,37 +38,48 @@ class Endpoint:
     def parse(cls, url: str) -> Endpoint:
         """Parse a broker URL; default ports are 1883, 8883, 8083 (ws) and 443 (wss).
 
-        Raises ValueError saying what is wrong with the URL.
+        Raises ValueError saying what is wrong with the URL, which shows no password.
         """
+        shown = redact(url)
         text = url.strip()
         scheme, sep, rest = text.partition("://")
         if not sep:
-            raise ValueError(f"broker URL {url!r} has no scheme; did you mean mqtt://{text}?")
+            guess = redact(f"mqtt://{text}")
+            raise ValueError(
+                f"broker URL {guess.removeprefix('mqtt://')!r} has no scheme; did you mean {guess}?"
+            )
         if scheme.lower() == "tcp":
-            raise ValueError(f"broker URL {url!r}: MQTT over TCP is mqtt://; did you mean mqtt://{rest}?")
+            raise ValueError(
+                f"broker URL {shown!r}: MQTT over TCP is mqtt://; did you mean {redact(f'mqtt://{rest}')}?"
+            )
         if scheme.lower() == "ssl":
-            raise ValueError(f"broker URL {url!r}: MQTT over TLS is mqtts://; did you mean mqtts://{rest}?")
+            raise ValueError(
+                f"broker URL {shown!r}: MQTT over TLS is mqtts://; did you mean {redact(f'mqtts://{rest}')}?"
+            )
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS:
-            raise ValueError(f"broker URL {url!r}: the scheme must be mqtt, mqtts, ws or wss")
+            raise ValueError(f"broker URL {shown!r}: the scheme must be mqtt, mqtts, ws or wss")
         if parts.username is not None or parts.password is not None:
-            raise ValueError(f"broker URL {url!r}: give credentials in the device config, not in the URL")
+            raise ValueError(
+                f"broker URL {shown!r}: a user name or password goes in the client's credentials "
+                "(-u, -P), not here"
+            )
         host = parts.hostname
         if not host:
-            raise ValueError(f"broker URL {url!r} has no host")
+            raise ValueError(f"broker URL {shown!r} has no host")
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"broker URL {url!r}: the port must be a number from 1 to 65535") from None
+            raise ValueError(f"broker URL {shown!r}: the port must be a number from 1 to 65535") from None
         if port == 0:
-            raise ValueError(f"broker URL {url!r}: the port must be a number from 1 to 65535")
+            raise ValueError(f"broker URL {shown!r}: the port must be a number from 1 to 65535")
         if parts.query or parts.fragment:
-            raise ValueError(f"broker URL {url!r} must not have a query or fragment")
+            raise ValueError(f"broker URL {shown!r} must not have a query or fragment")
         path = parts.path
         if scheme in ("mqtt", "mqtts"):
             if path not in ("", "/"):
-                raise ValueError(f"broker URL {url!r}: an {scheme}:// URL has no path")
+                raise ValueError(f"broker URL {shown!r}: an {scheme}:// URL has no path")
             path = DEFAULT_WS_PATH
         elif not path:
             path = DEFAULT_WS_PATH

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WrapValidator, model_validator
 
 from fleet.config import load_toml, untagged, validated
+from fleet.credentials import Credentials, check_template
 from fleet.errors import ConfigError, TopicError
 from fleet.generators import MetricSpec
 from fleet.topics import validate_topic
@@ -192,15 +193,50 @@ class Group(_Model):
 
 
 class BrokerTarget(_Model):
-    """An external broker the devices connect to, instead of the embedded one."""
+    """An external broker the devices connect to, instead of the embedded one.
+
+    `username`, `password`, `password_file`, `client_cert` and `client_key` may name `{device}` and
+    `{group}`: each device then connects with its own identity.
+    """
 
     url: str = Field(pattern=r"^(mqtt|mqtts|ws|wss)://", description="mqtt://, mqtts://, ws:// or wss://")
-    username: str | None = None
-    password: str | None = None
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = Field(default=None, repr=False)
+    password_file: str | None = Field(
+        default=None, min_length=1, description="its first line is the password"
+    )
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
     insecure: bool = Field(default=False, description="TLS without verifying the broker's certificate")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> BrokerTarget:
+        for name in ("username", "password", "password_file", "client_cert", "client_key"):
+            value = getattr(self, name)
+            if value is not None:
+                check_template(name, value)
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password_file: give a password or a password_file, not both")
+        if (self.password is not None or self.password_file is not None) and self.username is None:
+            raise ValueError("username: required with a password [MQTT-3.1.2-22]")
+        if self.client_cert is not None and self.client_key is None:
+            raise ValueError("client_key: required with client_cert")
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_cert: required with client_key")
+        return self
+
+    def credentials(self) -> Credentials:
+        """The devices' credentials, `{device}` and `{group}` not yet filled in."""
+        return Credentials(
+            username=self.username,
+            password=self.password,
+            password_file=None if self.password_file is None else Path(self.password_file),
+            cafile=None if self.ca_file is None else Path(self.ca_file),
+            cert=None if self.client_cert is None else Path(self.client_cert),
+            key=None if self.client_key is None else Path(self.client_key),
+            insecure=self.insecure,
+        )
 
 
 class FleetConfig(_Model):
@@ -267,7 +303,7 @@ def load_fleet_config(path: Path) -> FleetConfig:
         # Files named in the config are relative to the config's folder.
         data["broker"] = {
             key: str(path.parent / value)
-            if key in ("ca_file", "client_cert", "client_key") and isinstance(value, str)
+            if key in ("ca_file", "client_cert", "client_key", "password_file") and isinstance(value, str)
             else value
             for key, value in broker.items()
         }

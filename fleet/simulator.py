@@ -17,8 +17,9 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fleet.credentials import Credentials, split_url
 from fleet.device import KNOWN_OPS, Command, Device, EndKind
 from fleet.errors import ConnectRefused, TransportError
 from fleet.packets import Connect, Publish, Will
@@ -26,7 +27,7 @@ from fleet.report import GroupStats, Report
 from fleet.schema import FleetConfig
 from fleet.transport import ClientSession, Endpoint, Link
 
-__all__ = ["Connected", "Control", "Live", "Shard", "Target", "make_target", "simulate"]
+__all__ = ["Connected", "Control", "Live", "Login", "Shard", "Target", "make_target", "simulate"]
 
 CONNECT_TIMEOUT = 10.0
 FREEZE_AT = 1000  # devices
@@ -35,36 +36,66 @@ _LOST, _REBOOT, _OFFLINE, _SCHEDULED = "lost", "reboot", "offline", "scheduled"
 
 
 @dataclass(frozen=True, slots=True)
+class Login:
+    """What one client sends and presents: its user name, password and TLS context."""
+
+    username: str | None
+    password: bytes | None
+    ssl: ssl.SSLContext | None
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
-    """Where the devices connect, and as whom."""
+    """Where the devices connect, and as whom: `credentials` may be templated per device."""
 
     endpoint: Endpoint
-    username: str | None = None
-    password: str | None = None
-    ssl: ssl.SSLContext | None = None
+    credentials: Credentials = field(default_factory=Credentials)
+    _contexts: dict[tuple[object, ...], ssl.SSLContext] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if self.credentials.tls and not self.endpoint.tls:
+            raise ValueError(
+                f"{self.endpoint} is not a TLS URL: --cafile, --cert and --insecure need mqtts:// or wss://"
+            )
+
+    def login(self, device: str | None = None, group: str = "") -> Login:
+        """The login of `device`, its templated credentials filled in; None: a client that is not a
+        device (an observer, a TUI, a bridge), which uses only the fields that are not templated.
+
+        Raises ConfigError when a password file or a TLS file cannot be read.
+        """
+        credentials = self.credentials
+        credentials = credentials.shared() if device is None else credentials.for_device(device, group)
+        context = None
+        if self.endpoint.tls:
+            key = (credentials.cafile, credentials.cert, credentials.key, credentials.insecure)
+            context = self._contexts.get(key)
+            if context is None:
+                context = self._contexts[key] = credentials.ssl_context()
+        return Login(credentials.username, credentials.read_password(), context)
 
 
-def make_target(config: FleetConfig, url: str | None) -> Target | None:
+def make_target(
+    config: FleetConfig, url: str | None, credentials: Credentials | None = None
+) -> Target | None:
     """Where the devices connect: `url`, else the config's [broker] url; None: the embedded broker.
 
-    Raises ValueError for a bad URL and OSError for unreadable TLS files.
+    A `user:password@` in the URL wins over the config's credentials, and `credentials` (from the
+    command line) over both, field by field. Raises ValueError for a bad URL (never showing its
+    password) or TLS settings on a plain URL.
     """
     broker = config.broker
     url = url or (broker.url if broker is not None else None)
     if url is None:
+        if credentials is not None and credentials != Credentials():
+            raise ValueError("credentials and TLS options need --broker: the embedded broker takes none")
         return None
+    url, from_url = split_url(url)
     endpoint = Endpoint.parse(url)
-    if broker is None:
-        return Target(endpoint)
-    context = None
-    if endpoint.tls:
-        context = ssl.create_default_context(cafile=broker.ca_file)
-        if broker.client_cert is not None:
-            context.load_cert_chain(broker.client_cert, broker.client_key)
-        if broker.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-    return Target(endpoint, broker.username, broker.password, context)
+    configured = broker.credentials() if broker is not None else Credentials()
+    return Target(endpoint, configured.override(from_url).override(credentials or Credentials()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,9 +422,9 @@ class _DeviceRunner:
         if group.will:
             will = Will(device.topics.status, device.will_payload(), group.qos.status, True)
         target = self._target
-        password = target.password.encode() if target.password is not None else None
+        login = target.login(device.id, group.name)
         packet = Connect(
-            "MQTT", 4, group.clean_session, group.keepalive, device.id, will, target.username, password
+            "MQTT", 4, group.clean_session, group.keepalive, device.id, will, login.username, login.password
         )
         attempt = 0
         while True:
@@ -405,7 +436,7 @@ class _DeviceRunner:
                     packet,
                     session=self.session,
                     on_message=self._on_message,
-                    ssl=target.ssl,
+                    ssl=login.ssl,
                     timeout=CONNECT_TIMEOUT,
                 )
             except ConnectRefused as exc:

@@ -18,8 +18,9 @@ import json
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fleet.credentials import Credentials, split_url
 from fleet.testing.streams import Expectation, StreamEvent, Transport, open_stream
 from fleet.topics import validate_filter
 
@@ -43,14 +44,26 @@ class Source:
     transport: Transport
     url: str
     filters: tuple[str, ...]
+    credentials: Credentials = field(default_factory=Credentials)
 
     @classmethod
-    def parse(cls, url: str, filters: Sequence[str] = ()) -> Source:
-        """Raises ValueError saying what is wrong with the URL or a filter."""
+    def parse(cls, url: str, filters: Sequence[str] = (), credentials: Credentials | None = None) -> Source:
+        """Raises ValueError saying what is wrong with the URL or a filter, never showing a password.
+
+        A `user:password@` in the URL is taken out of it; `credentials` win over it, field by field.
+        """
+        url, from_url = split_url(url)
+        credentials = from_url.override(credentials or Credentials())
         scheme, sep, rest = url.partition("://")
         transport = _SCHEMES.get(scheme.lower())
         if not sep or transport is None:
             raise ValueError(f"{url!r}: the URL must start with {', '.join(f'{s}://' for s in _SCHEMES)}")
+        if credentials.tls and scheme.lower() not in ("mqtts", "wss", "https"):
+            raise ValueError(
+                f"{url!r}: --cafile, --cert and --insecure need an mqtts://, wss:// or https:// URL"
+            )
+        if credentials.username is not None and transport not in ("mqtt", "ws"):
+            raise ValueError(f"{url!r}: a user name and password log in to a broker: mqtt[s]:// or ws[s]://")
         wanted = list(filters)
         if transport in ("mqtt", "grpc"):
             # The path is a topic filter, '#' and '+' as they are or percent-encoded.
@@ -63,7 +76,7 @@ class Source:
             wanted = wanted or ["#"]
         for topic_filter in wanted:
             validate_filter(topic_filter)
-        return cls(transport, url, tuple(wanted))
+        return cls(transport, url, tuple(wanted), credentials)
 
 
 def format_event(event: StreamEvent, *, pretty: bool = False) -> str:
@@ -93,7 +106,7 @@ async def tail(
     `note` gets one line when the stream is open (everything sent after that is read), and one if
     the stream ends on its own. Raises TransportError when the stream cannot be opened.
     """
-    async with open_stream(source.transport, source.url, source.filters) as stream:
+    async with open_stream(source.transport, source.url, source.filters, source.credentials) as stream:
         note(f"reading {stream.name} (filters: {', '.join(stream.filters) or 'none'})")
         seen = 0
         async for event in stream.events(timeout):

@@ -16,6 +16,7 @@ import signal
 from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
+from fleet.credentials import Credentials
 from fleet.errors import FleetError
 from fleet.report import Report, merge_reports
 from fleet.schema import FleetConfig
@@ -29,25 +30,27 @@ _TICK = 0.5
 def _worker_main(
     config: FleetConfig,
     url: str,
+    credentials: Credentials,
     duration: float | None,
     shard: Shard,
     results: multiprocessing.Queue[tuple[str, int, Any]],
     stop: ProcessEvent,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    report = asyncio.run(_worker(config, url, duration, shard, results, stop))
+    report = asyncio.run(_worker(config, url, credentials, duration, shard, results, stop))
     results.put(("report", shard.worker, report.to_json()))
 
 
 async def _worker(
     config: FleetConfig,
     url: str,
+    credentials: Credentials,
     duration: float | None,
     shard: Shard,
     results: multiprocessing.Queue[tuple[str, int, Any]],
     stop: ProcessEvent,
 ) -> Report:
-    target = make_target(config, url)
+    target = make_target(config, url, credentials)
     assert target is not None
     live = Live()
     stopped = asyncio.Event()
@@ -78,10 +81,6 @@ async def simulate_in_workers(
     live: Live,
 ) -> Report:
     """Run the fleet in `workers` processes until `duration` passes or `stop` is set."""
-    if target.ssl is not None and config.broker is None:
-        raise FleetError(
-            "--workers with TLS needs the [broker] table in the config, so workers can rebuild it"
-        )
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue[tuple[str, int, Any]] = context.Queue()
     stop_workers = context.Event()
@@ -91,6 +90,7 @@ async def simulate_in_workers(
             args=(
                 config,
                 str(target.endpoint),
+                target.credentials,
                 duration,
                 dataclasses.replace(shard, worker=worker, workers=workers),
                 results,

@@ -12,8 +12,9 @@ from broker.config import BrokerSettings
 from broker.server import Broker, running
 from tests.rawmqtt import RawClient
 
-# Subprocess, paho and Mosquitto helpers with their fixtures; pytester runs the pytest plugin tests.
-pytest_plugins = ["tests.procs", "pytester"]
+# Subprocess, paho and Mosquitto helpers with their fixtures, test certificates (`pki`); pytester runs
+# the pytest plugin tests.
+pytest_plugins = ["tests.procs", "tests.pki", "pytester"]
 
 BrokerFactory = Callable[..., contextlib.AbstractAsyncContextManager[Broker]]
 

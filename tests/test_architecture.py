@@ -16,6 +16,7 @@ CORE = {
     "routing",
     "config",
     "endpoint",
+    "credentials",
     "schema",
     "generators",
     "device",

@@ -148,12 +148,27 @@ def _bind_errno(host: str) -> int | None:
     return None
 
 
-def test_non_loopback_host_warns_about_anonymous_access_before_failing_to_bind(fleet: Fleet) -> None:
-    """`--host 192.0.2.1` logs the anonymous-access warning on stderr, then fails with 'cannot listen'."""
+def test_non_loopback_host_without_credentials_refuses_to_start_unless_anonymous_is_allowed(
+    fleet: Fleet,
+) -> None:
+    """`--host 192.0.2.1` with no password file exits 1 naming --allow-anonymous, before binding anything."""
+    proc = fleet("broker", "--host", TEST_NET_1, "--port", 0, "--ws-port", 0)
+    assert proc.wait(30) == 1, proc.describe()
+    error = proc.stderr.text
+    assert "broker.allow_anonymous: listening on 192.0.2.1 without a password_file" in error
+    assert "--allow-anonymous" in error
+    assert "--password-file" in error
+    assert "cannot listen" not in error
+    assert "Traceback" not in error
+    assert proc.stdout.lines == []
+
+
+def test_non_loopback_host_warns_about_allowed_anonymous_access_before_failing_to_bind(fleet: Fleet) -> None:
+    """`--host 192.0.2.1 --allow-anonymous` logs the anonymous-access warning, then 'cannot listen'."""
     if _bind_errno(TEST_NET_1) != errno.EADDRNOTAVAIL:
         pytest.skip(f"binding {TEST_NET_1} does not fail with EADDRNOTAVAIL on this machine")
 
-    proc = fleet("broker", "--host", TEST_NET_1, "--port", 0, "--ws-port", 0)
+    proc = fleet("broker", "--host", TEST_NET_1, "--allow-anonymous", "--port", 0, "--ws-port", 0)
     code = proc.wait(30)
     assert code != 0, proc.describe()
     lines = proc.stderr.lines

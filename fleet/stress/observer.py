@@ -108,9 +108,9 @@ async def observing(
     observer = Observer(ledger, routes)
     client_id = f"fleet-stress-observer-{uuid.uuid4().hex[:8]}"
     session = ClientSession()
-    password = target.password.encode() if target.password is not None else None
+    login = target.login()
     connect = make_connect(
-        client_id, keepalive=_KEEPALIVE, clean_session=False, username=target.username, password=password
+        client_id, keepalive=_KEEPALIVE, clean_session=False, username=login.username, password=login.password
     )
     topics = [(topic_filter, 2) for topic_filter in filters]
     subscribed = asyncio.Event()
@@ -120,7 +120,7 @@ async def observing(
         while True:
             try:
                 link, present = await Link.open(
-                    target.endpoint, connect, session=session, on_message=observer.on_message, ssl=target.ssl
+                    target.endpoint, connect, session=session, on_message=observer.on_message, ssl=login.ssl
                 )
             except TransportError as exc:
                 if not subscribed.is_set() and attempt >= len(_RETRY):
@@ -163,8 +163,8 @@ async def observing(
         finally:
             task.cancel()
     with contextlib.suppress(TransportError, OSError, TimeoutError):
-        clean = make_connect(client_id, clean_session=True, username=target.username, password=password)
+        clean = make_connect(client_id, clean_session=True, username=login.username, password=login.password)
         link, _ = await Link.open(
-            target.endpoint, clean, session=ClientSession(), on_message=lambda _: None, ssl=target.ssl
+            target.endpoint, clean, session=ClientSession(), on_message=lambda _: None, ssl=login.ssl
         )
         await link.disconnect(timeout=5.0)

@@ -8,6 +8,14 @@ free ports, and is stopped at teardown. Subsystems are imported when a fixture f
         status = await mqtt_stream("fleet/+/status")
         await fleet_sim({"groups": [{"name": "door", "count": 1}]})
         await status.expect(topic="fleet/door-0000/status", match={"online": True}, within=5.0)
+
+A test module (or conftest) locks the broker down by overriding `fleet_broker_settings`; clients
+then log in with `credentials=Credentials(...)` (fleet.credentials), the settings of mosquitto_sub's
+-u, -P, --cafile, --cert and --key:
+
+    @pytest.fixture
+    def fleet_broker_settings(tmp_path):
+        return {"password_file": make_passwords(tmp_path), "acl_file": make_acl(tmp_path)}
 """
 
 from __future__ import annotations
@@ -18,16 +26,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import pytest_asyncio
 
 if TYPE_CHECKING:
     from broker.server import Broker
+    from fleet.credentials import Credentials
     from fleet.testing.services import RunningBridges, RunningFleet
     from fleet.testing.streams import Stream, Transport
 
 __all__ = [
     "fleet_bridges",
     "fleet_broker",
+    "fleet_broker_settings",
     "fleet_sim",
     "grpc_stream",
     "mqtt_stream",
@@ -38,23 +49,36 @@ __all__ = [
 READY_WITHIN = 10.0  # seconds for a fleet or the bridges to be ready
 
 
+@pytest.fixture
+def fleet_broker_settings() -> Mapping[str, Any]:
+    """The `[broker]` settings of `fleet_broker` (none by default); override it to set
+    `password_file`, `acl_file`, `tls_cert`, `tls_key`, `cafile`, `require_certificate`..."""
+    return {}
+
+
 @pytest_asyncio.fixture(loop_scope="function")
-async def fleet_broker() -> AsyncIterator[Broker]:
-    """The embedded MQTT 3.1.1 broker on 127.0.0.1 and a free port: `.port`, `.urls[0]`."""
+async def fleet_broker(fleet_broker_settings: Mapping[str, Any]) -> AsyncIterator[Broker]:
+    """The embedded MQTT 3.1.1 broker on 127.0.0.1 and a free port: `.port`, `.urls[0]` (and an
+    mqtts:// URL, `.tls_port`, when `fleet_broker_settings` has a certificate)."""
     from broker.config import BrokerSettings
     from broker.server import running
 
-    async with running(BrokerSettings(port=0, ws_port=None, sys_interval=0)) as broker:
+    settings = {"port": 0, "ws_port": None, "tls_port": 0, "sys_interval": 0, **fleet_broker_settings}
+    async with running(BrokerSettings(**settings)) as broker:
         yield broker
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def fleet_sim(fleet_broker: Broker) -> AsyncIterator[Callable[..., Awaitable[RunningFleet]]]:
-    """Start fleets: `await fleet_sim(config, within=10.0)` with a TOML file or a dict shaped like one.
+    """Start fleets: `await fleet_sim(config, within=10.0, credentials=None)` with a TOML file or a
+    dict shaped like one.
 
     It returns once every device has connected and announced itself. Devices connect to the
-    config's `[broker] url`, else to `fleet_broker`. Every fleet stops cleanly at teardown.
+    config's `[broker] url`, else to `fleet_broker`, with the config's credentials and then
+    `credentials` (whose user name, password file and certificate may name `{device}` and
+    `{group}`). Every fleet stops cleanly at teardown.
     """
+    from fleet.credentials import Credentials
     from fleet.simulator import Target, make_target
     from fleet.testing.services import fleet_config, running_fleet
     from fleet.transport import Endpoint
@@ -62,10 +86,20 @@ async def fleet_sim(fleet_broker: Broker) -> AsyncIterator[Callable[..., Awaitab
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(
-            config: Path | str | Mapping[str, Any], *, within: float = READY_WITHIN
+            config: Path | str | Mapping[str, Any],
+            *,
+            within: float = READY_WITHIN,
+            credentials: Credentials | None = None,
         ) -> RunningFleet:
             loaded = fleet_config(config)
-            target = make_target(loaded, None) or Target(Endpoint("mqtt", "127.0.0.1", fleet_broker.port))
+            target = make_target(loaded, None, credentials) if loaded.broker is not None else None
+            if target is None:
+                credentials = credentials or Credentials()
+                if credentials.tls and fleet_broker.tls_port is not None:
+                    endpoint = Endpoint("mqtts", "127.0.0.1", fleet_broker.tls_port)
+                else:
+                    endpoint = Endpoint("mqtt", "127.0.0.1", fleet_broker.port)
+                target = Target(endpoint, credentials)
             return await stack.enter_async_context(running_fleet(loaded, target, within=within))
 
         yield start
@@ -81,26 +115,37 @@ async def fleet_bridges(fleet_broker: Broker) -> AsyncIterator[RunningBridges]:
 
 
 @contextlib.asynccontextmanager
-async def _streams() -> AsyncIterator[Callable[[Transport, str, Sequence[str]], Awaitable[Stream]]]:
+async def _streams() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
     """Open streams of any transport; all are closed when the block exits."""
     from fleet.testing.streams import open_stream
 
     async with contextlib.AsyncExitStack() as stack:
 
-        async def open_one(transport: Transport, url: str, filters: Sequence[str] = ()) -> Stream:
-            return await stack.enter_async_context(open_stream(transport, url, filters))
+        async def open_one(
+            transport: Transport,
+            url: str,
+            filters: Sequence[str] = (),
+            credentials: Credentials | None = None,
+        ) -> Stream:
+            return await stack.enter_async_context(open_stream(transport, url, filters, credentials))
 
         yield open_one
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def mqtt_stream(fleet_broker: Broker) -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
-    """Subscribe: `await mqtt_stream("fleet/+/status", ..., url=None)`; url: any mqtt[s]:// broker,
-    default `fleet_broker`. Returns once the broker has acknowledged the subscription."""
+    """Subscribe: `await mqtt_stream("fleet/+/status", ..., url=None, credentials=None)`; url: any
+    mqtt[s]:// broker (it may carry `user:password@`), default `fleet_broker` (its mqtts:// listener
+    when `credentials` has TLS settings). Returns once the broker has acknowledged the subscription."""
     async with _streams() as open_one:
 
-        async def open_mqtt(*filters: str, url: str | None = None) -> Stream:
-            return await open_one("mqtt", url or fleet_broker.urls[0], filters or ("#",))
+        async def open_mqtt(
+            *filters: str, url: str | None = None, credentials: Credentials | None = None
+        ) -> Stream:
+            if url is None:
+                tls = credentials is not None and credentials.tls and fleet_broker.tls_port is not None
+                url = f"mqtts://127.0.0.1:{fleet_broker.tls_port}" if tls else fleet_broker.urls[0]
+            return await open_one("mqtt", url, filters or ("#",), credentials)
 
         yield open_mqtt
 

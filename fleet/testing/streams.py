@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import ssl
 import time
 import urllib.parse
 import uuid
@@ -32,6 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from fleet.credentials import Credentials, split_url
 from fleet.endpoint import Endpoint
 from fleet.errors import ConnectionLost, ExpectationFailed, TopicError, TransportError
 from fleet.topics import matches, validate_filter
@@ -312,19 +312,22 @@ def _paths_hint(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+async def _mqtt(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
     import aiomqtt
 
     from bridges.envelope import make_event
 
     endpoint = Endpoint.parse(url)
+    password = credentials.read_password()
     client = aiomqtt.Client(
         endpoint.host,
         endpoint.port,
         identifier=f"fleet-stream-{uuid.uuid4().hex[:12]}",
+        username=credentials.username,
+        password=None if password is None else password.decode(),
         transport="websockets" if endpoint.websocket else "tcp",
         websocket_path=endpoint.path if endpoint.websocket else None,
-        tls_context=ssl.create_default_context() if endpoint.tls else None,
+        tls_context=credentials.ssl_context() if endpoint.tls else None,
         timeout=OPEN_TIMEOUT,
     )
     try:
@@ -365,7 +368,7 @@ async def _mqtt(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
 
 
 @contextlib.asynccontextmanager
-async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+async def _websocket(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
     """`url` has the filters already, as query parameters. The handshake offers the WebSocket
     subprotocol 'mqtt' [MQTT-6.0.0-3]: a server that selects it [MQTT-6.0.0-4] is an MQTT broker,
     read as MQTT over WebSocket, subscribed to `filters` ('#' without them); any other server is
@@ -375,7 +378,12 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
     from websockets.typing import Subprotocol
 
     try:
-        websocket = await connect(url, subprotocols=[Subprotocol("mqtt")], open_timeout=OPEN_TIMEOUT)
+        websocket = await connect(
+            url,
+            subprotocols=[Subprotocol("mqtt")],
+            open_timeout=OPEN_TIMEOUT,
+            ssl=credentials.ssl_context() if url.startswith("wss:") else None,
+        )
     except InvalidStatus as exc:
         status = exc.response.status_code
         content_type = exc.response.headers.get("content-type", "no content type")
@@ -401,7 +409,7 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
                 validate_filter(topic_filter)
             except TopicError as exc:
                 raise TransportError(f"cannot subscribe at {broker}: {exc}") from None
-        async with _mqtt(broker, filters) as opened:
+        async with _mqtt(broker, filters, credentials) as opened:
             yield opened
         return
 
@@ -419,14 +427,17 @@ async def _websocket(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
 
 
 @contextlib.asynccontextmanager
-async def _sse(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+async def _sse(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
     """`url` has the filters already, as query parameters."""
     import httpx
     from httpx_sse import SSEError, aconnect_sse
 
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=httpx.Timeout(OPEN_TIMEOUT, read=None))
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(OPEN_TIMEOUT, read=None),
+                verify=credentials.ssl_context() if url.startswith("https:") else True,
+            )
         )
         try:
             source = await stack.enter_async_context(aconnect_sse(client, "GET", url))
@@ -489,7 +500,7 @@ def _grpc_envelope(event: bridge_pb2.Event) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _grpc(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
+async def _grpc(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
     import grpc
 
     from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2, bridge_pb2_grpc
@@ -525,7 +536,8 @@ async def _grpc(url: str, filters: Sequence[str]) -> AsyncIterator[Opened]:
             call.cancel()
 
 
-_OPENERS: dict[Transport, Callable[[str, Sequence[str]], contextlib.AbstractAsyncContextManager[Opened]]] = {
+_Opener = Callable[[str, Sequence[str], Credentials], contextlib.AbstractAsyncContextManager[Opened]]
+_OPENERS: dict[Transport, _Opener] = {
     "mqtt": _mqtt,
     "ws": _websocket,
     "sse": _sse,
@@ -534,21 +546,28 @@ _OPENERS: dict[Transport, Callable[[str, Sequence[str]], contextlib.AbstractAsyn
 
 
 @contextlib.asynccontextmanager
-async def open_stream(transport: Transport, url: str, filters: Sequence[str] = ()) -> AsyncIterator[Stream]:
+async def open_stream(
+    transport: Transport, url: str, filters: Sequence[str] = (), credentials: Credentials | None = None
+) -> AsyncIterator[Stream]:
     """Open a stream and read it in the background until the block exits.
 
     `url`: a broker URL (mqtt://, mqtts://, ws:// MQTT over WebSocket) for "mqtt", the endpoint's
     URL for "ws" and "sse" (filters are added as `filter` query parameters; a ws:// server that
     accepts the WebSocket subprotocol 'mqtt' is a broker, read as "mqtt"), `host:port` or
-    grpc://host:port for "grpc" (our FleetBridgeService). Raises TransportError when it cannot
-    open, and TopicError for an invalid filter.
+    grpc://host:port for "grpc" (our FleetBridgeService). `credentials` log in to a broker and
+    set up TLS (mqtts://, wss://, https://). Raises TransportError when it cannot open, TopicError
+    for an invalid filter, and ConfigError for a password or TLS file that cannot be read.
     """
+    credentials = credentials or Credentials()
+    if transport in ("mqtt", "ws"):  # a broker's URL may carry user:password@
+        url, from_url = split_url(url)
+        credentials = from_url.override(credentials)
     for topic_filter in filters:
         validate_filter(topic_filter)
     if transport in ("ws", "sse"):
         url = with_filters(url, filters)
         filters = _query_filters(url)  # with those the URL had
-    async with _OPENERS[transport](url, filters) as (name, subscribed, frames):
+    async with _OPENERS[transport](url, filters, credentials) as (name, subscribed, frames):
         stream = Stream(name, subscribed)
         async with asyncio.TaskGroup() as tasks:
             reader = tasks.create_task(stream._read(frames), name=f"fleet.testing.stream[{name}]")

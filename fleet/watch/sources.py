@@ -13,6 +13,7 @@ import random
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Literal, Protocol
 
 from fleet.endpoint import Endpoint
@@ -126,17 +127,16 @@ class MqttSource:
         *,
         prefix: str = "fleet",
         username: str | None = None,
-        password: str | None = None,
+        password: bytes | None = None,
+        ssl: SSLContext | None = None,
         backoff_max: float = 10.0,
     ) -> None:
         self.endpoint = endpoint
         self.prefix = prefix
         self._connect = make_connect(
-            f"fleet-watch-{uuid.uuid4().hex[:12]}",
-            keepalive=30,
-            username=username,
-            password=None if password is None else password.encode(),
+            f"fleet-watch-{uuid.uuid4().hex[:12]}", keepalive=30, username=username, password=password
         )
+        self._ssl = ssl
         self._backoff_max = backoff_max
         self._link: Link | None = None
 
@@ -155,7 +155,11 @@ class MqttSource:
         while True:
             try:
                 link, _ = await Link.open(
-                    self.endpoint, self._connect, session=ClientSession(), on_message=on_message
+                    self.endpoint,
+                    self._connect,
+                    session=ClientSession(),
+                    on_message=on_message,
+                    ssl=self._ssl,
                 )
             except FleetError as exc:
                 reason = str(exc)

@@ -31,6 +31,24 @@ def test_a_password_file_turns_anonymous_access_off_unless_asked(tmp_path: Path)
     assert BrokerSettings(password_file=passwords, allow_anonymous=True).anonymous
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_hosts_stay_anonymous_by_default(host: str) -> None:
+    """On a loopback address, anonymous access stays the default without a password file."""
+    assert BrokerSettings(host=host).anonymous
+
+
+def test_off_loopback_anonymous_access_must_be_asked_for(tmp_path: Path) -> None:
+    """Off loopback, no password file and no allow_anonymous is an error naming the field; either fixes it."""
+    config = tmp_path / "open.toml"
+    config.write_text('[broker]\nhost = "0.0.0.0"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_broker_settings(config, {})
+    assert str(caught.value).startswith(f"{config}: broker.allow_anonymous: listening on 0.0.0.0 without")
+    assert load_broker_settings(config, {"allow_anonymous": True}).anonymous
+    locked = load_broker_settings(config, {"password_file": tmp_path / "passwd"})
+    assert not locked.anonymous
+
+
 def test_file_table_with_relative_paths_and_command_line_overrides(tmp_path: Path) -> None:
     """[broker] keys load, paths are relative to the file, ws_port = 0 turns WebSocket off, options win."""
     config = tmp_path / "fleet.toml"
@@ -48,6 +66,15 @@ def test_file_table_with_relative_paths_and_command_line_overrides(tmp_path: Pat
         ('tls_cert = "c.pem"', "broker.tls_key: required with tls_cert"),
         ("allow_anonymous = false", "broker.allow_anonymous: false without a password_file"),
         ("colour = 1", "broker.colour: unknown key"),
+        ('cafile = "ca.pem"', "broker.cafile: checks client certificates on the TLS listener"),
+        (
+            'tls_cert = "c.pem"\ntls_key = "k.pem"\nrequire_certificate = true',
+            "broker.require_certificate: needs a cafile",
+        ),
+        (
+            'tls_cert = "c.pem"\ntls_key = "k.pem"\ncafile = "ca.pem"\nuse_identity_as_username = true',
+            "broker.use_identity_as_username: needs require_certificate",
+        ),
     ],
 )
 def test_bad_settings_name_the_file_and_field(tmp_path: Path, table: str, message: str) -> None:

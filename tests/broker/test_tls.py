@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import ssl
-import subprocess
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from fleet.mqtt import v5
 from tests.conftest import BrokerFactory
+from tests.pki import Pki, needs_openssl
 from tests.procs import (
     MOSQUITTO_PUB,
     MOSQUITTO_SUB,
@@ -23,6 +19,7 @@ from tests.procs import (
     TIMEOUT,
     FleetBroker,
     Paho,
+    Proc,
     connect_packet,
     mosquitto,
     needs_mosquitto_clients,
@@ -31,67 +28,7 @@ from tests.procs import (
 from tests.rawmqtt import RawClient
 from tests.rawmqtt5 import Raw5
 
-OPENSSL = shutil.which("openssl")
-pytestmark = pytest.mark.skipif(OPENSSL is None, reason="the openssl command is not installed")
-
-OPENSSL_CONFIG = """\
-[req]
-distinguished_name = dn
-prompt = no
-
-[dn]
-CN = unused
-
-[ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-
-[server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid:always
-"""
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def _openssl(directory: Path, *args: str) -> None:
-    assert OPENSSL is not None
-    done = subprocess.run(
-        [OPENSSL, *args], cwd=directory, capture_output=True, text=True, timeout=60, check=False
-    )  # fmt: skip
-    assert done.returncode == 0, f"openssl {' '.join(args)} failed:\n{done.stderr}"
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A self-signed test CA and a server certificate it signed for DNS:localhost and IP:127.0.0.1."""
-    directory = tmp_path_factory.mktemp("tls")
-    (directory / "openssl.cnf").write_text(OPENSSL_CONFIG)
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(
-        directory, "req", "-x509", "-config", "openssl.cnf", "-extensions", "ca", *ec,
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=mqtt-fleet test CA",
-    )  # fmt: skip
-    _openssl(
-        directory, "req", "-new", "-config", "openssl.cnf", *ec,
-        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
-    )  # fmt: skip
-    _openssl(
-        directory, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-set_serial", "2", "-days", "2", "-extfile", "openssl.cnf", "-extensions", "server",
-        "-out", "server.pem",
-    )  # fmt: skip
-    return Pki(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
+pytestmark = needs_openssl
 
 
 def _client_context(pki: Pki) -> ssl.SSLContext:
@@ -236,3 +173,46 @@ async def test_mqtt5_clients_over_tls(broker_factory: BrokerFactory, pki: Pki) -
             assert received.properties.user_properties == (("k", "v"),)
         finally:
             await subscriber.close()
+
+
+@needs_mosquitto_clients
+def test_client_certificate_cn_is_the_acl_user_name_for_mosquitto_pub(
+    start_fleet_broker: Callable[..., FleetBroker], pki: Pki, tmp_path: Path
+) -> None:
+    """With --require-certificate --use-identity-as-username, a client certificate's CN is `%u` for ACLs."""
+    acl = tmp_path / "acl"
+    acl.write_text("pattern readwrite devices/%u/#\n")
+    broker = start_fleet_broker(
+        "--tls-cert", pki.cert, "--tls-key", pki.key, "--tls-port", 0, "--port", 0, "--ws-port", 0,
+        "--cafile", pki.ca, "--require-certificate", "--use-identity-as-username", "--acl-file", acl,
+        schemes=("mqtt", "mqtts"),
+    )  # fmt: skip
+    tls = broker.ports["mqtts"]
+
+    def as_device(tool: str | None, name: str, *args: str | int) -> list[str]:
+        cert, key = pki.client(name)
+        return mosquitto(tool, tls, "--cafile", pki.ca, "--cert", cert, "--key", key, *args)
+
+    # cert-1 may retain under its own name; its publish under cert-2's is dropped by the ACL.
+    for topic in ("devices/cert-1/a", "devices/cert-2/a"):
+        done = run(as_device(MOSQUITTO_PUB, "cert-1", "-t", topic, "-r", "-q", 1, "-m", "from cert-1"))
+        assert done.returncode == 0, done.stderr
+    done = run(as_device(MOSQUITTO_PUB, "cert-2", "-t", "devices/cert-2/m", "-r", "-q", 1, "-m", "marker"))
+    assert done.returncode == 0, done.stderr
+    sub = Proc(as_device(MOSQUITTO_SUB, "cert-2", "-t", "devices/#", "-v", "-C", 2, "-W", SUB_WAIT))
+    try:
+        sub.stdout.wait_for("devices/cert-2/m marker")
+        done = run(as_device(MOSQUITTO_PUB, "cert-2", "-t", "devices/cert-2/b", "-q", 1, "-m", "own"))
+        assert done.returncode == 0, done.stderr
+        assert sub.wait(TIMEOUT + 5) == 0, sub.describe()
+    finally:
+        sub.stop()
+    # cert-2 reads neither cert-1's retained message nor the one cert-1 tried to put under cert-2.
+    assert sub.stdout.lines == ["devices/cert-2/m marker", "devices/cert-2/b own"]
+
+    # Without a certificate the handshake fails; on the plain port a claimed user name is refused.
+    done = run(mosquitto(MOSQUITTO_PUB, tls, "--cafile", pki.ca, "-t", "devices/x/a", "-m", "no cert"))
+    assert done.returncode != 0
+    done = run(mosquitto(MOSQUITTO_PUB, broker.port, "-u", "cert-2", "-t", "devices/cert-2/a", "-m", "spoof"))
+    assert done.returncode != 0
+    assert "bad user name or password" in done.stderr.lower()
