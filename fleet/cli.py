@@ -368,13 +368,35 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     return error
 
 
-def _shard(text: str | None) -> Any:
+def _shard(text: str | None, shards: int | None = None) -> Any:
     from fleet.simulator import Shard
 
+    if text == "auto":
+        return _auto_shard(shards)
+    if shards is not None:
+        raise click.BadParameter("only with --shard auto", param_hint="--shards")
     try:
         return Shard() if text is None else Shard.parse(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from None
+
+
+def _auto_shard(shards: int | None) -> Any:
+    """`--shard auto`: the shard from a Kubernetes Indexed Job's JOB_COMPLETION_INDEX."""
+    from fleet.simulator import Shard
+
+    index = os.environ.get("JOB_COMPLETION_INDEX")
+    if index is None:
+        raise click.ClickException(
+            "--shard auto: JOB_COMPLETION_INDEX is not set (an Indexed Job sets it in each pod)"
+        )
+    count = str(shards) if shards is not None else os.environ.get("FLEET_SHARDS")
+    if count is None:
+        raise click.ClickException("--shard auto: give the number of shards with --shards N or FLEET_SHARDS")
+    try:
+        return Shard.from_index(index.strip(), count.strip())
+    except ValueError as exc:
+        raise click.ClickException(f"--shard auto: {exc}") from None
 
 
 @cli.command("run")
@@ -388,7 +410,11 @@ def _shard(text: str | None) -> Any:
 @click.option("--seed", type=int, help="overrides the config's seed")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="processes")
-@click.option("--shard", help="I/N: run the I-th of N deterministic parts of the fleet")
+@click.option(
+    "--shard",
+    help="I/N: run the I-th of N deterministic parts of the fleet; auto: I from JOB_COMPLETION_INDEX + 1",
+)
+@click.option("--shards", type=click.IntRange(min=1), help="N for --shard auto  [default: $FLEET_SHARDS]")
 @_client_options
 def run_command(
     config_path: Path,
@@ -399,6 +425,7 @@ def run_command(
     workers: int,
     shard: str | None,
     credentials: Credentials,
+    shards: int | None,
 ) -> None:
     """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C.
 
@@ -411,7 +438,7 @@ def run_command(
         config,
         _target(config, broker_url, credentials),
         duration=duration or config.duration,
-        shard=_shard(shard),
+        shard=_shard(shard, shards),
         workers=workers,
     )
     _finish(report, report_path, "fleet run")

@@ -123,6 +123,15 @@ class Shard:
             raise ValueError(f"shard {text!r}: expected I/N, for example 3/8")
         return cls(int(number), int(count))
 
+    @classmethod
+    def from_index(cls, index: str, count: str) -> Shard:
+        """The shard of a Kubernetes Indexed Job's pod: `index` is 0-based, so index 0 is shard 1/count."""
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"shard count {count!r}: expected a positive integer")
+        if not index.isdigit() or int(index) >= int(count):
+            raise ValueError(f"JOB_COMPLETION_INDEX {index!r}: expected 0 to {int(count) - 1}")
+        return cls(int(index) + 1, int(count))
+
     def __contains__(self, index: int) -> bool:
         return index % self.count == self.number - 1 and (index // self.count) % self.workers == self.worker
 
