@@ -167,9 +167,60 @@ def _client_options(func: Callable[..., _T]) -> Callable[..., _T]:
     return command
 
 
+def _metrics_options(hold: bool) -> Callable[[Any], Any]:
+    """--metrics-port and --metrics-host (fleet.metrics, broker.metrics); with `hold`, --metrics-hold."""
+
+    def decorate(func: Any) -> Any:
+        if hold:
+            func = click.option(
+                "--metrics-hold",
+                type=click.FloatRange(min=0),
+                default=0,
+                help="seconds to keep serving the final metrics after the run, or until SIGTERM",
+            )(func)
+        func = click.option(
+            "--metrics-host", default="127.0.0.1", show_default=True, help="address of /metrics"
+        )(func)
+        return click.option(
+            "--metrics-port", type=click.IntRange(0, 65535), help="serve Prometheus /metrics; 0 picks a port"
+        )(func)
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _fleet_metrics(port: int | None, host: str, shard: Any, who: str) -> Iterator[Any]:
+    """The /metrics endpoint of a fleet process (None without --metrics-port); prints its URL."""
+    if port is None:
+        yield None
+        return
+    from fleet.metrics import FleetMetrics
+
+    try:
+        metrics = FleetMetrics(f"{shard.number}/{shard.count}", host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from None
+    with metrics:
+        click.echo(f"{who}: metrics on {metrics.url}", err=True)
+        yield metrics
+
+
+def _hold_metrics(metrics: Any, seconds: float) -> None:
+    """Keep serving the final metrics `seconds` long, or until SIGINT or SIGTERM."""
+    if metrics is None or not seconds:
+        return
+
+    async def hold() -> None:
+        with _stop_on_signals() as stop, contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    asyncio.run(hold())
+
+
 @cli.command()
 @_broker_options
-def broker(config: Path | None, **options: Any) -> None:
+@_metrics_options(hold=False)
+def broker(config: Path | None, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
     """Run the embedded MQTT 3.1.1 and 5 broker until SIGINT or SIGTERM."""
     from broker.config import load_broker_settings
 
@@ -178,17 +229,23 @@ def broker(config: Path | None, **options: Any) -> None:
         settings = load_broker_settings(config, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    asyncio.run(_run_broker(settings))
+    asyncio.run(_run_broker(settings, metrics_port, metrics_host))
 
 
-async def _run_broker(settings: Any) -> None:
+async def _run_broker(settings: Any, metrics_port: int | None = None, metrics_host: str = "") -> None:
+    from broker import metrics
     from broker.server import running
 
     try:
         with _stop_on_signals() as stop:
-            async with running(settings) as server:
+            async with running(settings) as server, contextlib.AsyncExitStack() as stack:
                 for url in server.urls:
                     click.echo(f"fleet broker: listening on {url}")
+                if metrics_port is not None:
+                    endpoint = await stack.enter_async_context(
+                        metrics.serving(server, metrics_host, metrics_port)
+                    )
+                    click.echo(f"fleet broker: metrics on {endpoint.url}")
                 await stop.wait()
                 click.echo("fleet broker: shutting down")
     except ConfigError as exc:
@@ -228,6 +285,7 @@ async def _run_fleet(
     watch: bool = False,
     broker_overrides: dict[str, Any] | None = None,
     bridge_overrides: dict[str, Any] | None = None,
+    metrics: Any = None,
 ) -> Any:
     from rich.console import Console
 
@@ -260,6 +318,8 @@ async def _run_fleet(
                     err=True,
                 )
         live = Live()
+        if metrics is not None:
+            await stack.enter_async_context(metrics.following(live))
         stop = stack.enter_context(_stop_on_signals())
         if watch:
             return await _simulate_watched(
@@ -416,6 +476,7 @@ def _auto_shard(shards: int | None) -> Any:
 )
 @click.option("--shards", type=click.IntRange(min=1), help="N for --shard auto  [default: $FLEET_SHARDS]")
 @_client_options
+@_metrics_options(hold=True)
 def run_command(
     config_path: Path,
     broker_url: str | None,
@@ -426,6 +487,9 @@ def run_command(
     shard: str | None,
     credentials: Credentials,
     shards: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_hold: float,
 ) -> None:
     """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C.
 
@@ -433,15 +497,22 @@ def run_command(
     devices' credentials, and win over the config's.
     """
     config = _load_fleet(config_path, seed)
-    report = _simulate(
-        config_path,
-        config,
-        _target(config, broker_url, credentials),
-        duration=duration or config.duration,
-        shard=_shard(shard, shards),
-        workers=workers,
-    )
-    _finish(report, report_path, "fleet run")
+    target = _target(config, broker_url, credentials)
+    part = _shard(shard, shards)
+    with _fleet_metrics(metrics_port, metrics_host, part, "fleet run") as metrics:
+        report = _simulate(
+            config_path,
+            config,
+            target,
+            duration=duration or config.duration,
+            shard=part,
+            workers=workers,
+            metrics=metrics,
+        )
+        if metrics is not None:
+            metrics.finish(report)
+        _finish(report, report_path, "fleet run")
+        _hold_metrics(metrics, metrics_hold)
 
 
 @cli.command()
@@ -823,6 +894,7 @@ class _Scenarios(click.Choice[str]):
 @click.option("--max-reconnect-p99", callback=_seconds, help="gate: reconnect time p99, like 5s or 500ms")
 @click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
 @_client_options
+@_metrics_options(hold=True)
 def stress_command(
     config_path: Path,
     scenario: str | None,
@@ -837,6 +909,9 @@ def stress_command(
     max_reconnect_p99: float | None,
     require_wills: bool,
     credentials: Credentials,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_hold: float,
 ) -> None:
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
 
@@ -855,29 +930,33 @@ def stress_command(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     target = _target(config, broker_url, credentials)
-    try:
-        result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid))
-    except* FleetError as group:
-        raise click.ClickException(str(_first(group))) from None
-    except* OSError as group:
-        raise click.ClickException(str(_first(group))) from None
-    checked = gates.check(result.account)
-    _print_table(stress_table(result, checked))
-    if report_path is not None:
-        write_json(report_path, result, checked)
-        click.echo(f"fleet stress: report written to {report_path}", err=True)
-    if junit_path is not None:
-        write_junit(junit_path, result, checked)
-        click.echo(f"fleet stress: JUnit XML written to {junit_path}", err=True)
-    failed = [gate for gate in checked if not gate.passed]
-    for gate in failed:
-        click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
+    with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
+        try:
+            result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid, metrics))
+        except* FleetError as group:
+            raise click.ClickException(str(_first(group))) from None
+        except* OSError as group:
+            raise click.ClickException(str(_first(group))) from None
+        if metrics is not None:
+            metrics.finish(result.fleet)
+        checked = gates.check(result.account)
+        _print_table(stress_table(result, checked))
+        if report_path is not None:
+            write_json(report_path, result, checked)
+            click.echo(f"fleet stress: report written to {report_path}", err=True)
+        if junit_path is not None:
+            write_junit(junit_path, result, checked)
+            click.echo(f"fleet stress: JUnit XML written to {junit_path}", err=True)
+        failed = [gate for gate in checked if not gate.passed]
+        for gate in failed:
+            click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
+        _hold_metrics(metrics, metrics_hold)
     if failed:
         sys.exit(GATE_FAILED)
 
 
 async def _run_stress(
-    config_path: Path, config: Any, settings: Any, target: Any, broker_pid: int | None
+    config_path: Path, config: Any, settings: Any, target: Any, broker_pid: int | None, metrics: Any = None
 ) -> Any:
     from rich.console import Console
 
@@ -889,7 +968,8 @@ async def _run_stress(
     where = "the embedded broker" if target is None else str(target.endpoint)
     click.echo(f"fleet stress: {config.size:,} devices -> {where}, {settings.duration:g}s", err=True)
     with _stop_on_signals() as stop:
-        async with progress(Console(stderr=True), lambda: live):
+        following = metrics.following(live) if metrics is not None else contextlib.nullcontext()
+        async with progress(Console(stderr=True), lambda: live), following:
             return await run_stress(
                 config,
                 settings,

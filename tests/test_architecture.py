@@ -28,6 +28,7 @@ SIMULATOR = {
     "fleet.websocket_link",
     "fleet.aiomqtt_link",
     "fleet.workers",
+    "fleet.metrics",
 }
 # The pure parts of `fleet stress`: values and arithmetic, like the core.
 STRESS_PURE = {"accounting", "scenario"}
