@@ -1,4 +1,5 @@
-"""Reading Prometheus text from a `/metrics` endpoint in tests, and awaiting a condition on it."""
+"""Reading Prometheus text from a `/metrics` endpoint in tests, awaiting a condition on it, and the
+names the fleet, the broker and the bridges expose."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from bridges.hub import Hub
+from bridges.metrics import HubCollector
+from broker.metrics import BrokerCollector
+from fleet.metrics import FleetCollector
 
 POLL = 0.1  # seconds between two scrapes while awaiting a condition
 
@@ -48,3 +55,18 @@ def scrape_until(url: str, holds: Callable[[Samples], bool], what: str, timeout:
         time.sleep(POLL)
     assert holds(samples), f"timed out after {timeout}s waiting for {what}; last scrape: {samples}"
     return samples
+
+
+def exposed_families() -> dict[str, str]:
+    """Every metric family of `fleet run`/`stress`, `fleet broker` and the bridges, by the name it is
+    exposed under (counters with `_total`), with its type."""
+    collectors: list[Any] = [
+        FleetCollector(lambda: None),  # describe() never reads a sample
+        BrokerCollector(lambda: None),
+        HubCollector(Hub()),
+    ]
+    return {
+        f"{family.name}_total" if family.type == "counter" else family.name: family.type
+        for collector in collectors
+        for family in collector.describe()
+    }

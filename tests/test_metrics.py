@@ -14,12 +14,8 @@ from typing import Any
 
 import pytest
 
-from bridges.hub import Hub
-from bridges.metrics import HubCollector
-from broker.metrics import BrokerCollector
-from fleet.metrics import FleetCollector
 from tests.procs import FleetBroker, Paho, Proc, fleet_argv
-from tests.prom import Samples, scrape, scrape_until
+from tests.prom import Samples, exposed_families, scrape, scrape_until
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 60.0
@@ -183,21 +179,10 @@ def test_stress_metrics_equal_its_report(tmp_path: Path, procs: Callable[..., Pr
     assert proc.wait(RUN_TIMEOUT) == 0, proc.describe()
 
 
-def family_names(collector: Any) -> set[str]:
-    """The names a collector's families are exposed under (counters with `_total`)."""
-    return {
-        f"{family.name}_total" if family.type == "counter" else family.name for family in collector.describe()
-    }
-
-
 def test_one_docs_table_names_every_metric() -> None:
     """docs/metrics.md has one table, and it names every metric the fleet, the broker and the bridges
     expose, and no other."""
-    exposed = (
-        family_names(FleetCollector(lambda: None))
-        | family_names(BrokerCollector(lambda: None))
-        | family_names(HubCollector(Hub()))
-    )
+    exposed = set(exposed_families())
     page = (ROOT / "docs" / "metrics.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| `")]
     documented = {re.match(r"\| `([a-z_]+)`", row)[1] for row in rows}
