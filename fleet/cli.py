@@ -205,6 +205,24 @@ def _fleet_metrics(port: int | None, host: str, shard: Any, who: str) -> Iterato
         yield metrics
 
 
+def _timeline(html_path: Path | None) -> Any:
+    """The live totals over time, for --html."""
+    if html_path is None:
+        return None
+    from fleet.html_report import Timeline
+
+    return Timeline()
+
+
+def _write_html(path: Path, title: str, report: Any, who: str = "fleet", **details: Any) -> None:
+    from fleet.html_report import render, write_html
+
+    if details.get("timeline") is not None:
+        details["timeline"] = details["timeline"].points
+    write_html(path, render(title, report, **details))
+    click.echo(f"{who}: HTML report written to {path}", err=True)
+
+
 def _hold_metrics(metrics: Any, seconds: float) -> None:
     """Keep serving the final metrics `seconds` long, or until SIGINT or SIGTERM."""
     if metrics is None or not seconds:
@@ -285,7 +303,7 @@ async def _run_fleet(
     watch: bool = False,
     broker_overrides: dict[str, Any] | None = None,
     bridge_overrides: dict[str, Any] | None = None,
-    metrics: Any = None,
+    followers: tuple[Any, ...] = (),
 ) -> Any:
     from rich.console import Console
 
@@ -318,8 +336,8 @@ async def _run_fleet(
                     err=True,
                 )
         live = Live()
-        if metrics is not None:
-            await stack.enter_async_context(metrics.following(live))
+        for follower in followers:  # the metrics endpoint, the HTML report's timeline
+            await stack.enter_async_context(follower.following(live))
         stop = stack.enter_context(_stop_on_signals())
         if watch:
             return await _simulate_watched(
@@ -477,6 +495,7 @@ def _auto_shard(shards: int | None) -> Any:
 @click.option("--shards", type=click.IntRange(min=1), help="N for --shard auto  [default: $FLEET_SHARDS]")
 @_client_options
 @_metrics_options(hold=True)
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="write an HTML report with charts")
 def run_command(
     config_path: Path,
     broker_url: str | None,
@@ -490,6 +509,7 @@ def run_command(
     metrics_port: int | None,
     metrics_host: str,
     metrics_hold: float,
+    html_path: Path | None,
 ) -> None:
     """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C.
 
@@ -499,6 +519,7 @@ def run_command(
     config = _load_fleet(config_path, seed)
     target = _target(config, broker_url, credentials)
     part = _shard(shard, shards)
+    timeline = _timeline(html_path)
     with _fleet_metrics(metrics_port, metrics_host, part, "fleet run") as metrics:
         report = _simulate(
             config_path,
@@ -507,10 +528,12 @@ def run_command(
             duration=duration or config.duration,
             shard=part,
             workers=workers,
-            metrics=metrics,
+            followers=tuple(f for f in (metrics, timeline) if f is not None),
         )
         if metrics is not None:
             metrics.finish(report)
+        if html_path is not None:
+            _write_html(html_path, f"fleet run: {config_path.name}", report, timeline=timeline)
         _finish(report, report_path, "fleet run")
         _hold_metrics(metrics, metrics_hold)
 
@@ -895,6 +918,7 @@ class _Scenarios(click.Choice[str]):
 @click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
 @_client_options
 @_metrics_options(hold=True)
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="write an HTML report with charts")
 def stress_command(
     config_path: Path,
     scenario: str | None,
@@ -912,6 +936,7 @@ def stress_command(
     metrics_port: int | None,
     metrics_host: str,
     metrics_hold: float,
+    html_path: Path | None,
 ) -> None:
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
 
@@ -930,9 +955,11 @@ def stress_command(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     target = _target(config, broker_url, credentials)
+    timeline = _timeline(html_path)
     with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
+        followers = tuple(f for f in (metrics, timeline) if f is not None)
         try:
-            result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid, metrics))
+            result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid, followers))
         except* FleetError as group:
             raise click.ClickException(str(_first(group))) from None
         except* OSError as group:
@@ -947,6 +974,8 @@ def stress_command(
         if junit_path is not None:
             write_junit(junit_path, result, checked)
             click.echo(f"fleet stress: JUnit XML written to {junit_path}", err=True)
+        if html_path is not None:
+            _write_stress_html(html_path, config_path, result, checked, timeline)
         failed = [gate for gate in checked if not gate.passed]
         for gate in failed:
             click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
@@ -955,8 +984,33 @@ def stress_command(
         sys.exit(GATE_FAILED)
 
 
+def _write_stress_html(path: Path, config_path: Path, result: Any, checked: Any, timeline: Any) -> None:
+    from fleet.html_report import Gate
+
+    latency = {
+        f"QoS {row.qos}, {'persistent' if row.persistent else 'clean'} session": row.latency
+        for row in result.account.telemetry
+    }
+    _write_html(
+        path,
+        f"fleet stress: {result.meta['scenario']} on {config_path.name}",
+        result.fleet,
+        "fleet stress",
+        timeline=timeline,
+        stages=result.meta["timeline"],
+        latency=latency,
+        latency_title="Delivery latency (send to observer), by QoS and session",
+        gates=[Gate(gate.name, gate.passed, gate.detail) for gate in checked],
+    )
+
+
 async def _run_stress(
-    config_path: Path, config: Any, settings: Any, target: Any, broker_pid: int | None, metrics: Any = None
+    config_path: Path,
+    config: Any,
+    settings: Any,
+    target: Any,
+    broker_pid: int | None,
+    followers: tuple[Any, ...] = (),
 ) -> Any:
     from rich.console import Console
 
@@ -968,8 +1022,9 @@ async def _run_stress(
     where = "the embedded broker" if target is None else str(target.endpoint)
     click.echo(f"fleet stress: {config.size:,} devices -> {where}, {settings.duration:g}s", err=True)
     with _stop_on_signals() as stop:
-        following = metrics.following(live) if metrics is not None else contextlib.nullcontext()
-        async with progress(Console(stderr=True), lambda: live), following:
+        async with progress(Console(stderr=True), lambda: live), contextlib.AsyncExitStack() as stack:
+            for follower in followers:  # the metrics endpoint, the HTML report's timeline
+                await stack.enter_async_context(follower.following(live))
             return await run_stress(
                 config,
                 settings,

@@ -57,12 +57,15 @@ class Histogram:
                 return min(2 ** ((bucket + 0.5) / _BUCKETS_PER_DOUBLING), self.maximum)
         return self.maximum
 
+    def midpoints(self) -> dict[float, int]:
+        """Each bucket's count by its midpoint in seconds, the value `percentile` gives for it."""
+        return {2 ** ((bucket + 0.5) / _BUCKETS_PER_DOUBLING): n for bucket, n in self.buckets.items()}
+
     def cumulative(self, bounds: Sequence[float]) -> list[int]:
         """How many values are at most each of the ascending `bounds`, a bucket counting at its
         midpoint as in `percentile` (so within about 2%): a Prometheus histogram's buckets."""
         counts = [0] * len(bounds)
-        for bucket, count in self.buckets.items():
-            value = 2 ** ((bucket + 0.5) / _BUCKETS_PER_DOUBLING)
+        for value, count in self.midpoints().items():
             for index, bound in enumerate(bounds):
                 if value <= bound:
                     counts[index] += count

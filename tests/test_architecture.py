@@ -29,6 +29,7 @@ SIMULATOR = {
     "fleet.aiomqtt_link",
     "fleet.workers",
     "fleet.metrics",
+    "fleet.html_report",
 }
 # The pure parts of `fleet stress`: values and arithmetic, like the core.
 STRESS_PURE = {"accounting", "scenario"}
