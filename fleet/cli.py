@@ -591,6 +591,21 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     _finish(merged, output, "fleet report merge")
 
 
+@report.command("html")
+@click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="the HTML file to write")
+def report_html(path: Path, output: Path) -> None:
+    """Write the HTML page of a `fleet run` report (one shard's, or merged) as `fleet run --html` does,
+    without the timeline, which a report does not keep."""
+    from fleet.report import Report
+
+    try:
+        loaded = Report.load(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_html(output, f"fleet report: {path.name}", loaded, "fleet report html")
+
+
 _PORT = click.IntRange(0, 65535)
 
 

@@ -132,3 +132,28 @@ async def test_stress_page_shows_gates_latency_and_stages(tmp_path: Path, page: 
     stages = report["meta"]["timeline"]
     assert stages
     await expect(page.locator("#stages li")).to_have_count(len(stages))
+
+
+async def test_a_merged_shard_report_renders_the_same_page(tmp_path: Path, page: Page) -> None:
+    """`fleet report html` renders the merged report of two shards: its charts hold every shard's acks
+    and reconnect times, and its table counts the whole fleet (there is no timeline in a report)."""
+    config = tmp_path / "fleet.toml"
+    config.write_text(FLEET)
+    shards = [tmp_path / f"shard-{n}.json" for n in (1, 2)]
+    for number, path in enumerate(shards, start=1):
+        argv = fleet_argv("run", config, "--shard", f"{number}/2", "--duration", 2, "--report", path)
+        done = run(argv, timeout=RUN_TIMEOUT)
+        assert done.returncode == 0, done.stderr
+    merged, page_path = tmp_path / "merged.json", tmp_path / "merged.html"
+    done = run(fleet_argv("report", "merge", *shards, "-o", merged), timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    done = run(fleet_argv("report", "html", merged, "-o", page_path), timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(merged.read_text())
+
+    await page.goto(page_path.as_uri())
+    await expect(page.locator(".js-plotly-plot")).to_have_count(2)
+    assert sum((await trace_sums(page, "plot-latency")).values()) == report["fleet"]["publish_ack_s"]["count"]
+    fleet_row = page.locator("#groups tbody tr", has=page.locator("td", has_text="fleet"))
+    await expect(fleet_row.locator("td").nth(1)).to_have_text(str(report["fleet"]["devices"]))
+    assert report["fleet"]["devices"] == 9
