@@ -37,7 +37,7 @@ TIMEOUT = 60.0 + DEVICES / 200  # bounds each wait; a bigger fleet takes longer 
 POLL = 0.2
 CONFIG = """\
 seed = 17
-connect_rate = 5000
+connect_rate = 250  # per shard: a bigger rehearsal must not drown one broker process in connects
 
 [[groups]]
 name = "sensor"
@@ -62,6 +62,7 @@ class Prometheus:
         self.proc = proc
         self.url = f"http://127.0.0.1:{port}"
         self.targets = targets
+        self.watched: list[Proc] = []  # described when a wait fails
 
     def scrape(self, urls: list[str]) -> None:
         """Make `urls` (…/metrics endpoints) the fleet's targets: Prometheus sees the file change."""
@@ -93,7 +94,13 @@ class Prometheus:
             if time.monotonic() > deadline:
                 break
             time.sleep(POLL)
-        pytest.fail(f"Prometheus: timed out after {TIMEOUT}s waiting for {what}\n{self.proc.describe()}")
+        online: object
+        try:
+            online = self.query("sum by (shard) (fleet_devices_online)")
+        except OSError as exc:
+            online = exc
+        tails = "".join(f"\n{proc.describe()}" for proc in (self.proc, *self.watched))
+        pytest.fail(f"Prometheus: timed out after {TIMEOUT}s waiting for {what}; online: {online}{tails}")
 
 
 @pytest.fixture
@@ -171,6 +178,7 @@ def test_prometheus_sums_the_shards_into_the_merged_report(
         for index, report in enumerate(reports)
     ]
     prometheus.scrape([metrics_url(shard) for shard in shards])
+    prometheus.watched.extend(shards)
 
     def one(expr: str) -> float | None:
         return prometheus.query(expr).get("")
