@@ -3,15 +3,15 @@
 #   make test   lint, type-check, build the docs and run the whole test suite
 #   make docs   serve the docs site (docs/, mkdocs.yml) on http://127.0.0.1:8000/
 # Both create .venv when it is missing. `make test` also installs the Debian packages the
-# interop tests need (Mosquitto and its clients, openssl) and the dashboard tests need (chromium)
-# when they are missing.
+# interop tests need (Mosquitto and its clients, openssl), the dashboard tests need (chromium) and
+# the distributed rehearsal needs (prometheus) when they are missing.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.package-lock.json
-APT_PACKAGES := mosquitto mosquitto-clients openssl curl chromium tmux
+APT_PACKAGES := mosquitto mosquitto-clients openssl curl chromium tmux prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint docs deps node-deps bench screenshot clean
@@ -33,7 +33,7 @@ demo: $(STAMP)
 deps:
 	@if ! command -v mosquitto_pub >/dev/null || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
 	    || ! command -v chromium >/dev/null || ! command -v tmux >/dev/null \
-	    || ! [ -x /usr/sbin/mosquitto ]; then \
+	    || ! [ -x /usr/sbin/mosquitto ] || ! [ -x /usr/bin/prometheus ]; then \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $(APT_PACKAGES); \

@@ -167,9 +167,78 @@ def _client_options(func: Callable[..., _T]) -> Callable[..., _T]:
     return command
 
 
+def _metrics_options(hold: bool) -> Callable[[Any], Any]:
+    """--metrics-port and --metrics-host (fleet.metrics, broker.metrics); with `hold`, --metrics-hold."""
+
+    def decorate(func: Any) -> Any:
+        if hold:
+            func = click.option(
+                "--metrics-hold",
+                type=click.FloatRange(min=0),
+                default=0,
+                help="seconds to keep serving the final metrics after the run, or until SIGTERM",
+            )(func)
+        func = click.option(
+            "--metrics-host", default="127.0.0.1", show_default=True, help="address of /metrics"
+        )(func)
+        return click.option(
+            "--metrics-port", type=click.IntRange(0, 65535), help="serve Prometheus /metrics; 0 picks a port"
+        )(func)
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _fleet_metrics(port: int | None, host: str, shard: Any, who: str) -> Iterator[Any]:
+    """The /metrics endpoint of a fleet process (None without --metrics-port); prints its URL."""
+    if port is None:
+        yield None
+        return
+    from fleet.metrics import FleetMetrics
+
+    try:
+        metrics = FleetMetrics(f"{shard.number}/{shard.count}", host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from None
+    with metrics:
+        click.echo(f"{who}: metrics on {metrics.url}", err=True)
+        yield metrics
+
+
+def _timeline(html_path: Path | None) -> Any:
+    """The live totals over time, for --html."""
+    if html_path is None:
+        return None
+    from fleet.html_report import Timeline
+
+    return Timeline()
+
+
+def _write_html(path: Path, title: str, report: Any, who: str = "fleet", **details: Any) -> None:
+    from fleet.html_report import render, write_html
+
+    if details.get("timeline") is not None:
+        details["timeline"] = details["timeline"].points
+    write_html(path, render(title, report, **details))
+    click.echo(f"{who}: HTML report written to {path}", err=True)
+
+
+def _hold_metrics(metrics: Any, seconds: float) -> None:
+    """Keep serving the final metrics `seconds` long, or until SIGINT or SIGTERM."""
+    if metrics is None or not seconds:
+        return
+
+    async def hold() -> None:
+        with _stop_on_signals() as stop, contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    asyncio.run(hold())
+
+
 @cli.command()
 @_broker_options
-def broker(config: Path | None, **options: Any) -> None:
+@_metrics_options(hold=False)
+def broker(config: Path | None, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
     """Run the embedded MQTT 3.1.1 and 5 broker until SIGINT or SIGTERM."""
     from broker.config import load_broker_settings
 
@@ -178,17 +247,23 @@ def broker(config: Path | None, **options: Any) -> None:
         settings = load_broker_settings(config, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    asyncio.run(_run_broker(settings))
+    asyncio.run(_run_broker(settings, metrics_port, metrics_host))
 
 
-async def _run_broker(settings: Any) -> None:
+async def _run_broker(settings: Any, metrics_port: int | None = None, metrics_host: str = "") -> None:
+    from broker import metrics
     from broker.server import running
 
     try:
         with _stop_on_signals() as stop:
-            async with running(settings) as server:
+            async with running(settings) as server, contextlib.AsyncExitStack() as stack:
                 for url in server.urls:
                     click.echo(f"fleet broker: listening on {url}")
+                if metrics_port is not None:
+                    endpoint = await stack.enter_async_context(
+                        metrics.serving(server, metrics_host, metrics_port)
+                    )
+                    click.echo(f"fleet broker: metrics on {endpoint.url}")
                 await stop.wait()
                 click.echo("fleet broker: shutting down")
     except ConfigError as exc:
@@ -228,6 +303,7 @@ async def _run_fleet(
     watch: bool = False,
     broker_overrides: dict[str, Any] | None = None,
     bridge_overrides: dict[str, Any] | None = None,
+    followers: tuple[Any, ...] = (),
 ) -> Any:
     from rich.console import Console
 
@@ -260,6 +336,8 @@ async def _run_fleet(
                     err=True,
                 )
         live = Live()
+        for follower in followers:  # the metrics endpoint, the HTML report's timeline
+            await stack.enter_async_context(follower.following(live))
         stop = stack.enter_context(_stop_on_signals())
         if watch:
             return await _simulate_watched(
@@ -368,13 +446,35 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
     return error
 
 
-def _shard(text: str | None) -> Any:
+def _shard(text: str | None, shards: int | None = None) -> Any:
     from fleet.simulator import Shard
 
+    if text == "auto":
+        return _auto_shard(shards)
+    if shards is not None:
+        raise click.BadParameter("only with --shard auto", param_hint="--shards")
     try:
         return Shard() if text is None else Shard.parse(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from None
+
+
+def _auto_shard(shards: int | None) -> Any:
+    """`--shard auto`: the shard from a Kubernetes Indexed Job's JOB_COMPLETION_INDEX."""
+    from fleet.simulator import Shard
+
+    index = os.environ.get("JOB_COMPLETION_INDEX")
+    if index is None:
+        raise click.ClickException(
+            "--shard auto: JOB_COMPLETION_INDEX is not set (an Indexed Job sets it in each pod)"
+        )
+    count = str(shards) if shards is not None else os.environ.get("FLEET_SHARDS")
+    if count is None:
+        raise click.ClickException("--shard auto: give the number of shards with --shards N or FLEET_SHARDS")
+    try:
+        return Shard.from_index(index.strip(), count.strip())
+    except ValueError as exc:
+        raise click.ClickException(f"--shard auto: {exc}") from None
 
 
 @cli.command("run")
@@ -388,8 +488,14 @@ def _shard(text: str | None) -> Any:
 @click.option("--seed", type=int, help="overrides the config's seed")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="processes")
-@click.option("--shard", help="I/N: run the I-th of N deterministic parts of the fleet")
+@click.option(
+    "--shard",
+    help="I/N: run the I-th of N deterministic parts of the fleet; auto: I from JOB_COMPLETION_INDEX + 1",
+)
+@click.option("--shards", type=click.IntRange(min=1), help="N for --shard auto  [default: $FLEET_SHARDS]")
 @_client_options
+@_metrics_options(hold=True)
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="write an HTML report with charts")
 def run_command(
     config_path: Path,
     broker_url: str | None,
@@ -399,6 +505,11 @@ def run_command(
     workers: int,
     shard: str | None,
     credentials: Credentials,
+    shards: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_hold: float,
+    html_path: Path | None,
 ) -> None:
     """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C.
 
@@ -406,15 +517,25 @@ def run_command(
     devices' credentials, and win over the config's.
     """
     config = _load_fleet(config_path, seed)
-    report = _simulate(
-        config_path,
-        config,
-        _target(config, broker_url, credentials),
-        duration=duration or config.duration,
-        shard=_shard(shard),
-        workers=workers,
-    )
-    _finish(report, report_path, "fleet run")
+    target = _target(config, broker_url, credentials)
+    part = _shard(shard, shards)
+    timeline = _timeline(html_path)
+    with _fleet_metrics(metrics_port, metrics_host, part, "fleet run") as metrics:
+        report = _simulate(
+            config_path,
+            config,
+            target,
+            duration=duration or config.duration,
+            shard=part,
+            workers=workers,
+            followers=tuple(f for f in (metrics, timeline) if f is not None),
+        )
+        if metrics is not None:
+            metrics.finish(report)
+        if html_path is not None:
+            _write_html(html_path, f"fleet run: {config_path.name}", report, timeline=timeline)
+        _finish(report, report_path, "fleet run")
+        _hold_metrics(metrics, metrics_hold)
 
 
 @cli.command()
@@ -468,6 +589,21 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _finish(merged, output, "fleet report merge")
+
+
+@report.command("html")
+@click.argument("path", metavar="REPORT", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="the HTML file to write")
+def report_html(path: Path, output: Path) -> None:
+    """Write the HTML page of a `fleet run` report (one shard's, or merged) as `fleet run --html` does,
+    without the timeline, which a report does not keep."""
+    from fleet.report import Report
+
+    try:
+        loaded = Report.load(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    _write_html(output, f"fleet report: {path.name}", loaded, "fleet report html")
 
 
 _PORT = click.IntRange(0, 65535)
@@ -796,6 +932,8 @@ class _Scenarios(click.Choice[str]):
 @click.option("--max-reconnect-p99", callback=_seconds, help="gate: reconnect time p99, like 5s or 500ms")
 @click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
 @_client_options
+@_metrics_options(hold=True)
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="write an HTML report with charts")
 def stress_command(
     config_path: Path,
     scenario: str | None,
@@ -810,6 +948,10 @@ def stress_command(
     max_reconnect_p99: float | None,
     require_wills: bool,
     credentials: Credentials,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_hold: float,
+    html_path: Path | None,
 ) -> None:
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
 
@@ -828,29 +970,62 @@ def stress_command(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     target = _target(config, broker_url, credentials)
-    try:
-        result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid))
-    except* FleetError as group:
-        raise click.ClickException(str(_first(group))) from None
-    except* OSError as group:
-        raise click.ClickException(str(_first(group))) from None
-    checked = gates.check(result.account)
-    _print_table(stress_table(result, checked))
-    if report_path is not None:
-        write_json(report_path, result, checked)
-        click.echo(f"fleet stress: report written to {report_path}", err=True)
-    if junit_path is not None:
-        write_junit(junit_path, result, checked)
-        click.echo(f"fleet stress: JUnit XML written to {junit_path}", err=True)
-    failed = [gate for gate in checked if not gate.passed]
-    for gate in failed:
-        click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
+    timeline = _timeline(html_path)
+    with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
+        followers = tuple(f for f in (metrics, timeline) if f is not None)
+        try:
+            result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid, followers))
+        except* FleetError as group:
+            raise click.ClickException(str(_first(group))) from None
+        except* OSError as group:
+            raise click.ClickException(str(_first(group))) from None
+        if metrics is not None:
+            metrics.finish(result.fleet)
+        checked = gates.check(result.account)
+        _print_table(stress_table(result, checked))
+        if report_path is not None:
+            write_json(report_path, result, checked)
+            click.echo(f"fleet stress: report written to {report_path}", err=True)
+        if junit_path is not None:
+            write_junit(junit_path, result, checked)
+            click.echo(f"fleet stress: JUnit XML written to {junit_path}", err=True)
+        if html_path is not None:
+            _write_stress_html(html_path, config_path, result, checked, timeline)
+        failed = [gate for gate in checked if not gate.passed]
+        for gate in failed:
+            click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
+        _hold_metrics(metrics, metrics_hold)
     if failed:
         sys.exit(GATE_FAILED)
 
 
+def _write_stress_html(path: Path, config_path: Path, result: Any, checked: Any, timeline: Any) -> None:
+    from fleet.html_report import Gate
+
+    latency = {
+        f"QoS {row.qos}, {'persistent' if row.persistent else 'clean'} session": row.latency
+        for row in result.account.telemetry
+    }
+    _write_html(
+        path,
+        f"fleet stress: {result.meta['scenario']} on {config_path.name}",
+        result.fleet,
+        "fleet stress",
+        timeline=timeline,
+        stages=result.meta["timeline"],
+        latency=latency,
+        latency_title="Delivery latency (send to observer), by QoS and session",
+        gates=[Gate(gate.name, gate.passed, gate.detail) for gate in checked],
+    )
+
+
 async def _run_stress(
-    config_path: Path, config: Any, settings: Any, target: Any, broker_pid: int | None
+    config_path: Path,
+    config: Any,
+    settings: Any,
+    target: Any,
+    broker_pid: int | None,
+    followers: tuple[Any, ...] = (),
 ) -> Any:
     from rich.console import Console
 
@@ -862,7 +1037,9 @@ async def _run_stress(
     where = "the embedded broker" if target is None else str(target.endpoint)
     click.echo(f"fleet stress: {config.size:,} devices -> {where}, {settings.duration:g}s", err=True)
     with _stop_on_signals() as stop:
-        async with progress(Console(stderr=True), lambda: live):
+        async with progress(Console(stderr=True), lambda: live), contextlib.AsyncExitStack() as stack:
+            for follower in followers:  # the metrics endpoint, the HTML report's timeline
+                await stack.enter_async_context(follower.following(live))
             return await run_stress(
                 config,
                 settings,

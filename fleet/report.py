@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,20 @@ class Histogram:
                 return min(2 ** ((bucket + 0.5) / _BUCKETS_PER_DOUBLING), self.maximum)
         return self.maximum
 
+    def midpoints(self) -> dict[float, int]:
+        """Each bucket's count by its midpoint in seconds, the value `percentile` gives for it."""
+        return {2 ** ((bucket + 0.5) / _BUCKETS_PER_DOUBLING): n for bucket, n in self.buckets.items()}
+
+    def cumulative(self, bounds: Sequence[float]) -> list[int]:
+        """How many values are at most each of the ascending `bounds`, a bucket counting at its
+        midpoint as in `percentile` (so within about 2%): a Prometheus histogram's buckets."""
+        counts = [0] * len(bounds)
+        for value, count in self.midpoints().items():
+            for index, bound in enumerate(bounds):
+                if value <= bound:
+                    counts[index] += count
+        return counts
+
     def summary(self) -> dict[str, float | int | None]:
         out: dict[str, float | int | None] = {"count": self.count}
         for p in _PERCENTILES:
@@ -103,6 +117,7 @@ class GroupStats:
     commands: Counter[str] = field(default_factory=Counter)  # by op
     connect_latency: Histogram = field(default_factory=Histogram)
     reconnect_time: Histogram = field(default_factory=Histogram)
+    publish_ack: Histogram = field(default_factory=Histogram)  # QoS 1/2: publish to PUBACK/PUBCOMP
 
     def merge(self, other: GroupStats) -> None:
         self.devices += other.devices
@@ -114,6 +129,7 @@ class GroupStats:
             getattr(self, name).update(getattr(other, name))
         self.connect_latency.merge(other.connect_latency)
         self.reconnect_time.merge(other.reconnect_time)
+        self.publish_ack.merge(other.publish_ack)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,9 +145,11 @@ class GroupStats:
             "commands": dict(sorted(self.commands.items())),
             "connect_latency_s": self.connect_latency.summary(),
             "reconnect_time_s": self.reconnect_time.summary(),
+            "publish_ack_s": self.publish_ack.summary(),
             "histograms": {
                 "connect_latency": self.connect_latency.to_json(),
                 "reconnect_time": self.reconnect_time.to_json(),
+                "publish_ack": self.publish_ack.to_json(),
             },
         }
 
@@ -146,6 +164,8 @@ class GroupStats:
             connect_latency=Histogram.from_json(data["histograms"]["connect_latency"]),
             reconnect_time=Histogram.from_json(data["histograms"]["reconnect_time"]),
         )
+        if "publish_ack" in data["histograms"]:  # reports older than the ack latency have none
+            stats.publish_ack = Histogram.from_json(data["histograms"]["publish_ack"])
         for name in _COUNTERS:
             getattr(stats, name).update(data[name])
         return stats

@@ -123,6 +123,15 @@ class Shard:
             raise ValueError(f"shard {text!r}: expected I/N, for example 3/8")
         return cls(int(number), int(count))
 
+    @classmethod
+    def from_index(cls, index: str, count: str) -> Shard:
+        """The shard of a Kubernetes Indexed Job's pod: `index` is 0-based, so index 0 is shard 1/count."""
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"shard count {count!r}: expected a positive integer")
+        if not index.isdigit() or int(index) >= int(count):
+            raise ValueError(f"JOB_COMPLETION_INDEX {index!r}: expected 0 to {int(count) - 1}")
+        return cls(int(index) + 1, int(count))
+
     def __contains__(self, index: int) -> bool:
         return index % self.count == self.number - 1 and (index // self.count) % self.workers == self.worker
 
@@ -138,6 +147,8 @@ class Live:
     errors: int = 0
     last_error: str = ""
     ever_connected: bool = False
+    online: Counter[str] = field(default_factory=Counter)  # connected devices, by group
+    report: Report | None = None  # the run's report as it fills, for the metrics (fleet.metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +308,7 @@ async def simulate(
         report.group(device.group.name).devices += 1
     live = live if live is not None else Live()
     live.target = len(devices)
+    live.report = report
     run = _Run(config, targets or {}, target, report, live, _Ramp(config.connect_rate), control)
     _freeze_long_lived(len(devices))
     started = time.time()
@@ -396,6 +408,7 @@ class _DeviceRunner:
             link, present = await self._connect(cycle, since)
             self._link = link
             live.connected += 1
+            live.online[device.group.name] += 1
             try:
                 await self._announce(link, present)
                 self._connected(device)
@@ -406,6 +419,7 @@ class _DeviceRunner:
             finally:
                 self._link = None
                 live.connected -= 1
+                live.online[device.group.name] -= 1
             if outcome == _SCHEDULED:
                 offline_for = device.offline_for(cycle)
                 cycle += 1
@@ -483,7 +497,8 @@ class _DeviceRunner:
         stats.published[_QOS[qos]] += 1
         self._run.live.published += 1
         if future is not None:
-            future.add_done_callback(lambda f: _count_ack(stats, qos, f))
+            sent = time.monotonic()
+            future.add_done_callback(lambda f: _count_ack(stats, qos, f, sent))
 
     def _on_message(self, message: Publish) -> None:
         device = self.device
@@ -570,6 +585,7 @@ class _DeviceRunner:
 _QOS = ("0", "1", "2")
 
 
-def _count_ack(stats: GroupStats, qos: int, future: asyncio.Future[None]) -> None:
+def _count_ack(stats: GroupStats, qos: int, future: asyncio.Future[None], sent: float) -> None:
     if not future.cancelled() and future.exception() is None:
         stats.acked[_QOS[qos]] += 1
+        stats.publish_ack.add(time.monotonic() - sent)

@@ -1,9 +1,10 @@
 """`fleet run --workers N`: the fleet spread over N processes, one event loop each.
 
 Worker w runs the devices of its shard with (index // shard count) % N == w, so the union of the
-workers is exactly the single-process fleet. Each worker sends its live totals twice a second and
-its report at the end through one queue; the parent sums the totals for the progress display and
-merges the reports.
+workers is exactly the single-process fleet. Each worker sends its live totals and its report so
+far twice a second, and its report at the end, through one queue; the parent sums the totals and
+the reports so far into its own `Live` (for the progress display and the metrics endpoint) and
+merges the final reports.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ async def _worker(
 
     async def report_live() -> None:
         while not stopped.is_set():
-            results.put(("live", shard.worker, dataclasses.asdict(live)))
+            results.put(("live", shard.worker, _snapshot(live)))
             if stop.is_set():
                 stopped.set()
             await asyncio.sleep(_TICK)
@@ -138,8 +139,17 @@ async def simulate_in_workers(
     return merged
 
 
+def _snapshot(live: Live) -> dict[str, Any]:
+    """`live` as plain data for the queue: its totals, online devices by group and report so far."""
+    data = {field.name: getattr(live, field.name) for field in dataclasses.fields(Live)}
+    data["online"] = dict(live.online)
+    data["report"] = None if live.report is None else live.report.to_json()
+    return data
+
+
 def _sum(live: Live, snapshots: Any) -> None:
-    totals = Live()
+    report = Report()
+    totals = Live(report=report)
     for snapshot in snapshots:
         totals.target += snapshot["target"]
         totals.connected += snapshot["connected"]
@@ -148,5 +158,8 @@ def _sum(live: Live, snapshots: Any) -> None:
         totals.errors += snapshot["errors"]
         totals.last_error = snapshot["last_error"] or totals.last_error
         totals.ever_connected = totals.ever_connected or snapshot["ever_connected"]
+        totals.online.update(snapshot["online"])
+        if snapshot["report"] is not None:
+            report.merge(Report.from_json(snapshot["report"]))
     for field in dataclasses.fields(Live):
         setattr(live, field.name, getattr(totals, field.name))

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,11 +115,13 @@ class LineReader:
 class Proc:
     """A subprocess whose stdout and stderr are read line by line in the background."""
 
-    def __init__(self, argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL) -> None:
+    def __init__(
+        self, argv: Sequence[str], *, stdin: Any = subprocess.DEVNULL, env: Mapping[str, str] | None = None
+    ) -> None:
         self.argv = [str(arg) for arg in argv]
         self.popen = subprocess.Popen(
-            self.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=CHILD_ENV,
-            text=True, errors="replace",
+            self.argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+            env=CHILD_ENV | dict(env or {}), text=True, errors="replace",
         )  # fmt: skip
         name = Path(self.argv[0]).name
         assert self.popen.stdout is not None
@@ -166,11 +168,14 @@ class Proc:
 
 @pytest.fixture
 def procs() -> Iterator[Callable[..., Proc]]:
-    """Start subprocesses (`procs(*argv)`); each is stopped by PID at teardown."""
+    """Start subprocesses (`procs(*argv)`, `env` added to the environment); each is stopped by PID at
+    teardown."""
     started: list[Proc] = []
 
-    def start(*argv: str | Path | int, stdin: Any = subprocess.DEVNULL) -> Proc:
-        proc = Proc([str(arg) for arg in argv], stdin=stdin)
+    def start(
+        *argv: str | Path | int, stdin: Any = subprocess.DEVNULL, env: Mapping[str, str] | None = None
+    ) -> Proc:
+        proc = Proc([str(arg) for arg in argv], stdin=stdin, env=env)
         started.append(proc)
         return proc
 

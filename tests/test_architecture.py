@@ -28,6 +28,8 @@ SIMULATOR = {
     "fleet.websocket_link",
     "fleet.aiomqtt_link",
     "fleet.workers",
+    "fleet.metrics",
+    "fleet.html_report",
 }
 # The pure parts of `fleet stress`: values and arithmetic, like the core.
 STRESS_PURE = {"accounting", "scenario"}
