@@ -290,7 +290,8 @@ async def simulate(
     """Run the fleet until `duration` seconds pass or `stop` is set; return its report.
 
     Then every connected device publishes its clean offline status and disconnects, so no will
-    fires; cancelling this coroutine does the same. `ready` is called once every device has
+    fires; cancelling this coroutine does the same. The report's `meta["complete"]` is false when
+    `stop` ended a run that had a `duration` before its time. `ready` is called once every device has
     connected, subscribed to its commands and announced itself once. `targets` sends the devices
     of the groups it names elsewhere (through a fault proxy, say); `control` is the stress
     engine's handle on the running fleet.
@@ -312,6 +313,7 @@ async def simulate(
     run = _Run(config, targets or {}, target, report, live, _Ramp(config.connect_rate), control)
     _freeze_long_lived(len(devices))
     started = time.time()
+    stopped = False
     first_connects: set[str] = set()
 
     def connected(device: Device) -> None:
@@ -337,11 +339,13 @@ async def simulate(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(duration):
                         await (stop or asyncio.Event()).wait()
+                        stopped = True
             finally:
                 for task in running:  # cancellation is shutdown: each device leaves cleanly
                     task.cancel()
     finally:
         report.meta["duration_s"] = round(time.time() - started, 3)
+        report.meta["complete"] = duration is None or not stopped
     return report
 
 
