@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -23,8 +23,9 @@ import click
 
 from fleet.credentials import Credentials
 from fleet.errors import ConfigError
+from fleet.signals import SIGNALS, signal_name
 
-__all__ = ["main"]
+__all__ = ["cli"]
 
 _T = TypeVar("_T")
 
@@ -39,80 +40,6 @@ def _setup_logging(level: str) -> None:
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, on `fleet tail`'s stderr
-
-
-class _Interrupted(BaseException):
-    """A signal stopped the command before it started, or a second one cut its shutdown short.
-
-    A BaseException that is not KeyboardInterrupt, so that click passes it on to `main`."""
-
-    def __init__(self, signum: int, *, before: bool) -> None:
-        super().__init__(signum)
-        self.signum, self.before = signum, before
-
-
-class _Signals:
-    """SIGINT and SIGTERM, handled from the first line of `main` to the exit of the process.
-
-    Before a command's event loop runs (imports, config loading) a signal stops the command at
-    once: nothing has started yet. While `_run` runs a command, the first signal sets the command's
-    stop event, so that it shuts down in order (devices leave cleanly, then the bridges, then the
-    broker), and a second cancels it, which is still a shutdown. After that loop, signals are noted
-    and change nothing: the command is printing its results.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self.stopped_by: int | None = None  # the first signal while the command ran
-        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Event, asyncio.Task[Any]] | None = None
-        self._started = False
-
-    def install(self) -> None:
-        for signum in self.SIGNALS:
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received.append(signum)
-        if not self._started:
-            raise _Interrupted(signum, before=True)
-        if self._running is None:
-            return
-        loop, stop, task = self._running
-        first = self.stopped_by is None
-        if first:
-            self.stopped_by = signum
-        # A signal handler runs between two bytecodes of the main thread, possibly inside the
-        # selector: only the thread-safe call both schedules the work and wakes the loop.
-        loop.call_soon_threadsafe(stop.set if first else task.cancel)
-
-    async def serve(self, command: Callable[[asyncio.Event], Awaitable[_T]]) -> _T:
-        task = asyncio.current_task()
-        assert task is not None
-        stop = asyncio.Event()
-        self._running = (asyncio.get_running_loop(), stop, task)
-        self._started = True
-        try:
-            return await command(stop)
-        finally:
-            self._running = None
-
-
-_SIGNALS = _Signals()
-
-
-def _run(command: Callable[[asyncio.Event], Awaitable[_T]]) -> _T:
-    """Run `command(stop)` in a new event loop; SIGINT or SIGTERM sets `stop`, and a second one
-    cancels the command."""
-    try:
-        return asyncio.run(_SIGNALS.serve(command))
-    except asyncio.CancelledError:
-        raise _Interrupted(_SIGNALS.received[-1], before=False) from None
-
-
-def _signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -292,7 +219,7 @@ def _hold_metrics(metrics: Any, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
 
-    _run(hold)
+    SIGNALS.run(hold)
 
 
 @cli.command()
@@ -307,7 +234,7 @@ def broker(config: Path | None, metrics_port: int | None, metrics_host: str, **o
         settings = load_broker_settings(config, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    _run(lambda stop: _run_broker(settings, stop, metrics_port, metrics_host))
+    SIGNALS.run(lambda stop: _run_broker(settings, stop, metrics_port, metrics_host))
 
 
 async def _run_broker(
@@ -490,8 +417,8 @@ def _finish(report: Any, report_path: Path | None, title: str) -> None:
 
 def _cut_short(command: str, detail: str) -> NoReturn:
     """An interrupted run never reports success: say so, and exit 128 + the signal (130 for SIGINT)."""
-    signum = _SIGNALS.stopped_by or signal.SIGINT
-    click.echo(f"{command}: the run was cut short by {_signal_name(signum)} {detail}", err=True)
+    signum = SIGNALS.stopped_by or signal.SIGINT
+    click.echo(f"{command}: the run was cut short by {signal_name(signum)} {detail}", err=True)
     sys.exit(128 + signum)
 
 
@@ -499,7 +426,7 @@ def _simulate(config_path: Path, config: Any, target: Any, **options: Any) -> An
     from fleet.errors import ConnectRefused, FleetError
 
     try:
-        return _run(lambda stop: _run_fleet(config_path, config, target, stop=stop, **options))
+        return SIGNALS.run(lambda stop: _run_fleet(config_path, config, target, stop=stop, **options))
     except* ConnectRefused as group:
         raise click.ClickException(f"the broker refused the devices: {_first(group)}") from None
     except* FleetError as group:
@@ -785,7 +712,7 @@ def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentia
     )
     app = WatchApp(source, prefix=prefix, export_dir=export_dir)
     with app.logs_in_event_log():
-        _run(lambda stop: _run_app(app, stop))
+        SIGNALS.run(lambda stop: _run_app(app, stop))
 
 
 async def _run_app(app: Any, stop: asyncio.Event) -> None:
@@ -813,7 +740,7 @@ def bridge_command(config: Path | None, **options: Any) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        _run(lambda stop: _run_bridge(settings, stop))
+        SIGNALS.run(lambda stop: _run_bridge(settings, stop))
     except* OSError as group:
         raise click.ClickException(f"cannot listen: {_first(group)}") from None
 
@@ -890,7 +817,7 @@ def tail_command(
         click.echo(f"fleet tail: {line}", err=True)
 
     try:
-        finished = _run(
+        finished = SIGNALS.run(
             lambda stop: _unless_stopped(
                 stop,
                 tail(source, count=count, timeout=timeout, expectation=expectation, write=write, note=note),
@@ -902,11 +829,10 @@ def tail_command(
         # Stop as mosquitto_sub does (0), unless a goal was set and not met: then the run failed.
         if expectation is None and count is None:
             return
-        signum = _SIGNALS.stopped_by or signal.SIGINT
+        signum = SIGNALS.stopped_by or signal.SIGINT
         goal = f"--expect {expect}" if expectation is not None else f"--count {count}"
         click.echo(
-            f"fleet tail: interrupted by {_signal_name(signum)} after {printed} events, "
-            f"before {goal} was met",
+            f"fleet tail: interrupted by {signal_name(signum)} after {printed} events, before {goal} was met",
             err=True,
         )
         sys.exit(128 + signum)
@@ -1029,7 +955,7 @@ def stress_command(
     with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
         followers = tuple(f for f in (metrics, timeline) if f is not None)
         try:
-            result = _run(
+            result = SIGNALS.run(
                 lambda stop: _run_stress(config_path, config, settings, target, broker_pid, stop, followers)
             )
         except* FleetError as group:
@@ -1038,8 +964,8 @@ def stress_command(
             raise click.ClickException(str(_first(group))) from None
         if metrics is not None:
             metrics.finish(result.fleet)
-        if not result.complete and _SIGNALS.stopped_by is not None:
-            result.meta["stopped_by"] = _signal_name(_SIGNALS.stopped_by)
+        if not result.complete and SIGNALS.stopped_by is not None:
+            result.meta["stopped_by"] = signal_name(SIGNALS.stopped_by)
         checked = gates.check(result.account, complete=result.complete)
         _print_table(stress_table(result, checked))
         if report_path is not None:
@@ -1144,16 +1070,3 @@ def passwd(password_file: Path, username: str, password_stdin: bool) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"fleet passwd: {username} set in {password_file}")
-
-
-def main() -> None:
-    _SIGNALS.install()
-    try:
-        cli()
-    except _Interrupted as interrupted:
-        name = _signal_name(interrupted.signum)
-        if interrupted.before:
-            click.echo(f"fleet: stopped by {name} before anything started", err=True)
-        else:
-            click.echo(f"fleet: a second {name} cut the shutdown short", err=True)
-        sys.exit(128 + interrupted.signum)
