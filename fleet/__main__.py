@@ -2,21 +2,20 @@
 
 import sys
 
-from fleet.signals import SIGNALS, Interrupted, signal_name
+from fleet.signals import SIGNALS, Interrupted
 
 
 def main() -> None:
     SIGNALS.install()
     try:
-        from fleet.cli import cli
+        try:
+            from fleet.cli import cli
 
-        cli()
+            cli()
+        finally:
+            SIGNALS.raise_pending()  # a command without a loop ran to its end, but was asked to stop
     except Interrupted as interrupted:
-        name = signal_name(interrupted.signum)
-        if interrupted.before:
-            print(f"fleet: stopped by {name} before anything started", file=sys.stderr)
-        else:
-            print(f"fleet: a second {name} cut the shutdown short", file=sys.stderr)
+        print(f"fleet: {interrupted}", file=sys.stderr)
         sys.exit(128 + interrupted.signum)
 
 
