@@ -31,7 +31,8 @@ __all__ = ["Connected", "Control", "Live", "Login", "Shard", "Target", "make_tar
 
 CONNECT_TIMEOUT = 10.0
 FREEZE_AT = 1000  # devices
-# How an online period ended.
+# How an online period ended: the connection died (lost, or a fault ended it abrupt or silent), a
+# command or a clean fault took it offline, or its scheduled end came.
 _LOST, _REBOOT, _OFFLINE, _SCHEDULED = "lost", "reboot", "offline", "scheduled"
 
 
@@ -406,10 +407,13 @@ class _DeviceRunner:
         device = self.device
         loop = asyncio.get_running_loop()
         cycle = 0
+        connects = 0  # the number of each connect's backoff draws
         since: float | None = None  # when a reconnect became due
+        back_off = False  # before the first retry: the connection died
         live = self._run.live
         while True:
-            link, present = await self._connect(cycle, since)
+            link, present = await self._connect(connects, since, back_off)
+            connects += 1
             self._link = link
             live.connected += 1
             live.online[device.group.name] += 1
@@ -430,9 +434,11 @@ class _DeviceRunner:
             if offline_for:
                 await asyncio.sleep(offline_for)
             since = loop.time()
+            back_off = outcome == _LOST and device.group.backoff.first_retry == "backoff"
 
-    async def _connect(self, cycle: int, since: float | None) -> tuple[Link, bool]:
-        """Connect, retrying with backoff; return the link and whether the session was present."""
+    async def _connect(self, key: int, since: float | None, back_off: bool) -> tuple[Link, bool]:
+        """Connect, retrying with backoff (from the first try when `back_off`, after a connection
+        died); return the link and whether the session was present."""
         run, device, stats = self._run, self.device, self.stats
         group = device.group
         loop = asyncio.get_running_loop()
@@ -445,6 +451,9 @@ class _DeviceRunner:
             "MQTT", 4, group.clean_session, group.keepalive, device.id, will, login.username, login.password
         )
         attempt = 0
+        if back_off:
+            await asyncio.sleep(device.backoff(key, attempt))
+            attempt += 1
         while True:
             await run.ramp.acquire()
             started = loop.time()
@@ -476,7 +485,7 @@ class _DeviceRunner:
                     run.control.connects[Connected(not group.clean_session, since is not None, present)] += 1
                 return link, present
             stats.connect_failures += 1
-            await asyncio.sleep(device.backoff(cycle, attempt))
+            await asyncio.sleep(device.backoff(key, attempt))
             attempt += 1
 
     async def _announce(self, link: Link, present: bool) -> None:
@@ -534,7 +543,7 @@ class _DeviceRunner:
             fault, self._fault = self._fault, None
             if fault is not None:
                 await self._end(link, fault[0])
-                return _OFFLINE, fault[1]
+                return (_OFFLINE if fault[0] == "clean" else _LOST), fault[1]
             command, self._command = self._command, None
             if command is not None:
                 await self._end_clean(link)
