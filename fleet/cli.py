@@ -412,7 +412,8 @@ def _finish(report: Any, report_path: Path | None, title: str) -> None:
         reason = fleet.errors.most_common(1)[0][0] if fleet.errors else "unknown"
         raise click.ClickException(f"no device could connect: {reason}")
     if report.meta.get("complete") is False:
-        _cut_short("fleet", f"after {report.meta['duration_s']:.1f} s; the report says complete: false")
+        marked = "; the report says complete: false" if report_path is not None else ""
+        _cut_short("fleet", f"after {report.meta['duration_s']:.1f} s{marked}")
 
 
 def _cut_short(command: str, detail: str) -> NoReturn:
