@@ -15,16 +15,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from fleet.credentials import Credentials
 from fleet.errors import ConfigError
+from fleet.signals import SIGNALS, signal_name
 
-__all__ = ["main"]
+__all__ = ["cli"]
 
 _T = TypeVar("_T")
 
@@ -39,20 +40,6 @@ def _setup_logging(level: str) -> None:
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, on `fleet tail`'s stderr
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[asyncio.Event]:
-    """An event set by SIGINT or SIGTERM, installed before anything is announced."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        yield stop
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,11 +215,11 @@ def _hold_metrics(metrics: Any, seconds: float) -> None:
     if metrics is None or not seconds:
         return
 
-    async def hold() -> None:
-        with _stop_on_signals() as stop, contextlib.suppress(TimeoutError):
+    async def hold(stop: asyncio.Event) -> None:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
 
-    asyncio.run(hold())
+    SIGNALS.run(hold)
 
 
 @cli.command()
@@ -247,25 +234,26 @@ def broker(config: Path | None, metrics_port: int | None, metrics_host: str, **o
         settings = load_broker_settings(config, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    asyncio.run(_run_broker(settings, metrics_port, metrics_host))
+    SIGNALS.run(lambda stop: _run_broker(settings, stop, metrics_port, metrics_host))
 
 
-async def _run_broker(settings: Any, metrics_port: int | None = None, metrics_host: str = "") -> None:
+async def _run_broker(
+    settings: Any, stop: asyncio.Event, metrics_port: int | None = None, metrics_host: str = ""
+) -> None:
     from broker import metrics
     from broker.server import running
 
     try:
-        with _stop_on_signals() as stop:
-            async with running(settings) as server, contextlib.AsyncExitStack() as stack:
-                for url in server.urls:
-                    click.echo(f"fleet broker: listening on {url}")
-                if metrics_port is not None:
-                    endpoint = await stack.enter_async_context(
-                        metrics.serving(server, metrics_host, metrics_port)
-                    )
-                    click.echo(f"fleet broker: metrics on {endpoint.url}")
-                await stop.wait()
-                click.echo("fleet broker: shutting down")
+        async with running(settings) as server, contextlib.AsyncExitStack() as stack:
+            for url in server.urls:
+                click.echo(f"fleet broker: listening on {url}")
+            if metrics_port is not None:
+                endpoint = await stack.enter_async_context(
+                    metrics.serving(server, metrics_host, metrics_port)
+                )
+                click.echo(f"fleet broker: metrics on {endpoint.url}")
+            await stop.wait()
+            click.echo("fleet broker: shutting down")
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -296,6 +284,7 @@ async def _run_fleet(
     config: Any,
     target: Any,
     *,
+    stop: asyncio.Event,
     duration: float | None,
     shard: Any,
     workers: int,
@@ -338,7 +327,6 @@ async def _run_fleet(
         live = Live()
         for follower in followers:  # the metrics endpoint, the HTML report's timeline
             await stack.enter_async_context(follower.following(live))
-        stop = stack.enter_context(_stop_on_signals())
         if watch:
             return await _simulate_watched(
                 config, target, duration=duration, stop=stop, shard=shard, live=live
@@ -423,13 +411,23 @@ def _finish(report: Any, report_path: Path | None, title: str) -> None:
     if fleet.connect_failures and not fleet.connects:
         reason = fleet.errors.most_common(1)[0][0] if fleet.errors else "unknown"
         raise click.ClickException(f"no device could connect: {reason}")
+    if report.meta.get("complete") is False:
+        marked = "; the report says complete: false" if report_path is not None else ""
+        _cut_short("fleet", f"after {report.meta['duration_s']:.1f} s{marked}")
+
+
+def _cut_short(command: str, detail: str) -> NoReturn:
+    """An interrupted run never reports success: say so, and exit 128 + the signal (130 for SIGINT)."""
+    signum = SIGNALS.stopped_by or signal.SIGINT
+    click.echo(f"{command}: the run was cut short by {signal_name(signum)} {detail}", err=True)
+    sys.exit(128 + signum)
 
 
 def _simulate(config_path: Path, config: Any, target: Any, **options: Any) -> Any:
     from fleet.errors import ConnectRefused, FleetError
 
     try:
-        return asyncio.run(_run_fleet(config_path, config, target, **options))
+        return SIGNALS.run(lambda stop: _run_fleet(config_path, config, target, stop=stop, **options))
     except* ConnectRefused as group:
         raise click.ClickException(f"the broker refused the devices: {_first(group)}") from None
     except* FleetError as group:
@@ -715,7 +713,16 @@ def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentia
     )
     app = WatchApp(source, prefix=prefix, export_dir=export_dir)
     with app.logs_in_event_log():
-        app.run()
+        SIGNALS.run(lambda stop: _run_app(app, stop))
+
+
+async def _run_app(app: Any, stop: asyncio.Event) -> None:
+    """Run the TUI until it quits, or until `stop` asks it to."""
+    async with asyncio.TaskGroup() as tasks:
+        closer = tasks.create_task(stop.wait(), name="fleet.watch.stop")
+        closer.add_done_callback(lambda waited: waited.cancelled() or app.exit())
+        await app.run_async()
+        closer.cancel()
 
 
 @cli.command("bridge")
@@ -734,62 +741,24 @@ def bridge_command(config: Path | None, **options: Any) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        asyncio.run(_run_bridge(settings))
+        SIGNALS.run(lambda stop: _run_bridge(settings, stop))
     except* OSError as group:
         raise click.ClickException(f"cannot listen: {_first(group)}") from None
 
 
-async def _run_bridge(settings: Any) -> None:
+async def _run_bridge(settings: Any, stop: asyncio.Event) -> None:
     from bridges.bridge import running
 
-    with _stop_on_signals() as stop:
-        async with running(settings) as bridge:
-            # What exists now (modules, servers) lives as long as the process: keep it out of the
-            # collector's full scans, which otherwise show up as latency spikes under load.
-            gc.collect()
-            gc.freeze()
-            click.echo(f"fleet bridge: from {settings.endpoint}")
-            for url in bridge.urls:
-                click.echo(f"fleet bridge: serving {url}")
-            await stop.wait()
-            click.echo("fleet bridge: shutting down")
-
-
-class _Interrupted(Exception):
-    """A signal asked the command to stop."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-async def _until_signal(work: Callable[[], Awaitable[_T]]) -> _T:
-    """What `work()` returns or raises (the first error, out of its group); SIGINT or SIGTERM
-    cancels it and raises _Interrupted once it has cleaned up."""
-    loop = asyncio.get_running_loop()
-    received: asyncio.Future[int] = loop.create_future()
-
-    def on_signal(signum: int) -> None:
-        if not received.done():
-            received.set_result(signum)
-
-    async def interrupt() -> None:
-        raise _Interrupted(await received)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            watcher = tasks.create_task(interrupt(), name="fleet.cli.signals")
-            try:
-                return await work()
-            finally:
-                watcher.cancel()
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    async with running(settings) as bridge:
+        # What exists now (modules, servers) lives as long as the process: keep it out of the
+        # collector's full scans, which otherwise show up as latency spikes under load.
+        gc.collect()
+        gc.freeze()
+        click.echo(f"fleet bridge: from {settings.endpoint}")
+        for url in bridge.urls:
+            click.echo(f"fleet bridge: serving {url}")
+        await stop.wait()
+        click.echo("fleet bridge: shutting down")
 
 
 @cli.command("tail")
@@ -845,33 +814,45 @@ def tail_command(
         click.echo(format_event(event, pretty=output == "pretty"))
         printed += 1
 
-    def interrupted(signum: int) -> None:
-        """Stop as mosquitto_sub does (0), unless a goal was set and not met: then the run failed."""
-        if expectation is None and count is None:
-            return
-        goal = f"--expect {expect}" if expectation is not None else f"--count {count}"
-        click.echo(
-            f"fleet tail: interrupted by {signal.Signals(signum).name} after {printed} events, "
-            f"before {goal} was met",
-            err=True,
-        )
-        sys.exit(128 + signum)
-
     def note(line: str) -> None:
         click.echo(f"fleet tail: {line}", err=True)
 
-    def work() -> Awaitable[str | None]:
-        return tail(source, count=count, timeout=timeout, expectation=expectation, write=write, note=note)
-
     try:
-        failure = asyncio.run(_until_signal(work))
-    except (KeyboardInterrupt, _Interrupted) as exc:  # KeyboardInterrupt: before the handlers were in
-        interrupted(exc.signum if isinstance(exc, _Interrupted) else signal.SIGINT)
-        return
+        finished = SIGNALS.run(
+            lambda stop: _unless_stopped(
+                stop,
+                tail(source, count=count, timeout=timeout, expectation=expectation, write=write, note=note),
+            )
+        )
     except (TransportError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    if finished is None:
+        # Stop as mosquitto_sub does (0), unless a goal was set and not met: then the run failed.
+        if expectation is None and count is None:
+            return
+        signum = SIGNALS.stopped_by or signal.SIGINT
+        goal = f"--expect {expect}" if expectation is not None else f"--count {count}"
+        click.echo(
+            f"fleet tail: interrupted by {signal_name(signum)} after {printed} events, before {goal} was met",
+            err=True,
+        )
+        sys.exit(128 + signum)
+    failure = finished[0]
     if failure is not None:
         raise click.ClickException(failure)
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, _T]) -> tuple[_T] | None:
+    """(`work`'s result,), or None when `stop` is set first (`work` is then cancelled)."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (task, stopped):
+            future.cancel()
+        await asyncio.wait((task, stopped))
+    return None if task.cancelled() else (task.result(),)
 
 
 def _seconds(ctx: click.Context, param: click.Parameter, text: str | None) -> float | None:
@@ -956,7 +937,8 @@ def stress_command(
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
 
     -u, -P, --cafile, --cert and --key (with --broker, or the config's [broker] url) are the
-    credentials of the devices and the observer, and win over the config's. Exits 3 when a gate fails.
+    credentials of the devices and the observer, and win over the config's. Exits 3 when a gate
+    fails, and 128 + the signal (130 for Ctrl-C) when the run is cut short.
     """
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
@@ -974,14 +956,18 @@ def stress_command(
     with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
         followers = tuple(f for f in (metrics, timeline) if f is not None)
         try:
-            result = asyncio.run(_run_stress(config_path, config, settings, target, broker_pid, followers))
+            result = SIGNALS.run(
+                lambda stop: _run_stress(config_path, config, settings, target, broker_pid, stop, followers)
+            )
         except* FleetError as group:
             raise click.ClickException(str(_first(group))) from None
         except* OSError as group:
             raise click.ClickException(str(_first(group))) from None
         if metrics is not None:
             metrics.finish(result.fleet)
-        checked = gates.check(result.account)
+        if not result.complete and SIGNALS.stopped_by is not None:
+            result.meta["stopped_by"] = signal_name(SIGNALS.stopped_by)
+        checked = gates.check(result.account, complete=result.complete)
         _print_table(stress_table(result, checked))
         if report_path is not None:
             write_json(report_path, result, checked)
@@ -994,6 +980,11 @@ def stress_command(
         failed = [gate for gate in checked if not gate.passed]
         for gate in failed:
             click.echo(f"fleet stress: gate {gate.name} failed: {gate.detail}", err=True)
+        if not result.complete:
+            planned = f"{settings.duration:g} s"
+            _cut_short(
+                "fleet stress", f"after {result.meta['duration_s']:.1f} s of {planned}: no gate passes"
+            )
         _hold_metrics(metrics, metrics_hold)
     if failed:
         sys.exit(GATE_FAILED)
@@ -1025,6 +1016,7 @@ async def _run_stress(
     settings: Any,
     target: Any,
     broker_pid: int | None,
+    stop: asyncio.Event,
     followers: tuple[Any, ...] = (),
 ) -> Any:
     from rich.console import Console
@@ -1036,19 +1028,18 @@ async def _run_stress(
     live = Live()
     where = "the embedded broker" if target is None else str(target.endpoint)
     click.echo(f"fleet stress: {config.size:,} devices -> {where}, {settings.duration:g}s", err=True)
-    with _stop_on_signals() as stop:
-        async with progress(Console(stderr=True), lambda: live), contextlib.AsyncExitStack() as stack:
-            for follower in followers:  # the metrics endpoint, the HTML report's timeline
-                await stack.enter_async_context(follower.following(live))
-            return await run_stress(
-                config,
-                settings,
-                target=target,
-                config_path=config_path,
-                broker_pid=broker_pid,
-                live=live,
-                stop=stop,
-            )
+    async with progress(Console(stderr=True), lambda: live), contextlib.AsyncExitStack() as stack:
+        for follower in followers:  # the metrics endpoint, the HTML report's timeline
+            await stack.enter_async_context(follower.following(live))
+        return await run_stress(
+            config,
+            settings,
+            target=target,
+            config_path=config_path,
+            broker_pid=broker_pid,
+            live=live,
+            stop=stop,
+        )
 
 
 @cli.command()
@@ -1080,8 +1071,3 @@ def passwd(password_file: Path, username: str, password_stdin: bool) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"fleet passwd: {username} set in {password_file}")
-
-
-def main() -> None:
-    with contextlib.suppress(KeyboardInterrupt):
-        cli()

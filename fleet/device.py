@@ -139,8 +139,9 @@ class Device:
         weights = (ends.clean, ends.abrupt, ends.silent)
         return self._stream("end", cycle).choices(_END_KINDS, weights)[0]
 
-    def backoff(self, cycle: int, attempt: int) -> float:
-        """Delay before reconnect attempt `attempt` (0 is the first retry) of cycle `cycle`."""
+    def backoff(self, key: int, attempt: int) -> float:
+        """Delay before reconnect attempt `attempt` (0 is the first retry); each `key` (the
+        simulator numbers the device's connects) has draws of its own."""
         backoff = self.group.backoff
         # Compare exponents, not powers: multiplier**attempt overflows long before attempts run out.
         if attempt * math.log(backoff.multiplier) >= math.log(backoff.max / backoff.initial):
@@ -149,7 +150,7 @@ class Device:
             ceiling = backoff.initial * backoff.multiplier**attempt
         if backoff.jitter == "none":
             return ceiling
-        return self._stream("backoff", cycle, attempt).uniform(0.0, ceiling)
+        return self._stream("backoff", key, attempt).uniform(0.0, ceiling)
 
     def status(self, online: bool, reason: str | None, ts: float) -> bytes:
         body: dict[str, Any] = {"online": online, "ts": round(ts, 3)}

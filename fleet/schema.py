@@ -111,12 +111,18 @@ class Connectivity(_Model):
 
 
 class Backoff(_Model):
-    """Reconnect delays: min(max, initial * multiplier**attempt), with full jitter."""
+    """Reconnect delays: min(max, initial * multiplier**attempt), with full jitter.
+
+    After a connection died (lost, or ended abrupt or silent), the first retry waits attempt 0's
+    delay, as device SDKs do; `first_retry = "immediate"` retries at once, as firmware without
+    backoff does, and backs off from the second retry on.
+    """
 
     initial: float = Field(default=0.5, gt=0)
     max: float = Field(default=30.0, gt=0)
     multiplier: float = Field(default=2.0, ge=1)
     jitter: Literal["full", "none"] = "full"
+    first_retry: Literal["backoff", "immediate"] = "backoff"
 
     @model_validator(mode="after")
     def _ordered(self) -> Backoff:

@@ -31,7 +31,8 @@ __all__ = ["Connected", "Control", "Live", "Login", "Shard", "Target", "make_tar
 
 CONNECT_TIMEOUT = 10.0
 FREEZE_AT = 1000  # devices
-# How an online period ended.
+# How an online period ended: the connection died (lost, or a fault ended it abrupt or silent), a
+# command or a clean fault took it offline, or its scheduled end came.
 _LOST, _REBOOT, _OFFLINE, _SCHEDULED = "lost", "reboot", "offline", "scheduled"
 
 
@@ -290,7 +291,8 @@ async def simulate(
     """Run the fleet until `duration` seconds pass or `stop` is set; return its report.
 
     Then every connected device publishes its clean offline status and disconnects, so no will
-    fires; cancelling this coroutine does the same. `ready` is called once every device has
+    fires; cancelling this coroutine does the same. The report's `meta["complete"]` is false when
+    `stop` ended a run that had a `duration` before its time. `ready` is called once every device has
     connected, subscribed to its commands and announced itself once. `targets` sends the devices
     of the groups it names elsewhere (through a fault proxy, say); `control` is the stress
     engine's handle on the running fleet.
@@ -312,6 +314,7 @@ async def simulate(
     run = _Run(config, targets or {}, target, report, live, _Ramp(config.connect_rate), control)
     _freeze_long_lived(len(devices))
     started = time.time()
+    stopped = False
     first_connects: set[str] = set()
 
     def connected(device: Device) -> None:
@@ -337,11 +340,13 @@ async def simulate(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(duration):
                         await (stop or asyncio.Event()).wait()
+                        stopped = True
             finally:
                 for task in running:  # cancellation is shutdown: each device leaves cleanly
                     task.cancel()
     finally:
         report.meta["duration_s"] = round(time.time() - started, 3)
+        report.meta["complete"] = duration is None or not stopped
     return report
 
 
@@ -402,10 +407,13 @@ class _DeviceRunner:
         device = self.device
         loop = asyncio.get_running_loop()
         cycle = 0
+        connects = 0  # the number of each connect's backoff draws
         since: float | None = None  # when a reconnect became due
+        back_off = False  # before the first retry: the connection died
         live = self._run.live
         while True:
-            link, present = await self._connect(cycle, since)
+            link, present = await self._connect(connects, since, back_off)
+            connects += 1
             self._link = link
             live.connected += 1
             live.online[device.group.name] += 1
@@ -426,9 +434,11 @@ class _DeviceRunner:
             if offline_for:
                 await asyncio.sleep(offline_for)
             since = loop.time()
+            back_off = outcome == _LOST and device.group.backoff.first_retry == "backoff"
 
-    async def _connect(self, cycle: int, since: float | None) -> tuple[Link, bool]:
-        """Connect, retrying with backoff; return the link and whether the session was present."""
+    async def _connect(self, key: int, since: float | None, back_off: bool) -> tuple[Link, bool]:
+        """Connect, retrying with backoff (from the first try when `back_off`, after a connection
+        died); return the link and whether the session was present."""
         run, device, stats = self._run, self.device, self.stats
         group = device.group
         loop = asyncio.get_running_loop()
@@ -441,6 +451,9 @@ class _DeviceRunner:
             "MQTT", 4, group.clean_session, group.keepalive, device.id, will, login.username, login.password
         )
         attempt = 0
+        if back_off:
+            await asyncio.sleep(device.backoff(key, attempt))
+            attempt += 1
         while True:
             await run.ramp.acquire()
             started = loop.time()
@@ -472,7 +485,7 @@ class _DeviceRunner:
                     run.control.connects[Connected(not group.clean_session, since is not None, present)] += 1
                 return link, present
             stats.connect_failures += 1
-            await asyncio.sleep(device.backoff(cycle, attempt))
+            await asyncio.sleep(device.backoff(key, attempt))
             attempt += 1
 
     async def _announce(self, link: Link, present: bool) -> None:
@@ -530,7 +543,7 @@ class _DeviceRunner:
             fault, self._fault = self._fault, None
             if fault is not None:
                 await self._end(link, fault[0])
-                return _OFFLINE, fault[1]
+                return (_OFFLINE if fault[0] == "clean" else _LOST), fault[1]
             command, self._command = self._command, None
             if command is not None:
                 await self._end_clean(link)

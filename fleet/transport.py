@@ -78,6 +78,8 @@ log = logging.getLogger("fleet.transport")
 MAX_PACKET_SIZE = 1 << 20
 # A connection is congested when more than this is waiting in its write buffer.
 WRITE_HIGH_WATER = 64 * 1024
+# A connect cancelled after CONNECT waits this long for the broker to close after its DISCONNECT.
+_LEAVE_TIMEOUT = 5.0
 
 
 def make_connect(
@@ -258,7 +260,9 @@ class Link(asyncio.Protocol):
         `on_message` is never called before this returns: messages that come with the CONNACK (a
         persistent session's queue) are delivered, and acknowledged, once the caller next yields.
         Raises ConnectRefused for a refusal, TransportError if the connection fails or times out,
-        and ProtocolError if the broker answers with something other than CONNACK.
+        and ProtocolError if the broker answers with something other than CONNACK. Cancelled once
+        CONNECT is sent, it sends DISCONNECT before it closes: the broker may have accepted the
+        CONNECT, and a cancelled connect is a shutdown, not a loss, so no will fires.
         """
         link = cls(session, on_message, max_packet_size=max_packet_size)
         present = await link._open(endpoint, connect, tls_context(endpoint, ssl), timeout)
@@ -294,7 +298,13 @@ class Link(asyncio.Protocol):
         except OSError as exc:
             self.abort()
             raise TransportError(f"cannot connect to {endpoint}: {exc.strerror or exc}") from exc
-        except BaseException:  # a refusal, a protocol error or cancellation: no half-open socket
+        except asyncio.CancelledError:
+            if stage == "connack":  # MQTT lets a client send packets before its CONNACK comes
+                await self.disconnect(_LEAVE_TIMEOUT)
+            else:
+                self.abort()
+            raise
+        except BaseException:  # a refusal or a protocol error: no half-open socket
             self.abort()
             raise
         finally:

@@ -135,6 +135,7 @@ async def simulate_in_workers(
         "config": config.fingerprint,
         "shard": f"{shard.number}/{shard.count}",
         "seed": config.seed,
+        "complete": all(report.meta.get("complete", True) for report in reports.values()),
     }
     return merged
 

@@ -15,7 +15,7 @@ from a violation:
 - sessions: a persistent session must be present when its device reconnects, and a clean session
   never is.
 
-`Gates` turn the account into pass or fail for CI.
+`Gates` turn the account into pass or fail for CI; a run cut short passes none.
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ class Gates:
     max_reconnect_p99: float | None = None  # seconds
     require_wills: bool = False
 
-    def check(self, result: Account) -> list[GateResult]:
+    def check(self, result: Account, *, complete: bool = True) -> list[GateResult]:
+        """Each gate that is on, judged on `result`; on an incomplete run (cut short) none passes."""
         results = []
         if self.max_loss_qos1 is not None:
             lost = sum(row.lost_by_broker for row in result.qos(1, persistent=True))
@@ -318,4 +319,9 @@ class Gates:
                     f"{result.wills_missing:,} missing, {result.wills_spurious:,} spurious",
                 )
             )
+        if not complete:
+            return [
+                GateResult(gate.name, False, f"the run was cut short; on what it saw: {gate.detail}")
+                for gate in results
+            ]
         return results

@@ -102,10 +102,11 @@ class BrokerProcess:
         argv += ["--host", self.host, "--port", str(self.port), "--ws-port", "0", "--sys-interval", "0"]
         if self._config is not None:
             argv += ["--config", str(self._config)]
-        # stderr goes to a file: a pipe nobody reads would fill up and stall the broker.
+        # stderr goes to a file: a pipe nobody reads would fill up and stall the broker. Its own
+        # process group keeps a terminal's Ctrl-C from it: the broker stops after the fleet has left.
         with tempfile.TemporaryFile() as errors:
             process = self.process = await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, stderr=errors
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=errors, process_group=0
             )
             assert process.stdout is not None
             with contextlib.suppress(TimeoutError):

@@ -26,6 +26,7 @@ def _mb(value: int | None) -> str:
 
 def stress_json(result: StressResult, gates: list[GateResult]) -> dict[str, Any]:
     return {
+        "complete": result.complete,
         "meta": result.meta,
         "delivery": result.account.to_json(),
         "broker_usage": {"cpu_s": result.broker_cpu_s, "peak_rss_bytes": result.broker_peak_rss},
@@ -98,6 +99,7 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
         f"{_mb(result.broker_peak_rss)} MB",
     )
     facts.add_row("timeline", "; ".join(meta["timeline"]) or "no stages")
+    facts.add_row("complete", "[green]yes[/]" if result.complete else f"[red]no: {_cut_short(result)}[/]")
     violations = account.violations
     facts.add_row("violations", "[red]" + "; ".join(violations) + "[/]" if violations else "[green]none[/]")
     for gate in gates:
@@ -107,15 +109,23 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
     return Group(delivery, facts)
 
 
+def _cut_short(result: StressResult) -> str:
+    """Why an incomplete run is incomplete, from its meta (`stopped_by`: the signal's name)."""
+    meta = result.meta
+    return f"cut short by {meta.get('stopped_by', 'a stop request')} after {meta['duration_s']:,.1f} s"
+
+
 def _flag(count: int, violation: bool) -> str:
     return f"[red]{count:,}[/]" if count and violation else f"{count:,}"
 
 
 def write_junit(path: Path, result: StressResult, gates: list[GateResult]) -> None:
-    """One test suite, one test case per gate and one for the promises (the violations)."""
+    """One test suite, one test case per gate, one for the promises (the violations), and one that
+    fails when the run was cut short."""
     cases: list[tuple[str, str | None]] = [(g.name, None if g.passed else g.detail) for g in gates]
     violations = result.account.violations
     cases.append(("mqtt-promises", "; ".join(violations) if violations else None))
+    cases.append(("complete", None if result.complete else f"the run was {_cut_short(result)}"))
     failures = sum(1 for _, failure in cases if failure is not None)
     suite = ET.Element(
         "testsuite",

@@ -40,13 +40,17 @@ _QUIET = 2.0  # drain: seconds without a message after which nothing more is com
 
 @dataclass(frozen=True, slots=True)
 class StressResult:
-    """What a stress run found: the delivery account, the fleet's own report, and the broker's usage."""
+    """What a stress run found: the delivery account, the fleet's own report, and the broker's usage.
+
+    `complete` is false when `stop` cut the run (or its drain) short: its account covers only part
+    of the scenario, so no gate can pass on it."""
 
     account: Account
     fleet: Report
     meta: dict[str, Any]
     broker_cpu_s: float | None
     broker_peak_rss: int | None
+    complete: bool = True
 
 
 def _specs(config: FleetConfig) -> dict[str, DeviceSpec]:
@@ -132,13 +136,15 @@ class _Stages:
                 proxy.shape(None)
 
 
-async def _drain(observer: Observer, control: Control, specs: Mapping[str, DeviceSpec], limit: float) -> None:
+async def _drain(
+    observer: Observer, control: Control, specs: Mapping[str, DeviceSpec], limit: float, stop: asyncio.Event
+) -> None:
     """Wait until every persistent QoS 1/2 message and every expected will has come, or nothing has
-    come for a while, or `limit` seconds pass."""
+    come for a while, or `limit` seconds pass, or `stop` is set."""
     ledger = observer.ledger
     deadline = time.monotonic() + limit
     sent = control.sent
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         complete = all(
             len(ledger.received(device)) >= sent[device]
             for device, spec in specs.items()
@@ -165,11 +171,12 @@ async def run_stress(
 ) -> StressResult:
     """Run the scenario of `settings` with the fleet of `config` against `target` (None: the embedded
     broker, as a child process with the [broker] table of `config_path`). Setting `stop` ends the
-    fleet early; the drain and the account follow as usual."""
+    fleet early, and the drain with it; the account follows, marked incomplete."""
     stages = settings.timeline
     if target is not None and any(stage.action == "restart-broker" for stage in stages):
         raise FleetError("restart-broker needs the embedded broker: leave out --broker")
     specs = _specs(config)
+    stop = stop or asyncio.Event()
     ledger = Ledger()
     control = Control()
     meter: UsageMeter | None = None
@@ -222,7 +229,7 @@ async def run_stress(
         for proxy in proxies.values():  # faults end with the run: what they held may still arrive
             proxy.shape(None)
             proxy.blackhole(False)
-        await _drain(observer, control, specs, settings.drain)
+        await _drain(observer, control, specs, settings.drain, stop)
         drained_s = time.monotonic() - started - fleet_s
         if meter is not None and broker is not None and broker.pid is not None:
             meter.sample(broker.pid)
@@ -239,8 +246,10 @@ async def run_stress(
         report.fleet().reconnect_time,
         broker_restarted=broker is not None and broker.restarts > 0,
     )
+    complete = not stop.is_set()
     meta: dict[str, Any] = {
         "scenario": settings.scenario or "config",
+        "complete": complete,
         "broker": "embedded" if broker is not None else str(target.endpoint),
         "devices": config.size,
         "seed": config.seed,
@@ -266,4 +275,5 @@ async def run_stress(
         meta,
         round(meter.cpu_s, 3) if sampled and meter is not None else None,
         meter.peak_rss if sampled and meter is not None else None,
+        complete,
     )

@@ -20,6 +20,7 @@ import pytest
 from fleet.report import Report
 from fleet.schema import FleetConfig
 from fleet.simulator import Shard, Target, simulate
+from fleet.stress.proxy import fault_proxy
 from fleet.transport import Endpoint
 from tests.conftest import BrokerFactory
 
@@ -386,6 +387,33 @@ async def test_seq_continues_across_reconnects(port: int) -> None:
             assert before, birth
             assert after, birth
             assert after[0] > before[-1] > 0, (before[-3:], after[:3])
+
+
+# Reconnect timing
+
+
+@pytest.mark.parametrize("first_retry", ["backoff", "immediate"])
+async def test_the_first_retry_after_a_lost_connection_follows_the_backoff(
+    embedded_port: int, first_retry: str
+) -> None:
+    """A connection the network drops (a fault proxy resets it): the device's first retry waits the
+    group's backoff (1 s here, no jitter), as device SDKs do; with first_retry = "immediate" it goes
+    at once, where a 60 s backoff would outlast the test."""
+    initial = 1.0 if first_retry == "backoff" else 60.0
+    backoff = {"initial": initial, "max": initial, "jitter": "none", "first_retry": first_retry}
+    config = fleet({"name": "r", "count": 1, "interval": 0.5, "backoff": backoff})
+    (device,) = ids(config)
+    async with fault_proxy("127.0.0.1", embedded_port) as proxy:
+        through_proxy = {"r": target(proxy.port)}
+        async with observe(embedded_port) as observer, running(config, embedded_port, targets=through_proxy):
+            await subscribed(observer, device)
+            lost = time.monotonic()
+            assert proxy.reset(1.0) == 1
+            await observer.wait(lambda: len(observer.births(device)) == 2, what="a reconnect")
+    waited = observer.births(device)[1].at - lost
+    if first_retry == "backoff":
+        assert waited >= initial
+    assert len(observer.wills(device)) == 1
 
 
 # Commands

@@ -154,6 +154,19 @@ def test_gates_pass_and_fail_on_their_thresholds() -> None:
     assert not Gates(max_reconnect_p99=1.0).check(result)[0].passed
 
 
+def test_no_gate_passes_on_a_run_cut_short() -> None:
+    """On an incomplete run every gate fails, even one its figures meet, and says why."""
+    result = run(Ledger(), {"d1": PERSISTENT_QOS1}, {"d1": 0})
+    gates = Gates(max_loss_qos1=0, max_dup_qos2=0, max_reconnect_p99=5.0, require_wills=True)
+    assert all(gate.passed for gate in gates.check(result))
+    checked = gates.check(result, complete=False)
+    assert [gate.passed for gate in checked] == [False, False, False, False]
+    assert checked[0].detail == (
+        "the run was cut short; on what it saw: "
+        "0 acknowledged QoS 1 messages lost in persistent sessions (limit 0)"
+    )
+
+
 # The [stress] table
 
 FLEET = '[[groups]]\nname = "a"\ncount = 2\nkeepalive = 2\n[[groups]]\nname = "b"\ncount = 1\nkeepalive = 2\n'

@@ -22,6 +22,7 @@ from fleet.aiomqtt_link import AiomqttLink
 from fleet.errors import ConnectionLost, ConnectRefused, ProtocolError, TransportError, UnsupportedOperation
 from fleet.packets import (
     Connect,
+    Disconnect,
     FrameReader,
     PacketId,
     Pingreq,
@@ -672,6 +673,25 @@ async def test_protocol_violation_before_connack_fails_open(
     assert isinstance(await peer.read(), Connect)
     peer.writer.write(puback(1))
     with pytest.raises(ProtocolError, match="before CONNACK"):
+        await settle(opening)
+
+
+async def test_open_cancelled_after_connect_sends_disconnect(
+    fake_broker: tuple[Endpoint, asyncio.Queue[Peer]],
+) -> None:
+    """A connect cancelled while it waits for CONNACK sends DISCONNECT, so the broker fires no will."""
+    endpoint, peers = fake_broker
+    will = Will("fleet/dev/status", b"lost", 1, True)
+    opening = asyncio.ensure_future(
+        Link.open(endpoint, make_connect("dev", will=will), session=ClientSession(), on_message=Inbox())
+    )
+    async with asyncio.timeout(TIMEOUT):
+        peer = await peers.get()
+    assert isinstance(await peer.read(), Connect)
+    opening.cancel()
+    assert isinstance(await peer.read(), Disconnect)
+    peer.writer.close()  # as a broker does after DISCONNECT
+    with pytest.raises(asyncio.CancelledError):
         await settle(opening)
 
 
