@@ -418,9 +418,16 @@ class _DeviceRunner:
             live.connected += 1
             live.online[device.group.name] += 1
             try:
-                await self._announce(link, present)
-                self._connected(device)
-                outcome, offline_for = await self._online(link, cycle)
+                try:
+                    await self._announce(link, present)
+                except TransportError as exc:  # no SUBACK, or the link died before it: a lost connection
+                    self._error(f"subscribe failed: {exc}")
+                    self._ended("lost")
+                    link.abort()
+                    outcome, offline_for = _LOST, 0.0
+                else:
+                    self._connected(device)
+                    outcome, offline_for = await self._online(link, cycle)
             except asyncio.CancelledError:
                 await self._shutdown(link)
                 raise

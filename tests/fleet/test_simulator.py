@@ -416,6 +416,58 @@ async def test_the_first_retry_after_a_lost_connection_follows_the_backoff(
     assert len(observer.wills(device)) == 1
 
 
+async def _read_packet(reader: asyncio.StreamReader) -> int:
+    """Read one MQTT packet off the wire; return its type (the high nibble of the first byte)."""
+    first = (await reader.readexactly(1))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    await reader.readexactly(length)
+    return first >> 4
+
+
+async def test_a_connection_lost_before_its_suback_is_retried_and_the_run_goes_on() -> None:
+    """A broker that accepts CONNECT but drops the connection on SUBSCRIBE: the device counts the
+    failure and reconnects with its backoff; the run is not ended by one device's lost SUBACK."""
+    connections = 0
+    retried = asyncio.Event()
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 3:
+            retried.set()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            assert await _read_packet(reader) == 1  # CONNECT
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted, no session
+            await writer.drain()
+            assert await _read_packet(reader) == 8  # SUBSCRIBE: drop the connection instead of SUBACK
+        writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    backoff = {"initial": 0.05, "max": 0.05, "jitter": "none"}
+    config = fleet({"name": "s", "count": 1, "interval": 0.5, "backoff": backoff})
+    stop = asyncio.Event()
+    async with server:
+        task = asyncio.create_task(simulate(config, target(port), stop=stop), name="test.simulate")
+        waiter = asyncio.create_task(retried.wait())
+        async with asyncio.timeout(TIMEOUT):
+            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stop.set()
+        async with asyncio.timeout(TIMEOUT):
+            report = await task
+    (group,) = report.groups.values()
+    failed = sum(count for kind, count in group.errors.items() if kind.startswith("subscribe failed"))
+    assert failed >= 2
+    assert group.drops["lost"] == failed
+
+
 # Commands
 
 
