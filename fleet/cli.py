@@ -411,7 +411,7 @@ def _finish(report: Any, report_path: Path | None, title: str) -> None:
     if fleet.connect_failures and not fleet.connects:
         reason = fleet.errors.most_common(1)[0][0] if fleet.errors else "unknown"
         raise click.ClickException(f"no device could connect: {reason}")
-    if report.meta.get("complete") is False:
+    if report.meta.get("complete") is False and "merged" not in report.meta:
         marked = "; the report says complete: false" if report_path is not None else ""
         _cut_short("fleet", f"after {report.meta['duration_s']:.1f} s{marked}")
 
@@ -578,7 +578,8 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     """Merge the reports of the shards of one run (`fleet run --shard I/N`), and print its summary.
 
     Refuses a file or a shard given twice, a report that is not a `fleet run` report, and shards of
-    another config, seed or shard count.
+    another config, seed or shard count. Exits 1 when a shard was cut short: the merged report then
+    says complete: false.
     """
     from fleet.report import merge_shard_files
 
@@ -587,6 +588,11 @@ def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _finish(merged, output, "fleet report merge")
+    cut = [str(run.get("shard")) for run in merged.runs() if run.get("complete") is False]
+    if cut:
+        raise click.ClickException(
+            f"shard {', '.join(cut)} was cut short: the merged report says complete: false"
+        )
 
 
 @report.command("html")

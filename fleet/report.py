@@ -236,11 +236,16 @@ class Report:
 
 
 def merge_reports(reports: Iterable[Report]) -> Report:
-    """One report for several shards: counters add up, histograms merge, shard labels are listed."""
+    """One report for several shards: counters add up, histograms merge, shard labels are listed.
+
+    A shard cut short (`complete: false`) makes the merged report incomplete too.
+    """
     merged = Report(meta={"merged": []})
     for report in reports:
         merged.merge(report)
         merged.meta["merged"].extend(report.runs())
+    if any(run.get("complete") is False for run in merged.meta["merged"]):
+        merged.meta["complete"] = False
     return merged
 
 

@@ -347,6 +347,23 @@ def test_report_merge_refuses_a_stress_report(tmp_path: Path, shard_reports: dic
     )
 
 
+def test_report_merge_of_a_shard_cut_short_is_incomplete_and_fails(
+    tmp_path: Path, shard_reports: dict[str, Path]
+) -> None:
+    """A shard cut short (complete: false) makes the merged report complete: false, and merge exits 1."""
+    first, second = shard_reports["1/2"], shard_reports["2/2"]
+    cut = tmp_path / "cut.json"
+    data = load(second)
+    data["meta"]["complete"] = False
+    cut.write_text(json.dumps(data))
+    out = tmp_path / "merged.json"
+    code, _, stderr = fleet("report", "merge", first, cut, "-o", out)
+    assert error_line(code, stderr) == (
+        "Error: shard 2/2 was cut short: the merged report says complete: false"
+    )
+    assert load(out)["meta"]["complete"] is False
+
+
 def test_report_merge_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
     """JSON that is no report, and a file that is no JSON, are each refused with one line naming the file."""
     other = write(tmp_path, '{"name": "not a report"}\n', "other.json")
