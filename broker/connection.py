@@ -193,15 +193,19 @@ class Connection(asyncio.Protocol):
         self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
     ) -> bool:
         """Send one PUBLISH in this client's protocol version; False when it was not sent: expired, or
-        larger than the client's Maximum Packet Size (dropped and counted [MQTT-3.1.2-25])."""
+        larger than the client's Maximum Packet Size (dropped and counted [MQTT-3.1.2-25]).
+
+        A `dup` re-sends a message whose delivery had started, so its expiry no longer deletes it
+        [MQTT 5.0 3.3.2.3.3]: it goes out with the time left, 0 once none is.
+        """
         expiry: int | None = None
         if message.expires is not None:
             remaining = message.expires - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not dup:
                 # An expired message is never delivered [MQTT-3.3.2-5].
                 self.broker.stats.messages_expired += 1
                 return False
-            expiry = math.ceil(remaining)
+            expiry = max(0, math.ceil(remaining))
         if self.version != 5:
             # Properties are dropped toward MQTT 3.1.1 clients.
             data = encode_publish(
