@@ -84,12 +84,14 @@ class Connection(asyncio.Protocol):
         "connected",
         "keepalive",
         "max_outgoing",
+        "password",
         "paused",
         "peer",
         "receive_maximum",
         "session",
         "topic_alias_maximum",
         "transport",
+        "username",
         "version",
         "will",
         "will_delay",
@@ -102,6 +104,9 @@ class Connection(asyncio.Protocol):
         self._decode: Decoder = decode_client_packet
         self.session: Session | None = None
         self.client_id = ""
+        # The credentials of CONNECT, kept to check them again when the password file is reloaded.
+        self.username: str | None = None
+        self.password: bytes | None = None
         self.peer = "?"
         self.connected = False
         self.closing = False
@@ -342,6 +347,7 @@ class Connection(asyncio.Protocol):
         if not self.connected:
             if not isinstance(packet, Connect):
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
+            self.username, self.password = packet.username, packet.password
             self.broker.handle_connect(self, packet)
             return
         session = self.session
@@ -395,6 +401,7 @@ class Connection(asyncio.Protocol):
         if not self.connected:
             if not isinstance(packet, v5.Connect):
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]", reasons.PROTOCOL_ERROR)
+            self.username, self.password = packet.username, packet.password
             self.broker.handle_connect(self, packet)
             return
         session = self.session

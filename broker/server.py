@@ -24,6 +24,7 @@ from broker.auth import PasswordFile
 from broker.config import BrokerSettings, is_loopback
 from broker.connection import Connection, forwarded
 from broker.message import Message
+from broker.reload import reload_security
 from broker.retained import RetainedStore
 from broker.session import NEVER, Limits, Session, Subscription
 from broker.shared import SharedGroup
@@ -495,14 +496,23 @@ class Broker:
             self.subscriptions.remove(group.topic_filter, group)
         return True
 
+    def remove_subscription(self, session: Session, topic_filter: str) -> bool:
+        """End one subscription of `session`; False if it had none on `topic_filter`."""
+        existed = session.unsubscribe(topic_filter)
+        if existed and not self._leave_group(topic_filter, session):
+            self.subscriptions.remove(topic_filter, session)
+        return existed
+
+    def reload(self) -> None:
+        """Read the password and ACL files again and apply them to every client (broker/reload.py)."""
+        reload_security(self)
+
     def handle_unsubscribe(
         self, connection: Connection, session: Session, packet: Unsubscribe | v5.Unsubscribe
     ) -> None:
         codes: list[int] = []
         for topic_filter in packet.filters:
-            existed = session.unsubscribe(topic_filter)
-            if existed and not self._leave_group(topic_filter, session):
-                self.subscriptions.remove(topic_filter, session)
+            existed = self.remove_subscription(session, topic_filter)
             codes.append(reasons.SUCCESS if existed else reasons.NO_SUBSCRIPTION_EXISTED)
         if isinstance(packet, v5.Unsubscribe):
             connection.send(v5.encode_unsuback(packet.packet_id, codes))
