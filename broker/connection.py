@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from broker.logs import clip
 from broker.message import Message
 from fleet.errors import ProtocolError, UnsupportedProtocol
 from fleet.mqtt import reasons, v5
@@ -155,8 +156,8 @@ class Connection(asyncio.Protocol):
                 if self.closing:
                     return
         except UnsupportedProtocol as exc:
-            log.warning(
-                "refused %s from %s: mqtt-fleet's broker speaks MQTT 3.1, 3.1.1 and 5", exc, self.peer
+            self.broker.noise.refused.add(
+                self.peer, "", f"{clip(str(exc))}: mqtt-fleet's broker speaks MQTT 3.1, 3.1.1 and 5"
             )
             self.send(connack(False, CONNACK_UNACCEPTABLE_PROTOCOL))
             self.close()
@@ -249,12 +250,9 @@ class Connection(asyncio.Protocol):
             stats = self.broker.stats
             stats.messages_oversize += 1
             stats.messages_dropped += 1
-            log.info(
-                "dropped a message on %s for client %r: %d bytes exceed its Maximum Packet Size %d",
-                message.topic,
-                self.client_id,
-                len(data),
-                self.max_outgoing,
+            self.broker.noise.denied.add(
+                f"dropped a message on {clip(message.topic)!r} for client {clip(self.client_id)!r}: "
+                f"{len(data)} bytes exceed its Maximum Packet Size {self.max_outgoing}"
             )
             return False
         self.send(data)
@@ -307,7 +305,7 @@ class Connection(asyncio.Protocol):
 
     def violation(self, reason: str, code: int = reasons.PROTOCOL_ERROR) -> None:
         self.broker.stats.protocol_errors += 1
-        log.warning("closing %s (client %r): protocol violation: %s", self.peer, self.client_id, reason)
+        self.broker.noise.violations.add(self.peer, clip(self.client_id), clip(reason))
         self.disconnect(code)
 
     # Timers
@@ -315,7 +313,7 @@ class Connection(asyncio.Protocol):
     def _connect_timeout(self) -> None:
         self._timer = None
         if not self.connected:
-            log.info("closing %s: no CONNECT within %ss", self.peer, self.broker.settings.connect_timeout)
+            self.broker.noise.no_connect.add(self.peer, self.broker.settings.connect_timeout)
             self.abort()
 
     def start_keepalive(self, keepalive: int) -> None:
@@ -333,12 +331,7 @@ class Connection(asyncio.Protocol):
             self._timer = loop.call_later(self.keepalive - silent, self._check_keepalive)
             return
         self._timer = None
-        log.info(
-            "closing %s (client %r): silent for %.1fs, over 1.5 x keepalive [MQTT-3.1.2-24]",
-            self.peer,
-            self.client_id,
-            silent,
-        )
+        self.broker.noise.silent.add(self.peer, clip(self.client_id), silent)
         self.disconnect(reasons.KEEP_ALIVE_TIMEOUT)
 
     # MQTT 3.1.1 packets
