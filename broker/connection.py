@@ -1,8 +1,11 @@
 """One client's network connection: framing, the CONNECT handshake, keepalive, and packet dispatch.
 
-`Connection` is an `asyncio.Protocol`, so TCP and TLS connections cost no task of their own. The
+`Connection` is an `asyncio.BufferedProtocol`, so TCP and TLS connections cost no task of their own. The
 WebSocket listener drives the same class through a small transport adapter. The CONNECT's protocol
 level picks the codec: MQTT 3.1.1 (and 3.1) from `fleet.packets`, MQTT 5 from `fleet.mqtt.v5`.
+
+Fairness: each event-loop turn reads at most READ_BUDGET bytes from a connection, so a client that
+floods the broker gets a turn like every other, and TCP flow control slows it down.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -58,6 +62,12 @@ KEEPALIVE_GRACE = 1.5
 CONGESTED_BYTES = 1 << 20
 # How long a connection the broker ended with DISCONNECT stays half-open for the client to close it.
 DISCONNECT_LINGER = 2.0
+# The most bytes read from one connection per event-loop turn: a client that floods can take no
+# more of a turn than this, and the rest waits in the kernel (TCP then slows the sender down).
+READ_BUDGET = 16 * 1024
+# The buffer every connection of a thread's event loop reads into: its bytes are consumed before
+# the next read, so one per thread serves every connection without costing memory per connection.
+_read_buffers = threading.local()
 
 Decoder = Callable[[int, int, bytes], object]
 
@@ -70,7 +80,7 @@ def _connect_level(body: bytes) -> int:
     return body[end] if end < len(body) else -1
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_decode",
         "_frames",
@@ -139,7 +149,17 @@ class Connection(asyncio.Protocol):
         self._timer = loop.call_later(self.broker.settings.connect_timeout, self._connect_timeout)
         self.broker.connection_opened(self)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buffer: memoryview | None = getattr(_read_buffers, "buffer", None)
+        if buffer is None:
+            buffer = _read_buffers.buffer = memoryview(bytearray(READ_BUDGET))
+        return buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_read_buffers.buffer[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from the client (TCP and TLS through `buffer_updated`, WebSocket frames directly)."""
         if self.closing:
             return
         self._last_heard = asyncio.get_running_loop().time()
