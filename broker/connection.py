@@ -64,7 +64,7 @@ CONGESTED_BYTES = 1 << 20
 DISCONNECT_LINGER = 2.0
 # The most bytes read from one connection per event-loop turn: a client that floods can take no
 # more of a turn than this, and the rest waits in the kernel (TCP then slows the sender down).
-READ_BUDGET = 16 * 1024
+READ_BUDGET = 4 * 1024
 # The buffer every connection of a thread's event loop reads into: its bytes are consumed before
 # the next read, so one per thread serves every connection without costing memory per connection.
 _read_buffers = threading.local()
@@ -362,6 +362,9 @@ class Connection(asyncio.BufferedProtocol):
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
             self.username, self.password = packet.username, packet.password
             self.broker.handle_connect(self, packet)
+            # The CONNACK goes out now, not at the end of the turn: a client connecting while
+            # others flood waits one loop turn less.
+            self.flush()
             return
         session = self.session
         if session is None:
@@ -416,6 +419,9 @@ class Connection(asyncio.BufferedProtocol):
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]", reasons.PROTOCOL_ERROR)
             self.username, self.password = packet.username, packet.password
             self.broker.handle_connect(self, packet)
+            # The CONNACK goes out now, not at the end of the turn: a client connecting while
+            # others flood waits one loop turn less.
+            self.flush()
             return
         session = self.session
         if session is None:
