@@ -115,3 +115,23 @@ async def test_sighup_with_a_bad_file_keeps_the_old_rules_and_logs_one_line(
     for client in (alice, carol):
         await client.close()
     broker.shutdown()
+
+
+async def test_sighup_without_files_leaves_the_broker_and_its_sessions_running(
+    start_fleet_broker: Callable[..., FleetBroker],
+) -> None:
+    """SIGHUP to a broker with no password or ACL file (it used to kill it) logs that there is nothing
+    to reload, and a connected subscriber keeps receiving."""
+    broker = start_fleet_broker("--port", "0", "--ws-port", "0")
+    subscriber = await RawClient.open(broker.port)
+    await subscriber.connect("stays")
+    assert await subscriber.subscribe(("t", 0)) == [0]
+    broker.proc.signal(signal.SIGHUP)
+    broker.proc.stderr.wait_for("reload: no password file and no ACL file to reload")
+    publisher = await RawClient.open(broker.port)
+    await publisher.connect("pub")
+    publisher.publish("t", b"after")
+    assert (await subscriber.read_publish()).payload == b"after"
+    for client in (subscriber, publisher):
+        await client.close()
+    broker.shutdown()
