@@ -6,9 +6,10 @@ path the broker was started with, and then applied to the clients already connec
 - a file that fails to load (unreadable, or a bad line) keeps the rules in force, and logs one line
   naming the file and the line; the other file still reloads;
 - new connections use the new files at once;
-- a connected client whose user name is no longer in the password file, or whose password no
-  longer matches, is disconnected (MQTT 5: DISCONNECT 0x87, not authorized), as in Mosquitto; its
-  will is published as for any connection that ends without DISCONNECT;
+- a connected client the new password file would refuse at CONNECT (its user name is gone, or its
+  password no longer matches; a TLS certificate's identity needs none) is disconnected (MQTT 5:
+  DISCONNECT 0x87, not authorized), as in Mosquitto; its will is published as for any connection
+  that ends without DISCONNECT;
 - every subscription (of connected and offline sessions) is checked against the new ACL, and one
   the new ACL refuses (`AclFile.can_subscribe`) is removed: MQTT has no packet to tell the client,
   so it learns only by receiving nothing, which is what a denied subscription gives anyway. Every
@@ -27,6 +28,7 @@ from broker.acl import AclFile
 from broker.auth import PasswordFile
 from fleet.errors import ConfigError, TopicError
 from fleet.mqtt import reasons, v5
+from fleet.packets import CONNACK_ACCEPTED
 
 if TYPE_CHECKING:
     from broker.server import Broker
@@ -63,9 +65,12 @@ def reload_security(broker: Broker) -> None:
 def _recheck_credentials(broker: Broker, passwords: PasswordFile) -> None:
     refused = 0
     for connection in list(broker.connections):
-        if not connection.connected or connection.closing or connection.username is None:
+        if not connection.connected or connection.closing:
             continue
-        if passwords.verify(connection.username, connection.password):
+        # The rule of CONNECT again: a certificate's identity needs no password, anonymous clients
+        # are judged by --allow-anonymous, which a reload does not change.
+        code, _ = broker.authenticate(connection, connection.username, connection.password)
+        if code == CONNACK_ACCEPTED:
             continue
         refused += 1
         connection.disconnect(reasons.NOT_AUTHORIZED)

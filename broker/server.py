@@ -176,7 +176,7 @@ class Broker:
                     entry.message, min(entry.qos, subscription.qos), retain=entry.retain, group=group
                 )
 
-    def _authenticate(
+    def authenticate(
         self, connection: Connection, username: str | None, password: bytes | None
     ) -> tuple[int, str | None]:
         """CONNACK's return code, and the user name the client has for ACLs."""
@@ -218,7 +218,7 @@ class Broker:
             self._refuse(connection, CONNACK_IDENTIFIER_REJECTED, "MQTT 3.1 ids have 23 characters at most")
             return
         connection.client_id = client_id
-        code, username = self._authenticate(connection, packet.username, packet.password)
+        code, username = self.authenticate(connection, packet.username, packet.password)
         will = packet.will
         # A will the client may not publish itself is refused at CONNECT, as Mosquitto does.
         if (
