@@ -1,8 +1,9 @@
 """One client's network connection: framing, the CONNECT handshake, keepalive, and packet dispatch.
 
-`Connection` is an `asyncio.BufferedProtocol`, so TCP and TLS connections cost no task of their own. The
-WebSocket listener drives the same class through a small transport adapter. The CONNECT's protocol
-level picks the codec: MQTT 3.1.1 (and 3.1) from `fleet.packets`, MQTT 5 from `fleet.mqtt.v5`.
+`Connection` is an `asyncio.BufferedProtocol`, so TCP and TLS connections cost no task of their
+own. The WebSocket listener drives the same class through a small transport adapter. The CONNECT's
+protocol level picks the codec: MQTT 3.1.1 (and 3.1) from `fleet.packets`, MQTT 5 from
+`fleet.mqtt.v5`. What it logs goes through `broker.logs`.
 
 Fairness: each event-loop turn reads at most READ_BUDGET bytes from a connection, so a client that
 floods the broker gets a turn like every other, and TCP flow control slows it down.
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import math
 import threading
 import time
@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from broker.session import Session
 
 __all__ = ["Connection"]
-
-log = logging.getLogger("broker")
 
 # The broker closes a connection after 1.5 keepalive periods of silence [MQTT-3.1.2-24].
 KEEPALIVE_GRACE = 1.5
