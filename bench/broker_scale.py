@@ -59,14 +59,17 @@ import datetime
 import functools
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import random
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -854,6 +857,313 @@ async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) ->
 
 
 # --------------------------------------------------------------------------------------------
+# The flood phase (--flood): is the broker fair to everyone else while one client floods?
+# --------------------------------------------------------------------------------------------
+
+FLOOD_TOPIC = b"flood/x"
+FLOOD_PAYLOAD = 100
+
+
+def qos0_publish(topic: bytes, payload: bytes, version: int) -> bytes:
+    props = b"\x00" if version == 5 else b""
+    body = mqtt_str(topic) + props + payload
+    return b"\x30" + varint(len(body)) + body
+
+
+def _blocking_client(port: int, client_id: bytes, version: int) -> socket.socket:
+    """A blocking socket, CONNECTed (CONNACK read), with a timeout on every call."""
+    sock = socket.create_connection((HOST, port), timeout=10)
+    sock.sendall(connect_pkt(client_id, version))
+    if len(sock.recv(64)) < 4:
+        raise ConnectionError(f"{client_id!r}: no CONNACK")
+    return sock
+
+
+def flood_child(port: int, version: int, seconds: float, ready: Any, sent: Any) -> None:
+    """The flooder process: a sink subscribed to the flood topic, read and discarded by a thread,
+    and one client writing QoS 0 PUBLISHes as fast as the broker takes them, for `seconds`."""
+    sink = _blocking_client(port, b"flood-sink", version)
+    sink.sendall(subscribe_pkt(1, b"flood/#", version, qos=0))
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while sink.recv(1 << 20):
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    flooder = _blocking_client(port, b"flooder", version)
+    batch = qos0_publish(FLOOD_TOPIC, b"\x00" * FLOOD_PAYLOAD, version) * 500
+    ready.set()
+    deadline = time.monotonic() + seconds
+    total = 0
+    while time.monotonic() < deadline:
+        try:
+            flooder.sendall(batch)
+        except TimeoutError:
+            continue
+        except OSError:
+            break
+        total += 500
+        sent.value = total
+    flooder.close()
+    sink.close()
+
+
+@dataclass
+class FloodWindow:
+    """What the others saw during one window: their delivery latency and new clients' CONNECT time."""
+
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    sent: int = 0
+    received: int = 0
+    connect_p50_ms: float | None = None
+    connect_max_ms: float | None = None
+    connects: int = 0
+    connect_failures: int = 0
+    broker_cpu_pct: float | None = None
+    other_cpu_pct: float | None = None
+
+
+@dataclass
+class FloodResult:
+    broker: str
+    quiet: FloodWindow = field(default_factory=FloodWindow)
+    flood: FloodWindow = field(default_factory=FloodWindow)
+    flood_msg_per_s: float | None = None
+    error: str | None = None
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def _others_publish(peers: list[Client], rate: float, counter: list[int]) -> None:
+    """Each peer publishes one QoS 0 message per 1/rate s to the next peer, on an absolute schedule."""
+    version = peers[0].stats.version
+    filler = b"\x00" * (PAYLOAD_BYTES - 8)
+    prefixes = [peers[(i + 1) % len(peers)].topic for i in range(len(peers))]
+    tick = 1 / rate
+    next_at = time.perf_counter()
+    while True:
+        for peer, topic in zip(peers, prefixes, strict=True):
+            if peer.transport is not None and not peer.transport.is_closing():
+                ts = time.perf_counter_ns().to_bytes(8, "big")
+                peer.send(qos0_publish(topic, ts + filler, version))
+                counter[0] += 1
+        next_at += tick
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+
+async def _probe_connects(
+    port: int, version: int, interval: float, times: list[float], failures: list[int]
+) -> None:
+    """Every `interval` s, a new client connects (TCP + CONNECT until CONNACK), timed, then leaves."""
+    stats = Stats(version)
+    index = 0
+    while True:
+        index += 1
+        t0 = time.perf_counter()
+        try:
+            probe = await open_client(lambda: Client(stats, b""), port, b"probe-%d" % index, None, 10.0)
+        except (OSError, TimeoutError):
+            failures[0] += 1
+        else:
+            times.append((time.perf_counter() - t0) * 1000)
+            probe.close()
+        await asyncio.sleep(interval)
+
+
+async def _flood_window(
+    args: argparse.Namespace,
+    broker: Broker,
+    stats: Stats,
+    counter: list[int],
+    window: FloodWindow,
+    extra: list[psutil.Process],
+) -> None:
+    """Record the others' latency and the probes' CONNECT times for --flood-seconds."""
+    times: list[float] = []
+    failures = [0]
+    s0 = counter[0]
+    stats.lat_ns.clear()
+    d0 = stats.delivered
+    c0, m0, h0 = broker.cpu_seconds(), own_cpu_seconds(), host_busy_seconds()
+    x0 = sum(support.cpu_seconds(p) for p in extra)
+    stats.recording = True
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tasks:
+        probes = tasks.create_task(_probe_connects(broker.port, stats.version, 0.25, times, failures))
+        await asyncio.sleep(args.flood_seconds)
+        probes.cancel()
+    wall = time.perf_counter() - t0
+    stats.recording = False
+    # Messages still on their way are counted once they arrive (the window's sent ones).
+    await asyncio.sleep(0.5)
+    lat = [ns / 1e6 for ns in stats.lat_ns]
+    window.p50_ms, window.p99_ms = _quantile(lat, 0.5), _quantile(lat, 0.99)
+    window.received = stats.delivered - d0
+    window.sent = counter[0] - s0
+    window.connect_p50_ms, window.connect_max_ms = _quantile(times, 0.5), max(times, default=None)
+    window.connects, window.connect_failures = len(times), failures[0]
+    broker_cpu = broker.cpu_seconds() - c0
+    extra_cpu = sum(support.cpu_seconds(p) for p in extra) - x0
+    window.broker_cpu_pct = 100 * broker_cpu / wall
+    busy = host_busy_seconds() - h0
+    window.other_cpu_pct = max(0.0, 100 * (busy - broker_cpu - (own_cpu_seconds() - m0) - extra_cpu) / wall)
+
+
+async def run_flood(args: argparse.Namespace, kind: str, workdir: Path) -> FloodResult:
+    """Others publish/subscribe at a modest rate, quiet then while one client floods QoS 0."""
+    res = FloodResult(kind)
+    stats = Stats(5 if kind.endswith("5") else 4)
+    broker = Broker(kind, workdir, "flood", args.base_worktree)
+    peers: list[Client] = []
+    spawn = multiprocessing.get_context("spawn")
+    child: multiprocessing.process.BaseProcess | None = None
+    print(f"- {kind}, flood: starting on port {broker.port} ...", flush=True)
+    try:
+        broker.start()
+        await broker.wait_ready(stats, args.ready_timeout)
+        for i in range(args.flood_others):
+            topic = b"others/%d" % i
+            peers.append(
+                await open_client(
+                    functools.partial(Client, stats, topic),
+                    broker.port,
+                    b"other-%d" % i,
+                    topic,
+                    args.conn_timeout,
+                )
+            )
+        async with asyncio.TaskGroup() as tasks:
+            counter = [0]
+            publishing = tasks.create_task(_others_publish(peers, args.flood_rate, counter))
+            await asyncio.sleep(1.0)  # warm-up
+            await _flood_window(args, broker, stats, counter, res.quiet, [])
+            ready, sent = spawn.Event(), spawn.Value("q", 0)
+            child = spawn.Process(
+                target=flood_child,
+                args=(broker.port, stats.version, args.flood_seconds + 30, ready, sent),
+                name="flooder",
+            )
+            child.start()
+            assert child.pid is not None
+            if not await asyncio.to_thread(ready.wait, 30):
+                raise BenchError("the flooder did not connect within 30 s")
+            await asyncio.sleep(1.0)  # the flood builds up
+            s0, t0 = sent.value, time.perf_counter()
+            await _flood_window(args, broker, stats, counter, res.flood, [psutil.Process(child.pid)])
+            res.flood_msg_per_s = (sent.value - s0) / (time.perf_counter() - t0)
+            publishing.cancel()
+        broker.check_alive()
+    except BenchError as exc:
+        res.error = str(exc)
+        print(f"  ! {exc}", flush=True)
+    finally:
+        try:
+            if child is not None and child.is_alive():
+                child.terminate()  # our own child, by its PID
+            if child is not None:
+                child.join(10)
+            for peer in peers:
+                peer.close()
+            await asyncio.sleep(0.2)
+        finally:
+            broker.stop()
+    for name, w in (("quiet", res.quiet), ("flood", res.flood)):
+        print(
+            f"  {name}: others p50 {fmt(w.p50_ms, '.1f')} ms, p99 {fmt(w.p99_ms, '.1f')} ms, "
+            f"CONNECT p50 {fmt(w.connect_p50_ms, '.1f')} ms, max {fmt(w.connect_max_ms, '.1f')} ms "
+            f"({w.connects} probes, {w.connect_failures} failed), "
+            f"broker CPU {fmt(w.broker_cpu_pct, '.0f')} %, other CPU {fmt(w.other_cpu_pct, '.0f')} %",
+            flush=True,
+        )
+    print(f"  flooder: {fmt(res.flood_msg_per_s, ',.0f')} QoS 0 msg/s taken by the broker", flush=True)
+    return res
+
+
+_FLOOD_FIGURES: dict[str, Callable[[FloodResult], float | None]] = {
+    "quiet p50 ms": lambda r: r.quiet.p50_ms,
+    "quiet p99 ms": lambda r: r.quiet.p99_ms,
+    "flood p50 ms": lambda r: r.flood.p50_ms,
+    "flood p99 ms": lambda r: r.flood.p99_ms,
+    "flood CONNECT p50 ms": lambda r: r.flood.connect_p50_ms,
+    "flood CONNECT max ms": lambda r: r.flood.connect_max_ms,
+}
+
+
+def flood_report(results: list[FloodResult]) -> str:
+    rows = []
+    for r in results:
+        q, f = r.quiet, r.flood
+        rows.append(
+            [
+                r.broker,
+                fmt(q.p50_ms, ".1f"),
+                fmt(q.p99_ms, ".1f"),
+                fmt(f.p50_ms, ".1f"),
+                fmt(f.p99_ms, ".1f"),
+                fmt(q.connect_max_ms, ".1f"),
+                f"{fmt(f.connect_p50_ms, '.1f')} / {fmt(f.connect_max_ms, '.1f')}",
+                fmt(r.flood_msg_per_s, ",.0f"),
+                fmt(f.broker_cpu_pct, ".0f"),
+                fmt(max(q.other_cpu_pct or 0, f.other_cpu_pct or 0), ".0f"),
+            ]
+        )
+    out = [
+        "\nflood: others' delivery latency and a new client's CONNECT time, quiet and while one floods",
+        table(
+            [
+                "broker",
+                "quiet p50 ms",
+                "quiet p99 ms",
+                "flood p50 ms",
+                "flood p99 ms",
+                "quiet CONNECT max ms",
+                "flood CONNECT p50 / max ms",
+                "flood msg/s",
+                "broker CPU%",
+                "other CPU%",
+            ],
+            rows,
+        ),
+    ]
+    brokers = list(dict.fromkeys(r.broker for r in results))
+    medians = {
+        b: {
+            key: _quantile([v for r in results if r.broker == b if (v := pick(r)) is not None], 0.5)
+            for key, pick in _FLOOD_FIGURES.items()
+        }
+        for b in brokers
+    }
+    if len(results) > len(brokers):
+        out.append(f"\nmedians over {len(results) // len(brokers)} rounds:")
+        out.append(
+            table(
+                ["broker", *_FLOOD_FIGURES],
+                [[b, *(fmt(medians[b][key], ".1f") for key in _FLOOD_FIGURES)] for b in brokers],
+            )
+        )
+    if BASELINE in medians:
+        base = medians[BASELINE]
+        for b in brokers:
+            if b == BASELINE:
+                continue
+            for key in ("flood p99 ms", "flood CONNECT p50 ms", "flood CONNECT max ms"):
+                a, m = medians[b][key], base[key]
+                ok = a is not None and m is not None and a <= 2 * m
+                out.append(f"  [{'PASS' if ok else 'FAIL'}] {b} {key} within 2x {BASELINE}: {ratio(a, m)}")
+    for r in results:
+        if r.error:
+            out.append(f"\nERROR {r.broker} flood: {r.error}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
 # Output.
 # --------------------------------------------------------------------------------------------
 
@@ -1054,6 +1364,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-errors", type=int, default=100, help="connect errors before giving up on a run")
     p.add_argument("--log-dir", type=Path, help="keep broker logs and configs here (default: temp dir)")
     p.add_argument("--base-worktree", type=Path, help="the checkout whose fleet broker `fleet-base` runs")
+    p.add_argument(
+        "--flood",
+        action="store_true",
+        help="run the flood phase instead of the scale phases: one client floods QoS 0 while others publish",
+    )
+    p.add_argument("--flood-seconds", type=float, default=5.0, help="each flood-phase window (s)")
+    p.add_argument("--flood-others", type=int, default=10, help="clients publishing beside the flooder")
+    p.add_argument("--flood-rate", type=float, default=50.0, help="messages/s each other client publishes")
+    p.add_argument("--rounds", type=int, default=1, help="flood phase: rounds, each running every broker")
     args = p.parse_args(argv)
     try:
         args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -1074,14 +1393,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def amain(args: argparse.Namespace, results: list[Result]) -> None:
-    """Run every (N, broker) pair in turn, appending to `results` as each finishes."""
+async def amain(args: argparse.Namespace, results: list[Any]) -> None:
+    """Run every (N, broker) pair in turn, or with --flood the flood phase of each broker, appending
+    to `results` as each finishes."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     with contextlib.ExitStack() as stack:
         workdir = support.workdir(stack, args.log_dir, "broker_scale-")
+        if args.flood:
+            # Rounds interleave the brokers, so that load from outside falls on each alike.
+            for _ in range(args.rounds):
+                for kind in args.brokers:
+                    results.append(await run_flood(args, kind, workdir))
+            return
         for n in args.clients:
             for kind in args.brokers:
                 results.append(await run_one(args, kind, n, workdir))
@@ -1101,15 +1427,16 @@ def main(argv: list[str] | None = None) -> int:
         "  mosquitto: defaults except 'listener PORT 127.0.0.1' + 'allow_anonymous true' "
         "(max_inflight_messages 20, max_queued_messages 1000, no persistence)"
     )
-    results: list[Result] = []
+    results: list[Any] = []
+    show = flood_report if args.flood else functools.partial(report, args=args)
     try:
         asyncio.run(amain(args, results))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("\ninterrupted: brokers stopped, sockets closed", file=sys.stderr)
         if results:
-            print("results so far:" + report(results, args))
+            print("results so far:" + show(results))
         return 130
-    print(report(results, args))
+    print(show(results))
     if args.json:
         doc: dict[str, Any] = {
             **support.run_record(started, command, args),

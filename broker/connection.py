@@ -1,20 +1,25 @@
 """One client's network connection: framing, the CONNECT handshake, keepalive, and packet dispatch.
 
-`Connection` is an `asyncio.Protocol`, so TCP and TLS connections cost no task of their own. The
-WebSocket listener drives the same class through a small transport adapter. The CONNECT's protocol
-level picks the codec: MQTT 3.1.1 (and 3.1) from `fleet.packets`, MQTT 5 from `fleet.mqtt.v5`.
+`Connection` is an `asyncio.BufferedProtocol`, so TCP and TLS connections cost no task of their
+own. The WebSocket listener drives the same class through a small transport adapter. The CONNECT's
+protocol level picks the codec: MQTT 3.1.1 (and 3.1) from `fleet.packets`, MQTT 5 from
+`fleet.mqtt.v5`. What it logs goes through `broker.logs`.
+
+Fairness: each event-loop turn reads at most READ_BUDGET bytes from a connection, so a client that
+floods the broker gets a turn like every other, and TCP flow control slows it down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from broker.logs import clip
 from broker.message import Message
 from fleet.errors import ProtocolError, UnsupportedProtocol
 from fleet.mqtt import reasons, v5
@@ -49,14 +54,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection"]
 
-log = logging.getLogger("broker")
-
 # The broker closes a connection after 1.5 keepalive periods of silence [MQTT-3.1.2-24].
 KEEPALIVE_GRACE = 1.5
 # A QoS 0 message to a client whose send buffer holds more than this is dropped and counted.
 CONGESTED_BYTES = 1 << 20
 # How long a connection the broker ended with DISCONNECT stays half-open for the client to close it.
 DISCONNECT_LINGER = 2.0
+# The most bytes read from one connection per event-loop turn: a client that floods can take no
+# more of a turn than this, and the rest waits in the kernel (TCP then slows the sender down).
+READ_BUDGET = 4 * 1024
+# The buffer every connection of a thread's event loop reads into: its bytes are consumed before
+# the next read, so one per thread serves every connection without costing memory per connection.
+_read_buffers = threading.local()
 
 Decoder = Callable[[int, int, bytes], object]
 
@@ -69,7 +78,7 @@ def _connect_level(body: bytes) -> int:
     return body[end] if end < len(body) else -1
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_decode",
         "_frames",
@@ -84,12 +93,14 @@ class Connection(asyncio.Protocol):
         "connected",
         "keepalive",
         "max_outgoing",
+        "password",
         "paused",
         "peer",
         "receive_maximum",
         "session",
         "topic_alias_maximum",
         "transport",
+        "username",
         "version",
         "will",
         "will_delay",
@@ -102,6 +113,9 @@ class Connection(asyncio.Protocol):
         self._decode: Decoder = decode_client_packet
         self.session: Session | None = None
         self.client_id = ""
+        # The credentials of CONNECT, kept to check them again when the password file is reloaded.
+        self.username: str | None = None
+        self.password: bytes | None = None
         self.peer = "?"
         self.connected = False
         self.closing = False
@@ -133,7 +147,17 @@ class Connection(asyncio.Protocol):
         self._timer = loop.call_later(self.broker.settings.connect_timeout, self._connect_timeout)
         self.broker.connection_opened(self)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buffer: memoryview | None = getattr(_read_buffers, "buffer", None)
+        if buffer is None:
+            buffer = _read_buffers.buffer = memoryview(bytearray(READ_BUDGET))
+        return buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_read_buffers.buffer[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from the client (TCP and TLS through `buffer_updated`, WebSocket frames directly)."""
         if self.closing:
             return
         self._last_heard = asyncio.get_running_loop().time()
@@ -150,8 +174,8 @@ class Connection(asyncio.Protocol):
                 if self.closing:
                     return
         except UnsupportedProtocol as exc:
-            log.warning(
-                "refused %s from %s: mqtt-fleet's broker speaks MQTT 3.1, 3.1.1 and 5", exc, self.peer
+            self.broker.noise.refused.add(
+                self.peer, "", f"{clip(str(exc))}: mqtt-fleet's broker speaks MQTT 3.1, 3.1.1 and 5"
             )
             self.send(connack(False, CONNACK_UNACCEPTABLE_PROTOCOL))
             self.close()
@@ -193,15 +217,19 @@ class Connection(asyncio.Protocol):
         self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
     ) -> bool:
         """Send one PUBLISH in this client's protocol version; False when it was not sent: expired, or
-        larger than the client's Maximum Packet Size (dropped and counted [MQTT-3.1.2-25])."""
+        larger than the client's Maximum Packet Size (dropped and counted [MQTT-3.1.2-25]).
+
+        A `dup` re-sends a message whose delivery had started, so its expiry no longer deletes it
+        [MQTT 5.0 3.3.2.3.3]: it goes out with the time left, 0 once none is.
+        """
         expiry: int | None = None
         if message.expires is not None:
             remaining = message.expires - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 and not dup:
                 # An expired message is never delivered [MQTT-3.3.2-5].
                 self.broker.stats.messages_expired += 1
                 return False
-            expiry = math.ceil(remaining)
+            expiry = max(0, math.ceil(remaining))
         if self.version != 5:
             # Properties are dropped toward MQTT 3.1.1 clients.
             data = encode_publish(
@@ -240,12 +268,9 @@ class Connection(asyncio.Protocol):
             stats = self.broker.stats
             stats.messages_oversize += 1
             stats.messages_dropped += 1
-            log.info(
-                "dropped a message on %s for client %r: %d bytes exceed its Maximum Packet Size %d",
-                message.topic,
-                self.client_id,
-                len(data),
-                self.max_outgoing,
+            self.broker.noise.denied.add(
+                f"dropped a message on {clip(message.topic)!r} for client {clip(self.client_id)!r}: "
+                f"{len(data)} bytes exceed its Maximum Packet Size {self.max_outgoing}"
             )
             return False
         self.send(data)
@@ -298,7 +323,7 @@ class Connection(asyncio.Protocol):
 
     def violation(self, reason: str, code: int = reasons.PROTOCOL_ERROR) -> None:
         self.broker.stats.protocol_errors += 1
-        log.warning("closing %s (client %r): protocol violation: %s", self.peer, self.client_id, reason)
+        self.broker.noise.violations.add(self.peer, clip(self.client_id), clip(reason))
         self.disconnect(code)
 
     # Timers
@@ -306,7 +331,7 @@ class Connection(asyncio.Protocol):
     def _connect_timeout(self) -> None:
         self._timer = None
         if not self.connected:
-            log.info("closing %s: no CONNECT within %ss", self.peer, self.broker.settings.connect_timeout)
+            self.broker.noise.no_connect.add(self.peer, self.broker.settings.connect_timeout)
             self.abort()
 
     def start_keepalive(self, keepalive: int) -> None:
@@ -324,12 +349,7 @@ class Connection(asyncio.Protocol):
             self._timer = loop.call_later(self.keepalive - silent, self._check_keepalive)
             return
         self._timer = None
-        log.info(
-            "closing %s (client %r): silent for %.1fs, over 1.5 x keepalive [MQTT-3.1.2-24]",
-            self.peer,
-            self.client_id,
-            silent,
-        )
+        self.broker.noise.silent.add(self.peer, clip(self.client_id), silent)
         self.disconnect(reasons.KEEP_ALIVE_TIMEOUT)
 
     # MQTT 3.1.1 packets
@@ -338,7 +358,11 @@ class Connection(asyncio.Protocol):
         if not self.connected:
             if not isinstance(packet, Connect):
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]")
+            self.username, self.password = packet.username, packet.password
             self.broker.handle_connect(self, packet)
+            # The CONNACK goes out now, not at the end of the turn: a client connecting while
+            # others flood waits one loop turn less.
+            self.flush()
             return
         session = self.session
         if session is None:
@@ -391,7 +415,11 @@ class Connection(asyncio.Protocol):
         if not self.connected:
             if not isinstance(packet, v5.Connect):
                 raise ProtocolError("the first packet must be CONNECT [MQTT-3.1.0-1]", reasons.PROTOCOL_ERROR)
+            self.username, self.password = packet.username, packet.password
             self.broker.handle_connect(self, packet)
+            # The CONNACK goes out now, not at the end of the turn: a client connecting while
+            # others flood waits one loop turn less.
+            self.flush()
             return
         session = self.session
         if session is None:

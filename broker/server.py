@@ -23,12 +23,13 @@ from broker.acl import AclFile
 from broker.auth import PasswordFile
 from broker.config import BrokerSettings, is_loopback
 from broker.connection import Connection, forwarded
+from broker.logs import Noise, clip
 from broker.message import Message
+from broker.reload import reload_security
 from broker.retained import RetainedStore
 from broker.session import NEVER, Limits, Session, Subscription
 from broker.shared import SharedGroup
 from broker.stats import Stats
-from broker.tally import Tally
 from broker.websocket import WebSocketTransport
 from fleet.errors import TopicError
 from fleet.mqtt import reasons, v5
@@ -79,12 +80,8 @@ class Broker:
         self.started = time.monotonic()
         self.closing = False
         self._unflushed: list[Connection] = []
-        # A storm ends hundreds of connections at once: their wills make one line per interval.
-        self.wills_log = Tally(
-            log,
-            "publishing the will of client %r on %s",
-            "published %d more wills, the last of client %r on %s",
-        )
+        # What clients can make the broker log, bounded and counted (broker/logs.py).
+        self.noise = Noise(log)
 
     def flush_soon(self, connection: Connection) -> None:
         """Write `connection`'s queued packets at the end of this loop turn, in one system call."""
@@ -139,7 +136,7 @@ class Broker:
 
     def _publish_will(self, client_id: str, will: Message) -> None:
         # The connection ended without DISCONNECT (or with 0x04): publish its will [MQTT-3.1.2-8].
-        self.wills_log.add(client_id, will.topic)
+        self.noise.wills.add(clip(client_id), clip(will.topic))
         self.stats.wills_published += 1
         self.publish(_stamped(will))
 
@@ -153,7 +150,7 @@ class Broker:
         session.expiry_timer = None
         if session.outlet is not None or self.sessions.get(session.client_id) is not session:
             return
-        log.info("the session of client %r expired", session.client_id)
+        log.info("the session of client %r expired", clip(session.client_id))
         will, session.pending_will = session.pending_will, None
         self._discard(session)
         if will is not None:
@@ -179,7 +176,7 @@ class Broker:
                     entry.message, min(entry.qos, subscription.qos), retain=entry.retain, group=group
                 )
 
-    def _authenticate(
+    def authenticate(
         self, connection: Connection, username: str | None, password: bytes | None
     ) -> tuple[int, str | None]:
         """CONNACK's return code, and the user name the client has for ACLs."""
@@ -208,7 +205,7 @@ class Broker:
         assigned = None
         if is5 and properties.authentication_method is not None:
             # Enhanced authentication is not supported [MQTT 5.0 4.12, 3.2.2.2].
-            reason = f"authentication method {properties.authentication_method!r} is not supported"
+            reason = f"authentication method {clip(properties.authentication_method)!r} is not supported"
             self._refuse(connection, reasons.BAD_AUTHENTICATION_METHOD, reason)
             return
         if not client_id:
@@ -221,7 +218,7 @@ class Broker:
             self._refuse(connection, CONNACK_IDENTIFIER_REJECTED, "MQTT 3.1 ids have 23 characters at most")
             return
         connection.client_id = client_id
-        code, username = self._authenticate(connection, packet.username, packet.password)
+        code, username = self.authenticate(connection, packet.username, packet.password)
         will = packet.will
         # A will the client may not publish itself is refused at CONNECT, as Mosquitto does.
         if (
@@ -232,7 +229,8 @@ class Broker:
         ):
             code = CONNACK_NOT_AUTHORIZED
         if code != CONNACK_ACCEPTED:
-            self._refuse(connection, code, f"authentication failed for user {username!r}")
+            user = None if username is None else clip(username)
+            self._refuse(connection, code, f"authentication failed for user {user!r}")
             return
 
         if is5:
@@ -298,11 +296,13 @@ class Broker:
         else:
             connection.send(connack(present, CONNACK_ACCEPTED))
         connection.start_keepalive(keepalive)
-        log.debug("client %r connected from %s (session present: %s)", client_id, connection.peer, present)
+        log.debug(
+            "client %r connected from %s (session present: %s)", clip(client_id), connection.peer, present
+        )
         session.resume()
 
     def _refuse(self, connection: Connection, code: int, reason: str) -> None:
-        log.warning("refused CONNECT from %s (client %r): %s", connection.peer, connection.client_id, reason)
+        self.noise.refused.add(connection.peer, clip(connection.client_id), reason)
         if connection.version == 5:
             connection.send(v5.encode_connack(False, _V5_CONNACK.get(code, code)))
         else:
@@ -316,7 +316,7 @@ class Broker:
         The old connection ended without DISCONNECT, so its will is due now (or after its Will Delay
         Interval, which the new connection then cancels), before the new connection's CONNACK.
         """
-        log.info("client %r took over its session from %s", previous.client_id, previous.peer)
+        log.info("client %r took over its session from %s", clip(previous.client_id), previous.peer)
         self.connection_closed(previous)
         previous.disconnect(reasons.SESSION_TAKEN_OVER)
 
@@ -327,10 +327,15 @@ class Broker:
     ) -> int:
         """Route one PUBLISH from a client; return the MQTT 5 reason code for its acknowledgement."""
         if topic.startswith("$SYS"):
-            log.info("ignored a PUBLISH to %s from client %r: $SYS is the broker's", topic, session.client_id)
+            self.noise.denied.add(
+                f"ignored a PUBLISH to {clip(topic)!r} from client {clip(session.client_id)!r}: "
+                "$SYS is the broker's"
+            )
             return reasons.TOPIC_NAME_INVALID
         if self.acl is not None and not self.acl.can_publish(session.client_id, session.username, topic):
-            log.info("ACL denied client %r publishing to %s", session.client_id, topic)
+            self.noise.denied.add(
+                f"ACL denied client {clip(session.client_id)!r} publishing to {clip(topic)!r}"
+            )
             return reasons.NOT_AUTHORIZED
         if isinstance(packet, Publish):
             routed = self.publish(
@@ -343,7 +348,9 @@ class Broker:
                 packet.payload.decode("utf-8")
             except UnicodeDecodeError:
                 # A payload that says UTF-8 and is not [MQTT 5.0 3.3.2.3.2]: refused with 0x99.
-                log.info("client %r published a payload that is not the UTF-8 it claims", session.client_id)
+                self.noise.denied.add(
+                    f"client {clip(session.client_id)!r} published a payload that is not the UTF-8 it claims"
+                )
                 if packet.qos == 0:
                     connection.disconnect(reasons.PAYLOAD_FORMAT_INVALID)
                 return reasons.PAYLOAD_FORMAT_INVALID
@@ -458,13 +465,17 @@ class Broker:
             else:
                 validate_filter(topic_filter)
         except TopicError as exc:
-            log.warning("refused a subscription of client %r: %s", session.client_id, exc)
+            self.noise.denied.add(
+                f"refused a subscription of client {clip(session.client_id)!r}: {clip(str(exc))}"
+            )
             return (reasons.TOPIC_FILTER_INVALID if is5 else SUBACK_FAILURE), False
         if shared and not self.settings.shared_subscriptions:
             return reasons.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED, False
         checked = inner if shared else topic_filter
         if self.acl is not None and not self.acl.can_subscribe(session.client_id, session.username, checked):
-            log.warning("ACL denied client %r subscribing to %r", session.client_id, topic_filter)
+            self.noise.denied.add(
+                f"ACL denied client {clip(session.client_id)!r} subscribing to {clip(topic_filter)!r}"
+            )
             return (reasons.NOT_AUTHORIZED if is5 else SUBACK_FAILURE), False
         existed = session.subscribe(topic_filter, sub)
         if shared:
@@ -495,14 +506,23 @@ class Broker:
             self.subscriptions.remove(group.topic_filter, group)
         return True
 
+    def remove_subscription(self, session: Session, topic_filter: str) -> bool:
+        """End one subscription of `session`; False if it had none on `topic_filter`."""
+        existed = session.unsubscribe(topic_filter)
+        if existed and not self._leave_group(topic_filter, session):
+            self.subscriptions.remove(topic_filter, session)
+        return existed
+
+    def reload(self) -> None:
+        """Read the password and ACL files again and apply them to every client (broker/reload.py)."""
+        reload_security(self)
+
     def handle_unsubscribe(
         self, connection: Connection, session: Session, packet: Unsubscribe | v5.Unsubscribe
     ) -> None:
         codes: list[int] = []
         for topic_filter in packet.filters:
-            existed = session.unsubscribe(topic_filter)
-            if existed and not self._leave_group(topic_filter, session):
-                self.subscriptions.remove(topic_filter, session)
+            existed = self.remove_subscription(session, topic_filter)
             codes.append(reasons.SUCCESS if existed else reasons.NO_SUBSCRIPTION_EXISTED)
         if isinstance(packet, v5.Unsubscribe):
             connection.send(v5.encode_unsuback(packet.packet_id, codes))
@@ -625,7 +645,7 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
                     sys_task.cancel()
     finally:
         broker.closing = True
-        broker.wills_log.close()
+        broker.noise.close()
         for server in servers:
             server.close()
         if websocket_server is not None:

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from broker.logs import clip
 from broker.message import Message
 from broker.stats import Stats
 from fleet.packets import pubrel
@@ -209,9 +210,9 @@ class Session:
         self.stats.messages_dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
             log.warning(
-                "dropped a message on %s for client %r (%d dropped so far): %s",
-                message.topic,
-                self.client_id,
+                "dropped a message on %r for client %r (%d dropped so far): %s",
+                clip(message.topic),
+                clip(self.client_id),
                 self.dropped,
                 why,
             )

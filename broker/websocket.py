@@ -16,7 +16,7 @@ _HIGH_WATER = 256 * 1024
 class WebSocketTransport(asyncio.WriteTransport):
     """Buffers writes and sends them as binary messages from one sender task."""
 
-    def __init__(self, websocket: ServerConnection, protocol: asyncio.Protocol) -> None:
+    def __init__(self, websocket: ServerConnection, protocol: asyncio.BaseProtocol) -> None:
         super().__init__()
         self._websocket = websocket
         self._protocol = protocol

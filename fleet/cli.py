@@ -42,6 +42,21 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request, on `fleet tail`'s stderr
 
 
+@contextlib.contextmanager
+def _reload_on_sighup(reload: Callable[[], None]) -> Iterator[None]:
+    """Call `reload` in the running loop on each SIGHUP while the block runs (logrotate and
+    `systemctl reload` send it); outside the block the command ignores SIGHUP instead of dying of it.
+
+    A plain handler that hands over with the thread-safe call, which also wakes the loop: it leaves
+    the signal wakeup fd to fleet/signals.py, which handles SIGINT and SIGTERM."""
+    loop = asyncio.get_running_loop()
+    signal.signal(signal.SIGHUP, lambda signum, frame: loop.call_soon_threadsafe(reload))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mqtt-fleet")
 @click.option(
@@ -226,8 +241,11 @@ def _hold_metrics(metrics: Any, seconds: float) -> None:
 @_broker_options
 @_metrics_options(hold=False)
 def broker(config: Path | None, metrics_port: int | None, metrics_host: str, **options: Any) -> None:
-    """Run the embedded MQTT 3.1.1 and 5 broker until SIGINT or SIGTERM."""
+    """Run the embedded MQTT 3.1.1 and 5 broker until SIGINT or SIGTERM; SIGHUP reloads the password
+    and ACL files."""
     from broker.config import load_broker_settings
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     overrides = {key: value for key, value in options.items() if value is not None}
     try:
@@ -245,6 +263,7 @@ async def _run_broker(
 
     try:
         async with running(settings) as server, contextlib.AsyncExitStack() as stack:
+            stack.enter_context(_reload_on_sighup(server.reload))
             for url in server.urls:
                 click.echo(f"fleet broker: listening on {url}")
             if metrics_port is not None:

@@ -274,6 +274,33 @@ async def test_mqtt_3_3_2_5_an_expired_queued_message_is_never_delivered(broker:
     await back.expect_nothing(0.3)
 
 
+async def test_mqtt_3_3_2_3_3_an_in_flight_message_is_redelivered_after_its_expiry(
+    broker: Broker, open5: Open
+) -> None:
+    """A QoS 1 message sent but not acknowledged is re-sent on reconnect even once its expiry passed:
+    only copies whose onward delivery has not started are deleted [MQTT 5.0 3.3.2.3.3]."""
+    sub = await open5()
+    await sub.connect("inflight-exp", properties=Properties(session_expiry_interval=60))
+    await sub.subscribe(Sub("infl/t", 1))
+    pub = await open5()
+    await pub.connect("inflight-pub")
+    await pub.publish_acked("infl/t", b"sent", 1, properties=Properties(message_expiry_interval=1))
+    first = await sub.read_publish()
+    assert first.payload == b"sent"
+    sub.abort()
+    session = broker.sessions["inflight-exp"]
+    await wait_until(lambda: session.outlet is None, "the subscriber's connection to end")
+    expires = next(iter(session.inflight.values())).message.expires
+    assert expires is not None
+    await wait_until(lambda: time.monotonic() > expires, "the expiry to pass")
+    back = await open5()
+    await back.connect("inflight-exp", clean=False, properties=Properties(session_expiry_interval=60))
+    again = await back.read_publish()
+    assert (again.payload, again.dup, again.packet_id) == (b"sent", True, first.packet_id)
+    assert again.properties.message_expiry_interval == 0
+    assert broker.stats.messages_expired == 0
+
+
 async def test_mqtt_3_3_2_5_an_expired_retained_message_is_not_sent_to_new_subscribers(
     open5: Open, broker: Broker
 ) -> None:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.auth import set_password
 from fleet.mqtt import v5
 from tests.conftest import BrokerFactory
 from tests.pki import Pki, needs_openssl
@@ -216,3 +217,28 @@ def test_client_certificate_cn_is_the_acl_user_name_for_mosquitto_pub(
     done = run(mosquitto(MOSQUITTO_PUB, broker.port, "-u", "cert-2", "-t", "devices/cert-2/a", "-m", "spoof"))
     assert done.returncode != 0
     assert "bad user name or password" in done.stderr.lower()
+
+
+async def test_a_reload_keeps_clients_whose_identity_is_their_certificate(
+    broker_factory: BrokerFactory, pki: Pki, tmp_path: Path
+) -> None:
+    """With --use-identity-as-username, a reloaded password file (SIGHUP) does not disconnect a client
+    that logged in with its certificate and no password: CONNECT's rule is applied again."""
+    passwords = tmp_path / "passwd"
+    set_password(passwords, "operator", "s3cret")
+    settings = {
+        "tls_cert": pki.cert, "tls_key": pki.key, "cafile": pki.ca, "require_certificate": True,
+        "use_identity_as_username": True, "password_file": passwords,
+    }  # fmt: skip
+    async with broker_factory(**settings) as broker:
+        assert broker.tls_port is not None
+        context = _client_context(pki)
+        context.load_cert_chain(*pki.client("cert-1"))
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.tls_port, ssl=context)
+        device = RawClient(reader, writer)
+        # The user name it claims is ignored: the certificate's CN is its identity, no password needed.
+        assert (await device.connect("cert-1", username="claimed")) == (False, 0)
+        broker.reload()
+        device.pingreq()
+        assert type(await device.read()).__name__ == "PingRespPacket"
+        await device.close()
