@@ -769,6 +769,36 @@ def bridge_command(config: Path | None, **options: Any) -> None:
         SIGNALS.run(lambda stop: _run_bridge(settings, stop))
     except* OSError as group:
         raise click.ClickException(f"cannot listen: {_first(group)}") from None
+    except* ConfigError as group:
+        raise click.ClickException(str(_first(group))) from None
+
+
+@cli.group("token")
+def token_group() -> None:
+    """Access tokens of the bridges (WebSocket, SSE, gRPC)."""
+
+
+@token_group.command("add")
+@click.argument("name")
+@click.option(
+    "--tokens-file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="made if missing"
+)
+@click.option("--subscribe", multiple=True, help="a topic filter it may subscribe to (or within); repeatable")
+@click.option(
+    "--publish", multiple=True, help="a topic pattern it may publish to, e.g. fleet/{device}/cmd; repeatable"
+)
+def token_add(name: str, tokens_file: Path, subscribe: tuple[str, ...], publish: tuple[str, ...]) -> None:
+    """Add the token NAME to a tokens file and print it, once: the file keeps only its SHA-256.
+
+    A token given no --subscribe and no --publish may do nothing."""
+    from bridges.tokens import append_token
+
+    try:
+        token = append_token(tokens_file, name, subscribe, publish)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
+    click.echo(f"fleet token: added {name!r} to {tokens_file}; the token is shown only this once", err=True)
 
 
 async def _run_bridge(settings: Any, stop: asyncio.Event) -> None:
