@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bridges.app import create_app
+from bridges.auth import Access, is_loopback
 from bridges.config import BridgeConfig
 from bridges.grpc_service import grpc_server
 from bridges.hub import Hub
@@ -20,6 +22,8 @@ from bridges.server import serve_http
 from bridges.source import MqttSource, SourceSettings
 
 __all__ = ["Bridge", "running"]
+
+log = logging.getLogger("bridges")
 
 
 @dataclass(slots=True)
@@ -34,8 +38,17 @@ class Bridge:
 
 @contextlib.asynccontextmanager
 async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
-    """Serve all bridge transports until the block exits; the MQTT side reconnects on its own."""
+    """Serve all bridge transports until the block exits; the MQTT side reconnects on its own.
+
+    ConfigError for a tokens file that cannot be read."""
     endpoint = config.endpoint
+    access = Access.from_file(config.tokens_file)
+    if not access.required and not is_loopback(config.host):
+        log.warning(
+            "NO AUTHENTICATION (--no-auth) on %s: anyone who reaches the bridge can read the fleet "
+            "and command its devices",
+            config.host,
+        )
     hub = Hub(
         ring_size=config.ring_size,
         queue_size=config.queue_size,
@@ -64,6 +77,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         ws_ping_interval=config.ws_ping_interval,
         send_timeout=config.send_timeout,
         allowed_origins=config.allowed_origins,
+        access=access,
     )
     bridge = Bridge(hub, source)
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -79,6 +93,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     config.grpc_port,
                     policy=config.policy,
                     send_timeout=config.send_timeout,
+                    access=access,
                 ) as bridge.grpc_port,
             ):
                 bridge.dashboard_url = f"http://{host}:{bridge.http_port}/"

@@ -756,11 +756,27 @@ async def _run_app(app: Any, stop: asyncio.Event) -> None:
 @click.option("--host", help="address to listen on  [default: 127.0.0.1]")
 @click.option("--http-port", type=int, help="SSE, WebSocket, /metrics; 0 picks a free port  [default: 8080]")
 @click.option("--grpc-port", type=int, help="gRPC; 0 picks a free port  [default: 50051]")
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="clients must present one of these tokens (see `fleet token add`)",
+)
+@click.option(
+    "--no-auth", is_flag=True, help="off loopback, serve without tokens: anyone may command devices"
+)
 def bridge_command(config: Path | None, **options: Any) -> None:
-    """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers."""
+    """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers.
+
+    Off loopback (--host), clients must authenticate with a token from --tokens-file, unless
+    --no-auth is given."""
     from bridges.config import load_bridge_config
 
-    overrides = {key: value for key, value in options.items() if value is not None}
+    # Unset options, and flags not given, leave the config's value.
+    overrides = {
+        key: value
+        for key, value in options.items()
+        if value is not None and value is not False and value != ()
+    }
     try:
         settings = load_bridge_config(config, overrides)
     except ConfigError as exc:
