@@ -43,6 +43,9 @@ answered with an `error` and the connection stays open. `POST /login` with `{"to
 the HttpOnly cookie the dashboard uses, `POST /logout` clears it, and `GET /whoami` names the token
 and its rights (401 without one). The dashboard's files, `/healthz` and `/readyz` stay open.
 
+Every request and WebSocket handshake must name the bridge in its Host header (bridges.hosts):
+another name gets 400, or a refused handshake, against DNS rebinding.
+
 `GET /healthz` is liveness: always 200 while the process serves, with `broker_connected` and
 `ready` in the body. `GET /readyz` is readiness: 503 while the bridge has no broker connection or
 is shutting down. `GET /metrics` is Prometheus text from a registry of this app alone.
@@ -75,6 +78,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 
 from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
+from bridges.hosts import HostGuard
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
@@ -829,6 +833,8 @@ def create_app(
     send_timeout: float = 10.0,
     allowed_origins: tuple[str, ...] = (),
     access: Access | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Starlette:
     """The bridge's HTTP app over `hub`, publishing through `source`.
 
@@ -836,7 +842,8 @@ def create_app(
     uvicorn's WebSocket pings (interval and timeout); `send_timeout` cuts a client that stops
     reading and bounds a consumer's publish. A browser page may open /ws only from the bridge's own
     origin or one of `allowed_origins`. `access` checks the clients' tokens (None: everyone may do
-    everything). `app.state.bridge` is the `BridgeState`."""
+    everything); requests whose Host is not loopback, an IP address, `host` (the bind address) or
+    one of `allowed_hosts` are refused (bridges.auth). `app.state.bridge` is the `BridgeState`."""
     settings = BridgeSettings(
         sse_retry_ms=sse_retry_ms,
         keepalive=keepalive,
@@ -859,5 +866,6 @@ def create_app(
             Mount("/dashboard", StaticFiles(directory=DASHBOARD)),
         ]
     )
+    app.add_middleware(HostGuard, bind_host=host, allowed_hosts=allowed_hosts)
     app.state.bridge = state
     return app

@@ -78,6 +78,8 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         send_timeout=config.send_timeout,
         allowed_origins=config.allowed_origins,
         access=access,
+        host=config.host,
+        allowed_hosts=config.allowed_hosts,
     )
     bridge = Bridge(hub, source)
     host = f"[{config.host}]" if ":" in config.host else config.host

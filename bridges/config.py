@@ -49,6 +49,9 @@ class BridgeConfig(BaseModel):
         default=None, description="tokens clients must present (fleet token add)"
     )
     no_auth: bool = Field(default=False, description="serve without tokens off loopback: anyone may publish")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Host names besides loopback, IP addresses and `host` that clients may use"
+    )
 
     @model_validator(mode="after")
     def _secure(self) -> BridgeConfig:
@@ -88,7 +91,7 @@ def load_bridge_config(path: Path | None, overrides: dict[str, Any]) -> BridgeCo
     for key in ("tokens_file",):
         if isinstance(table.get(key), str):
             table[key] = base / table[key] if key not in overrides else Path(table[key])
-    for key in ("subscriptions", "publish_allowed", "retained_topics", "allowed_origins"):
+    for key in ("subscriptions", "publish_allowed", "retained_topics", "allowed_origins", "allowed_hosts"):
         if isinstance(table.get(key), list):
             table[key] = tuple(table[key])
     return validated(BridgeConfig, table, where=str(path) if path else "command line", prefix="bridge")

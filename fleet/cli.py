@@ -764,6 +764,9 @@ async def _run_app(app: Any, stop: asyncio.Event) -> None:
 @click.option(
     "--no-auth", is_flag=True, help="off loopback, serve without tokens: anyone may command devices"
 )
+@click.option(
+    "--allowed-host", "allowed_hosts", multiple=True, help="a Host name clients may use; repeatable"
+)
 def bridge_command(config: Path | None, **options: Any) -> None:
     """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers.
 
