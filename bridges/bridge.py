@@ -20,6 +20,7 @@ from bridges.grpc_service import grpc_server
 from bridges.hub import Hub
 from bridges.server import serve_http
 from bridges.source import MqttSource, SourceSettings
+from bridges.tls import TlsFiles
 
 __all__ = ["Bridge", "running"]
 
@@ -40,7 +41,7 @@ class Bridge:
 async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
     """Serve all bridge transports until the block exits; the MQTT side reconnects on its own.
 
-    ConfigError for a tokens file that cannot be read."""
+    ConfigError for a tokens file or TLS file that cannot be read."""
     endpoint = config.endpoint
     access = Access.from_file(config.tokens_file)
     if not access.required and not is_loopback(config.host):
@@ -49,6 +50,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
             "and command its devices",
             config.host,
         )
+    tls = TlsFiles.of(config.tls_cert, config.tls_key, config.tls_client_ca)
     hub = Hub(
         ring_size=config.ring_size,
         queue_size=config.queue_size,
@@ -87,7 +89,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         feeding = tasks.create_task(source.run(), name="bridges.source")
         try:
             async with (
-                serve_http(app, config.host, config.http_port) as bridge.http_port,
+                serve_http(app, config.host, config.http_port, tls=tls) as bridge.http_port,
                 grpc_server(
                     hub,
                     source,
@@ -96,14 +98,16 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     policy=config.policy,
                     send_timeout=config.send_timeout,
                     access=access,
+                    credentials=tls.grpc_credentials() if tls is not None else None,
                 ) as bridge.grpc_port,
             ):
-                bridge.dashboard_url = f"http://{host}:{bridge.http_port}/"
+                s = "s" if tls is not None else ""
+                bridge.dashboard_url = f"http{s}://{host}:{bridge.http_port}/"
                 bridge.urls += [
-                    f"http://{host}:{bridge.http_port}/events",
-                    f"ws://{host}:{bridge.http_port}/ws",
-                    f"http://{host}:{bridge.http_port}/metrics",
-                    f"grpc://{host}:{bridge.grpc_port}",
+                    f"http{s}://{host}:{bridge.http_port}/events",
+                    f"ws{s}://{host}:{bridge.http_port}/ws",
+                    f"http{s}://{host}:{bridge.http_port}/metrics",
+                    f"grpc{s}://{host}:{bridge.grpc_port}",
                     bridge.dashboard_url,
                 ]
                 yield bridge

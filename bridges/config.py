@@ -52,9 +52,20 @@ class BridgeConfig(BaseModel):
     allowed_hosts: tuple[str, ...] = Field(
         default=(), description="Host names besides loopback, IP addresses and `host` that clients may use"
     )
+    tls_cert: Path | None = Field(
+        default=None, description="serve HTTPS and gRPC over TLS with this certificate"
+    )
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(
+        default=None, description="require client certificates signed by this CA"
+    )
 
     @model_validator(mode="after")
     def _secure(self) -> BridgeConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_key: tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca: client certificates need tls_cert and tls_key")
         if self.tokens_file is not None and self.no_auth:
             raise ValueError("no_auth: contradicts tokens_file: give one of them")
         if not is_loopback(self.host) and self.tokens_file is None and not self.no_auth:
@@ -88,7 +99,7 @@ def load_bridge_config(path: Path | None, overrides: dict[str, Any]) -> BridgeCo
     table: dict[str, Any] = dict(load_table(path, "bridge")) if path is not None else {}
     table.update(overrides)
     base = path.parent if path is not None else Path()
-    for key in ("tokens_file",):
+    for key in ("tokens_file", "tls_cert", "tls_key", "tls_client_ca"):
         if isinstance(table.get(key), str):
             table[key] = base / table[key] if key not in overrides else Path(table[key])
     for key in ("subscriptions", "publish_allowed", "retained_topics", "allowed_origins", "allowed_hosts"):

@@ -389,6 +389,7 @@ async def grpc_server(
     send_timeout: float = 10.0,
     grace: float = 1.0,
     access: Access | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> AsyncIterator[int]:
     """Serve FleetBridgeService, `grpc.health.v1` and server reflection; yields the bound port.
 
@@ -397,7 +398,8 @@ async def grpc_server(
 
     `access` checks each call's `authorization` metadata (None: every caller may do everything):
     UNAUTHENTICATED without a known token, PERMISSION_DENIED for a filter or topic beyond its
-    rights. Health and reflection stay open: they tell nothing about the fleet.
+    rights. Health and reflection stay open: they tell nothing about the fleet. `credentials`
+    (`grpc.ssl_server_credentials`) serve TLS, with client certificates if they require them.
 
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
@@ -415,7 +417,10 @@ async def grpc_server(
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         _raise_bind_error(host, port, address)
         raise TransportError(f"gRPC cannot listen on {address}: {exc}") from exc

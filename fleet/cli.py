@@ -767,6 +767,15 @@ async def _run_app(app: Any, stop: asyncio.Event) -> None:
 @click.option(
     "--allowed-host", "allowed_hosts", multiple=True, help="a Host name clients may use; repeatable"
 )
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="serve TLS: certificate (PEM)"
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="serve TLS: its key (PEM)")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="require client certificates signed by this CA (mTLS)",
+)
 def bridge_command(config: Path | None, **options: Any) -> None:
     """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers.
 
