@@ -37,9 +37,9 @@ wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`
 static files, no build step, nothing fetched from elsewhere).
 
 With a tokens file (`access`), `/ws`, `/events` and `/metrics` need a token (bridges.auth says where
-it goes): `/events` answers 401 without a known one and 403 for a filter beyond its rights, and
-`/ws` sends an `error` message and closes with 1008; a subscribe or publish message beyond them is
-answered with an `error` and the connection stays open. `POST /login` with `{"token": ...}` sets
+it goes): `/events` and the `/ws` handshake are answered 401 without a known one and 403 for a
+filter beyond its rights; a subscribe or publish message beyond them is answered with an `error`
+and the connection stays open. `POST /login` with `{"token": ...}` sets
 the HttpOnly cookie the dashboard uses, `POST /logout` clears it, and `GET /whoami` names the token
 and its rights (401 without one). The dashboard's files, `/healthz` and `/readyz` stay open.
 
@@ -54,6 +54,7 @@ is shutting down. `GET /metrics` is Prometheus text from a registry of this app 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -360,12 +361,12 @@ class BridgeState:
             return
         grant = self._grant(websocket.scope)
         if grant is None:
-            await _refuse(websocket, _CLOSE_POLICY, _UNAUTHENTICATED)
+            await _deny(websocket, _unauthorized())
             return
         try:
             grant.check_subscribe(options.filters)
         except PermissionError as exc:
-            await _refuse(websocket, _CLOSE_POLICY, str(exc))
+            await _deny(websocket, PlainTextResponse(str(exc), status_code=403))
             return
         session = _WebSocketSession(self, websocket, options, grant)
         if options.filters:
@@ -409,6 +410,17 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code, _close_reason(reason))
     except (OSError, WebSocketDisconnect, WebSocketDisconnected):
         pass
+
+
+async def _deny(websocket: WebSocket, response: Response) -> None:
+    """Refuse the handshake with an HTTP answer (401, 403) that any client can read; a server without
+    the ASGI denial-response extension gets `_refuse` instead."""
+    if "websocket.http.response" not in websocket.scope.get("extensions", {}):
+        body = response.body
+        await _refuse(websocket, _CLOSE_POLICY, bytes(body).decode())
+        return
+    with contextlib.suppress(OSError):  # the client left during the handshake
+        await websocket.send_denial_response(response)
 
 
 def _error(reason: str) -> dict[str, Any]:

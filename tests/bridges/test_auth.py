@@ -17,6 +17,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 from bridges.bridge import Bridge, running
 from bridges.config import BridgeConfig, load_bridge_config
@@ -25,7 +27,7 @@ from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
 from broker.server import Broker
 from fleet.cli import cli
 from fleet.errors import ConfigError
-from tests.bridges.conftest import add_token, closed_with_error, recv_json, wait_until
+from tests.bridges.conftest import add_token, recv_json, wait_until
 
 TIMEOUT = 5.0
 
@@ -78,11 +80,21 @@ async def ws(bridge: Bridge, token: str | None, **query: str) -> AsyncIterator[C
 async def test_websocket_refuses_a_client_without_a_token_or_with_an_unknown_one(
     secured: tuple[Bridge, Tokens3],
 ) -> None:
-    """/ws without a token, or with a wrong one, is told to authenticate and closed (1008)."""
+    """The /ws handshake without a token, or with a wrong one, is refused with 401 and the reason."""
     bridge, _ = secured
     for token in (None, "not-a-token"):
-        async with ws(bridge, token, filter="fleet/x/status") as conn:
-            assert "authentication required" in await closed_with_error(conn)
+        response = await refused(ws(bridge, token, filter="fleet/x/status"))
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert b"authentication required" in (response.body or b"")
+
+
+async def refused(connecting: contextlib.AbstractAsyncContextManager[ClientConnection]) -> Response:
+    """The HTTP answer that refused a WebSocket handshake."""
+    with pytest.raises(InvalidStatus) as caught:
+        async with connecting:
+            pass
+    return caught.value.response
 
 
 async def test_websocket_checks_subscribe_and_publish_rights_separately(
@@ -97,8 +109,9 @@ async def test_websocket_checks_subscribe_and_publish_rights_separately(
         assert (await recv_json(conn))["type"] == "subscribed"
         await conn.send(json.dumps({"type": "publish", "topic": "fleet/d1/cmd", "payload": {"op": "ping"}}))
         assert "may not publish to 'fleet/d1/cmd'" in (await recv_json(conn))["error"]
-    async with ws(bridge, tokens.reader, filter="fleet/#") as conn:
-        assert "may not subscribe to 'fleet/#'" in await closed_with_error(conn)
+    response = await refused(ws(bridge, tokens.reader, filter="fleet/#"))
+    assert response.status_code == 403
+    assert b"may not subscribe to 'fleet/#'" in (response.body or b"")
     async with ws(bridge, tokens.commander) as conn:
         await conn.send(json.dumps({"type": "publish", "topic": "fleet/d1/cmd", "payload": {"op": "ping"}}))
         assert (await recv_json(conn)) == {"type": "published", "topic": "fleet/d1/cmd"}
