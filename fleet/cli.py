@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import getpass
@@ -855,6 +856,12 @@ async def _run_bridge(settings: Any, stop: asyncio.Event) -> None:
     help="exit 0 once an event matches, e.g. 'topic=fleet/+/status,payload.online=false'",
 )
 @click.option("--format", "output", type=click.Choice(["json", "pretty"]), default="json", show_default=True)
+@click.option(
+    "--token",
+    envvar="FLEET_TOKEN",
+    show_envvar=True,
+    help="a bridge's access token (fleet token add); FLEET_TOKEN keeps it out of the shell history",
+)
 @_client_options
 def tail_command(
     url: str,
@@ -863,12 +870,13 @@ def tail_command(
     timeout: float | None,
     expect: str | None,
     output: str,
+    token: str | None,
     credentials: Credentials,
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
     URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://... (JSON, or MQTT over WebSocket when the server
-    accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc://HOST:PORT/FILTER.
+    accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc[s]://HOST:PORT/FILTER.
 
     Exit status: 0 when --count events arrived or --expect was met (or, without them, at
     --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
@@ -876,14 +884,20 @@ def tail_command(
     SIGTERM) before --count or --expect was met; 2 for bad input.
 
     A broker's URL may carry `user:password@` (never shown again); -u, -P, --password-file,
-    --cafile, --cert, --key and --insecure are mosquitto_sub's, and win over the URL's.
+    --cafile, --cert, --key and --insecure are mosquitto_sub's, and win over the URL's. A bridge
+    with a tokens file takes --token (or FLEET_TOKEN) on ws[s]://, http[s]:// and grpc[s]:// URLs.
     """
     from fleet.errors import TransportError
     from fleet.tail import Source, format_event, tail
     from fleet.testing.streams import Expectation, StreamEvent
 
+    from_env = (
+        click.get_current_context().get_parameter_source("token") == click.core.ParameterSource.ENVIRONMENT
+    )
+    if from_env and url.lower().startswith("mqtt"):
+        token = None  # FLEET_TOKEN is for the bridges, not for a broker
     try:
-        source = Source.parse(url, filters, credentials)
+        source = Source.parse(url, filters, dataclasses.replace(credentials, token=token or None))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL or --filter") from None
     try:
