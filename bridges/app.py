@@ -36,10 +36,10 @@ wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`
 `GET /` is the dashboard page, with its scripts and styles under `/dashboard/` (bridges/dashboard/:
 static files, no build step, nothing fetched from elsewhere).
 
-With a tokens file (`access`), `/ws`, `/events` and `/metrics` need a token (bridges.auth says where
-it goes): `/events` and the `/ws` handshake are answered 401 without a known one and 403 for a
-filter beyond its rights; a subscribe or publish message beyond them is answered with an `error`
-and the connection stays open. `POST /login` with `{"token": ...}` sets
+With a tokens file (`access`), `/ws`, `/events` and `/metrics` (for any subscribe right) need a
+token (bridges.auth says where it goes): `/events` and the `/ws` handshake are answered 401 without
+a known one and 403 for a filter beyond its rights; a subscribe or publish message beyond them is
+answered with an `error` and the connection stays open. `POST /login` with `{"token": ...}` sets
 the HttpOnly cookie the dashboard uses, `POST /logout` clears it, and `GET /whoami` names the token
 and its rights (401 without one). The dashboard's files, `/healthz` and `/readyz` stay open.
 
@@ -252,8 +252,12 @@ class BridgeState:
         return JSONResponse(health, status_code=200 if health["ready"] else 503)
 
     async def metrics(self, request: Request) -> Response:
-        if self._grant(request.scope) is None:
+        grant = self._grant(request.scope)
+        if grant is None:
             return _unauthorized()
+        if not grant.subscribe:  # a token with no rights may do nothing, not even count
+            reason = f"token {grant.name!r} may not read /metrics: it may subscribe to nothing"
+            return PlainTextResponse(reason, status_code=403)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     # Authentication

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ async def test_sse_refuses_without_a_token_and_beyond_the_tokens_filters(
         assert beyond.status_code == 403
         assert "may not subscribe to 'fleet/#'" in beyond.text
         assert (await http.get("/metrics")).status_code == 401
+        assert (await http.get("/metrics", headers=_bearer(tokens.nobody))).status_code == 403
+        assert (await http.get("/metrics", headers=_bearer(tokens.reader))).status_code == 200
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/")).status_code == 200
         for auth in ({"headers": _bearer(tokens.reader)}, {"cookies": {"fleet_token": tokens.reader}}):
@@ -265,3 +268,28 @@ def test_fleet_bridge_refuses_to_start_off_loopback_without_auth() -> None:
 
 
 # Host allowlist (DNS rebinding)
+
+
+def test_fleet_bridge_names_a_tokens_file_it_cannot_read(tmp_path: Path) -> None:
+    """`fleet bridge --tokens-file MISSING` exits 1 before listening, naming the file and why."""
+    missing = tmp_path / "tokens.toml"
+    result = CliRunner().invoke(
+        cli, ["bridge", "--tokens-file", str(missing), "--http-port", "0", "--grpc-port", "0"]
+    )
+    assert result.exit_code == 1, result.output
+    assert f"{missing}: cannot read the tokens file" in result.output
+
+
+async def test_no_auth_off_loopback_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """With --no-auth off loopback the bridge warns loudly before it listens (here on an address this
+    machine does not have, so nothing is bound)."""
+    config = BridgeConfig(host="192.0.2.7", http_port=0, grpc_port=0, no_auth=True)
+    failed: list[BaseException] = []
+    with caplog.at_level(logging.WARNING, logger="bridges"):
+        try:
+            async with asyncio.timeout(TIMEOUT), running(config):
+                pass
+        except* OSError as group:  # 192.0.2.7 is TEST-NET-1: not this machine's
+            failed.extend(group.exceptions)
+    assert failed, "the bridge listened on an address this machine does not have"
+    assert any("NO AUTHENTICATION" in record.getMessage() for record in caplog.records), caplog.text
