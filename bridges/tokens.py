@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import tomllib
@@ -226,9 +227,13 @@ def append_token(path: Path, name: str, subscribe: tuple[str, ...], publish: tup
     _entry(path, len(existing or ()) + 1, probe)
     if existing is not None and name in existing.names:
         raise ConfigError(f"{path}: name", f"a token named {name!r} exists already")
-    with path.open("a", encoding="utf-8") as file:
+    try:
+        # A new file is made readable by its owner only, from the start.
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot write the tokens file: {exc.strerror or exc}") from None
+    with os.fdopen(descriptor, "a", encoding="utf-8") as file:
         if existing is None:
             file.write("# mqtt-fleet bridge tokens: `fleet token add` appends; only hashes are kept.\n")
         file.write(block)
-    path.chmod(0o600)
     return token
