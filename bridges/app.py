@@ -36,6 +36,16 @@ wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`
 `GET /` is the dashboard page, with its scripts and styles under `/dashboard/` (bridges/dashboard/:
 static files, no build step, nothing fetched from elsewhere).
 
+With a tokens file (`access`), `/ws`, `/events` and `/metrics` (for any subscribe right) need a
+token (bridges.auth says where it goes): `/events` and the `/ws` handshake are answered 401 without
+a known one and 403 for a filter beyond its rights; a subscribe or publish message beyond them is
+answered with an `error` and the connection stays open. `POST /login` with `{"token": ...}` sets
+the HttpOnly cookie the dashboard uses, `POST /logout` clears it, and `GET /whoami` names the token
+and its rights (401 without one). The dashboard's files, `/healthz` and `/readyz` stay open.
+
+Every request and WebSocket handshake must name the bridge in its Host header (bridges.hosts):
+another name gets 400, or a refused handshake, against DNS rebinding.
+
 `GET /healthz` is liveness: always 200 while the process serves, with `broker_connected` and
 `ready` in the body. `GET /readyz` is readiness: 503 while the bridge has no broker connection or
 is shutting down. `GET /metrics` is Prometheus text from a registry of this app alone.
@@ -44,6 +54,7 @@ is shutting down. `GET /metrics` is Prometheus text from a registry of this app 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -66,10 +77,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
+from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
+from bridges.hosts import HostGuard
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
+from bridges.tokens import Grant
 from bridges.turns import BURST
 from fleet.errors import TopicError
 from fleet.topics import matches, validate_filter
@@ -199,10 +213,11 @@ class _Stream(Protocol):
 class BridgeState:
     """What the endpoints of one app share: the hub, the MQTT source, settings, its open streams."""
 
-    def __init__(self, hub: Hub, source: MqttSource, settings: BridgeSettings) -> None:
+    def __init__(self, hub: Hub, source: MqttSource, settings: BridgeSettings, access: Access) -> None:
         self.hub = hub
         self.source = source
         self.settings = settings
+        self.access = access
         self.registry = registry_for(hub)
         self.streams: set[_Stream] = set()
         self.closing: str | None = None
@@ -237,7 +252,65 @@ class BridgeState:
         return JSONResponse(health, status_code=200 if health["ready"] else 503)
 
     async def metrics(self, request: Request) -> Response:
+        grant = self._grant(request.scope)
+        if grant is None:
+            return _unauthorized()
+        if not grant.subscribe:  # a token with no rights may do nothing, not even count
+            reason = f"token {grant.name!r} may not read /metrics: it may subscribe to nothing"
+            return PlainTextResponse(reason, status_code=403)
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # Authentication
+
+    def _grant(self, scope: Scope) -> Grant | None:
+        return self.access.grant(http_token(scope, query_params(scope).get(QUERY_PARAMETER)))
+
+    async def whoami(self, request: Request) -> Response:
+        """200 with the token's name and rights, or 401: how the dashboard knows to show its login."""
+        grant = self._grant(request.scope)
+        if grant is None:
+            return _unauthorized()
+        return JSONResponse(
+            {
+                "auth": self.access.required,
+                "name": grant.name,
+                "subscribe": list(grant.subscribe),
+                "publish": list(grant.publish),
+            }
+        )
+
+    async def login(self, request: Request) -> Response:
+        """`POST /login` with `{"token": "..."}`: 204 and the HttpOnly cookie for a known token."""
+        origin = request.headers.get("origin")
+        if origin is not None and not _origin_allowed(
+            origin, request.headers.get("host", ""), self.settings.allowed_origins
+        ):
+            return PlainTextResponse(f"a page from {origin} may not log in to this bridge", status_code=403)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _LOGIN_BYTES:
+                return PlainTextResponse("the login body is too large", status_code=413)
+        try:
+            token = json.loads(body).get("token")
+        except (ValueError, AttributeError):
+            return PlainTextResponse('expected JSON: {"token": "..."}', status_code=400)
+        if not isinstance(token, str) or self.access.grant(token.strip()) is None:
+            return _unauthorized()
+        response = Response(status_code=204)
+        response.set_cookie(
+            COOKIE,
+            token.strip(),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict")
+        return response
 
     async def dashboard(self, request: Request) -> Response:
         return FileResponse(DASHBOARD / "index.html")
@@ -254,6 +327,13 @@ class BridgeState:
             after_id = _resume_point(request)
         except ValueError as exc:
             return PlainTextResponse(str(exc), status_code=400)
+        grant = self._grant(request.scope)
+        if grant is None:
+            return _unauthorized()
+        try:
+            grant.check_subscribe(options.filters)
+        except PermissionError as exc:
+            return PlainTextResponse(str(exc), status_code=403)
         consumer = self.hub.add(
             options.filters,
             transport=SSE_TRANSPORT,
@@ -283,7 +363,16 @@ class BridgeState:
                 websocket, _CLOSE_POLICY, f"a page from {origin} may not use this bridge: see allowed_origins"
             )
             return
-        session = _WebSocketSession(self, websocket, options)
+        grant = self._grant(websocket.scope)
+        if grant is None:
+            await _deny(websocket, _unauthorized())
+            return
+        try:
+            grant.check_subscribe(options.filters)
+        except PermissionError as exc:
+            await _deny(websocket, PlainTextResponse(str(exc), status_code=403))
+            return
+        session = _WebSocketSession(self, websocket, options, grant)
         if options.filters:
             # Subscribed before the handshake completes: once the client is connected, nothing is missed.
             session.resubscribe(options.filters)
@@ -297,6 +386,16 @@ class BridgeState:
         finally:
             self.streams.discard(session)
             session.release()
+
+
+_LOGIN_BYTES = 4096
+_UNAUTHENTICATED = (
+    "authentication required: send Authorization: Bearer TOKEN, log in at /login, or add ?access_token="
+)
+
+
+def _unauthorized() -> Response:
+    return PlainTextResponse(_UNAUTHENTICATED, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
@@ -315,6 +414,17 @@ async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code, _close_reason(reason))
     except (OSError, WebSocketDisconnect, WebSocketDisconnected):
         pass
+
+
+async def _deny(websocket: WebSocket, response: Response) -> None:
+    """Refuse the handshake with an HTTP answer (401, 403) that any client can read; a server without
+    the ASGI denial-response extension gets `_refuse` instead."""
+    if "websocket.http.response" not in websocket.scope.get("extensions", {}):
+        body = response.body
+        await _refuse(websocket, _CLOSE_POLICY, bytes(body).decode())
+        return
+    with contextlib.suppress(OSError):  # the client left during the handshake
+        await websocket.send_denial_response(response)
 
 
 def _error(reason: str) -> dict[str, Any]:
@@ -382,9 +492,12 @@ class _WebSocketSession:
     the hub's routes at once, but its queued events are still delivered first, in order, keeping
     those that match the new filter set: a change neither loses nor reorders events."""
 
-    def __init__(self, state: BridgeState, websocket: WebSocket, options: StreamOptions) -> None:
+    def __init__(
+        self, state: BridgeState, websocket: WebSocket, options: StreamOptions, grant: Grant
+    ) -> None:
         self.state = state
         self.websocket = websocket
+        self.grant = grant
         self.policy: Policy = options.policy
         self.size = options.size
         self.filters: tuple[str, ...] = ()
@@ -568,7 +681,9 @@ class _WebSocketSession:
         if kind in ("subscribe", "unsubscribe"):
             try:
                 filters = _filters_of(message)
-            except ValueError as exc:
+                if kind == "subscribe":
+                    self.grant.check_subscribe(filters)
+            except (ValueError, PermissionError) as exc:
                 return _error(str(exc))
             if kind == "subscribe":
                 wanted = tuple(dict.fromkeys((*self.filters, *filters)))
@@ -586,6 +701,10 @@ class _WebSocketSession:
         topic = message.get("topic")
         if not isinstance(topic, str):
             return _error("publish needs a 'topic' string")
+        try:
+            self.grant.check_publish(topic)
+        except (TopicError, PermissionError) as exc:
+            return _error(str(exc))
         qos = message.get("qos", 1)
         if type(qos) is not int or qos not in (0, 1, 2):
             return _error(f"qos must be 0, 1 or 2, got {qos!r}")
@@ -729,13 +848,18 @@ def create_app(
     ws_ping_interval: float = 20.0,
     send_timeout: float = 10.0,
     allowed_origins: tuple[str, ...] = (),
+    access: Access | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: tuple[str, ...] = (),
 ) -> Starlette:
     """The bridge's HTTP app over `hub`, publishing through `source`.
 
     `keepalive` is the SSE comment interval; `ws_ping_interval` is read by `serve_http` for
     uvicorn's WebSocket pings (interval and timeout); `send_timeout` cuts a client that stops
     reading and bounds a consumer's publish. A browser page may open /ws only from the bridge's own
-    origin or one of `allowed_origins`. `app.state.bridge` is the `BridgeState`."""
+    origin or one of `allowed_origins`. `access` checks the clients' tokens (None: everyone may do
+    everything); requests whose Host is not loopback, an IP address, `host` (the bind address) or
+    one of `allowed_hosts` are refused (bridges.auth). `app.state.bridge` is the `BridgeState`."""
     settings = BridgeSettings(
         sse_retry_ms=sse_retry_ms,
         keepalive=keepalive,
@@ -743,7 +867,7 @@ def create_app(
         send_timeout=send_timeout,
         allowed_origins=tuple(origin.rstrip("/") for origin in allowed_origins),
     )
-    state = BridgeState(hub, source, settings)
+    state = BridgeState(hub, source, settings, access or Access())
     app = _BridgeApp(
         routes=[
             WebSocketRoute("/ws", state.websocket),
@@ -751,9 +875,13 @@ def create_app(
             Route("/healthz", state.healthz),
             Route("/readyz", state.readyz),
             Route("/metrics", state.metrics),
+            Route("/whoami", state.whoami),
+            Route("/login", state.login, methods=["POST"]),
+            Route("/logout", state.logout, methods=["POST"]),
             Route("/", state.dashboard),
             Mount("/dashboard", StaticFiles(directory=DASHBOARD)),
         ]
     )
+    app.add_middleware(HostGuard, bind_host=host, allowed_hosts=allowed_hosts)
     app.state.bridge = state
     return app

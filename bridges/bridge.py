@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from bridges.app import create_app
+from bridges.auth import Access, is_loopback
 from bridges.config import BridgeConfig
 from bridges.grpc_service import grpc_server
 from bridges.hub import Hub
 from bridges.server import serve_http
 from bridges.source import MqttSource, SourceSettings
+from bridges.tls import TlsFiles
 
 __all__ = ["Bridge", "running"]
+
+log = logging.getLogger("bridges")
 
 
 @dataclass(slots=True)
@@ -34,8 +39,18 @@ class Bridge:
 
 @contextlib.asynccontextmanager
 async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
-    """Serve all bridge transports until the block exits; the MQTT side reconnects on its own."""
+    """Serve all bridge transports until the block exits; the MQTT side reconnects on its own.
+
+    ConfigError for a tokens file or TLS file that cannot be read."""
     endpoint = config.endpoint
+    access = Access.from_file(config.tokens_file)
+    if not access.required and not is_loopback(config.host):
+        log.warning(
+            "NO AUTHENTICATION (--no-auth) on %s: anyone who reaches the bridge can read the fleet "
+            "and command its devices",
+            config.host,
+        )
+    tls = TlsFiles.of(config.tls_cert, config.tls_key, config.tls_client_ca)
     hub = Hub(
         ring_size=config.ring_size,
         queue_size=config.queue_size,
@@ -64,6 +79,9 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         ws_ping_interval=config.ws_ping_interval,
         send_timeout=config.send_timeout,
         allowed_origins=config.allowed_origins,
+        access=access,
+        host=config.host,
+        allowed_hosts=config.allowed_hosts,
     )
     bridge = Bridge(hub, source)
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -71,7 +89,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         feeding = tasks.create_task(source.run(), name="bridges.source")
         try:
             async with (
-                serve_http(app, config.host, config.http_port) as bridge.http_port,
+                serve_http(app, config.host, config.http_port, tls=tls) as bridge.http_port,
                 grpc_server(
                     hub,
                     source,
@@ -79,14 +97,17 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     config.grpc_port,
                     policy=config.policy,
                     send_timeout=config.send_timeout,
+                    access=access,
+                    credentials=tls.grpc_credentials() if tls is not None else None,
                 ) as bridge.grpc_port,
             ):
-                bridge.dashboard_url = f"http://{host}:{bridge.http_port}/"
+                s = "s" if tls is not None else ""
+                bridge.dashboard_url = f"http{s}://{host}:{bridge.http_port}/"
                 bridge.urls += [
-                    f"http://{host}:{bridge.http_port}/events",
-                    f"ws://{host}:{bridge.http_port}/ws",
-                    f"http://{host}:{bridge.http_port}/metrics",
-                    f"grpc://{host}:{bridge.grpc_port}",
+                    f"http{s}://{host}:{bridge.http_port}/events",
+                    f"ws{s}://{host}:{bridge.http_port}/ws",
+                    f"http{s}://{host}:{bridge.http_port}/metrics",
+                    f"grpc{s}://{host}:{bridge.grpc_port}",
                     bridge.dashboard_url,
                 ]
                 yield bridge

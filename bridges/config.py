@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from bridges.auth import is_loopback
 from bridges.hub import RETAINED_BYTES, RETAINED_TOPICS
 from fleet.config import load_table, validated
 from fleet.endpoint import Endpoint
@@ -44,6 +45,36 @@ class BridgeConfig(BaseModel):
     allowed_origins: tuple[str, ...] = Field(
         default=(), description="browser origins besides the bridge's own whose pages may open /ws; * for any"
     )
+    tokens_file: Path | None = Field(
+        default=None, description="tokens clients must present (fleet token add)"
+    )
+    no_auth: bool = Field(default=False, description="serve without tokens off loopback: anyone may publish")
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(), description="Host names besides loopback, IP addresses and `host` that clients may use"
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="serve HTTPS and gRPC over TLS with this certificate"
+    )
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(
+        default=None, description="require client certificates signed by this CA"
+    )
+
+    @model_validator(mode="after")
+    def _secure(self) -> BridgeConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_key: tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca: client certificates need tls_cert and tls_key")
+        if self.tokens_file is not None and self.no_auth:
+            raise ValueError("no_auth: contradicts tokens_file: give one of them")
+        if not is_loopback(self.host) and self.tokens_file is None and not self.no_auth:
+            raise ValueError(
+                f"host: {self.host!r} is not loopback: anyone who reaches it could command the devices; "
+                "give a tokens_file (--tokens-file, see `fleet token add`), or no_auth (--no-auth) to serve "
+                "without authentication"
+            )
+        return self
 
     @field_validator("broker")
     @classmethod
@@ -67,7 +98,11 @@ def load_bridge_config(path: Path | None, overrides: dict[str, Any]) -> BridgeCo
     """The `[bridge]` table of `path` (if any) with `overrides` on top; ConfigError when invalid."""
     table: dict[str, Any] = dict(load_table(path, "bridge")) if path is not None else {}
     table.update(overrides)
-    for key in ("subscriptions", "publish_allowed", "retained_topics"):
+    base = path.parent if path is not None else Path()
+    for key in ("tokens_file", "tls_cert", "tls_key", "tls_client_ca"):
+        if isinstance(table.get(key), str):
+            table[key] = base / table[key] if key not in overrides else Path(table[key])
+    for key in ("subscriptions", "publish_allowed", "retained_topics", "allowed_origins", "allowed_hosts"):
         if isinstance(table.get(key), list):
             table[key] = tuple(table[key])
     return validated(BridgeConfig, table, where=str(path) if path else "command line", prefix="bridge")

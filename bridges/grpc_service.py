@@ -36,10 +36,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bridges.auth import Access, bearer
 from bridges.envelope import Event, Kind
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.source import BrokerUnavailable
+from bridges.tokens import Grant
 from bridges.turns import BURST
 from fleet.errors import TopicError, TransportError
 
@@ -180,6 +182,7 @@ class FleetBridgeServicer:
         queue_size: int | None = None,
         send_timeout: float = 10.0,
         cache_size: int = 4096,
+        access: Access | None = None,
     ) -> None:
         if send_timeout <= 0:
             raise ValueError(f"send_timeout must be > 0, got {send_timeout}")
@@ -188,6 +191,7 @@ class FleetBridgeServicer:
         self.policy: Policy = policy
         self.queue_size = queue_size
         self.send_timeout = send_timeout
+        self.access = access or Access()
         self.streams: set[_Stream] = set()
         self._encoded = _EncodedEvents(cache_size)
         self._shutting_down = False
@@ -241,6 +245,11 @@ class FleetBridgeServicer:
             filters = self.hub.validate_filters(request.filters)
         except TopicError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        grant = await self._grant(context)
+        try:
+            grant.check_subscribe(filters)
+        except PermissionError as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         after_id = request.resume_after_id if request.HasField("resume_after_id") else None
         consumer = self.hub.add(
             filters, transport="grpc", policy=self.policy, size=self.queue_size, after_id=after_id
@@ -274,6 +283,21 @@ class FleetBridgeServicer:
             turns.leave(stream)
             self.streams.discard(stream)
             consumer.close("the gRPC stream ended")
+
+    async def _grant(self, context: grpc.aio.ServicerContext[Any, Any]) -> Grant:
+        """What the caller's `authorization: Bearer TOKEN` metadata allows; aborts with UNAUTHENTICATED."""
+        token = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                token = bearer(value)
+        grant = self.access.grant(token)
+        if grant is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "authentication required: send the metadata authorization: Bearer TOKEN",
+            )
+        assert grant is not None
+        return grant
 
     def _close_code(self, consumer: Consumer) -> grpc.StatusCode:
         # The Hub closes a consumer under the disconnect policy when its queue is full, and leaves
@@ -317,6 +341,13 @@ class FleetBridgeServicer:
     ) -> pb.PublishResponse:
         if request.qos > 2:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"qos must be 0, 1 or 2, not {request.qos}")
+        grant = await self._grant(context)
+        try:
+            grant.check_publish(request.topic)
+        except PermissionError as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except ValueError as exc:  # TopicError is one
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
             self.source.check_publish(request.topic)
             await self.source.publish(request.topic, request.payload, request.qos)
@@ -357,11 +388,18 @@ async def grpc_server(
     queue_size: int | None = None,
     send_timeout: float = 10.0,
     grace: float = 1.0,
+    access: Access | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> AsyncIterator[int]:
     """Serve FleetBridgeService, `grpc.health.v1` and server reflection; yields the bound port.
 
     A port that another process (another bridge, say) listens on raises OSError here, "address
     already in use", as the HTTP listener does.
+
+    `access` checks each call's `authorization` metadata (None: every caller may do everything):
+    UNAUTHENTICATED without a known token, PERMISSION_DENIED for a filter or topic beyond its
+    rights. Health and reflection stay open: they tell nothing about the fleet. `credentials`
+    (`grpc.ssl_server_credentials`) serve TLS, with client certificates if they require them.
 
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
@@ -369,7 +407,7 @@ async def grpc_server(
     """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     servicer = FleetBridgeServicer(
-        hub, source, policy=policy, queue_size=queue_size, send_timeout=send_timeout
+        hub, source, policy=policy, queue_size=queue_size, send_timeout=send_timeout, access=access
     )
     servicer.add_to(server)
     health_servicer = health.aio.HealthServicer()
@@ -379,7 +417,10 @@ async def grpc_server(
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         _raise_bind_error(host, port, address)
         raise TransportError(f"gRPC cannot listen on {address}: {exc}") from exc

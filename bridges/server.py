@@ -25,6 +25,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from bridges.app import BridgeState
+from bridges.tls import TlsFiles
 
 __all__ = ["MAX_WS_MESSAGE", "serve_http"]
 
@@ -55,12 +56,14 @@ async def serve_http(
     *,
     startup_timeout: float = 10.0,
     shutdown_timeout: int = 5,
+    tls: TlsFiles | None = None,
 ) -> AsyncIterator[int]:
     """Serve `app` on `host:port` until the block exits; yield the bound port (port 0 picks one).
 
     A port in use raises OSError here, before anything runs. On exit the app's streams are ended
     (`BridgeState.close`), uvicorn stops, and connections still open after `shutdown_timeout`
-    seconds have their tasks cancelled."""
+    seconds have their tasks cancelled. With `tls`, it serves HTTPS and WSS (and asks for client
+    certificates when `tls.client_ca` is set)."""
     state = getattr(app.state, "bridge", None)
     ping = state.settings.ws_ping_interval if isinstance(state, BridgeState) else 20.0
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -79,6 +82,7 @@ async def serve_http(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=shutdown_timeout,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     server = _EmbeddedServer(config)
     task = asyncio.create_task(_serve(server, sock), name=f"bridges.http[{host}:{bound_port}]")

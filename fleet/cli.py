@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import getpass
@@ -756,11 +757,39 @@ async def _run_app(app: Any, stop: asyncio.Event) -> None:
 @click.option("--host", help="address to listen on  [default: 127.0.0.1]")
 @click.option("--http-port", type=int, help="SSE, WebSocket, /metrics; 0 picks a free port  [default: 8080]")
 @click.option("--grpc-port", type=int, help="gRPC; 0 picks a free port  [default: 50051]")
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="clients must present one of these tokens (see `fleet token add`)",
+)
+@click.option(
+    "--no-auth", is_flag=True, help="off loopback, serve without tokens: anyone may command devices"
+)
+@click.option(
+    "--allowed-host", "allowed_hosts", multiple=True, help="a Host name clients may use; repeatable"
+)
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False, path_type=Path), help="serve TLS: certificate (PEM)"
+)
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=Path), help="serve TLS: its key (PEM)")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="require client certificates signed by this CA (mTLS)",
+)
 def bridge_command(config: Path | None, **options: Any) -> None:
-    """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers."""
+    """Republish MQTT messages to WebSocket, Server-Sent Events and gRPC consumers.
+
+    Off loopback (--host), clients must authenticate with a token from --tokens-file, unless
+    --no-auth is given."""
     from bridges.config import load_bridge_config
 
-    overrides = {key: value for key, value in options.items() if value is not None}
+    # Unset options, and flags not given, leave the config's value.
+    overrides = {
+        key: value
+        for key, value in options.items()
+        if value is not None and value is not False and value != ()
+    }
     try:
         settings = load_bridge_config(config, overrides)
     except ConfigError as exc:
@@ -769,6 +798,36 @@ def bridge_command(config: Path | None, **options: Any) -> None:
         SIGNALS.run(lambda stop: _run_bridge(settings, stop))
     except* OSError as group:
         raise click.ClickException(f"cannot listen: {_first(group)}") from None
+    except* ConfigError as group:
+        raise click.ClickException(str(_first(group))) from None
+
+
+@cli.group("token")
+def token_group() -> None:
+    """Access tokens of the bridges (WebSocket, SSE, gRPC)."""
+
+
+@token_group.command("add")
+@click.argument("name")
+@click.option(
+    "--tokens-file", type=click.Path(dir_okay=False, path_type=Path), required=True, help="made if missing"
+)
+@click.option("--subscribe", multiple=True, help="a topic filter it may subscribe to (or within); repeatable")
+@click.option(
+    "--publish", multiple=True, help="a topic pattern it may publish to, e.g. fleet/{device}/cmd; repeatable"
+)
+def token_add(name: str, tokens_file: Path, subscribe: tuple[str, ...], publish: tuple[str, ...]) -> None:
+    """Add the token NAME to a tokens file and print it, once: the file keeps only its SHA-256.
+
+    A token given no --subscribe and no --publish may do nothing."""
+    from bridges.tokens import append_token
+
+    try:
+        token = append_token(tokens_file, name, subscribe, publish)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
+    click.echo(f"fleet token: added {name!r} to {tokens_file}; the token is shown only this once", err=True)
 
 
 async def _run_bridge(settings: Any, stop: asyncio.Event) -> None:
@@ -797,6 +856,12 @@ async def _run_bridge(settings: Any, stop: asyncio.Event) -> None:
     help="exit 0 once an event matches, e.g. 'topic=fleet/+/status,payload.online=false'",
 )
 @click.option("--format", "output", type=click.Choice(["json", "pretty"]), default="json", show_default=True)
+@click.option(
+    "--token",
+    envvar="FLEET_TOKEN",
+    show_envvar=True,
+    help="a bridge's access token (fleet token add); FLEET_TOKEN keeps it out of the shell history",
+)
 @_client_options
 def tail_command(
     url: str,
@@ -805,12 +870,13 @@ def tail_command(
     timeout: float | None,
     expect: str | None,
     output: str,
+    token: str | None,
     credentials: Credentials,
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
     URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://... (JSON, or MQTT over WebSocket when the server
-    accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc://HOST:PORT/FILTER.
+    accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc[s]://HOST:PORT/FILTER.
 
     Exit status: 0 when --count events arrived or --expect was met (or, without them, at
     --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
@@ -818,14 +884,20 @@ def tail_command(
     SIGTERM) before --count or --expect was met; 2 for bad input.
 
     A broker's URL may carry `user:password@` (never shown again); -u, -P, --password-file,
-    --cafile, --cert, --key and --insecure are mosquitto_sub's, and win over the URL's.
+    --cafile, --cert, --key and --insecure are mosquitto_sub's, and win over the URL's. A bridge
+    with a tokens file takes --token (or FLEET_TOKEN) on ws[s]://, http[s]:// and grpc[s]:// URLs.
     """
     from fleet.errors import TransportError
     from fleet.tail import Source, format_event, tail
     from fleet.testing.streams import Expectation, StreamEvent
 
+    from_env = (
+        click.get_current_context().get_parameter_source("token") == click.core.ParameterSource.ENVIRONMENT
+    )
+    if from_env and url.lower().startswith("mqtt"):
+        token = None  # FLEET_TOKEN is for the bridges, not for a broker
     try:
-        source = Source.parse(url, filters, credentials)
+        source = Source.parse(url, filters, dataclasses.replace(credentials, token=token or None))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL or --filter") from None
     try:

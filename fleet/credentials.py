@@ -8,6 +8,10 @@ history. Every client of a broker takes them: the simulated devices, `fleet tail
 A fleet config may template a device's user name, password, password file and certificate paths
 with `{device}` and `{group}`; `for_device` fills them in. A password never shows in `repr`, and
 `redact` takes it out of a URL before the URL is shown anywhere.
+
+Against our bridges (ws://, http://, grpc:// and their TLS forms), `token` is the access token
+(`fleet token add`), sent as `Authorization: Bearer` (gRPC: `authorization` metadata); the TLS
+settings are the same. It never shows in `repr` either.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ _TEMPLATED = ("username", "password", "password_file", "cert", "key")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Credentials:
-    """A client's MQTT user name and password (or password file), and its TLS settings."""
+    """A client's MQTT user name and password (or password file), its TLS settings, and a bridge's
+    access token."""
 
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -39,6 +44,7 @@ class Credentials:
     cert: Path | None = None
     key: Path | None = None
     insecure: bool = False
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.password is not None and self.password_file is not None:
@@ -87,6 +93,10 @@ class Credentials:
             name: Path(values[name]) for name in ("password_file", "cert", "key") if name in values
         }
         return dataclasses.replace(self, **(values | paths))
+
+    def bearer(self) -> dict[str, str]:
+        """The HTTP header that carries `token` to a bridge; none without one."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def read_password(self) -> bytes | None:
         """The password, or the first line of the password file; ConfigError names an unreadable file."""

@@ -5,11 +5,14 @@
                                  when the server accepts the subprotocol 'mqtt' (a broker, as
                                  `fleet watch` and `fleet run` read ws:// URLs); '#' by default
     http://host:port/events      Server-Sent Events (also https://), JSON `data:` lines
-    grpc://host:port/FILTER      our FleetBridgeService (mqtt_fleet.bridge.v1), '#' by default
+    grpc://host:port/FILTER      our FleetBridgeService (mqtt_fleet.bridge.v1), '#' by default;
+                                 grpcs:// over TLS
 
 `--filter` adds topic filters: MQTT and gRPC subscribe to them, WebSocket and SSE URLs get them as
 `filter` query parameters (how our bridges take them, and what MQTT over WebSocket subscribes to).
-An http:// answer that is not an event stream is an error naming what it was.
+An http:// answer that is not an event stream is an error naming what it was. A bridge with a
+tokens file takes the token (`--token`) on ws[s]://, http[s]:// and grpc[s]:// URLs, and the TLS
+forms take --cafile and --cert/--key (and, except gRPC, --insecure).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ _SCHEMES: dict[str, Transport] = {
     "http": "sse",
     "https": "sse",
     "grpc": "grpc",
+    "grpcs": "grpc",
 }
 
 
@@ -58,9 +62,17 @@ class Source:
         transport = _SCHEMES.get(scheme.lower())
         if not sep or transport is None:
             raise ValueError(f"{url!r}: the URL must start with {', '.join(f'{s}://' for s in _SCHEMES)}")
-        if credentials.tls and scheme.lower() not in ("mqtts", "wss", "https"):
+        if credentials.tls and scheme.lower() not in ("mqtts", "wss", "https", "grpcs"):
             raise ValueError(
-                f"{url!r}: --cafile, --cert and --insecure need an mqtts://, wss:// or https:// URL"
+                f"{url!r}: --cafile, --cert and --insecure need an mqtts://, wss://, https:// or grpcs:// URL"
+            )
+        if credentials.insecure and scheme.lower() == "grpcs":
+            raise ValueError(
+                f"{url!r}: gRPC cannot skip certificate verification: give --cafile, not --insecure"
+            )
+        if credentials.token is not None and transport == "mqtt":
+            raise ValueError(
+                f"{url!r}: --token is for a bridge (ws[s]://, http[s]://, grpc[s]://); a broker takes -u/-P"
             )
         if credentials.username is not None and transport not in ("mqtt", "ws"):
             raise ValueError(f"{url!r}: a user name and password log in to a broker: mqtt[s]:// or ws[s]://")

@@ -287,7 +287,10 @@
       } else {
         source.close();
         log("connection", "SSE refused by the bridge");
-        retryLater("SSE: the bridge refused the stream");
+        loggedIn().then(
+          (ok) => (ok ? retryLater("SSE: the bridge refused the stream") : askForToken("logged out: log in again")),
+          () => retryLater("SSE: the bridge cannot be reached"),
+        );
       }
     };
     const parse = (handler) => (message) => {
@@ -560,6 +563,44 @@
     radio.addEventListener("change", () => switchTransport(radio.value));
   }
 
-  open();
+  // Login. A bridge with a tokens file answers /whoami with 401 until the page has logged in:
+  // POST /login sets an HttpOnly cookie, which EventSource and WebSocket then send by themselves.
+
+  async function loggedIn() {
+    const response = await fetch("whoami", { credentials: "same-origin" });
+    return response.ok;
+  }
+
+  function askForToken(why) {
+    setConnection("down", why);
+    $("login").hidden = false;
+    $("login").elements.token.focus();
+  }
+
+  $("login").addEventListener("submit", async (submit) => {
+    submit.preventDefault();
+    const token = submit.target.elements.token.value.trim();
+    const response = await fetch("login", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token }),
+    });
+    if (response.status !== 204) {
+      $("login-error").textContent = response.status === 401 ? "unknown token" : `refused (${response.status})`;
+      return;
+    }
+    submit.target.elements.token.value = "";
+    $("login-error").textContent = "";
+    $("login").hidden = true;
+    log("connection", "logged in");
+    setConnection("connecting", "connecting…");
+    open();
+  });
+
+  loggedIn().then(
+    (ok) => (ok ? open() : askForToken("this bridge needs a token: log in")),
+    () => retryLater("the bridge cannot be reached"),
+  );
   requestAnimationFrame(render);
 })();

@@ -152,20 +152,23 @@ async def mqtt_stream(fleet_broker: Broker) -> AsyncIterator[Callable[..., Await
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def ws_stream() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
-    """Open WebSocket streams: `await ws_stream(url, filters=())`; filters become `?filter=` params."""
+    """Open WebSocket streams: `await ws_stream(url, filters=(), credentials=None)`; filters become
+    `?filter=` params; `Credentials(token=..., cafile=...)` reach a bridge with tokens and TLS."""
     async with _streams() as open_one:
         yield functools.partial(open_one, "ws")
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def sse_stream() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
-    """Open Server-Sent Events streams: `await sse_stream(url, filters=())`; JSON `data:` lines."""
+    """Open Server-Sent Events streams: `await sse_stream(url, filters=(), credentials=None)`; JSON
+    `data:` lines; `Credentials(token=..., cafile=...)` reach a bridge with tokens and TLS."""
     async with _streams() as open_one:
         yield functools.partial(open_one, "sse")
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def grpc_stream() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
-    """Subscribe to a FleetBridgeService: `await grpc_stream("host:port", filters=("#",))`."""
+    """Subscribe to a FleetBridgeService: `await grpc_stream("host:port", filters=("#",),
+    credentials=None)`; grpcs://host:port with `Credentials(cafile=...)`, and `token=...`."""
     async with _streams() as open_one:
         yield functools.partial(open_one, "grpc")

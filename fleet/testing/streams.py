@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fleet.credentials import Credentials, split_url
 from fleet.endpoint import Endpoint
-from fleet.errors import ConnectionLost, ExpectationFailed, TopicError, TransportError
+from fleet.errors import ConfigError, ConnectionLost, ExpectationFailed, TopicError, TransportError
 from fleet.topics import matches, validate_filter
 
 if TYPE_CHECKING:
@@ -383,10 +383,14 @@ async def _websocket(url: str, filters: Sequence[str], credentials: Credentials)
             subprotocols=[Subprotocol("mqtt")],
             open_timeout=OPEN_TIMEOUT,
             ssl=credentials.ssl_context() if url.startswith("wss:") else None,
+            additional_headers=credentials.bearer(),
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
         content_type = exc.response.headers.get("content-type", "no content type")
+        body = " ".join(bytes(exc.response.body or b"").decode(errors="replace").split())
+        if status == 401 or (status == 403 and body):  # a bridge's tokens: its answer says what is missing
+            raise TransportError(f"cannot open {url}: HTTP {status}: {body[:200]}") from None
         raise TransportError(
             f"cannot open {url}: the WebSocket handshake got HTTP {status} ({content_type}); "
             + _paths_hint(url)
@@ -437,6 +441,7 @@ async def _sse(url: str, filters: Sequence[str], credentials: Credentials) -> As
             httpx.AsyncClient(
                 timeout=httpx.Timeout(OPEN_TIMEOUT, read=None),
                 verify=credentials.ssl_context() if url.startswith("https:") else True,
+                headers=credentials.bearer(),
             )
         )
         try:
@@ -505,22 +510,27 @@ async def _grpc(url: str, filters: Sequence[str], credentials: Credentials) -> A
 
     from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2, bridge_pb2_grpc
 
-    target = url.removeprefix("grpc://").rstrip("/")
-    async with grpc.aio.insecure_channel(target) as channel:
+    tls = url.startswith("grpcs://")
+    target = url.removeprefix("grpcs://" if tls else "grpc://").rstrip("/")
+    shown = f"grpc{'s' if tls else ''}://{target}"
+    if tls:
+        channel = grpc.aio.secure_channel(target, _grpc_credentials(shown, credentials))
+    else:
+        channel = grpc.aio.insecure_channel(target)
+    async with channel:
         stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
-        call = stub.Subscribe(bridge_pb2.SubscribeRequest(filters=list(filters) or ["#"]))
+        metadata = (("authorization", f"Bearer {credentials.token}"),) if credentials.token else ()
+        call = stub.Subscribe(bridge_pb2.SubscribeRequest(filters=list(filters) or ["#"]), metadata=metadata)
         try:
             async with asyncio.timeout(OPEN_TIMEOUT):
                 await call.initial_metadata()  # sent once the subscription is registered
                 code = await call.code() if call.done() else grpc.StatusCode.OK
                 if code != grpc.StatusCode.OK:  # a failed call ends with empty initial metadata
                     details = await call.details()
-                    raise TransportError(f"cannot subscribe at grpc://{target}: {code.name}: {details}")
+                    raise TransportError(f"cannot subscribe at {shown}: {code.name}: {details}")
         except TimeoutError:
             call.cancel()
-            raise TransportError(
-                f"cannot subscribe at grpc://{target}: no answer within {OPEN_TIMEOUT}s"
-            ) from None
+            raise TransportError(f"cannot subscribe at {shown}: no answer within {OPEN_TIMEOUT}s") from None
 
         async def frames() -> Frames:
             try:
@@ -528,12 +538,31 @@ async def _grpc(url: str, filters: Sequence[str], credentials: Credentials) -> A
                     for data in grpc_events(response):
                         yield data
             except grpc.aio.AioRpcError as exc:
-                raise ConnectionLost(f"grpc://{target}: {exc.code().name}: {exc.details()}") from None
+                raise ConnectionLost(f"{shown}: {exc.code().name}: {exc.details()}") from None
 
         try:
-            yield f"grpc stream grpc://{target}", tuple(filters), frames()
+            yield f"grpc stream {shown}", tuple(filters), frames()
         finally:
             call.cancel()
+
+
+def _grpc_credentials(url: str, credentials: Credentials) -> Any:
+    """grpc's channel credentials: the CA file's certificates (else the system's) and the client
+    certificate, if any. grpc cannot skip verification: --insecure is refused."""
+    import grpc
+
+    if credentials.insecure:
+        raise TransportError(
+            f"cannot open {url}: gRPC cannot skip certificate verification (--insecure); "
+            "give the bridge's CA with --cafile"
+        )
+    try:
+        roots = credentials.cafile.read_bytes() if credentials.cafile is not None else None
+        chain = credentials.cert.read_bytes() if credentials.cert is not None else None
+        key = credentials.key.read_bytes() if credentials.key is not None else None
+    except OSError as exc:
+        raise ConfigError(str(exc.filename), f"cannot read: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(roots, key, chain)
 
 
 _Opener = Callable[[str, Sequence[str], Credentials], contextlib.AbstractAsyncContextManager[Opened]]
@@ -554,9 +583,10 @@ async def open_stream(
     `url`: a broker URL (mqtt://, mqtts://, ws:// MQTT over WebSocket) for "mqtt", the endpoint's
     URL for "ws" and "sse" (filters are added as `filter` query parameters; a ws:// server that
     accepts the WebSocket subprotocol 'mqtt' is a broker, read as "mqtt"), `host:port` or
-    grpc://host:port for "grpc" (our FleetBridgeService). `credentials` log in to a broker and
-    set up TLS (mqtts://, wss://, https://). Raises TransportError when it cannot open, TopicError
-    for an invalid filter, and ConfigError for a password or TLS file that cannot be read.
+    grpc[s]://host:port for "grpc" (our FleetBridgeService). `credentials` log in to a broker and
+    set up TLS (mqtts://, wss://, https://, grpcs://); their `token` is sent to a bridge. Raises
+    TransportError when it cannot open, TopicError for an invalid filter, and ConfigError for a
+    password or TLS file that cannot be read.
     """
     credentials = credentials or Credentials()
     if transport in ("mqtt", "ws"):  # a broker's URL may carry user:password@

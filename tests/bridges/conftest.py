@@ -13,6 +13,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -150,6 +151,27 @@ async def recv_json(ws: ClientConnection, timeout: float = TIMEOUT) -> Any:
         message = await ws.recv()
     assert isinstance(message, str), f"expected a text frame, got {message!r}"
     return json.loads(message)
+
+
+async def closed_with_error(conn: ClientConnection) -> str:
+    """The error message a refused WebSocket gets before its close (code 1008)."""
+    reply = await recv_json(conn)
+    assert reply["type"] == "error", reply
+    async with asyncio.timeout(TIMEOUT):
+        await conn.wait_closed()
+    assert conn.close_code == 1008
+    return str(reply["error"])
+
+
+def add_token(path: Path, name: str, *rights: str) -> str:
+    """`fleet token add NAME --tokens-file PATH RIGHTS...`; the token it printed."""
+    from click.testing import CliRunner
+
+    from fleet.cli import cli
+
+    result = CliRunner().invoke(cli, ["token", "add", name, "--tokens-file", str(path), *rights])
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip()
 
 
 async def recv_text(ws: ClientConnection, timeout: float = TIMEOUT) -> str:

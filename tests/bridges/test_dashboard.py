@@ -24,6 +24,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bridges.app import SSE_TRANSPORT, WS_TRANSPORT
+from bridges.auth import Access
 from bridges.hub import Hub
 from broker.server import Broker
 from fleet.config import load_toml
@@ -31,7 +32,14 @@ from fleet.endpoint import Endpoint
 from fleet.report import Report
 from fleet.schema import FleetConfig
 from fleet.simulator import Target, simulate
-from tests.bridges.conftest import RunningBridge, consumers, publish_and_wait, running_bridge, wait_until
+from tests.bridges.conftest import (
+    RunningBridge,
+    add_token,
+    consumers,
+    publish_and_wait,
+    running_bridge,
+    wait_until,
+)
 from tests.procs import ROOT
 from tests.rawmqtt import RawClient
 
@@ -452,3 +460,37 @@ FRAME_GAPS = """() => {
   };
   requestAnimationFrame(tick);
 }"""
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_with_tokens_the_page_logs_in_and_then_streams_and_commands(
+    broker: Broker, page: Page, mqtt: aiomqtt.Client, tmp_path: Path, transport: str
+) -> None:
+    """A bridge with a tokens file shows the login form; a wrong token is refused, and after the right
+    one the page streams (EventSource or WebSocket, by the login cookie) and its commands are published."""
+    tokens = tmp_path / "tokens.toml"
+    add_token(tokens, "reader", "--subscribe", "fleet/#")
+    token = add_token(tokens, "operator", "--subscribe", "fleet/#", "--publish", "fleet/{device}/cmd")
+    access = Access.from_file(tokens)
+    async with running_bridge(broker.port, sse_retry_ms=100, access=access) as bridge:
+        await page.goto(f"{bridge.http}/?transport={transport}")
+        login = page.locator("#login")
+        await expect(login).to_be_visible()
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "down")
+        assert consumers(bridge.hub, SSE_TRANSPORT) + consumers(bridge.hub, WS_TRANSPORT) == 0
+        await login.locator('input[name="token"]').fill("not-a-token")
+        await login.locator('button[type="submit"]').click()
+        await expect(page.locator("#login-error")).to_have_text("unknown token")
+        await login.locator('input[name="token"]').fill(token)
+        await login.locator('button[type="submit"]').click()
+        await expect(login).to_be_hidden()
+        await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+        await publish_and_wait(mqtt, bridge.hub, [telemetry("pump-7", 0)])
+        await expect(card(page, "pump-7").locator(".seq")).to_have_text("seq 0")
+        await page.fill('#command-form input[name="device"]', "pump-7")
+        await page.click('#command-form button[type="submit"]')
+        row = page.locator("#command-table tbody tr").first
+        await expect(row).to_have_attribute("data-state", "waiting")
+        cookies = await page.context.cookies()
+        kept = [(cookie["name"], cookie["httpOnly"], cookie["sameSite"]) for cookie in cookies]
+        assert kept == [("fleet_token", True, "Strict")]

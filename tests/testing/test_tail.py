@@ -9,14 +9,20 @@ import json
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
+from bridges.bridge import Bridge, running
+from bridges.config import BridgeConfig
 from broker.server import Broker
+from fleet.credentials import Credentials
 from fleet.testing.services import RunningBridges
+from tests.bridges.conftest import add_token, wait_until
 from tests.conftest import BrokerFactory
+from tests.pki import Pki
 from tests.procs import CHILD_ENV, ROOT, fleet_argv, run
 
 TIMEOUT = 10.0
@@ -320,3 +326,78 @@ async def test_tail_suggests_mqtt_when_a_ws_url_reaches_an_mqtt_tcp_port(fleet_b
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith(f"Error: cannot open {url}: did not receive a valid HTTP response"), error
     assert f"(an MQTT/TCP port? then use mqtt://127.0.0.1:{fleet_broker.port})" in error, error
+
+
+@pytest.fixture
+async def secured_bridge(fleet_broker: Broker, pki: Pki, tmp_path: Path) -> AsyncIterator[tuple[Bridge, str]]:
+    """The whole bridge on `fleet_broker` over TLS (the test CA's certificate) with a tokens file;
+    and a token that may subscribe to fleet/#."""
+    tokens = tmp_path / "tokens.toml"
+    token = add_token(tokens, "tail", "--subscribe", "fleet/#")
+    config = BridgeConfig(
+        broker=fleet_broker.urls[0],
+        http_port=0,
+        grpc_port=0,
+        tokens_file=tokens,
+        tls_cert=pki.cert,
+        tls_key=pki.key,
+    )
+    async with running(config) as bridge:
+        await wait_until(lambda: bridge.hub.broker_connected, "the bridge to connect to the broker")
+        yield bridge, token
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "grpc"])
+async def test_tail_reads_a_bridge_over_tls_with_a_token(
+    transport: str, fleet_broker: Broker, secured_bridge: tuple[Bridge, str], pki: Pki
+) -> None:
+    """`fleet tail wss://, https://, grpcs:// --cafile CA --token T` reads a secured bridge; without
+    the token it exits 1 saying the bridge wants one."""
+    bridge, token = secured_bridge
+    url = {
+        "ws": f"wss://localhost:{bridge.http_port}/ws?filter=fleet/%2B/status",
+        "sse": f"https://localhost:{bridge.http_port}/events?filter=fleet/%2B/status",
+        "grpc": f"grpcs://localhost:{bridge.grpc_port}/fleet/%2B/status",
+    }[transport]
+    refused = await asyncio.to_thread(run, fleet_argv("tail", url, "--cafile", pki.ca, "--count", "1"))
+    assert refused.returncode == 1, refused
+    assert "401" in refused.stderr or "UNAUTHENTICATED" in refused.stderr, refused
+    async with fleet_tail(url, "--cafile", str(pki.ca), "--token", token, "--count", "1") as running_tail:
+        async with aiomqtt.Client("127.0.0.1", fleet_broker.port) as client:
+            await client.publish("fleet/pump-1/status", b'{"online": true}', qos=1)
+        tail = await running_tail.finished()
+    assert tail.code == 0, tail
+    assert [json.loads(line)["topic"] for line in tail.stdout] == ["fleet/pump-1/status"]
+
+
+def test_tail_refuses_a_token_for_a_broker_and_insecure_for_grpcs() -> None:
+    """--token is for the bridges, not an mqtt:// broker; gRPC cannot skip verification (--insecure)."""
+    broker = run(fleet_argv("tail", "mqtt://127.0.0.1:1883/#", "--token", "t"))
+    assert broker.returncode == 2, broker
+    assert "--token is for a bridge" in broker.stderr, broker
+    grpcs = run(fleet_argv("tail", "grpcs://127.0.0.1:1/#", "--insecure"))
+    assert grpcs.returncode == 2, grpcs
+    assert "give --cafile, not --insecure" in grpcs.stderr, grpcs
+
+
+async def test_the_plugin_s_stream_fixtures_take_a_token_and_a_ca(
+    fleet_broker: Broker,
+    secured_bridge: tuple[Bridge, str],
+    pki: Pki,
+    ws_stream: Any,
+    sse_stream: Any,
+    grpc_stream: Any,
+) -> None:
+    """ws_stream, sse_stream and grpc_stream read a secured bridge with Credentials(cafile=, token=)."""
+    bridge, token = secured_bridge
+    credentials = Credentials(cafile=pki.ca, token=token)
+    streams = [
+        await ws_stream(f"wss://localhost:{bridge.http_port}/ws", [STATUS], credentials),
+        await sse_stream(f"https://localhost:{bridge.http_port}/events", [STATUS], credentials),
+        await grpc_stream(f"grpcs://localhost:{bridge.grpc_port}", [STATUS], credentials),
+    ]
+    async with aiomqtt.Client("127.0.0.1", fleet_broker.port) as client:
+        await client.publish("fleet/pump-2/status", b'{"online": true}', qos=1)
+    for stream in streams:
+        event = await stream.expect(topic="fleet/pump-2/status", within=TIMEOUT)
+        assert event.payload == {"online": True}
