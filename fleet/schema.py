@@ -327,6 +327,13 @@ class FleetConfig(_Model):
     def size(self) -> int:
         return sum(group.count for group in self.groups)
 
+    def with_protocol(self, protocol: Literal["3.1.1", "5"], where: str) -> FleetConfig:
+        """Every group speaking `protocol`; ConfigError ('where: groups[i].field') when a group has
+        MQTT 5 options and `protocol` is 3.1.1."""
+        data = self.model_dump(exclude_unset=True)
+        data["groups"] = [{**group, "protocol": protocol} for group in data["groups"]]
+        return validated(FleetConfig, data, where=where)
+
     @property
     def fingerprint(self) -> str:
         """Names the devices the groups describe, whatever the seed, broker or duration: the shard

@@ -117,8 +117,7 @@ def test_mqtt5_devices_have_the_same_ids_values_and_schedules_as_3_1_1() -> None
 
 
 def test_mqtt5_connect_birth_and_reply() -> None:
-    """A v5 device connects with its session and will properties, announces "protocol": 5, templates its
-    user properties per message, and answers a request on its response topic with the correlation data."""
+    """A v5 device's CONNECT, will, birth, per-message user properties and reply carry its v5 options."""
     from fleet.mqtt import v5
     from fleet.mqtt.properties import Properties, decode_properties, encode_variable_int
 

@@ -112,9 +112,7 @@ def v5_group(name: str, **options: Any) -> dict[str, Any]:
 
 
 async def test_v5_telemetry_carries_the_groups_properties_and_aliases_its_topic(port: int) -> None:
-    """v5 devices announce "protocol": 5 and publish telemetry with content type, message expiry and
-    user properties (templated per device and seq); after the first publish they send a topic alias,
-    which the broker resolves (every seq arrives on the full topic) and the report counts as bytes saved."""
+    """v5 telemetry carries the group's properties, and its topic alias saves bytes without losing a seq."""
     config = fleet(
         v5_group(
             "g",
@@ -152,8 +150,7 @@ async def test_v5_telemetry_carries_the_groups_properties_and_aliases_its_topic(
 
 
 async def test_reconnect_within_the_will_delay_fires_no_will(port: int) -> None:
-    """A v5 device that drops (no DISCONNECT) and reconnects within its will delay sends no will, while
-    a device that stays offline past a longer will delay gets its will: the quiet one's delay passed first."""
+    """A v5 device back within its will delay sends no will; one offline past a longer delay does."""
     session = {"clean_session": False, "session_expiry": 60}
     config = fleet(
         v5_group("quick", will_delay=2, **session),
@@ -191,13 +188,12 @@ async def test_session_expiry_decides_whether_the_session_is_resumed(
     )
 
 
+# Mosquitto 2.0.11 closes a taken-over MQTT 5 connection without DISCONNECT 0x8E; the next test makes
+# both brokers send one.
 async def test_a_takeover_disconnects_the_device_with_0x8e_and_it_reconnects(
     embedded_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """When another connection takes over a v5 device's client id, the embedded broker sends it
-    DISCONNECT 0x8E: the device counts the reason, logs it once for its group, and reconnects.
-
-    (Mosquitto 2.0.11 closes the taken-over connection without a DISCONNECT: see the next test.)"""
+    """A takeover's DISCONNECT 0x8E (embedded broker) is counted and logged once; the device reconnects."""
     config = fleet(v5_group("t", backoff={"initial": 0.1, "max": 0.2}))
     (device,) = ids(config)
     caplog.set_level(logging.WARNING, "fleet.simulator")
@@ -248,8 +244,7 @@ async def small_packet_port(
 async def test_each_brokers_disconnect_is_counted_by_reason_and_logged_once(
     small_packet_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A v5 device whose telemetry exceeds the broker's Maximum Packet Size gets DISCONNECT 0x95 each
-    time: the report counts every one, the log says it once for the group, and the device reconnects."""
+    """Each DISCONNECT 0x95 (packet too large) is counted, logged once per group, and then reconnected."""
     port = small_packet_port
     config = fleet(v5_group("big", payload_size=1000, backoff={"initial": 0.1, "max": 0.2}))
     (device,) = ids(config)
@@ -282,8 +277,7 @@ async def test_the_broker_assigns_a_client_identifier_to_an_empty_one(port: int)
 
 
 async def test_a_v5_device_answers_a_request_on_its_response_topic(port: int) -> None:
-    """A command with Response Topic and Correlation Data is acknowledged on that topic with the same
-    correlation data, and not on cmd/ack; a command without them is acknowledged on cmd/ack."""
+    """A request is acked on its response topic with its correlation data; a plain command on cmd/ack."""
     config = fleet(v5_group("r"))
     (device,) = ids(config)
     replies = f"replies/{uuid.uuid4().hex[:8]}"
