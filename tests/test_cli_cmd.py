@@ -1,6 +1,6 @@
 """`fleet cmd` as a real subprocess against simulated devices on real brokers (the embedded one and
 Mosquitto): MQTT 5 request/response for v5 devices, cmd/ack for 3.1.1 ones, and its exit codes;
-`fleet run -V`."""
+`fleet run -V` and the MQTT 5 rows of `fleet run`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 from tests.conftest import BrokerFactory
 from tests.fleet.test_mqtt5_devices import observe5
 from tests.fleet.test_simulator import fleet, ids, running
-from tests.procs import CHILD_ENV, fleet_argv, run
+from tests.procs import CHILD_ENV, FleetBroker, fleet_argv, run
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "mqtt5-fleet.toml"
 TIMEOUT = 30.0
 
 
@@ -130,3 +131,15 @@ def test_run_with_v_mqttv311_refuses_a_config_with_mqtt5_options(tmp_path: Path)
     result = run([*fleet_argv("run", config, "-V", "mqttv311", "--duration", "1")])
     assert result.returncode == 1, result.stderr
     assert f"{config} with -V mqttv311: groups[0].will_delay: an MQTT 5 option" in result.stderr
+
+
+def test_run_shows_what_the_mqtt5_options_did(fleet_broker_process: FleetBroker, tmp_path: Path) -> None:
+    """`fleet run configs/mqtt5-fleet.toml` against a broker reports the bytes its topic aliases saved."""
+    report = tmp_path / "report.json"
+    url = f"mqtt://127.0.0.1:{fleet_broker_process.port}"
+    result = run([*fleet_argv("run", CONFIG, "--broker", url, "--duration", "5", "--report", report)])
+    assert result.returncode == 0, result.stderr
+    assert "topic alias bytes saved" in result.stdout
+    groups = json.loads(report.read_text())["groups"]
+    assert groups["meter"]["alias_bytes_saved"] > 0
+    assert groups["legacy"]["alias_bytes_saved"] == 0
