@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from broker.auth import set_password
+from fleet.credentials import Credentials
+from fleet.simulator import Target, simulate
+from fleet.transport import Endpoint
 from tests.conftest import BrokerFactory
 from tests.fleet.test_mqtt5_devices import observe5
 from tests.fleet.test_simulator import fleet, ids, running
@@ -143,3 +147,32 @@ def test_run_shows_what_the_mqtt5_options_did(fleet_broker_process: FleetBroker,
     groups = json.loads(report.read_text())["groups"]
     assert groups["meter"]["alias_bytes_saved"] > 0
     assert groups["legacy"]["alias_bytes_saved"] == 0
+
+
+async def test_fleet_cmd_logs_in_with_the_client_options(
+    broker_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    """Against a broker with a password file, `fleet cmd -u -P` gets its ack; without a login it exits 1."""
+    passwords = tmp_path / "passwd"
+    set_password(passwords, "operator", "s3cret")
+    config = fleet({"name": "five", "count": 1, "protocol": "5"})
+    (five,) = ids(config)
+    async with broker_factory(password_file=passwords) as broker:
+        login = Credentials(username="operator", password="s3cret")
+        target = Target(Endpoint("mqtt", "127.0.0.1", broker.port), login)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        fleet_run = asyncio.create_task(simulate(config, target, stop=stop, ready=ready.set))
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await ready.wait()
+            status, out, err = await fleet_cmd(broker.port, five, "ping", "-u", "operator", "-P", "s3cret")
+            assert status == 0, err
+            assert json.loads(out)["ok"] is True
+            status, out, err = await fleet_cmd(broker.port, five, "ping")
+            assert status == 1, err
+            assert "not authorized" in err or "bad user name or password" in err, err
+            assert "s3cret" not in out + err
+        finally:
+            stop.set()
+            async with asyncio.timeout(TIMEOUT):
+                await fleet_run
