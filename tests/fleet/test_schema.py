@@ -395,3 +395,14 @@ def test_mqtt5_group_options_load(tmp_path: Path) -> None:
     assert (group.session_expiry, group.will_delay, group.receive_maximum) == (3600, 30, 10)
     assert list(group.user_properties.items()) == [("tenant", "acme"), ("serial", "{group}/{device}/{seq}")]
     assert load_fleet_config(write(tmp_path, ONE_GROUP)).groups[0].protocol_level == 4
+
+
+def test_with_protocol_sets_every_group_and_keeps_the_rest(tmp_path: Path) -> None:
+    """with_protocol("5") (fleet run -V mqttv5) makes every group MQTT 5 and changes nothing else."""
+    config = load_fleet_config(
+        write(tmp_path, ONE_GROUP + "interval = 2.0\n" + ONE_GROUP.replace('"a"', '"b"'))
+    )
+    five = config.with_protocol("5", "x.toml with -V mqttv5")
+    assert [group.protocol for group in five.groups] == ["5", "5"]
+    assert five.groups[0].model_copy(update={"protocol": "3.1.1"}) == config.groups[0]
+    assert five.with_protocol("3.1.1", "w").groups == config.groups
