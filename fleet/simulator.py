@@ -373,6 +373,7 @@ class _DeviceRunner:
         "_command",
         "_connected",
         "_fault",
+        "_kicks",
         "_link",
         "_run",
         "_target",
@@ -391,6 +392,7 @@ class _DeviceRunner:
         self._link: Link | None = None
         self._command: Command | None = None
         self._fault: tuple[EndKind, float] | None = None
+        self._kicks = 0  # broker DISCONNECTs in a row: each waits the next backoff step
         self._connected = connected
         self._target = run.targets.get(device.group.name, run.target)
         self._client_id = device.id  # or the broker's Assigned Client Identifier, once it gave one
@@ -444,6 +446,8 @@ class _DeviceRunner:
                 live.connected -= 1
                 live.online[device.group.name] -= 1
                 self.stats.alias_bytes_saved += link.alias_saved
+            if link.disconnect_reason is None:
+                self._kicks = 0
             if outcome == _SCHEDULED:
                 offline_for = device.offline_for(cycle)
                 cycle += 1
@@ -574,7 +578,8 @@ class _DeviceRunner:
                     self._error("connection lost")
                     return _LOST, 0.0
                 self._disconnected(reason)
-                return _LOST, device.backoff(cycle, 0)
+                self._kicks += 1
+                return _LOST, device.backoff(cycle, self._kicks - 1)
             fault, self._fault = self._fault, None
             if fault is not None:
                 await self._end(link, fault[0])
