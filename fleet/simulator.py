@@ -392,7 +392,7 @@ class _DeviceRunner:
         self._link: Link | None = None
         self._command: Command | None = None
         self._fault: tuple[EndKind, float] | None = None
-        self._kicks = 0  # broker DISCONNECTs in a row: each waits the next backoff step
+        self._kicks = 0  # broker DISCONNECTs in a row
         self._connected = connected
         self._target = run.targets.get(device.group.name, run.target)
         self._client_id = device.id  # or the broker's Assigned Client Identifier, once it gave one
@@ -465,7 +465,8 @@ class _DeviceRunner:
         target = self._target
         login = target.login(device.id, group.name)
         packet = device.connect(self._client_id, login.username, login.password)
-        attempt = 0
+        # After broker DISCONNECTs in a row, the first retry waits a later step each time.
+        attempt = max(0, self._kicks - 1)
         if back_off:
             await asyncio.sleep(device.backoff(key, attempt))
             attempt += 1
@@ -579,7 +580,7 @@ class _DeviceRunner:
                     return _LOST, 0.0
                 self._disconnected(reason)
                 self._kicks += 1
-                return _LOST, device.backoff(cycle, self._kicks - 1)
+                return _LOST, 0.0
             fault, self._fault = self._fault, None
             if fault is not None:
                 await self._end(link, fault[0])
