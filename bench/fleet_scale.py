@@ -6,11 +6,16 @@ time and RSS are those of one PID alone (psutil on that PID).  Each (simulator, 
 fresh child and a fresh Mosquitto on a free loopback port; both are stopped by their own PIDs
 (SIGTERM, then SIGKILL) even on errors, Ctrl-C or SIGTERM.
 
-Simulators (``--baseline`` picks the second one):
+Simulators (``--baseline`` picks the last one, ``--mqtt5 off`` drops the second):
 
 - ``lean``: ``fleet.simulator.simulate()`` as ``fleet run`` calls it, so over the lean ``Link``
   (``simulate()`` has no parameter to choose its transport, so ``AiomqttLink`` cannot be plugged
   in without patching the module).
+- ``lean-v5``: the same fleet as MQTT 5 devices (``protocol = "5"``) with two user properties on
+  every telemetry message (``tenant``, and ``device`` templated per device) and a topic alias for
+  the telemetry topic after its first publish.  Its CPU per message is compared with ``lean``'s of
+  the same run (at most 15 % more), and the child reports the bytes of one telemetry PUBLISH:
+  3.1.1, v5 with the topic, v5 with the alias, and the bytes the aliases saved per message.
 - ``aiomqtt``: the "naive simulator" of FLEET-NOTES, written here: one ``aiomqtt.Client`` per
   device in one event loop, with the same last will, retained birth, cmd subscription and the
   same telemetry payloads and schedule.
@@ -92,7 +97,8 @@ PAYLOAD_BYTES = 150
 JITTER = 0.1
 IDLE_INTERVAL_S = 3600.0
 PHASES = ("idle", "qos0", "qos1")
-LEAN, NAIVE = "lean", "aiomqtt"
+LEAN, LEAN5, NAIVE = "lean", "lean-v5", "aiomqtt"
+LEANS = (LEAN, LEAN5)
 LINE_PREFIX = "FLEET-BENCH "
 TOPIC_PREFIX = "bench"
 WILL_PAYLOAD = b'{"online":false,"reason":"lost"}'
@@ -103,6 +109,7 @@ TARGET_CONNECT_S = 3.0
 TARGET_MSG_PER_CPU_S = {"qos0": 20_000.0, "qos1": 12_000.0}
 TARGET_IDLE_PCT = 2.0
 TARGET_KB_PER_DEVICE = 12.0
+TARGET_V5_CPU_RATIO = 1.15  # MQTT 5 (properties, aliases) may cost this much CPU per message over 3.1.1
 # What FLEET-NOTES measured for one aiomqtt.Client per device, for reference.
 NOTES_AIOMQTT = {
     "connect": "7.1 s",
@@ -324,12 +331,20 @@ async def finish(
 def lean_config(args: argparse.Namespace) -> Any:
     from fleet.schema import FleetConfig
 
+    v5: dict[str, Any] = {}
+    if args.child == LEAN5:
+        v5 = {
+            "protocol": "5",
+            "topic_alias": True,
+            "user_properties": {"tenant": "acme", "device": "{device}"},
+        }
     return FleetConfig.model_validate(
         {
             "seed": 1,
             "connect_rate": args.connect_rate,
             "groups": [
                 {
+                    **v5,
                     "name": TOPIC_PREFIX,
                     "count": args.devices,
                     "id": TOPIC_PREFIX + "-{index:05d}",
@@ -392,7 +407,47 @@ async def child_lean(args: argparse.Namespace) -> dict[str, Any]:
         out["telemetry_total"] = out["published_total"] - fleet.connects - connected_at_stop
         out["report_errors"] = dict(fleet.errors)
         out["connect_latency"] = fleet.connect_latency.summary()
+        out["alias_bytes_saved"] = fleet.alias_bytes_saved
+        out["disconnects"] = dict(fleet.disconnects)
+    out["publish_bytes"] = publish_bytes(config)
     return out
+
+
+def publish_bytes(config: Any) -> dict[str, int]:
+    """The bytes of one telemetry PUBLISH of the first device, as the lean Link encodes it: 3.1.1,
+    and for an MQTT 5 group with its topic name and with a topic alias instead."""
+    from fleet import packets
+    from fleet.device import Device
+    from fleet.mqtt import v5
+    from fleet.mqtt.properties import encode_variable_int
+
+    group = config.groups[0]
+    device = Device(group, 0, config.seed)
+    qos = group.qos.telemetry
+    packet_id = 1 if qos else 0
+    topic = device.topics.telemetry.encode()
+    if group.protocol_level == 4:
+        payload = device.telemetry(time.time())
+        return {"mqtt311": len(packets.encode_publish(topic, payload, qos, packet_id=packet_id))}
+    properties = device.telemetry_properties()
+    payload = device.telemetry(time.time())
+    aliased = properties + b"\x23\x00\x01"  # Topic Alias 1
+    return {
+        "mqtt5_topic": len(
+            v5.encode_publish(
+                topic,
+                payload,
+                qos,
+                packet_id=packet_id,
+                properties=encode_variable_int(len(properties)) + properties,
+            )
+        ),
+        "mqtt5_alias": len(
+            v5.encode_publish(
+                b"", payload, qos, packet_id=packet_id, properties=encode_variable_int(len(aliased)) + aliased
+            )
+        ),
+    }
 
 
 class Naive(Counts):
@@ -571,7 +626,7 @@ def child_main(args: argparse.Namespace) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    runner = child_lean if args.child == LEAN else child_naive
+    runner = child_lean if args.child in LEANS else child_naive
     try:
         out = asyncio.run(runner(args))
         out["fleet_sha256"] = fleet_sources_hash()[0]  # when this child ran (the files may change)
@@ -1060,7 +1115,7 @@ def fill(res: Run, ev: dict[str, Any]) -> None:
     res.acked_total = ev.get("acked_total")
     res.errors = int(ev.get("errors", 0))
     res.last_error = str(ev.get("last_error", ""))
-    if res.sim == LEAN and ev.get("fleet_sha256") and ev["fleet_sha256"] != FLEET_SHA[0]:
+    if res.sim in LEANS and ev.get("fleet_sha256") and ev["fleet_sha256"] != FLEET_SHA[0]:
         res.error = (res.error + "; " if res.error else "") + (
             f"fleet/*.py changed during the benchmark (sha256 {ev['fleet_sha256']}): rerun"
         )
@@ -1232,6 +1287,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
         f"\n{args.devices:,} devices, one process each (↓ lower is better, ↑ higher is better)",
         table(headers, rows),
     ]
+    out += mqtt5_report(by)
 
     detail = []
     for r in runs:
@@ -1290,6 +1346,62 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def v5_cpu_ratio(by: dict[tuple[str, str], Run], phase: str) -> float | None:
+    """CPU per message of the MQTT 5 fleet over the 3.1.1 fleet's, in one phase of this run."""
+    v311, v5 = by.get((LEAN, phase)), by.get((LEAN5, phase))
+    if v311 is None or v5 is None or not v311.msg_per_cpu_s or not v5.msg_per_cpu_s:
+        return None
+    return v311.msg_per_cpu_s / v5.msg_per_cpu_s
+
+
+def mqtt5_report(by: dict[tuple[str, str], Run]) -> list[str]:
+    """The MQTT 5 fleet beside the 3.1.1 one of the same run: CPU per message, connect, memory, bytes."""
+    phases = [phase for phase in PHASES if (LEAN5, phase) in by]
+    if not phases:
+        return []
+    rows = []
+    for phase in phases:
+        v311, v5 = by.get((LEAN, phase)), by[(LEAN5, phase)]
+        ratio_ = v5_cpu_ratio(by, phase)
+        rows.append(
+            [
+                phase,
+                load_cell(v311) if phase != "idle" else "-",
+                load_cell(v5) if phase != "idle" else "-",
+                "-" if ratio_ is None else f"{ratio_:.2f}",
+                connect_cell(v5),
+                fmt(v5.kb_per_device, ".1f"),
+            ]
+        )
+    headers = [
+        "phase",
+        "msg per CPU-s 3.1.1",
+        "msg per CPU-s v5",
+        "v5 CPU per msg / 3.1.1",
+        "v5 connect s",
+        "v5 KB/device",
+    ]
+    out = [
+        "\nMQTT 5 devices (user properties, topic alias) beside 3.1.1, same run",
+        table(headers, rows),
+    ]
+    for phase in phases:
+        v311, v5 = by.get((LEAN, phase)), by[(LEAN5, phase)]
+        sizes = {**(v311.child.get("publish_bytes", {}) if v311 else {}), **v5.child.get("publish_bytes", {})}
+        saved, sent = v5.child.get("alias_bytes_saved"), v5.telemetry_total
+        per_msg = f"{saved / sent:.1f}" if saved is not None and sent else "-"
+        out.append(
+            f"  {phase}: bytes per telemetry PUBLISH: 3.1.1 {sizes.get('mqtt311', '-')}, "
+            f"v5 with the topic {sizes.get('mqtt5_topic', '-')}, "
+            f"v5 with the alias {sizes.get('mqtt5_alias', '-')}; "
+            f"aliases saved {per_msg} B per message over the run"
+            + (f"; broker DISCONNECTs {v5.child['disconnects']}" if v5.child.get("disconnects") else "")
+        )
+        if phase == "qos0":
+            break
+    return out
+
+
 def targets(by: dict[tuple[str, str], Run], args: argparse.Namespace) -> list[str]:
     def mark(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
@@ -1319,6 +1431,13 @@ def targets(by: dict[tuple[str, str], Run], args: argparse.Namespace) -> list[st
             lines.append(
                 f"[{mark(ok)}] >= {goal:,.0f} msg per simulator CPU-second at QoS {phase[-1]}: {load_cell(r)}"
             )
+    for phase in ("qos0", "qos1"):
+        ratio_ = v5_cpu_ratio(by, phase)
+        if ratio_ is not None:
+            lines.append(
+                f"[{mark(ratio_ <= TARGET_V5_CPU_RATIO)}] MQTT 5 costs <= {TARGET_V5_CPU_RATIO - 1:.0%} "
+                f"more CPU per message than 3.1.1 at QoS {phase[-1]}, same run: x{ratio_:.2f}"
+            )
     return lines
 
 
@@ -1335,6 +1454,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=10_000, help="devices in the one simulator process")
     p.add_argument("--seconds", type=float, default=5.0, help="load measurement window (s)")
     p.add_argument("--baseline", choices=(NAIVE, "none"), default=NAIVE, help="baseline simulator")
+    p.add_argument(
+        "--mqtt5", choices=("on", "off"), default="on", help="also run the fleet as MQTT 5 devices"
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
     p.add_argument(
@@ -1350,7 +1472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sys-wait", type=float, default=5.0, help="wait for $SYS to count every PUBLISH (s)")
     p.add_argument("--log-dir", type=Path, help="keep Mosquitto and child logs here; None: a temp dir")
     # The child runner mode (one simulator, one phase); not for direct use.
-    p.add_argument("--child", choices=(LEAN, NAIVE), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=(LEAN, LEAN5, NAIVE), help=argparse.SUPPRESS)
     p.add_argument("--phase", choices=PHASES, default="idle", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1374,7 +1496,7 @@ async def amain(args: argparse.Namespace, runs: list[Run]) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    sims = [LEAN] + ([NAIVE] if args.baseline == NAIVE else [])
+    sims = [LEAN] + ([LEAN5] if args.mqtt5 == "on" else []) + ([NAIVE] if args.baseline == NAIVE else [])
     with contextlib.ExitStack() as stack:
         workdir = support.workdir(stack, args.log_dir, "fleet_scale-")
         for phase in args.phases:

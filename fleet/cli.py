@@ -495,6 +495,21 @@ def _auto_shard(shards: int | None) -> Any:
         raise click.ClickException(f"--shard auto: {exc}") from None
 
 
+# -V as mosquitto_sub names the versions; the value is the protocol level (4 or 5).
+_VERSIONS = {"mqttv5": 5, "mqttv311": 4}
+
+
+def _protocol_option(help: str) -> Callable[[Callable[..., _T]], Callable[..., _T]]:
+    return click.option(
+        "-V",
+        "--protocol-version",
+        "protocol_version",
+        type=click.Choice(sorted(_VERSIONS)),
+        callback=lambda ctx, param, value: None if value is None else _VERSIONS[value],
+        help=help,
+    )
+
+
 @cli.command("run")
 @click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path))
 @click.option(
@@ -511,6 +526,7 @@ def _auto_shard(shards: int | None) -> Any:
     help="I/N: run the I-th of N deterministic parts of the fleet; auto: I from JOB_COMPLETION_INDEX + 1",
 )
 @click.option("--shards", type=click.IntRange(min=1), help="N for --shard auto  [default: $FLEET_SHARDS]")
+@_protocol_option("every group speaks this MQTT version  [default: each group's protocol]")
 @_client_options
 @_metrics_options(hold=True)
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="write an HTML report with charts")
@@ -522,6 +538,7 @@ def run_command(
     report_path: Path | None,
     workers: int,
     shard: str | None,
+    protocol_version: int | None,
     credentials: Credentials,
     shards: int | None,
     metrics_port: int | None,
@@ -532,9 +549,18 @@ def run_command(
     """Run the fleet of CONFIG until --duration (or the config's duration) passes, or Ctrl-C.
 
     -u, -P, --cafile, --cert and --key (with --broker, or the config's [broker] url) are the
-    devices' credentials, and win over the config's.
+    devices' credentials, and win over the config's. -V mqttv5 makes every group an MQTT 5 group;
+    -V mqttv311 every group a 3.1.1 group (an error for a group with MQTT 5 options).
     """
     config = _load_fleet(config_path, seed)
+    if protocol_version is not None:
+        flag = "-V mqttv5" if protocol_version == 5 else "-V mqttv311"
+        try:
+            config = config.with_protocol(
+                "5" if protocol_version == 5 else "3.1.1", f"{config_path} with {flag}"
+            )
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     target = _target(config, broker_url, credentials)
     part = _shard(shard, shards)
     timeline = _timeline(html_path)
@@ -843,6 +869,82 @@ async def _run_bridge(settings: Any, stop: asyncio.Event) -> None:
             click.echo(f"fleet bridge: serving {url}")
         await stop.wait()
         click.echo("fleet bridge: shutting down")
+
+
+@cli.command("cmd", context_settings={"ignore_unknown_options": True})  # a VALUE of -1 is not an option
+@click.argument("device")
+@click.argument("op")
+@click.argument("value", required=False)
+@click.option(
+    "--broker",
+    "broker_url",
+    default="mqtt://127.0.0.1:1883",
+    show_default=True,
+    help="mqtt[s]:// or ws[s]:// URL",
+)
+@click.option("--prefix", default="fleet", show_default=True, help="first topic level of the fleet's topics")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="seconds to wait",
+)
+@_protocol_option("the link's MQTT version  [default: MQTT 5 when the device's retained birth says so]")
+@_client_options
+def cmd_command(
+    device: str,
+    op: str,
+    value: str | None,
+    broker_url: str,
+    prefix: str,
+    timeout: float,
+    protocol_version: int | None,
+    credentials: Credentials,
+) -> None:
+    """Send command OP (with VALUE, a JSON number or text) to DEVICE and wait for its ack.
+
+    The command goes to PREFIX/DEVICE/cmd. Over MQTT 5 it carries a Response Topic and Correlation
+    Data, and a v5 device answers on that topic; the answer is also taken from PREFIX/DEVICE/cmd/ack,
+    where 3.1.1 devices answer. The ack is printed as one JSON line.
+
+    Exit status: 0 on an ack with ok true; 1 when no ack came within --timeout or the broker could
+    not be reached; 2 on an ack with ok false (and for bad input).
+    """
+    import json
+
+    from fleet.command import Request, send_command
+    from fleet.credentials import split_url
+    from fleet.errors import ConnectRefused, TopicError, TransportError
+    from fleet.simulator import Target
+    from fleet.transport import Endpoint
+
+    try:
+        url, from_url = split_url(broker_url)
+        target = Target(Endpoint.parse(url), from_url.override(credentials))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--broker") from None
+    parsed: Any = None
+    if value is not None:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+    try:
+        request = Request(device=device, op=op, value=parsed, prefix=prefix)
+    except TopicError as exc:
+        raise click.BadParameter(str(exc), param_hint="DEVICE or --prefix") from None
+    try:
+        reply = asyncio.run(send_command(target, request, timeout=timeout, version=protocol_version))
+    except (TransportError, ConnectRefused, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if reply is None:
+        click.echo(f"fleet cmd: no ack from {device} within {timeout:g}s", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(reply.body, separators=(",", ":")))
+    if not reply.ok:
+        click.echo(f"fleet cmd: {device} refused {op}: {reply.body.get('error', 'ok is not true')}", err=True)
+        sys.exit(2)
 
 
 @cli.command("tail")

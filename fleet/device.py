@@ -4,7 +4,9 @@ Everything random comes from generators seeded by (fleet seed, device id), so th
 config give the same ids, value sequences and online/offline schedules, whatever the timing, the
 worker or the shard a device runs in. Values are drawn from one stream per device (a fixed number
 of draws per sample); schedules and backoff are drawn from their own streams, keyed by cycle and
-attempt, so that a reconnect's timing never shifts the values.
+attempt, so that a reconnect's timing never shifts the values. An MQTT 5 group draws the same
+streams: only the packets differ (CONNECT and will properties, telemetry properties, request/response
+command replies).
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import string
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from fleet.generators import Generator, make_generator
+from fleet.mqtt import v5
+from fleet.mqtt.properties import EMPTY, Properties, encode_property_body
+from fleet.packets import Connect, Will
 from fleet.schema import Duration, Exponential, Fixed, Group, Normal, Uniform
 
 __all__ = ["KNOWN_OPS", "Command", "Device", "DeviceTopics", "EndKind", "draw_duration"]
@@ -68,8 +74,10 @@ class Device:
 
     __slots__ = (
         "_generators",
+        "_properties",
         "_rng",
         "_seed",
+        "_seq_properties",
         "clock",
         "group",
         "id",
@@ -92,6 +100,22 @@ class Device:
         self.seq = 0
         self.clock = 0.0  # device time: the sum of scheduled intervals, which sine generators follow
         self.interval = group.interval
+        # MQTT 5 telemetry properties, encoded once; user properties naming {seq} are encoded per message.
+        templates = tuple(group.user_properties.items())
+        per_seq = any("seq" in _fields(value) for _, value in templates)
+        self._seq_properties: tuple[tuple[str, str], ...] = templates if per_seq else ()
+        static = (
+            ()
+            if per_seq
+            else tuple((key, value.format(device=self.id, group=group.name)) for key, value in templates)
+        )
+        self._properties = encode_property_body(
+            Properties(
+                message_expiry_interval=group.message_expiry,
+                content_type=group.content_type,
+                user_properties=static,
+            )
+        )
 
     def values(self) -> dict[str, Any]:
         """The next sample of every metric, without consuming a sequence number."""
@@ -112,6 +136,51 @@ class Device:
             body["pad"] = "x" * max(0, size - len(data) - 9)
             data = json.dumps(body, separators=(",", ":")).encode()
         return data
+
+    def telemetry_properties(self) -> bytes:
+        """The encoded MQTT 5 properties of the next telemetry message (call before `telemetry()`)."""
+        templated = self._seq_properties
+        if not templated:
+            return self._properties
+        device, group, seq = self.id, self.group.name, self.seq
+        user = tuple((key, value.format(device=device, group=group, seq=seq)) for key, value in templated)
+        return self._properties + encode_property_body(Properties(user_properties=user))
+
+    def connect(self, client_id: str, username: str | None, password: bytes | None) -> Connect | v5.Connect:
+        """The device's CONNECT: MQTT 3.1.1, or MQTT 5 with the group's session and will properties."""
+        group = self.group
+        will_qos = group.qos.status
+        if group.protocol_level == 4:
+            will = Will(self.topics.status, self.will_payload(), will_qos, True) if group.will else None
+            return Connect(
+                "MQTT", 4, group.clean_session, group.keepalive, client_id, will, username, password
+            )
+        will5 = None
+        if group.will:
+            delay = EMPTY if group.will_delay is None else Properties(will_delay_interval=group.will_delay)
+            will5 = v5.Will(self.topics.status, self.will_payload(), will_qos, True, delay)
+        properties = Properties(
+            session_expiry_interval=group.session_expiry or None,
+            receive_maximum=group.receive_maximum,
+        )
+        return v5.Connect(
+            group.clean_session,
+            group.keepalive,
+            client_id,
+            will5,
+            username,
+            password,
+            EMPTY if properties == EMPTY else properties,
+        )
+
+    def reply(self, response_topic: str | None, correlation: bytes | None) -> tuple[str, bytes]:
+        """Where a command's ack goes, and its encoded properties: the command's Response Topic with
+        its Correlation Data (MQTT 5 request/response), else the ack topic."""
+        if response_topic is None:
+            return self.topics.ack, b""
+        if correlation is None:
+            return response_topic, b""
+        return response_topic, encode_property_body(Properties(correlation_data=correlation))
 
     def next_delay(self) -> float:
         """Seconds until the next telemetry message: the interval ± jitter. Advances device time."""
@@ -156,6 +225,8 @@ class Device:
         body: dict[str, Any] = {"online": online, "ts": round(ts, 3)}
         if reason is not None:
             body["reason"] = reason
+        if online and self.group.protocol_level == 5:
+            body["protocol"] = 5  # so that tools know to command it with request/response
         return json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
@@ -189,6 +260,10 @@ class Device:
                 return _refuse(command_id, op, "value must not be negative")
             return Command(op, _ack(command_id, True), offline_for=float(value))
         return _refuse(command_id, str(op), f"unknown op {op!r}; known: {', '.join(sorted(KNOWN_OPS))}")
+
+
+def _fields(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
 
 
 def _ack(command_id: Any, ok: bool, **extra: Any) -> bytes:

@@ -92,6 +92,10 @@ def _column(stats: GroupStats) -> list[str]:
     ]
 
 
+def _reasons(counter: Counter[str]) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(counter.items())) or "-"
+
+
 _ROWS = (
     "devices",
     "published QoS 0 / 1 / 2",
@@ -109,13 +113,19 @@ _ROWS = (
 
 def summary_table(report: Report, title: str = "fleet run") -> Table:
     """One column per group (and the fleet), one row per figure, under `title` (the command)."""
-    columns = {name: _column(stats) for name, stats in sorted(report.groups.items())}
-    if len(columns) != 1:
-        columns["fleet"] = _column(report.fleet())
+    groups = dict(sorted(report.groups.items()))
+    if len(groups) != 1:
+        groups["fleet"] = report.fleet()
+    columns = {name: _column(stats) for name, stats in groups.items()}
     table = Table(title=title, title_justify="left")
     table.add_column("")
     for name in columns:
         table.add_column(name, justify="right", style="bold" if name == "fleet" else None)
     for index, row in enumerate(_ROWS):
         table.add_row(row, *(values[index] for values in columns.values()))
+    # MQTT 5 rows, only when they say something, so that a 3.1.1 fleet's table stays as it was.
+    if any(stats.disconnects for stats in groups.values()):
+        table.add_row("broker DISCONNECTs", *(_reasons(stats.disconnects) for stats in groups.values()))
+    if any(stats.alias_bytes_saved for stats in groups.values()):
+        table.add_row("topic alias bytes saved", *(f"{s.alias_bytes_saved:,}" for s in groups.values()))
     return table

@@ -98,7 +98,7 @@ class Histogram:
         return histogram
 
 
-_COUNTERS = ("published", "acked", "drops", "errors", "commands")
+_COUNTERS = ("published", "acked", "drops", "errors", "commands", "disconnects")
 
 
 @dataclass(slots=True)
@@ -115,6 +115,8 @@ class GroupStats:
     wills_expected: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     commands: Counter[str] = field(default_factory=Counter)  # by op
+    disconnects: Counter[str] = field(default_factory=Counter)  # a broker's DISCONNECT, by reason ("0x8e")
+    alias_bytes_saved: int = 0  # topic bytes MQTT 5 Topic Aliases left out, less the aliases' own bytes
     connect_latency: Histogram = field(default_factory=Histogram)
     reconnect_time: Histogram = field(default_factory=Histogram)
     publish_ack: Histogram = field(default_factory=Histogram)  # QoS 1/2: publish to PUBACK/PUBCOMP
@@ -125,6 +127,7 @@ class GroupStats:
         self.reconnects += other.reconnects
         self.connect_failures += other.connect_failures
         self.wills_expected += other.wills_expected
+        self.alias_bytes_saved += other.alias_bytes_saved
         for name in _COUNTERS:
             getattr(self, name).update(getattr(other, name))
         self.connect_latency.merge(other.connect_latency)
@@ -143,6 +146,8 @@ class GroupStats:
             "wills_expected": self.wills_expected,
             "errors": dict(sorted(self.errors.items())),
             "commands": dict(sorted(self.commands.items())),
+            "disconnects": dict(sorted(self.disconnects.items())),
+            "alias_bytes_saved": self.alias_bytes_saved,
             "connect_latency_s": self.connect_latency.summary(),
             "reconnect_time_s": self.reconnect_time.summary(),
             "publish_ack_s": self.publish_ack.summary(),
@@ -161,13 +166,14 @@ class GroupStats:
             reconnects=int(data["reconnects"]),
             connect_failures=int(data["connect_failures"]),
             wills_expected=int(data["wills_expected"]),
+            alias_bytes_saved=int(data.get("alias_bytes_saved", 0)),
             connect_latency=Histogram.from_json(data["histograms"]["connect_latency"]),
             reconnect_time=Histogram.from_json(data["histograms"]["reconnect_time"]),
         )
         if "publish_ack" in data["histograms"]:  # reports older than the ack latency have none
             stats.publish_ack = Histogram.from_json(data["histograms"]["publish_ack"])
         for name in _COUNTERS:
-            getattr(stats, name).update(data[name])
+            getattr(stats, name).update(data.get(name, {}))  # "disconnects" is newer than some reports
         return stats
 
 

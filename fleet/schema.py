@@ -22,6 +22,7 @@ from fleet.generators import MetricSpec
 from fleet.topics import validate_topic
 
 __all__ = [
+    "V5_FIELDS",
     "Backoff",
     "BrokerTarget",
     "Connectivity",
@@ -158,6 +159,19 @@ class Qos(_Model):
     command: Literal[0, 1, 2] = 1
 
 
+# The MQTT 5 options of a group: each is an error on a 3.1.1 group.
+V5_FIELDS = (
+    "session_expiry",
+    "will_delay",
+    "receive_maximum",
+    "message_expiry",
+    "user_properties",
+    "content_type",
+    "topic_alias",
+)
+_U32 = (1 << 32) - 1
+
+
 class Group(_Model):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     count: int = Field(ge=0, le=1_000_000)
@@ -176,9 +190,34 @@ class Group(_Model):
     telemetry: dict[str, MetricSpec] = Field(default_factory=dict)
     connectivity: Connectivity = Connectivity()
     backoff: Backoff = Backoff()
+    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="the MQTT version devices speak")
+    session_expiry: int | None = Field(
+        default=None, ge=0, le=_U32, description="MQTT 5: seconds the broker keeps the session"
+    )
+    will_delay: int | None = Field(
+        default=None, ge=0, le=_U32, description="MQTT 5: seconds the broker waits before the will"
+    )
+    receive_maximum: int | None = Field(
+        default=None, ge=1, le=65535, description="MQTT 5: QoS 1/2 deliveries in flight to a device"
+    )
+    message_expiry: int | None = Field(
+        default=None, ge=1, le=_U32, description="MQTT 5: seconds a telemetry message may wait"
+    )
+    user_properties: dict[str, str] = Field(
+        default_factory=dict, description="MQTT 5: on telemetry; values may name {device}, {group}, {seq}"
+    )
+    content_type: str | None = Field(default=None, min_length=1, description="MQTT 5: of telemetry")
+    topic_alias: bool = Field(default=False, description="MQTT 5: alias the telemetry topic")
 
     @model_validator(mode="after")
     def _check(self) -> Group:
+        if self.protocol != "5":
+            for name in V5_FIELDS:
+                if name in self.model_fields_set:
+                    raise ValueError(f'{name}: an MQTT 5 option; set protocol = "5" to use it')
+        for key, value in self.user_properties.items():
+            _check_fields("user_properties", key, set())
+            _check_fields("user_properties", value, {"device", "group", "seq"})
         _check_fields("id", self.id, {"group", "index"})
         try:
             device = self.device_id(0)
@@ -196,6 +235,11 @@ class Group(_Model):
 
     def device_id(self, index: int) -> str:
         return self.id.format(group=self.name, index=index)
+
+    @property
+    def protocol_level(self) -> int:
+        """The CONNECT protocol level: 4 for MQTT 3.1.1, 5 for MQTT 5."""
+        return 5 if self.protocol == "5" else 4
 
 
 class BrokerTarget(_Model):
@@ -282,6 +326,13 @@ class FleetConfig(_Model):
     @property
     def size(self) -> int:
         return sum(group.count for group in self.groups)
+
+    def with_protocol(self, protocol: Literal["3.1.1", "5"], where: str) -> FleetConfig:
+        """Every group speaking `protocol`; ConfigError ('where: groups[i].field') when a group has
+        MQTT 5 options and `protocol` is 3.1.1."""
+        data = self.model_dump(exclude_unset=True)
+        data["groups"] = [{**group, "protocol": protocol} for group in data["groups"]]
+        return validated(FleetConfig, data, where=where)
 
     @property
     def fingerprint(self) -> str:

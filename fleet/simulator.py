@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import math
 import ssl
 import time
@@ -21,13 +22,16 @@ from dataclasses import dataclass, field
 
 from fleet.credentials import Credentials, split_url
 from fleet.device import KNOWN_OPS, Command, Device, EndKind
-from fleet.errors import ConnectRefused, TransportError
-from fleet.packets import Connect, Publish, Will
+from fleet.errors import ConnectRefused, TopicError, TransportError
+from fleet.mqtt import v5
+from fleet.packets import Publish
 from fleet.report import GroupStats, Report
 from fleet.schema import FleetConfig
 from fleet.transport import ClientSession, Endpoint, Link
 
 __all__ = ["Connected", "Control", "Live", "Login", "Shard", "Target", "make_target", "simulate"]
+
+log = logging.getLogger("fleet.simulator")
 
 CONNECT_TIMEOUT = 10.0
 FREEZE_AT = 1000  # devices
@@ -274,6 +278,8 @@ class _Run:
     live: Live
     ramp: _Ramp
     control: Control | None
+    # (group, reason code) of the broker DISCONNECTs already logged: each is logged once.
+    disconnects_logged: set[tuple[str, int]] = field(default_factory=set)
 
 
 async def simulate(
@@ -363,9 +369,11 @@ def _freeze_long_lived(devices: int) -> None:
 
 class _DeviceRunner:
     __slots__ = (
+        "_client_id",
         "_command",
         "_connected",
         "_fault",
+        "_kicks",
         "_link",
         "_run",
         "_target",
@@ -384,8 +392,10 @@ class _DeviceRunner:
         self._link: Link | None = None
         self._command: Command | None = None
         self._fault: tuple[EndKind, float] | None = None
+        self._kicks = 0  # broker DISCONNECTs in a row
         self._connected = connected
         self._target = run.targets.get(device.group.name, run.target)
+        self._client_id = device.id  # or the broker's Assigned Client Identifier, once it gave one
 
     @property
     def online(self) -> bool:
@@ -435,6 +445,9 @@ class _DeviceRunner:
                 self._link = None
                 live.connected -= 1
                 live.online[device.group.name] -= 1
+                self.stats.alias_bytes_saved += link.alias_saved
+            if link.disconnect_reason is None:
+                self._kicks = 0
             if outcome == _SCHEDULED:
                 offline_for = device.offline_for(cycle)
                 cycle += 1
@@ -449,15 +462,11 @@ class _DeviceRunner:
         run, device, stats = self._run, self.device, self.stats
         group = device.group
         loop = asyncio.get_running_loop()
-        will = None
-        if group.will:
-            will = Will(device.topics.status, device.will_payload(), group.qos.status, True)
         target = self._target
         login = target.login(device.id, group.name)
-        packet = Connect(
-            "MQTT", 4, group.clean_session, group.keepalive, device.id, will, login.username, login.password
-        )
-        attempt = 0
+        packet = device.connect(self._client_id, login.username, login.password)
+        # After broker DISCONNECTs in a row, the first retry waits a later step each time.
+        attempt = max(0, self._kicks - 1)
         if back_off:
             await asyncio.sleep(device.backoff(key, attempt))
             attempt += 1
@@ -474,13 +483,14 @@ class _DeviceRunner:
                     timeout=CONNECT_TIMEOUT,
                 )
             except ConnectRefused as exc:
-                if exc.return_code in (4, 5) and not run.live.ever_connected:
+                if exc.bad_login and not run.live.ever_connected:
                     raise  # bad credentials from the start: end the run with the broker's reason
                 self._error(f"connect refused: {exc.reason}")
             except TransportError as exc:
                 self._error(f"connect failed: {exc}")
             else:
                 now = loop.time()
+                self._client_id = link.client_id
                 stats.connect_latency.add(now - started)
                 stats.connects += 1
                 run.live.ever_connected = True
@@ -511,16 +521,25 @@ class _DeviceRunner:
         self._run.live.errors += 1
         self._run.live.last_error = f"{self.device.id}: {kind}"
 
-    def _publish(self, link: Link, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
+    def _publish(
+        self,
+        link: Link,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: bytes = b"",
+        alias: bool = False,
+    ) -> None:
         stats = self.stats
-        future = link.publish(topic, payload, qos, retain)
+        future = link.publish(topic, payload, qos, retain, properties, alias)
         stats.published[_QOS[qos]] += 1
         self._run.live.published += 1
         if future is not None:
             sent = time.monotonic()
             future.add_done_callback(lambda f: _count_ack(stats, qos, f, sent))
 
-    def _on_message(self, message: Publish) -> None:
+    def _on_message(self, message: Publish | v5.Publish) -> None:
         device = self.device
         link = self._link
         if link is None or message.topic != device.topics.command:
@@ -528,7 +547,16 @@ class _DeviceRunner:
         command = device.command(message.payload, time.time())
         # Anyone may publish to the command topic: count unknown ops under one key.
         self.stats.commands[command.op if command.op in KNOWN_OPS else "unknown"] += 1
-        self._publish(link, device.topics.ack, command.ack, device.group.qos.command)
+        topic, properties = device.topics.ack, b""
+        if isinstance(message, v5.Publish):
+            topic, properties = device.reply(
+                message.properties.response_topic, message.properties.correlation_data
+            )
+        try:
+            self._publish(link, topic, command.ack, device.group.qos.command, False, properties)
+        except TopicError:
+            self._error("a command's response topic is not a valid topic name")
+            return
         if command.reconnect or command.offline_for is not None:
             self._command = command
             self._wake.wake()
@@ -540,12 +568,18 @@ class _DeviceRunner:
         online_for = device.online_for(cycle)
         deadline = math.inf if online_for is None else loop.time() + online_for
         telemetry_topic, qos, retain = device.topics.telemetry, group.qos.telemetry, group.retain
+        v5_link, alias = link.version == 5, group.topic_alias
         while True:
             await self._wake.until(min(loop.time() + device.next_delay(), deadline))
             if not link.connected:  # `closed` resolves a loop turn after the socket is gone
                 self._fault = None
                 self._ended("lost")
-                self._error("connection lost")
+                reason = link.disconnect_reason
+                if reason is None:
+                    self._error("connection lost")
+                    return _LOST, 0.0
+                self._disconnected(reason)
+                self._kicks += 1
                 return _LOST, 0.0
             fault, self._fault = self._fault, None
             if fault is not None:
@@ -560,7 +594,29 @@ class _DeviceRunner:
             if loop.time() >= deadline:
                 await self._end(link, device.end_kind(cycle))
                 return _SCHEDULED, 0.0
-            self._publish(link, telemetry_topic, device.telemetry(time.time()), qos, retain)
+            if v5_link:
+                properties = device.telemetry_properties()
+                self._publish(
+                    link, telemetry_topic, device.telemetry(time.time()), qos, retain, properties, alias
+                )
+            else:
+                self._publish(link, telemetry_topic, device.telemetry(time.time()), qos, retain)
+
+    def _disconnected(self, reason: int) -> None:
+        """The broker sent DISCONNECT: count its reason, and log it once per group and reason."""
+        group = self.device.group.name
+        self.stats.disconnects[f"{reason:#04x}"] += 1
+        self._error(f"disconnected by the broker ({reason:#04x})")
+        logged = self._run.disconnects_logged
+        if (group, reason) not in logged:
+            logged.add((group, reason))
+            log.warning(
+                "group %s: the broker disconnected %s with reason code %#04x; "
+                "devices reconnect with their backoff",
+                group,
+                self.device.id,
+                reason,
+            )
 
     async def _end(self, link: Link, kind: str) -> None:
         stats = self.stats

@@ -1,4 +1,4 @@
-"""The device transport: one lean MQTT 3.1.1 client connection per simulated device.
+"""The device transport: one lean MQTT client connection (3.1.1 or 5) per simulated device.
 
 A fleet runs thousands of these in one event loop, so a `Link` is an `asyncio.Protocol` with
 `__slots__`: no task per connection, no timeout or Event per publish. Keepalive is one
@@ -10,6 +10,14 @@ A fleet runs thousands of these in one event loop, so a `Link` is an `asyncio.Pr
     link.publish("fleet/dev-1/telemetry", b"{}")          # QoS 0: written, returns None
     await link.publish("fleet/dev-1/status", b"{}", qos=1)  # QoS 1: resolves on PUBACK
     await link.disconnect()
+
+A `fleet.mqtt.v5.Connect` opens an MQTT 5 link: `on_message` then gets `fleet.mqtt.v5.Publish`
+values with their properties, `publish()` takes encoded properties (from
+`fleet.mqtt.properties.encode_property_body`) and may alias the topic (`alias=True`: the first
+publish on a topic sets a Topic Alias, later ones send only the alias, within the broker's Topic
+Alias Maximum). CONNACK's properties are `link.properties`,
+an Assigned Client Identifier is `link.client_id`, and a broker's DISCONNECT ends the link with
+ServerDisconnected, its reason code.
 
 Ways a link ends, as the broker sees them: `disconnect()` sends DISCONNECT (the will is discarded);
 `abort()` closes the socket without it (the will fires); `go_silent()` stops writing while the
@@ -24,16 +32,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
+import struct
 from collections.abc import Callable, Container
 from dataclasses import dataclass
+from typing import Any, overload
 
 from fleet.endpoint import Endpoint
 from fleet.errors import (
     ConnectionLost,
     ConnectRefused,
     ProtocolError,
+    ServerDisconnected,
     TransportError,
 )
+from fleet.mqtt import v5
+from fleet.mqtt.properties import EMPTY, Properties, encode_variable_int
 from fleet.packets import (
     PUBACK,
     PUBCOMP,
@@ -80,6 +93,8 @@ MAX_PACKET_SIZE = 1 << 20
 WRITE_HIGH_WATER = 64 * 1024
 # A connect cancelled after CONNECT waits this long for the broker to close after its DISCONNECT.
 _LEAVE_TIMEOUT = 5.0
+_U16 = struct.Struct("!H")
+_TOPIC_ALIAS = 0x23  # the property identifier
 
 
 def make_connect(
@@ -109,6 +124,7 @@ class InFlight:
     retain: bool
     released: bool
     future: asyncio.Future[None]
+    properties: bytes = b""  # MQTT 5: encoded, without a Topic Alias
 
 
 class ClientSession:
@@ -173,7 +189,7 @@ def validated_filters(topics: list[tuple[str, int]]) -> None:
 
 
 class Link(asyncio.Protocol):
-    """One device connection: MQTT 3.1.1 over TCP, TLS or WebSocket.
+    """One device connection: MQTT 3.1.1 or 5 over TCP, TLS or WebSocket.
 
     Open it with `Link.open()`. Incoming PUBLISH packets go to `on_message`, exactly once for QoS 2;
     QoS 1 is acknowledged after `on_message` returns. A protocol violation by the broker closes
@@ -182,6 +198,8 @@ class Link(asyncio.Protocol):
 
     __slots__ = (
         "_aborted",
+        "_alias_max",
+        "_aliases",
         "_clean",
         "_clean_close",
         "_closed",
@@ -204,12 +222,17 @@ class Link(asyncio.Protocol):
         "_timer",
         "_topics",
         "_transport",
+        "_v5",
+        "alias_saved",
+        "client_id",
+        "disconnect_reason",
+        "properties",
     )
 
     def __init__(
         self,
         session: ClientSession,
-        on_message: Callable[[Publish], None],
+        on_message: Callable[[Any], None],
         *,
         max_packet_size: int = MAX_PACKET_SIZE,
     ) -> None:
@@ -228,7 +251,7 @@ class Link(asyncio.Protocol):
         self._error: Exception | None = None
         # Messages that arrive while open() is returning wait here, so that on_message never runs
         # before the caller holds the link (a persistent session's queue comes right after CONNACK).
-        self._held: list[Publish] | None = None
+        self._held: list[Publish | v5.Publish] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._keepalive = 0
         self._last_sent = 0.0
@@ -240,7 +263,18 @@ class Link(asyncio.Protocol):
         self._aborted = False
         self._silent = False
         self._paused = False
+        self._v5 = False
+        self._aliases: dict[str, int] = {}
+        self._alias_max = 0
+        # Bytes of topic names left out by Topic Aliases, less the 3 bytes of each alias property.
+        self.alias_saved = 0
+        self.client_id = ""
+        # The reason code of the broker's DISCONNECT (MQTT 5), None without one.
+        self.disconnect_reason: int | None = None
+        # CONNACK's properties (MQTT 5).
+        self.properties: Properties = EMPTY
 
+    @overload
     @classmethod
     async def open(
         cls,
@@ -249,6 +283,47 @@ class Link(asyncio.Protocol):
         *,
         session: ClientSession,
         on_message: Callable[[Publish], None],
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 10.0,
+        max_packet_size: int = MAX_PACKET_SIZE,
+    ) -> tuple[Link, bool]: ...
+
+    @overload
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        connect: v5.Connect,
+        *,
+        session: ClientSession,
+        on_message: Callable[[v5.Publish], None],
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 10.0,
+        max_packet_size: int = MAX_PACKET_SIZE,
+    ) -> tuple[Link, bool]: ...
+
+    @overload
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        connect: Connect | v5.Connect,
+        *,
+        session: ClientSession,
+        on_message: Callable[[Publish | v5.Publish], None],
+        ssl: ssl_module.SSLContext | None = None,
+        timeout: float = 10.0,
+        max_packet_size: int = MAX_PACKET_SIZE,
+    ) -> tuple[Link, bool]: ...
+
+    @classmethod
+    async def open(
+        cls,
+        endpoint: Endpoint,
+        connect: Connect | v5.Connect,
+        *,
+        session: ClientSession,
+        on_message: Callable[[Any], None],
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
@@ -269,12 +344,24 @@ class Link(asyncio.Protocol):
         return link, present
 
     async def _open(
-        self, endpoint: Endpoint, connect: Connect, context: ssl_module.SSLContext | None, timeout: float
+        self,
+        endpoint: Endpoint,
+        connect: Connect | v5.Connect,
+        context: ssl_module.SSLContext | None,
+        timeout: float,
     ) -> bool:
-        if connect.clean_session:
+        if isinstance(connect, v5.Connect):
+            self._v5 = True
+            clean = connect.clean_start
+            packet = v5.encode_connect(connect)
+        else:
+            clean = connect.clean_session
+            packet = encode_connect(connect)
+        if clean:
             self._session.discard(f"{connect.client_id!r} connected with a clean session")
-        self._clean = connect.clean_session
+        self._clean = clean
         self._keepalive = connect.keepalive
+        self.client_id = connect.client_id
         connack: asyncio.Future[bool] = self._loop.create_future()
         self._connack = connack
         stage = "connect"
@@ -289,7 +376,7 @@ class Link(asyncio.Protocol):
                         lambda: self, endpoint.host, endpoint.port, ssl=context
                     )
                 stage = "connack"
-                self._write(encode_connect(connect))
+                self._write(packet)
                 present = await connack
         except TimeoutError:
             self.abort()
@@ -346,6 +433,11 @@ class Link(asyncio.Protocol):
         return self._silent
 
     @property
+    def version(self) -> int:
+        """The protocol level: 4 (MQTT 3.1.1) or 5."""
+        return 5 if self._v5 else 4
+
+    @property
     def congested(self) -> bool:
         """True while the socket's write buffer is over its high-water mark."""
         return self._paused
@@ -374,10 +466,20 @@ class Link(asyncio.Protocol):
         return encoded
 
     def publish(
-        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: bytes = b"",
+        alias: bool = False,
     ) -> asyncio.Future[None] | None:
         """Publish. QoS 0: write it and return None. QoS 1/2: keep it in the session, write it, and
-        return a future that resolves on PUBACK/PUBCOMP.
+        return a future that resolves on PUBACK/PUBCOMP (or fails with TransportError when an MQTT 5
+        broker answers with an error reason code).
+
+        MQTT 5 only: `properties` from `encode_property_body()`; `alias` sends a Topic Alias instead of
+        the topic name once the topic has one (none when the broker allows no aliases).
 
         The future stays pending across reconnects of a persistent session, where the re-sent
         message's ack resolves it; it fails with ConnectionLost only when the session is discarded.
@@ -390,9 +492,14 @@ class Link(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._closing:
             raise ConnectionLost("the link is closed")
+        if (properties or alias) and not self._v5:
+            raise ValueError("properties and topic aliases need an MQTT 5 link")
         if qos == 0:
             if not self._silent:
-                transport.write(encode_publish(encoded, payload, 0, retain=retain))
+                if self._v5:
+                    transport.write(self._publish5(topic, encoded, payload, 0, retain, 0, properties, alias))
+                else:
+                    transport.write(encode_publish(encoded, payload, 0, retain=retain))
                 self._last_sent = self._loop.time()
             return None
         if qos not in (1, 2):
@@ -400,17 +507,58 @@ class Link(asyncio.Protocol):
         session = self._session
         packet_id = session.next_packet_id(self._requests)
         future: asyncio.Future[None] = self._loop.create_future()
-        session.inflight[packet_id] = InFlight(topic, payload, qos, retain, False, future)
+        session.inflight[packet_id] = InFlight(topic, payload, qos, retain, False, future, properties)
         if not self._silent:
-            transport.write(encode_publish(encoded, payload, qos, retain=retain, packet_id=packet_id))
+            if self._v5:
+                data = self._publish5(topic, encoded, payload, qos, retain, packet_id, properties, alias)
+            else:
+                data = encode_publish(encoded, payload, qos, retain=retain, packet_id=packet_id)
+            transport.write(data)
             self._last_sent = self._loop.time()
         return future
+
+    def _publish5(
+        self,
+        topic: str,
+        encoded: bytes,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        packet_id: int,
+        properties: bytes,
+        alias: bool,
+        dup: bool = False,
+    ) -> bytes:
+        if alias and self._alias_max:
+            number = self._aliases.get(topic)
+            if number is not None:
+                properties += bytes((_TOPIC_ALIAS,)) + _U16.pack(number)
+                self.alias_saved += len(encoded) - 3
+                encoded = b""
+            elif len(self._aliases) < self._alias_max:
+                number = self._aliases[topic] = len(self._aliases) + 1
+                properties += bytes((_TOPIC_ALIAS,)) + _U16.pack(number)
+                self.alias_saved -= 3
+        return v5.encode_publish(
+            encoded,
+            payload,
+            qos,
+            retain=retain,
+            dup=dup,
+            packet_id=packet_id,
+            properties=encode_variable_int(len(properties)) + properties,
+        )
 
     async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> tuple[int, ...]:
         """Subscribe to (filter, QoS) pairs; return SUBACK's return codes (granted QoS, or 0x80)."""
         validated_filters(topics)
         packet_id = self._session.next_packet_id(self._requests)
-        return await self._request(packet_id, encode_subscribe(packet_id, topics), len(topics), timeout)
+        if self._v5:
+            subscriptions = [v5.Subscription(topic_filter, qos) for topic_filter, qos in topics]
+            packet = v5.encode_subscribe(packet_id, subscriptions)
+        else:
+            packet = encode_subscribe(packet_id, topics)
+        return await self._request(packet_id, packet, len(topics), timeout)
 
     async def unsubscribe(self, filters: list[str], timeout: float = 10.0) -> None:
         """Unsubscribe from topic filters and wait for UNSUBACK."""
@@ -419,7 +567,11 @@ class Link(asyncio.Protocol):
         for topic_filter in filters:
             validate_filter(topic_filter)
         packet_id = self._session.next_packet_id(self._requests)
-        await self._request(packet_id, encode_unsubscribe(packet_id, filters), 0, timeout)
+        if self._v5:
+            packet = v5.encode_unsubscribe(packet_id, filters)
+        else:
+            packet = encode_unsubscribe(packet_id, filters)
+        await self._request(packet_id, packet, 0, timeout)
 
     async def _request(self, packet_id: int, packet: bytes, count: int, timeout: float) -> tuple[int, ...]:
         if self._silent:
@@ -546,7 +698,10 @@ class Link(asyncio.Protocol):
                     # The hot path of QoS 1: skip building a packet value.
                     self._acknowledged(PUBACK, (body[0] << 8) | body[1])
                     continue
-                self._dispatch(decode_server_packet(kind, flags, body))
+                if self._v5:
+                    self._dispatch5(v5.decode_server_packet(kind, flags, body))
+                else:
+                    self._dispatch(decode_server_packet(kind, flags, body))
                 if self._transport is None or (self._closing and not self._clean_close):
                     return
         except ProtocolError as exc:
@@ -611,6 +766,54 @@ class Link(asyncio.Protocol):
         else:
             raise ProtocolError("a second CONNACK on one connection [MQTT-3.2.0-1]")
 
+    def _dispatch5(self, packet: v5.ServerPacket) -> None:
+        # PUBACK, PUBREC, PUBREL, PUBCOMP in their short form, PINGREQ and DISCONNECT are the same
+        # bytes in both versions, so only these packets need their own handling.
+        connack = self._connack
+        if connack is not None:
+            if not isinstance(packet, v5.Connack):
+                raise ProtocolError(f"the broker sent {type(packet).__name__} before CONNACK [MQTT-3.2.0-1]")
+            self._on_connack5(connack, packet)
+        elif isinstance(packet, v5.Publish):
+            if not packet.topic:
+                # We allow no Topic Alias from the broker (no Topic Alias Maximum in CONNECT).
+                raise ProtocolError(
+                    "the broker sent a Topic Alias the client did not allow [MQTT-3.3.2-9]", 0x94
+                )
+            self._on_publish(packet)
+        elif isinstance(packet, v5.Ack):
+            if packet.kind == PUBREL:
+                self._session.received.discard(packet.packet_id)
+                self._send(pubcomp(packet.packet_id))
+            elif packet.reason >= 0x80:
+                self._refused(packet.packet_id, packet.reason)
+            else:
+                self._acknowledged(packet.kind, packet.packet_id)
+        elif isinstance(packet, v5.Pingresp):
+            self._ping_sent = 0.0
+        elif isinstance(packet, v5.Suback):
+            self._on_ack(packet.packet_id, packet.reasons, "SUBACK")
+        elif isinstance(packet, v5.Unsuback):
+            self._on_ack(packet.packet_id, (), "UNSUBACK")
+        elif isinstance(packet, v5.Disconnect):
+            self.disconnect_reason = packet.reason
+            self._fail(ServerDisconnected(packet.reason, packet.properties.reason_string))
+        elif isinstance(packet, v5.Auth):
+            raise ProtocolError("AUTH without an Authentication Method in CONNECT [MQTT-4.12.0-6]")
+        else:
+            raise ProtocolError("a second CONNACK on one connection [MQTT-3.2.0-1]")
+
+    def _refused(self, packet_id: int, reason: int) -> None:
+        """An MQTT 5 PUBACK or PUBREC with an error reason: the broker took no responsibility."""
+        message = self._session.inflight.pop(packet_id, None)
+        if message is not None and not message.future.done():
+            message.future.set_exception(
+                TransportError(
+                    f"the broker refused QoS {message.qos} message {packet_id}: reason {reason:#04x}"
+                )
+            )
+            message.future.exception()
+
     def _send(self, data: bytes) -> None:
         """Write a packet the protocol requires (an ack); dropped once closing or silent."""
         transport = self._transport
@@ -634,16 +837,48 @@ class Link(asyncio.Protocol):
                     self._send(pubrel(packet_id))
                     continue
                 topic, payload, qos, retain = message.topic, message.payload, message.qos, message.retain
-                data = encode_publish(
-                    self._topic(topic), payload, qos, retain=retain, dup=True, packet_id=packet_id
-                )
+                if self._v5:
+                    data = self._publish5(
+                        topic,
+                        self._topic(topic),
+                        payload,
+                        qos,
+                        retain,
+                        packet_id,
+                        message.properties,
+                        False,
+                        True,
+                    )
+                else:
+                    data = encode_publish(
+                        self._topic(topic), payload, qos, retain=retain, dup=True, packet_id=packet_id
+                    )
                 self._send(data)
         self._held = []
         self._start_keepalive()
         if not connack.done():
             connack.set_result(packet.session_present)
 
-    def _on_publish(self, packet: Publish) -> None:
+    def _on_connack5(self, connack: asyncio.Future[bool], packet: v5.Connack) -> None:
+        if packet.reason:
+            error = ConnectRefused(packet.reason, 5)
+            self._error = error
+            if not connack.done():
+                connack.set_exception(error)
+            self.abort()
+            return
+        properties = self.properties = packet.properties
+        if properties.assigned_client_identifier is not None:
+            self.client_id = properties.assigned_client_identifier
+        if properties.server_keep_alive is not None:
+            self._keepalive = properties.server_keep_alive  # the broker's keep alive wins [MQTT-3.2.2-22]
+        self._alias_max = properties.topic_alias_maximum or 0
+        if not self._clean and not packet.session_present:
+            # The broker has no session: neither may the client keep one [MQTT-3.2.2-5].
+            self._session.discard("the broker had no session")
+        self._on_connack(connack, Connack(packet.session_present, 0))
+
+    def _on_publish(self, packet: Publish | v5.Publish) -> None:
         held = self._held
         if held is not None:
             held.append(packet)
@@ -663,7 +898,7 @@ class Link(asyncio.Protocol):
             assert packet.packet_id is not None
             self._send(puback(packet.packet_id))
 
-    def _deliver(self, packet: Publish) -> None:
+    def _deliver(self, packet: Publish | v5.Publish) -> None:
         try:
             self._on_message(packet)
         except Exception:

@@ -20,6 +20,7 @@ __all__ = [
     "decode_properties",
     "decode_variable_int",
     "encode_properties",
+    "encode_property_body",
     "encode_variable_int",
 ]
 
@@ -249,6 +250,12 @@ def encode_properties(properties: Properties) -> bytes:
     """The property length and the properties, in identifier order; b'\\x00' for none."""
     if properties is EMPTY:
         return b"\x00"
+    body = encode_property_body(properties)
+    return encode_variable_int(len(body)) + body
+
+
+def encode_property_body(properties: Properties) -> bytes:
+    """The properties without their length, to join with others (a client's Topic Alias, say)."""
     out = bytearray()
     for name in _ORDER:
         value = getattr(properties, name)
@@ -274,4 +281,4 @@ def encode_properties(properties: Properties) -> bytes:
             else:
                 key, text = (part.encode("utf-8") for part in item)
                 out += _U16.pack(len(key)) + key + _U16.pack(len(text)) + text
-    return encode_variable_int(len(out)) + bytes(out)
+    return bytes(out)

@@ -95,6 +95,53 @@ def test_same_seed_gives_same_ids_values_and_schedules() -> None:
         assert [a.next_delay() for _ in range(5)] == [b.next_delay() for _ in range(5)]
 
 
+def test_mqtt5_devices_have_the_same_ids_values_and_schedules_as_3_1_1() -> None:
+    """The same seed gives an MQTT 5 group (with every v5 option) the ids, values and schedules of 3.1.1."""
+    options = {
+        "protocol": "5",
+        "session_expiry": 60,
+        "will_delay": 5,
+        "receive_maximum": 8,
+        "message_expiry": 30,
+        "content_type": "application/json",
+        "topic_alias": True,
+        "user_properties": {"serial": "{device}-{seq}"},
+    }
+    v311, v5 = devices(fleet(seed=7)), devices(fleet(seed=7, **options))
+    assert [d.id for d in v311] == [d.id for d in v5]
+    for a, b in zip(v311, v5, strict=True):
+        b.telemetry_properties()
+        assert values(a) == values(b)
+        assert schedule(a) == schedule(b)
+        assert [a.next_delay() for _ in range(5)] == [b.next_delay() for _ in range(5)]
+
+
+def test_mqtt5_connect_birth_and_reply() -> None:
+    """A v5 device's CONNECT, will, birth, per-message user properties and reply carry its v5 options."""
+    from fleet.mqtt import v5
+    from fleet.mqtt.properties import Properties, decode_properties, encode_variable_int
+
+    options = {"protocol": "5", "session_expiry": 60, "will_delay": 5, "receive_maximum": 8}
+    device = devices(fleet(user_properties={"n": "{group}/{device}/{seq:03d}"}, **options))[0]
+    connect = device.connect(device.id, None, None)
+    assert isinstance(connect, v5.Connect)
+    assert (connect.properties.session_expiry_interval, connect.properties.receive_maximum) == (60, 8)
+    assert connect.will is not None
+    assert connect.will.properties.will_delay_interval == 5
+    assert json.loads(device.status(True, None, 1.0))["protocol"] == 5
+    assert "protocol" not in json.loads(devices(fleet())[0].status(True, None, 1.0))
+
+    def decoded(body: bytes) -> Properties:
+        return decode_properties(encode_variable_int(len(body)) + body, 0, 3)[0]
+
+    device.telemetry(1.0)
+    assert decoded(device.telemetry_properties()).user_properties == (("n", "sensor/sensor-0000/001"),)
+    topic, properties = device.reply("replies/x", b"\x01c")
+    assert topic == "replies/x"
+    assert decoded(properties).correlation_data == b"\x01c"
+    assert device.reply(None, None) == (device.topics.ack, b"")
+
+
 def test_different_seed_gives_different_values_and_schedules() -> None:
     """Another seed changes every device's values and its online/offline schedule (the ids stay)."""
     first, second = devices(fleet(seed=7)), devices(fleet(seed=8))

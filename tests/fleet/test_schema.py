@@ -203,6 +203,37 @@ INVALID = [
         "unknown kind 'nope'",
     ),
     (
+        "an MQTT 5 option on a 3.1.1 group",
+        ONE_GROUP + "will_delay = 30\n",
+        "groups[0].will_delay",
+        'an MQTT 5 option; set protocol = "5"',
+    ),
+    (
+        "topic_alias on a group that says 3.1.1",
+        ONE_GROUP + 'protocol = "3.1.1"\ntopic_alias = false\n',
+        "groups[0].topic_alias",
+        "an MQTT 5 option",
+    ),
+    ("unknown protocol", ONE_GROUP + 'protocol = "4"\n', "groups[0].protocol", "'3.1.1' or '5'"),
+    (
+        "receive_maximum 0",
+        ONE_GROUP + 'protocol = "5"\nreceive_maximum = 0\n',
+        "groups[0].receive_maximum",
+        "greater than or equal to 1",
+    ),
+    (
+        "session expiry past 32 bits",
+        ONE_GROUP + 'protocol = "5"\nsession_expiry = 4294967296\n',
+        "groups[0].session_expiry",
+        "less than or equal to 4294967295",
+    ),
+    (
+        "unknown placeholder in a user property",
+        ONE_GROUP + 'protocol = "5"\nuser_properties = { tenant = "{tenant}" }\n',
+        "groups[0].user_properties",
+        "unknown placeholder {tenant}",
+    ),
+    (
         "bad broker url scheme",
         '[broker]\nurl = "http://h"\n' + ONE_GROUP,
         "broker.url",
@@ -348,3 +379,30 @@ def test_config_is_frozen() -> None:
     config = FleetConfig.model_validate({"groups": [{"name": "a", "count": 1}]})
     with pytest.raises(ValueError, match="frozen"):
         config.seed = 3
+
+
+def test_mqtt5_group_options_load(tmp_path: Path) -> None:
+    """A protocol = "5" group takes every MQTT 5 option; a group without it speaks 3.1.1."""
+    path = write(
+        tmp_path,
+        ONE_GROUP
+        + 'protocol = "5"\nsession_expiry = 3600\nwill_delay = 30\nreceive_maximum = 10\n'
+        + 'message_expiry = 60\ncontent_type = "application/json"\ntopic_alias = true\n'
+        + 'user_properties = { tenant = "acme", serial = "{group}/{device}/{seq}" }\n',
+    )
+    group = load_fleet_config(path).groups[0]
+    assert (group.protocol, group.protocol_level) == ("5", 5)
+    assert (group.session_expiry, group.will_delay, group.receive_maximum) == (3600, 30, 10)
+    assert list(group.user_properties.items()) == [("tenant", "acme"), ("serial", "{group}/{device}/{seq}")]
+    assert load_fleet_config(write(tmp_path, ONE_GROUP)).groups[0].protocol_level == 4
+
+
+def test_with_protocol_sets_every_group_and_keeps_the_rest(tmp_path: Path) -> None:
+    """with_protocol("5") (fleet run -V mqttv5) makes every group MQTT 5 and changes nothing else."""
+    config = load_fleet_config(
+        write(tmp_path, ONE_GROUP + "interval = 2.0\n" + ONE_GROUP.replace('"a"', '"b"'))
+    )
+    five = config.with_protocol("5", "x.toml with -V mqttv5")
+    assert [group.protocol for group in five.groups] == ["5", "5"]
+    assert five.groups[0].model_copy(update={"protocol": "3.1.1"}) == config.groups[0]
+    assert five.with_protocol("3.1.1", "w").groups == config.groups
