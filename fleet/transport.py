@@ -607,9 +607,12 @@ class Link(asyncio.Protocol):
                 self._closing = True
                 self._clean_close = True
                 self._cancel_timer()
-                transport.write(disconnect())
-                if transport.can_write_eof():
-                    transport.write_eof()
+                try:
+                    transport.write(disconnect())
+                    if transport.can_write_eof():
+                        transport.write_eof()
+                except OSError:  # the broker is already gone (ENOTCONN): nothing left to leave cleanly
+                    self.abort()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._closed)
