@@ -714,7 +714,7 @@ class _WebSocketSession:
         try:
             async with asyncio.timeout(timeout):
                 await self.state.source.publish(topic, data, qos)
-        except (TopicError, BrokerUnavailable) as exc:
+        except (ValueError, BrokerUnavailable) as exc:  # TopicError and PublishTooLarge are ValueErrors
             return _error(str(exc))
         except TimeoutError:
             return _error(f"the broker did not acknowledge the publish within {timeout:g}s")

@@ -69,6 +69,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
             tls=ssl.create_default_context() if endpoint.tls else None,
             subscriptions=config.subscriptions,
             publish_allowed=config.publish_allowed,
+            max_publish_bytes=config.max_publish_bytes,
         ),
     )
     app = create_app(
@@ -99,6 +100,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     send_timeout=config.send_timeout,
                     access=access,
                     credentials=tls.grpc_credentials() if tls is not None else None,
+                    max_publish_bytes=config.max_publish_bytes,
                 ) as bridge.grpc_port,
             ):
                 s = "s" if tls is not None else ""

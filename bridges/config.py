@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bridges.auth import is_loopback
 from bridges.hub import RETAINED_BYTES, RETAINED_TOPICS
+from bridges.source import MAX_PUBLISH_BYTES
 from fleet.config import load_table, validated
 from fleet.endpoint import Endpoint
 from fleet.topics import validate_filter
@@ -29,6 +30,12 @@ class BridgeConfig(BaseModel):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     subscriptions: tuple[str, ...] = Field(default=("#",), min_length=1)
     publish_allowed: tuple[str, ...] = ("fleet/+/cmd",)
+    max_publish_bytes: int = Field(
+        default=MAX_PUBLISH_BYTES,
+        ge=128,
+        le=268_435_455,
+        description="the largest PUBLISH packet sent for a consumer; at most the broker's limit",
+    )
     ring_size: int = Field(default=10_000, ge=1, description="events kept for SSE and gRPC resume")
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
     retained_bytes: int = Field(

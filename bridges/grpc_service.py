@@ -40,7 +40,7 @@ from bridges.auth import Access, bearer
 from bridges.envelope import Event, Kind
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
-from bridges.source import BrokerUnavailable
+from bridges.source import MAX_PUBLISH_BYTES, BrokerUnavailable, PublishTooLarge
 from bridges.tokens import Grant
 from bridges.turns import BURST
 from fleet.errors import TopicError, TransportError
@@ -88,6 +88,9 @@ SERVER_OPTIONS: Final = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 )
+
+# What a request may hold besides a publish's payload: its topic (at most 65,535 bytes) and framing.
+_REQUEST_ROOM: Final = 80 * 1024
 
 
 class Publisher(Protocol):
@@ -353,6 +356,8 @@ class FleetBridgeServicer:
             await self.source.publish(request.topic, request.payload, request.qos)
         except BrokerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except PublishTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except ValueError as exc:  # TopicError is one
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.PublishResponse()
@@ -387,6 +392,7 @@ async def grpc_server(
     policy: Policy = "drop-oldest",
     queue_size: int | None = None,
     send_timeout: float = 10.0,
+    max_publish_bytes: int = MAX_PUBLISH_BYTES,
     grace: float = 1.0,
     access: Access | None = None,
     credentials: grpc.ServerCredentials | None = None,
@@ -403,9 +409,11 @@ async def grpc_server(
 
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
-    to finish.
+    to finish. A request larger than `max_publish_bytes` and room for a topic is refused by grpc
+    with RESOURCE_EXHAUSTED before it is read whole (grpc's default would take 4 MB).
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    max_request = max_publish_bytes + _REQUEST_ROOM
+    server = grpc.aio.server(options=(*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_request)))
     servicer = FleetBridgeServicer(
         hub, source, policy=policy, queue_size=queue_size, send_timeout=send_timeout, access=access
     )
