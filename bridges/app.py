@@ -80,13 +80,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
 from bridges.hosts import HostGuard
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
+from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained, wanted_by
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
 from bridges.tokens import Grant
 from bridges.turns import BURST
 from fleet.errors import TopicError
-from fleet.topics import matches, validate_filter
+from fleet.topics import validate_filter
 
 __all__ = [
     "MAX_FILTERS",
@@ -534,9 +534,7 @@ class _WebSocketSession:
     def _wanted(self, item: Item) -> bool:
         """Whether the current filters want `item`, a retired consumer's item: notices always."""
         event = item.event if isinstance(item, Retained) else item
-        if not isinstance(event, Event):
-            return True
-        return event.kind == "bridge" or any(matches(f, event.topic) for f in self.filters)
+        return not isinstance(event, Event) or wanted_by(self.filters, event)
 
     def close(self, reason: str) -> None:
         """End the session (bridge shutdown); the writer closes the socket with code 1001."""

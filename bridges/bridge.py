@@ -56,6 +56,9 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         queue_size=config.queue_size,
         retained_bytes=config.retained_bytes,
         retained_topics=config.retained_topics,
+        ring_bytes=config.ring_bytes,
+        queue_bytes=config.queue_bytes,
+        max_event_bytes=config.max_event_bytes,
     )
     source = MqttSource(
         hub,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridges.auth import is_loopback
-from bridges.hub import RETAINED_BYTES, RETAINED_TOPICS
+from bridges.hub import MAX_EVENT_BYTES, QUEUE_BYTES, RETAINED_BYTES, RETAINED_TOPICS, RING_BYTES
 from bridges.source import MAX_PUBLISH_BYTES
 from fleet.config import load_table, validated
 from fleet.endpoint import Endpoint
@@ -38,6 +38,13 @@ class BridgeConfig(BaseModel):
     )
     ring_size: int = Field(default=10_000, ge=1, description="events kept for SSE and gRPC resume")
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
+    ring_bytes: int = Field(default=RING_BYTES, ge=1, description="bytes the replay ring's events may hold")
+    queue_bytes: int = Field(
+        default=QUEUE_BYTES, ge=1, description="bytes each consumer's queued events may hold"
+    )
+    max_event_bytes: int = Field(
+        default=MAX_EVENT_BYTES, ge=1, description="larger payloads are not bridged: consumers get a notice"
+    )
     retained_bytes: int = Field(
         default=RETAINED_BYTES, ge=0, description="bytes of retained messages kept for new consumers; 0: none"
     )

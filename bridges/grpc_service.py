@@ -305,7 +305,7 @@ class FleetBridgeServicer:
     def _close_code(self, consumer: Consumer) -> grpc.StatusCode:
         # The Hub closes a consumer under the disconnect policy when its queue is full, and leaves
         # the queue as it was: that is the one closure that is the client's doing.
-        if not self._shutting_down and consumer.policy == "disconnect" and consumer.queued >= consumer.size:
+        if not self._shutting_down and consumer.overflowed:
             return grpc.StatusCode.RESOURCE_EXHAUSTED
         return grpc.StatusCode.UNAVAILABLE
 

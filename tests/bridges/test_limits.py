@@ -5,21 +5,45 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+import httpx
+import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from bridges.bridge import Bridge, running
 from bridges.config import BridgeConfig
+from bridges.hub import QUEUE_BYTES, RING_BYTES
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
 from tests.bridges.conftest import recv_json, wait_until
-from tests.procs import FleetBroker
+from tests.procs import FleetBroker, Paho, Proc, fleet_argv
 
 TIMEOUT = 5.0
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture
+def bridge_proc() -> Iterator[Callable[..., Proc]]:
+    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
+    started: list[Proc] = []
+
+    def start(*args: str | int) -> Proc:
+        proc = Proc(fleet_argv("bridge", *args))
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
 
 
 def _bridge_config(broker: FleetBroker, **settings: Any) -> BridgeConfig:
@@ -117,3 +141,86 @@ async def test_max_publish_bytes_keeps_a_publish_under_a_smaller_broker_limit(
             assert reply["type"] == "error", reply
             assert "65000" in reply["error"], reply
             await _link_still_up(ws, bridge)
+
+
+def _metrics(url: str) -> Metrics:
+    text = httpx.get(url, timeout=TIMEOUT).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _wait_metric(url: str, key: tuple[str, tuple[tuple[str, str], ...]], at_least: float) -> Metrics:
+    """The bridge's metrics once the sample `key` is at least `at_least` (fails after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = _metrics(url)
+        if metrics.get(key, 0) >= at_least:
+            return metrics
+        assert time.monotonic() < deadline, f"timed out waiting for {key} >= {at_least}: {metrics.get(key)}"
+        time.sleep(0.05)
+
+
+def test_the_bridge_stays_within_its_byte_limits_whatever_is_published(
+    start_fleet_broker: Callable[..., FleetBroker],
+    bridge_proc: Callable[..., Proc],
+    paho_client: Callable[..., Paho],
+) -> None:
+    """400 payloads of 60 KB and 20 of 1 MB: the ring stays under ring_bytes, a stalled consumer's
+    queue under queue_bytes, the 1 MB ones become notices counted in /metrics, and the RSS of the
+    `fleet bridge` process grows by less than the ring's cap and a queue's, plus allocator slack."""
+    broker = start_fleet_broker("--port", 0)
+    proc = bridge_proc("--broker", f"mqtt://127.0.0.1:{broker.port}", "--http-port", 0, "--grpc-port", 0)
+    index = proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
+    base = proc.stdout.lines[index].removeprefix("fleet bridge: serving ").removesuffix("/events")
+    metrics_url = f"{base}/metrics"
+    _wait_metric(metrics_url, ("fleet_bridge_broker_connected", ()), 1)
+    bridge = psutil.Process(proc.pid)
+    rss_before = bridge.memory_info().rss
+    port = int(base.rsplit(":", 1)[1])
+    mqtt = paho_client("test-limits-publisher")
+    mqtt.connect(broker.port)
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as stalled:
+        # An SSE consumer that never reads: its queue fills to its byte cap.
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(b"GET /events?filter=fleet/%23 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        _wait_metric(metrics_url, ("fleet_bridge_consumers", (("transport", "sse"),)), 1)
+        large = json.dumps("x" * 60_000).encode()
+        for number in range(400):
+            mqtt.publish(f"fleet/d{number % 10}/telemetry", large, qos=1)
+        for _ in range(20):
+            mqtt.publish("fleet/big/telemetry", b"y" * 1_000_000, qos=1)
+        metrics = _wait_metric(metrics_url, ("fleet_bridge_events_in_total", ()), 420)
+        rss_after = bridge.memory_info().rss
+    growth = rss_after - rss_before
+    assert growth < RING_BYTES + QUEUE_BYTES + 24 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB"
+    ring_cap = metrics[("fleet_bridge_ring_capacity_bytes", ())]
+    assert ring_cap == RING_BYTES
+    assert 0 < metrics[("fleet_bridge_ring_bytes", ())] <= ring_cap
+    assert metrics[("fleet_bridge_queued_bytes", (("transport", "sse"),))] <= QUEUE_BYTES
+    assert metrics[("fleet_bridge_oversized_total", ())] == 20
+
+
+async def test_a_consumer_gets_a_notice_of_a_message_too_large_to_bridge(
+    start_fleet_broker: Callable[..., FleetBroker], paho_client: Callable[..., Paho]
+) -> None:
+    """A payload over max_event_bytes reaches a matching WebSocket consumer as a `$bridge/oversized`
+    notice with its topic and size, then the stream goes on; a consumer of other topics gets nothing."""
+    broker = start_fleet_broker("--port", 0)
+    async with running(_bridge_config(broker, max_event_bytes=1000)) as bridge:
+        await _connected(bridge)
+        url = f"ws://127.0.0.1:{bridge.http_port}/ws"
+        async with connect(f"{url}?filter=fleet/%23") as ws, connect(f"{url}?filter=other/%23") as other:
+            publisher = paho_client("test-limits-oversized")
+            publisher.connect(broker.port)
+            publisher.publish("fleet/d1/telemetry", b"z" * 5000, 1)
+            publisher.publish("other/small", b"{}", 1)
+            publisher.publish("fleet/d1/telemetry", b'{"seq": 1}', 1)
+            notice = await recv_json(ws)
+            assert notice["topic"] == "$bridge/oversized", notice
+            assert notice["kind"] == "bridge"
+            assert notice["payload"] == {"topic": "fleet/d1/telemetry", "size": 5000, "max_event_bytes": 1000}
+            assert (await recv_json(ws))["payload"] == {"seq": 1}
+            assert (await recv_json(other))["topic"] == "other/small"
