@@ -93,7 +93,14 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         feeding = tasks.create_task(source.run(), name="bridges.source")
         try:
             async with (
-                serve_http(app, config.host, config.http_port, tls=tls) as bridge.http_port,
+                serve_http(
+                    app,
+                    config.host,
+                    config.http_port,
+                    tls=tls,
+                    max_connections=config.max_connections,
+                    request_timeout=config.request_timeout,
+                ) as bridge.http_port,
                 grpc_server(
                     hub,
                     source,
@@ -104,6 +111,8 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     access=access,
                     credentials=tls.grpc_credentials() if tls is not None else None,
                     max_publish_bytes=config.max_publish_bytes,
+                    max_calls=config.max_connections,
+                    handshake_timeout=config.request_timeout,
                 ) as bridge.grpc_port,
             ):
                 s = "s" if tls is not None else ""

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bridges.auth import is_loopback
 from bridges.hub import MAX_EVENT_BYTES, QUEUE_BYTES, RETAINED_BYTES, RETAINED_TOPICS, RING_BYTES
+from bridges.server import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from bridges.source import MAX_PUBLISH_BYTES
 from fleet.config import load_table, validated
 from fleet.endpoint import Endpoint
@@ -50,6 +51,16 @@ class BridgeConfig(BaseModel):
     )
     retained_topics: tuple[str, ...] = Field(
         default=RETAINED_TOPICS, description="topics whose every message is published retained"
+    )
+    max_connections: int = Field(
+        default=MAX_CONNECTIONS,
+        ge=1,
+        description="open HTTP connections, and gRPC calls, before 503 / RESOURCE_EXHAUSTED",
+    )
+    request_timeout: float = Field(
+        default=REQUEST_TIMEOUT,
+        gt=0,
+        description="seconds a client has to send a whole request (headers, body)",
     )
     policy: Literal["drop-oldest", "disconnect"] = "drop-oldest"
     sse_retry_ms: int = Field(default=3000, ge=0)

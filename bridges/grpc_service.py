@@ -89,6 +89,10 @@ SERVER_OPTIONS: Final = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 )
 
+# The serialized events shared by the streams: at most this many bytes.
+ENCODED_BYTES: Final = 4 * 1024 * 1024
+# Calls in progress, streams included, before RESOURCE_EXHAUSTED: `fleet bridge`'s max_connections.
+MAX_CALLS: Final = 100
 # What a request may hold besides a publish's payload: its topic (at most 65,535 bytes) and framing.
 _REQUEST_ROOM: Final = 80 * 1024
 
@@ -135,10 +139,13 @@ def _varint(value: int) -> bytes:
 
 class _EncodedEvents:
     """Serialized events of recent ids, each as an `EventBatch.events` field (tag, length, Event), so
-    that N streams cost one encoding. Bounded: a stream far behind the others re-encodes what it reads."""
+    that N streams cost one encoding. Bounded in entries and in bytes: a stream far behind the others
+    re-encodes what it reads."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = ENCODED_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._bytes: dict[int, bytes] = {}
 
     def get(self, event: Event) -> bytes:
@@ -148,9 +155,11 @@ class _EncodedEvents:
         data = self._bytes.get(key)
         if data is None:
             data = pb.EventBatch(events=[event_message(event)]).SerializeToString()
-            if len(self._bytes) >= self.size:
-                del self._bytes[next(iter(self._bytes))]  # the oldest inserted
-            self._bytes[key] = data
+            cache = self._bytes
+            while cache and (len(cache) >= self.size or self.bytes + len(data) > self.max_bytes):
+                self.bytes -= len(cache.pop(next(iter(cache))))  # the oldest inserted
+            cache[key] = data
+            self.bytes += len(data)
         return data
 
 
@@ -393,6 +402,8 @@ async def grpc_server(
     queue_size: int | None = None,
     send_timeout: float = 10.0,
     max_publish_bytes: int = MAX_PUBLISH_BYTES,
+    max_calls: int = MAX_CALLS,
+    handshake_timeout: float = 10.0,
     grace: float = 1.0,
     access: Access | None = None,
     credentials: grpc.ServerCredentials | None = None,

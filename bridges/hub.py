@@ -86,7 +86,7 @@ RETAINED_BYTES: Final = 16 * 1024 * 1024
 # The byte limits that keep a bridge under about 256 MB whatever is published (docs/bridge.md
 # "Limits" has the arithmetic). A telemetry event holds about 400 bytes: 10,000 of them fit the
 # ring, and 1,000 a queue, so the event counts stay the binding limits for ordinary traffic.
-RING_BYTES: Final = 16 * 1024 * 1024
+RING_BYTES: Final = 8 * 1024 * 1024
 QUEUE_BYTES: Final = 512 * 1024
 # A payload larger than this is not bridged; its event would hold up to about three times as much.
 MAX_EVENT_BYTES: Final = 64 * 1024

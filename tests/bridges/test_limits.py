@@ -22,7 +22,8 @@ from bridges.config import BridgeConfig
 from bridges.hub import QUEUE_BYTES, RING_BYTES
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
-from tests.bridges.conftest import recv_json, wait_until
+from broker.server import Broker
+from tests.bridges.conftest import recv_json, server_connections, wait_until
 from tests.procs import FleetBroker, Paho, Proc, fleet_argv
 
 TIMEOUT = 5.0
@@ -120,7 +121,7 @@ async def test_an_oversized_websocket_publish_is_refused_and_the_bridge_stays_co
 ) -> None:
     """A WebSocket publish past max_publish_bytes, or to a bad topic, gets an `error`; the link holds."""
     bridge, ws, _ = oversized_setup
-    reply = await _reply(ws, {"type": "publish", "topic": "fleet/d1/cmd", "payload": "x" * 900_000})
+    reply = await _reply(ws, {"type": "publish", "topic": "fleet/d1/cmd", "payload": "x" * 200_000})
     assert reply["type"] == "error", reply
     assert "max_publish_bytes" in reply["error"], reply
     for topic in ("fleet/+/cmd", "fleet/d1/cmd/#", "fleet/d\x00/cmd"):
@@ -224,3 +225,69 @@ async def test_a_consumer_gets_a_notice_of_a_message_too_large_to_bridge(
             assert notice["payload"] == {"topic": "fleet/d1/telemetry", "size": 5000, "max_event_bytes": 1000}
             assert (await recv_json(ws))["payload"] == {"seq": 1}
             assert (await recv_json(other))["topic"] == "other/small"
+
+
+async def _http_status(port: int, request: bytes) -> int:
+    """The status code of the response to a raw HTTP/1.1 request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(TIMEOUT):
+            status_line = await reader.readline()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+async def _ended(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], within: float) -> None:
+    """Return once the bridge has closed every connection (after any answer); fail after `within` s."""
+    async with asyncio.timeout(within):
+        for reader, _ in connections:
+            while await reader.read(65536):
+                pass
+
+
+async def test_partial_requests_are_closed_and_connections_past_the_cap_get_503(broker: Broker) -> None:
+    """Slowloris: 130 requests with unfinished headers, and 20 with unfinished bodies, are all closed
+    within the request timeout; while they are open, past max_connections, a request and a WebSocket
+    handshake get 503."""
+    config = BridgeConfig(
+        broker=f"mqtt://127.0.0.1:{broker.port}",
+        http_port=0,
+        grpc_port=0,
+        max_connections=100,
+        request_timeout=1.0,
+    )
+    get = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    handshake = (
+        b"GET /ws?filter=fleet/%23 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with running(config) as bridge:
+        port = bridge.http_port
+        opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            headers: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+            for _ in range(130):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                headers.append((reader, writer))
+            opened += headers
+            await wait_until(lambda: server_connections(port) >= 130, "the bridge to accept 130 connections")
+            assert await _http_status(port, get) == 503
+            assert await _http_status(port, handshake) == 503
+            await _ended(headers, 1.0 + TIMEOUT)
+
+            bodies: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nabc")
+                bodies.append((reader, writer))
+            opened += bodies
+            await _ended(bodies, 1.0 + TIMEOUT)
+            assert await _http_status(port, get) == 200
+            assert await _http_status(port, handshake) == 101
+        finally:
+            for _, writer in opened:
+                writer.close()
