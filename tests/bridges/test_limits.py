@@ -17,13 +17,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
+from bridges.app import MAX_JSON_DEPTH
 from bridges.bridge import Bridge, running
 from bridges.config import BridgeConfig
 from bridges.hub import QUEUE_BYTES, RING_BYTES
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
+from bridges.server import MAX_WS_MESSAGE
 from broker.server import Broker
-from tests.bridges.conftest import recv_json, server_connections, wait_until
+from tests.bridges.conftest import BridgeFactory, recv_json, server_connections, wait_until
 from tests.procs import FleetBroker, Paho, Proc, fleet_argv
 
 TIMEOUT = 5.0
@@ -55,9 +57,19 @@ async def _connected(bridge: Bridge) -> None:
     await wait_until(lambda: bridge.hub.broker_connected, "the bridge to connect to its broker")
 
 
-async def _reply(ws: ClientConnection, message: dict[str, Any]) -> dict[str, Any]:
-    """Send a control message and return the bridge's reply to it, skipping events in between."""
-    await ws.send(json.dumps(message))
+def _nested(depth: int) -> str:
+    """JSON text: `depth` arrays, one inside the other."""
+    return "[" * depth + "]" * depth
+
+
+async def _reply(ws: ClientConnection, message: dict[str, Any], *, raw: bool = False) -> dict[str, Any]:
+    """Send a control message and return the bridge's reply to it, skipping events in between. With
+    `raw`, the message's `payload` is JSON text spliced in as it is."""
+    if raw:
+        payload = message.pop("payload")
+        await ws.send(json.dumps(message)[:-1] + f', "payload": {payload}}}')
+    else:
+        await ws.send(json.dumps(message))
     async with asyncio.timeout(TIMEOUT):
         while True:
             reply: dict[str, Any] = await recv_json(ws)
@@ -291,3 +303,26 @@ async def test_partial_requests_are_closed_and_connections_past_the_cap_get_503(
         finally:
             for _, writer in opened:
                 writer.close()
+
+
+async def test_deep_or_large_websocket_messages_get_an_error_or_1009_and_the_bridge_goes_on(
+    bridge_factory: BridgeFactory,
+) -> None:
+    """A message nested 100,000 levels deep, or 33, gets the documented `error` reply and the connection
+    stays usable; one larger than the server's limit closes it with 1009."""
+    async with bridge_factory() as bridge, connect(bridge.ws()) as ws:
+        for depth in (100_000, MAX_JSON_DEPTH + 1):
+            reply = await _reply(ws, {"type": "publish", "payload": _nested(depth)}, raw=True)
+            assert reply["type"] == "error", reply
+            assert f"deeper than {MAX_JSON_DEPTH}" in reply["error"], reply
+        reply = await _reply(ws, {"type": "subscribe", "filters": ["fleet/#"]})
+        assert reply == {"type": "subscribed", "filters": ["fleet/#"]}
+        ok = {"type": "publish", "topic": "fleet/d1/cmd", "payload": _nested(MAX_JSON_DEPTH - 1)}
+        assert (await _reply(ws, ok, raw=True))["type"] == "published"
+        await ws.send(
+            json.dumps({"type": "publish", "topic": "fleet/d1/cmd", "payload": "x" * MAX_WS_MESSAGE})
+        )
+        async with asyncio.timeout(TIMEOUT):
+            await ws.wait_closed()
+        assert ws.close_code == 1009
+    assert bridge.hub.broker_connected
