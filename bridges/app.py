@@ -82,7 +82,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
 from bridges.hosts import HostGuard
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained, wanted_by
+from bridges.hub import (
+    MAX_FILTERS,
+    Consumer,
+    ConsumerClosed,
+    Dropped,
+    Hub,
+    Item,
+    Policy,
+    Reset,
+    Retained,
+    wanted_by,
+)
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
 from bridges.tokens import Grant
@@ -109,7 +120,6 @@ log = logging.getLogger("bridges.app")
 WS_TRANSPORT = "websocket"
 SSE_TRANSPORT = "sse"
 MAX_QUEUE = 100_000
-MAX_FILTERS = 64
 # How deep a client's JSON message may nest (a command payload is a small object).
 MAX_JSON_DEPTH = 32
 SHUTDOWN_REASON = "the bridge is shutting down"

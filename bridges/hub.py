@@ -36,6 +36,7 @@ from fleet.topics import matches, validate_filter
 
 __all__ = [
     "MAX_EVENT_BYTES",
+    "MAX_FILTERS",
     "QUEUE_BYTES",
     "RETAINED_BYTES",
     "RETAINED_TOPICS",
@@ -88,6 +89,8 @@ RETAINED_BYTES: Final = 16 * 1024 * 1024
 # ring, and 1,000 a queue, so the event counts stay the binding limits for ordinary traffic.
 RING_BYTES: Final = 8 * 1024 * 1024
 QUEUE_BYTES: Final = 512 * 1024
+# Filters per consumer, on every transport.
+MAX_FILTERS: Final = 64
 # A payload larger than this is not bridged; its event would hold up to about three times as much.
 MAX_EVENT_BYTES: Final = 64 * 1024
 # The device scheme publishes every status retained (birth, will, clean offline).
@@ -357,9 +360,11 @@ class Hub:
     @staticmethod
     def validate_filters(filters: Iterable[str]) -> tuple[str, ...]:
         """The filters, each validated; raises TopicError naming the rule a bad one breaks."""
-        checked = tuple(filters)
+        checked = tuple(dict.fromkeys(filters))
         if not checked:
             raise TopicError("at least one topic filter is needed, for example 'fleet/#'")
+        if len(checked) > MAX_FILTERS:
+            raise TopicError(f"at most {MAX_FILTERS} filters, got {len(checked)}")
         for topic_filter in checked:
             validate_filter(topic_filter)
         return checked
@@ -402,11 +407,14 @@ class Hub:
         return consumer
 
     def _replay(self, consumer: Consumer, after_id: int) -> None:
+        """Offer the ring's events after `after_id`; a resume point the ring cannot continue from
+        (older than it, or newer than any event this bridge issued) gets a Reset, then the whole ring."""
         ring = self.ring
-        if not ring or after_id >= ring[-1].id:
+        last = self._next_id - 1
+        if after_id == last:
             return
-        oldest = ring[0].id
-        if after_id < oldest - 1:
+        oldest = ring[0].id if ring else self._next_id
+        if after_id < oldest - 1 or after_id > last:
             consumer.offer(Reset(after_id, oldest))
             start = 0
         else:

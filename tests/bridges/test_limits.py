@@ -14,18 +14,20 @@ import grpc
 import httpx
 import psutil
 import pytest
+from httpx_sse import aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
 from bridges.app import MAX_JSON_DEPTH
 from bridges.bridge import Bridge, running
 from bridges.config import BridgeConfig
-from bridges.hub import QUEUE_BYTES, RING_BYTES
+from bridges.grpc_service import grpc_server
+from bridges.hub import MAX_FILTERS, QUEUE_BYTES, RING_BYTES, Hub
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
 from bridges.server import MAX_WS_MESSAGE
 from broker.server import Broker
-from tests.bridges.conftest import BridgeFactory, recv_json, server_connections, wait_until
+from tests.bridges.conftest import BridgeFactory, SseReader, recv_json, server_connections, wait_until
 from tests.procs import FleetBroker, Paho, Proc, fleet_argv
 
 TIMEOUT = 5.0
@@ -326,3 +328,52 @@ async def test_deep_or_large_websocket_messages_get_an_error_or_1009_and_the_bri
             await ws.wait_closed()
         assert ws.close_code == 1009
     assert bridge.hub.broker_connected
+
+
+async def test_every_transport_caps_filters_at_64_and_resets_a_resume_point_out_of_range(
+    bridge_factory: BridgeFactory,
+) -> None:
+    """gRPC Subscribe refuses 65 filters with INVALID_ARGUMENT as /ws and /events refuse them (and
+    20,000 as a request too large); a resume point past the newest event (2**64 over SSE, 2**64 - 1
+    over gRPC) gets `reset`."""
+    hub = Hub()
+    async with (
+        bridge_factory(hub=hub) as bridge,
+        grpc_server(hub, bridge.source) as grpc_port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+        httpx.AsyncClient(timeout=TIMEOUT) as http,
+    ):
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        # 20,000 filters are a request larger than grpc takes (max_publish_bytes and room for a topic).
+        for count, code in ((MAX_FILTERS + 1, "INVALID_ARGUMENT"), (20_000, "RESOURCE_EXHAUSTED")):
+            filters = [f"fleet/d{number}/#" for number in range(count)]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in stub.Subscribe(pb.SubscribeRequest(filters=filters), timeout=TIMEOUT):
+                    pass
+            assert refused.value.code() == grpc.StatusCode[code], refused.value
+            if count == MAX_FILTERS + 1:
+                assert f"at most {MAX_FILTERS} filters" in (refused.value.details() or "")
+        many = [f"fleet/d{number}/#" for number in range(MAX_FILTERS + 1)]
+        response = await http.get(bridge.events(filter=many))
+        assert response.status_code == 400
+        assert f"at most {MAX_FILTERS} filters" in response.text
+        async with connect(bridge.ws(filter=many)) as ws:
+            assert "at most" in (await recv_json(ws))["error"]
+        async with connect(bridge.ws(filter=many[:MAX_FILTERS])) as ws:
+            reply = await _reply(ws, {"type": "subscribe", "filters": ["other/#"]})
+            assert reply["type"] == "error", reply
+
+        newest = hub.ring[-1].id
+        async with aconnect_sse(
+            http, "GET", bridge.events(filter="fleet/#"), headers={"Last-Event-ID": str(2**64)}
+        ) as source:
+            sse = await SseReader(source).next()
+            assert sse.event == "reset", sse
+            assert json.loads(sse.data) == {"after_id": 2**64, "oldest_id": hub.ring[0].id}
+        stream = stub.Subscribe(pb.SubscribeRequest(filters=["fleet/#"], resume_after_id=2**64 - 1))
+        async with asyncio.timeout(TIMEOUT):
+            first = await anext(aiter(stream))
+        stream.cancel()
+        assert first.WhichOneof("item") == "reset", first
+        assert first.reset.after_id == 2**64 - 1
+        assert hub.ring[-1].id >= newest
