@@ -41,7 +41,7 @@ class BridgeConfig(BaseModel):
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
     ring_bytes: int = Field(default=RING_BYTES, ge=1, description="bytes the replay ring's events may hold")
     queue_bytes: int = Field(
-        default=QUEUE_BYTES, ge=1, description="bytes each consumer's queued events may hold"
+        default=QUEUE_BYTES, ge=1, description="bytes of queued events the ring no longer holds, per consumer"
     )
     max_event_bytes: int = Field(
         default=MAX_EVENT_BYTES, ge=1, description="larger payloads are not bridged: consumers get a notice"

@@ -230,13 +230,18 @@ class Consumer:
         self.overflowed = False  # closed because its queue was full (policy: disconnect)
 
     def offer(self, item: Item) -> None:
-        """Queue `item` without waiting; apply the overflow policy when the queue is full, in
-        events or in bytes. An empty queue takes any one event, whatever its size."""
+        """Queue `item` without waiting; apply the overflow policy when the queue is full: at
+        `size` items, or past `max_bytes` of events that the hub's replay ring no longer holds.
+
+        Events still in the ring cost the queue nothing but a reference, and queues are in event
+        order, so the events the ring has dropped are the oldest queued: those go first when the
+        queue holds more than `max_bytes`. So a consumer may take the whole ring (the dashboard
+        asks for 10,000 events), and what it alone keeps alive stays within `max_bytes`."""
         if self.closed is not None:
             return
         queue = self._queue
         size = item.size if type(item) is Event else 0
-        if len(queue) >= self.size or self.queued_bytes + size > self.max_bytes:
+        if len(queue) >= self.size or (self.queued_bytes + size > self.max_bytes and self._head_dropped()):
             if self.policy == "disconnect":
                 self.hub.count_drop(self)
                 self.overflowed = True
@@ -244,7 +249,10 @@ class Consumer:
                     f"too slow: {len(queue)} events, {self.queued_bytes} bytes queued (policy: disconnect)"
                 )
                 return
-            while queue and (len(queue) >= self.size or self.queued_bytes + size > self.max_bytes):
+            while queue and (
+                len(queue) >= self.size
+                or (self.queued_bytes + size > self.max_bytes and self._head_dropped())
+            ):
                 self._pop()
                 self._pending_drops += 1
                 self.dropped += 1
@@ -252,6 +260,12 @@ class Consumer:
         queue.append(item)
         self.queued_bytes += size
         self._wake()
+
+    def _head_dropped(self) -> bool:
+        """Whether the oldest queued item is an event that the replay ring no longer holds."""
+        head = self._queue[0] if self._queue else None
+        ring = self.hub.ring
+        return type(head) is Event and (not ring or head.id < ring[0].id)
 
     def _pop(self) -> Item:
         item = self._queue.popleft()

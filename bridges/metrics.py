@@ -77,7 +77,7 @@ class HubCollector:
         )
         queued_bytes = GaugeMetricFamily(
             f"{PREFIX}_queued_bytes",
-            "Bytes the events waiting in consumer queues hold, by transport (each at most queue_bytes).",
+            "Bytes the events waiting in consumer queues hold (shared with the ring), by transport.",
             labels=["transport"],
         )
         oversized = CounterMetricFamily(

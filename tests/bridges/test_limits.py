@@ -214,7 +214,8 @@ def test_the_bridge_stays_within_its_byte_limits_whatever_is_published(
     ring_cap = metrics[("fleet_bridge_ring_capacity_bytes", ())]
     assert ring_cap == RING_BYTES
     assert 0 < metrics[("fleet_bridge_ring_bytes", ())] <= ring_cap
-    assert metrics[("fleet_bridge_queued_bytes", (("transport", "sse"),))] <= QUEUE_BYTES
+    # What the stalled queue keeps beyond the ring is at most QUEUE_BYTES.
+    assert metrics[("fleet_bridge_queued_bytes", (("transport", "sse"),))] <= QUEUE_BYTES + ring_cap
     assert metrics[("fleet_bridge_oversized_total", ())] == 20
 
 
@@ -377,3 +378,22 @@ async def test_every_transport_caps_filters_at_64_and_resets_a_resume_point_out_
         assert first.WhichOneof("item") == "reset", first
         assert first.reset.after_id == 2**64 - 1
         assert hub.ring[-1].id >= newest
+
+
+def test_a_queue_may_hold_the_ring_but_only_queue_bytes_of_what_the_ring_dropped() -> None:
+    """A consumer asking for 10,000 events keeps all of those the ring still holds, whatever their
+    bytes; of the events the ring has dropped, it keeps at most queue_bytes."""
+    payload = json.dumps("x" * 1000).encode()
+    roomy = Hub(ring_size=10_000, queue_bytes=10_000)
+    taker = roomy.add(["fleet/#"], transport="test", size=10_000)
+    for number in range(500):
+        roomy.ingest(f"fleet/d{number}/telemetry", payload, qos=0, retain=False)
+    assert taker.queued == 500
+    assert taker.dropped == 0
+
+    small = Hub(ring_size=5, queue_bytes=10_000)
+    slow = small.add(["fleet/#"], transport="test", size=10_000)
+    for number in range(500):
+        small.ingest(f"fleet/d{number}/telemetry", payload, qos=0, retain=False)
+    assert slow.dropped > 0
+    assert slow.queued_bytes <= 10_000 + small.ring_bytes
