@@ -421,10 +421,16 @@ async def grpc_server(
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
     to finish. A request larger than `max_publish_bytes` and room for a topic is refused by grpc
-    with RESOURCE_EXHAUSTED before it is read whole (grpc's default would take 4 MB).
+    with RESOURCE_EXHAUSTED before it is read whole (grpc's default would take 4 MB). Past `max_calls`
+    calls in progress (streams included), a call gets RESOURCE_EXHAUSTED, and a connection must
+    complete its HTTP/2 handshake within `handshake_timeout` seconds (grpc's default is 120).
     """
-    max_request = max_publish_bytes + _REQUEST_ROOM
-    server = grpc.aio.server(options=(*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_request)))
+    options = (
+        *SERVER_OPTIONS,
+        ("grpc.max_receive_message_length", max_publish_bytes + _REQUEST_ROOM),
+        ("grpc.server_handshake_timeout_ms", round(handshake_timeout * 1000)),
+    )
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_calls)
     servicer = FleetBridgeServicer(
         hub, source, policy=policy, queue_size=queue_size, send_timeout=send_timeout, access=access
     )

@@ -397,3 +397,26 @@ def test_a_queue_may_hold_the_ring_but_only_queue_bytes_of_what_the_ring_dropped
         small.ingest(f"fleet/d{number}/telemetry", payload, qos=0, retain=False)
     assert slow.dropped > 0
     assert slow.queued_bytes <= 10_000 + small.ring_bytes
+
+
+async def test_grpc_calls_past_the_cap_get_resource_exhausted(bridge_factory: BridgeFactory) -> None:
+    """With max_calls 2 and two Subscribe streams open, a third call gets RESOURCE_EXHAUSTED; once a
+    stream ends, a call goes through again."""
+    hub = Hub()
+    async with (
+        bridge_factory(hub=hub) as bridge,
+        grpc_server(hub, bridge.source, max_calls=2) as grpc_port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+    ):
+        stub = bridge_pb2_grpc.FleetBridgeServiceStub(channel)
+        streams = [stub.Subscribe(pb.SubscribeRequest(filters=["fleet/#"])) for _ in range(2)]
+        for stream in streams:
+            async with asyncio.timeout(TIMEOUT):
+                await stream.initial_metadata()  # the stream is registered with the hub
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Publish(pb.PublishRequest(topic="fleet/d1/cmd", payload=b"{}", qos=1), timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+        streams[0].cancel()
+        await wait_until(lambda: sum(c.transport == "grpc" for c in hub.consumers) == 1, "the stream to end")
+        await stub.Publish(pb.PublishRequest(topic="fleet/d1/cmd", payload=b"{}", qos=1), timeout=TIMEOUT)
+        streams[1].cancel()
