@@ -16,7 +16,9 @@ wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`
     filters (or a subscribe message's added filters) match; `{"type": "subscribed", "filters": [...]}` (the
     whole set now in force), `{"type": "published", "topic": ...}`, `{"type": "dropped", "count":
     n, "total": m}`, and `{"type": "error", "error": reason}` for a bad, unknown or forbidden
-    message, after which the connection stays open. A consumer cut under `policy=disconnect` is
+    message (JSON nested deeper than MAX_JSON_DEPTH is one), after which the connection stays
+    open. A message larger than the server's limit (`bridges.server.MAX_WS_MESSAGE`) closes it
+    with code 1009. A consumer cut under `policy=disconnect` is
     closed with code 1008 and the reason; at shutdown the code is 1001. A client that stops reading
     for `send_timeout` seconds, or that does not complete a close within a second, has its
     connection aborted: a close handshake with a peer that reads nothing would hold the socket and
@@ -80,16 +82,28 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
 from bridges.hosts import HostGuard
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
+from bridges.hub import (
+    MAX_FILTERS,
+    Consumer,
+    ConsumerClosed,
+    Dropped,
+    Hub,
+    Item,
+    Policy,
+    Reset,
+    Retained,
+    wanted_by,
+)
 from bridges.metrics import registry_for
 from bridges.source import BrokerUnavailable, MqttSource
 from bridges.tokens import Grant
 from bridges.turns import BURST
 from fleet.errors import TopicError
-from fleet.topics import matches, validate_filter
+from fleet.topics import validate_filter
 
 __all__ = [
     "MAX_FILTERS",
+    "MAX_JSON_DEPTH",
     "MAX_QUEUE",
     "SSE_TRANSPORT",
     "WS_TRANSPORT",
@@ -106,7 +120,8 @@ log = logging.getLogger("bridges.app")
 WS_TRANSPORT = "websocket"
 SSE_TRANSPORT = "sse"
 MAX_QUEUE = 100_000
-MAX_FILTERS = 64
+# How deep a client's JSON message may nest (a command payload is a small object).
+MAX_JSON_DEPTH = 32
 SHUTDOWN_REASON = "the bridge is shutting down"
 
 _POLICIES: dict[str, Policy] = {"drop-oldest": "drop-oldest", "disconnect": "disconnect"}
@@ -534,9 +549,7 @@ class _WebSocketSession:
     def _wanted(self, item: Item) -> bool:
         """Whether the current filters want `item`, a retired consumer's item: notices always."""
         event = item.event if isinstance(item, Retained) else item
-        if not isinstance(event, Event):
-            return True
-        return event.kind == "bridge" or any(matches(f, event.topic) for f in self.filters)
+        return not isinstance(event, Event) or wanted_by(self.filters, event)
 
     def close(self, reason: str) -> None:
         """End the session (bridge shutdown); the writer closes the socket with code 1001."""
@@ -675,6 +688,10 @@ class _WebSocketSession:
             message = json.loads(text)
         except json.JSONDecodeError as exc:
             return _error(f"invalid JSON: {exc}")
+        except RecursionError:
+            return _error(f"invalid message: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        if not _within_depth(message, MAX_JSON_DEPTH):
+            return _error(f"invalid message: JSON nested deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(message, dict):
             return _error("a control message must be a JSON object with a 'type'")
         kind = message.get("type")
@@ -714,11 +731,25 @@ class _WebSocketSession:
         try:
             async with asyncio.timeout(timeout):
                 await self.state.source.publish(topic, data, qos)
-        except (TopicError, BrokerUnavailable) as exc:
+        except (ValueError, BrokerUnavailable) as exc:  # TopicError and PublishTooLarge are ValueErrors
             return _error(str(exc))
         except TimeoutError:
             return _error(f"the broker did not acknowledge the publish within {timeout:g}s")
         return {"type": "published", "topic": topic}
+
+
+def _within_depth(value: Any, limit: int) -> bool:
+    """Whether `value` (decoded JSON) nests arrays and objects at most `limit` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def _encode_json(value: Any) -> bytes:

@@ -56,6 +56,9 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         queue_size=config.queue_size,
         retained_bytes=config.retained_bytes,
         retained_topics=config.retained_topics,
+        ring_bytes=config.ring_bytes,
+        queue_bytes=config.queue_bytes,
+        max_event_bytes=config.max_event_bytes,
     )
     source = MqttSource(
         hub,
@@ -69,6 +72,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
             tls=ssl.create_default_context() if endpoint.tls else None,
             subscriptions=config.subscriptions,
             publish_allowed=config.publish_allowed,
+            max_publish_bytes=config.max_publish_bytes,
         ),
     )
     app = create_app(
@@ -89,7 +93,14 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         feeding = tasks.create_task(source.run(), name="bridges.source")
         try:
             async with (
-                serve_http(app, config.host, config.http_port, tls=tls) as bridge.http_port,
+                serve_http(
+                    app,
+                    config.host,
+                    config.http_port,
+                    tls=tls,
+                    max_connections=config.max_connections,
+                    request_timeout=config.request_timeout,
+                ) as bridge.http_port,
                 grpc_server(
                     hub,
                     source,
@@ -99,6 +110,9 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
                     send_timeout=config.send_timeout,
                     access=access,
                     credentials=tls.grpc_credentials() if tls is not None else None,
+                    max_publish_bytes=config.max_publish_bytes,
+                    max_calls=config.max_connections,
+                    handshake_timeout=config.request_timeout,
                 ) as bridge.grpc_port,
             ):
                 s = "s" if tls is not None else ""

@@ -8,7 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridges.auth import is_loopback
-from bridges.hub import RETAINED_BYTES, RETAINED_TOPICS
+from bridges.hub import MAX_EVENT_BYTES, QUEUE_BYTES, RETAINED_BYTES, RETAINED_TOPICS, RING_BYTES
+from bridges.server import MAX_CONNECTIONS, REQUEST_TIMEOUT
+from bridges.source import MAX_PUBLISH_BYTES
 from fleet.config import load_table, validated
 from fleet.endpoint import Endpoint
 from fleet.topics import validate_filter
@@ -29,13 +31,36 @@ class BridgeConfig(BaseModel):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     subscriptions: tuple[str, ...] = Field(default=("#",), min_length=1)
     publish_allowed: tuple[str, ...] = ("fleet/+/cmd",)
+    max_publish_bytes: int = Field(
+        default=MAX_PUBLISH_BYTES,
+        ge=128,
+        le=268_435_455,
+        description="the largest PUBLISH packet sent for a consumer; at most the broker's limit",
+    )
     ring_size: int = Field(default=10_000, ge=1, description="events kept for SSE and gRPC resume")
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
+    ring_bytes: int = Field(default=RING_BYTES, ge=1, description="bytes the replay ring's events may hold")
+    queue_bytes: int = Field(
+        default=QUEUE_BYTES, ge=1, description="bytes of queued events the ring no longer holds, per consumer"
+    )
+    max_event_bytes: int = Field(
+        default=MAX_EVENT_BYTES, ge=1, description="larger payloads are not bridged: consumers get a notice"
+    )
     retained_bytes: int = Field(
         default=RETAINED_BYTES, ge=0, description="bytes of retained messages kept for new consumers; 0: none"
     )
     retained_topics: tuple[str, ...] = Field(
         default=RETAINED_TOPICS, description="topics whose every message is published retained"
+    )
+    max_connections: int = Field(
+        default=MAX_CONNECTIONS,
+        ge=1,
+        description="open HTTP connections, and gRPC calls, before 503 / RESOURCE_EXHAUSTED",
+    )
+    request_timeout: float = Field(
+        default=REQUEST_TIMEOUT,
+        gt=0,
+        description="seconds a client has to send a whole request (headers, body)",
     )
     policy: Literal["drop-oldest", "disconnect"] = "drop-oldest"
     sse_retry_ms: int = Field(default=3000, ge=0)

@@ -4,9 +4,10 @@
      "qos": 1, "retain": false, "received_at": 1764400000.125, "payload": {"device": "thermo-0007"}}
 
 `kind` is `telemetry`, `status`, `ack` or `raw` (topics outside the scheme), and `bridge` for the
-bridge's own news about its broker connection. A payload that is not JSON is `null`, with the
-bytes in `payload_base64`; so is one with `NaN` or `Infinity`, which Python's parser takes but JSON
-(and a browser's `JSON.parse`) does not.
+bridge's own news: about its broker connection (`$bridge/broker`), or a message too large to bridge
+(`$bridge/oversized`, payload `{"topic": …, "size": …, "max_event_bytes": …}`). A payload that is
+not JSON is `null`, with the bytes in `payload_base64`; so is one with `NaN` or `Infinity`, which
+Python's parser takes but JSON (and a browser's `JSON.parse`) does not.
 
 A JSON payload is encoded once, compact, as `Event.payload_json`, and spliced into the envelope as
 those very bytes: the gRPC bridge carries the same bytes, so integers stay integers and keys keep
@@ -23,10 +24,12 @@ from typing import Any, Literal
 
 from fleet.topics import classify
 
-__all__ = ["BRIDGE_TOPIC", "Event", "Kind", "classify", "make_event"]
+__all__ = ["BRIDGE_TOPIC", "OVERSIZED_TOPIC", "Event", "Kind", "classify", "make_event"]
 
 Kind = Literal["telemetry", "status", "ack", "raw", "bridge"]
 BRIDGE_TOPIC = "$bridge/broker"
+# The bridge's notice of a message it did not bridge for its size, sent to the consumers it was for.
+OVERSIZED_TOPIC = "$bridge/oversized"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class Event:
     payload_json: bytes | None  # the payload as compact JSON, as in the envelope; None when not JSON
     raw: bytes  # the payload as received
     json: bytes  # the envelope, encoded once for every consumer
+    size: int  # the bytes it holds (envelope, payload, payload as JSON): what byte limits count
 
     @property
     def payload(self) -> Any:
@@ -92,4 +96,5 @@ def make_event(
         data = b'%b,"payload":null,"payload_base64":"%b"}' % (head, base64.b64encode(raw))
     else:
         data = b'%b,"payload":%b}' % (head, payload_json)
-    return Event(event_id, topic, device, kind, qos, retain, received_at, payload_json, raw, data)
+    size = len(data) + len(raw) + (len(payload_json) if payload_json is not None else 0)
+    return Event(event_id, topic, device, kind, qos, retain, received_at, payload_json, raw, data, size)

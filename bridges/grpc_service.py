@@ -40,7 +40,7 @@ from bridges.auth import Access, bearer
 from bridges.envelope import Event, Kind
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
-from bridges.source import BrokerUnavailable
+from bridges.source import MAX_PUBLISH_BYTES, BrokerUnavailable, PublishTooLarge
 from bridges.tokens import Grant
 from bridges.turns import BURST
 from fleet.errors import TopicError, TransportError
@@ -89,6 +89,13 @@ SERVER_OPTIONS: Final = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
 )
 
+# The serialized events shared by the streams: at most this many bytes.
+ENCODED_BYTES: Final = 4 * 1024 * 1024
+# Calls in progress, streams included, before RESOURCE_EXHAUSTED: `fleet bridge`'s max_connections.
+MAX_CALLS: Final = 100
+# What a request may hold besides a publish's payload: its topic (at most 65,535 bytes) and framing.
+_REQUEST_ROOM: Final = 80 * 1024
+
 
 class Publisher(Protocol):
     """What Publish needs from the bridge's MQTT side (`bridges.source.MqttSource` is one)."""
@@ -132,10 +139,13 @@ def _varint(value: int) -> bytes:
 
 class _EncodedEvents:
     """Serialized events of recent ids, each as an `EventBatch.events` field (tag, length, Event), so
-    that N streams cost one encoding. Bounded: a stream far behind the others re-encodes what it reads."""
+    that N streams cost one encoding. Bounded in entries and in bytes: a stream far behind the others
+    re-encodes what it reads."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = ENCODED_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._bytes: dict[int, bytes] = {}
 
     def get(self, event: Event) -> bytes:
@@ -145,9 +155,11 @@ class _EncodedEvents:
         data = self._bytes.get(key)
         if data is None:
             data = pb.EventBatch(events=[event_message(event)]).SerializeToString()
-            if len(self._bytes) >= self.size:
-                del self._bytes[next(iter(self._bytes))]  # the oldest inserted
-            self._bytes[key] = data
+            cache = self._bytes
+            while cache and (len(cache) >= self.size or self.bytes + len(data) > self.max_bytes):
+                self.bytes -= len(cache.pop(next(iter(cache))))  # the oldest inserted
+            cache[key] = data
+            self.bytes += len(data)
         return data
 
 
@@ -302,7 +314,7 @@ class FleetBridgeServicer:
     def _close_code(self, consumer: Consumer) -> grpc.StatusCode:
         # The Hub closes a consumer under the disconnect policy when its queue is full, and leaves
         # the queue as it was: that is the one closure that is the client's doing.
-        if not self._shutting_down and consumer.policy == "disconnect" and consumer.queued >= consumer.size:
+        if not self._shutting_down and consumer.overflowed:
             return grpc.StatusCode.RESOURCE_EXHAUSTED
         return grpc.StatusCode.UNAVAILABLE
 
@@ -353,6 +365,8 @@ class FleetBridgeServicer:
             await self.source.publish(request.topic, request.payload, request.qos)
         except BrokerUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except PublishTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except ValueError as exc:  # TopicError is one
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.PublishResponse()
@@ -387,6 +401,9 @@ async def grpc_server(
     policy: Policy = "drop-oldest",
     queue_size: int | None = None,
     send_timeout: float = 10.0,
+    max_publish_bytes: int = MAX_PUBLISH_BYTES,
+    max_calls: int = MAX_CALLS,
+    handshake_timeout: float = 10.0,
     grace: float = 1.0,
     access: Access | None = None,
     credentials: grpc.ServerCredentials | None = None,
@@ -403,9 +420,17 @@ async def grpc_server(
 
     A stream whose write waits `send_timeout` seconds is cut (see the module's docstring). On exit,
     health turns NOT_SERVING, open streams end with UNAVAILABLE, and unary calls get `grace` seconds
-    to finish.
+    to finish. A request larger than `max_publish_bytes` and room for a topic is refused by grpc
+    with RESOURCE_EXHAUSTED before it is read whole (grpc's default would take 4 MB). Past `max_calls`
+    calls in progress (streams included), a call gets RESOURCE_EXHAUSTED, and a connection must
+    complete its HTTP/2 handshake within `handshake_timeout` seconds (grpc's default is 120).
     """
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    options = (
+        *SERVER_OPTIONS,
+        ("grpc.max_receive_message_length", max_publish_bytes + _REQUEST_ROOM),
+        ("grpc.server_handshake_timeout_ms", round(handshake_timeout * 1000)),
+    )
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_calls)
     servicer = FleetBridgeServicer(
         hub, source, policy=policy, queue_size=queue_size, send_timeout=send_timeout, access=access
     )

@@ -1,8 +1,10 @@
 """The Hub: one MQTT subscription set fanned out to many consumers, each with a bounded queue.
 
 Every message is decoded and encoded into the envelope once (`bridges.envelope`), kept in a
-bounded replay ring for resumption, and offered to each consumer whose filters match. A consumer's
-queue has a fixed size and a stated overflow policy:
+bounded replay ring for resumption, and offered to each consumer whose filters match. The ring and
+each consumer's queue are bounded in events and in bytes (`Event.size`), and a message whose
+payload is larger than `max_event_bytes` is not bridged at all: the consumers it was for get a
+notice on `$bridge/oversized` instead. A consumer's queue has a stated overflow policy:
 
 - `drop-oldest` (the default): the oldest queued event makes room; the consumer is told how many
   it lost (a `Dropped` item before its next event), and the drop is counted in metrics;
@@ -26,15 +28,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from bridges.envelope import BRIDGE_TOPIC, Event, make_event
+from bridges.envelope import BRIDGE_TOPIC, OVERSIZED_TOPIC, Event, make_event
 from bridges.turns import Turns
 from fleet.errors import TopicError
 from fleet.routing import SubscriptionTree
 from fleet.topics import matches, validate_filter
 
 __all__ = [
+    "MAX_EVENT_BYTES",
+    "MAX_FILTERS",
+    "QUEUE_BYTES",
     "RETAINED_BYTES",
     "RETAINED_TOPICS",
+    "RING_BYTES",
     "Consumer",
     "ConsumerClosed",
     "Dropped",
@@ -44,6 +50,7 @@ __all__ = [
     "Reset",
     "Retained",
     "RetainedCache",
+    "wanted_by",
 ]
 
 Policy = Literal["drop-oldest", "disconnect"]
@@ -77,6 +84,15 @@ Item = Event | Dropped | Reset | Retained
 
 # 16 MiB: the statuses of 10,000 devices take about 2.5 MB.
 RETAINED_BYTES: Final = 16 * 1024 * 1024
+# The byte limits that keep a bridge under about 256 MB whatever is published (docs/bridge.md
+# "Limits" has the arithmetic). A telemetry event holds about 400 bytes: 10,000 of them fit the
+# ring, and 1,000 a queue, so the event counts stay the binding limits for ordinary traffic.
+RING_BYTES: Final = 8 * 1024 * 1024
+QUEUE_BYTES: Final = 512 * 1024
+# Filters per consumer, on every transport.
+MAX_FILTERS: Final = 64
+# A payload larger than this is not bridged; its event would hold up to about three times as much.
+MAX_EVENT_BYTES: Final = 64 * 1024
 # The device scheme publishes every status retained (birth, will, clean offline).
 RETAINED_TOPICS: Final = ("fleet/+/status",)
 
@@ -126,7 +142,7 @@ class RetainedCache:
                 event.id, topic, event.raw, qos=event.qos, retain=True, received_at=event.received_at,
                 prefix=self.prefix, kind=event.kind,
             )  # fmt: skip
-        size = _held_bytes(event)
+        size = event.size
         if size > self.limit:
             self.evicted += 1
             return
@@ -140,14 +156,22 @@ class RetainedCache:
         self._entries.clear()
         self.bytes = 0
 
+    def forget(self, topic: str) -> None:
+        """Remove `topic`'s entry: a message on it went by unseen, so the entry may be stale."""
+        self._remove(topic)
+
     def _remove(self, topic: str) -> None:
         event = self._entries.pop(topic, None)
         if event is not None:
-            self.bytes -= _held_bytes(event)
+            self.bytes -= event.size
 
 
-def _held_bytes(event: Event) -> int:
-    return len(event.json) + len(event.raw) + len(event.payload_json or b"")
+def wanted_by(filters: tuple[str, ...], event: Event) -> bool:
+    """Whether a consumer of `filters` gets `event` from the ring: broker news always, an
+    oversized notice when the filters match the topic it is about."""
+    if event.kind == "bridge":
+        return event.topic != OVERSIZED_TOPIC or any(matches(f, event.payload["topic"]) for f in filters)
+    return any(matches(f, event.topic) for f in filters)
 
 
 class ConsumerClosed(Exception):
@@ -170,18 +194,30 @@ class Consumer:
         "dropped",
         "filters",
         "hub",
+        "max_bytes",
+        "overflowed",
         "policy",
+        "queued_bytes",
         "size",
         "transport",
     )
 
     def __init__(
-        self, hub: Hub, filters: tuple[str, ...], *, policy: Policy, size: int, transport: str
+        self,
+        hub: Hub,
+        filters: tuple[str, ...],
+        *,
+        policy: Policy,
+        size: int,
+        transport: str,
+        max_bytes: int = QUEUE_BYTES,
     ) -> None:
         self.hub = hub
         self.filters = filters
         self.policy = policy
         self.size = size
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0  # of the events in the queue
         self.transport = transport
         self._queue: deque[Item] = deque()
         # Retained messages for a new consumer, sent before the queue: bounded by the hub's cache,
@@ -191,23 +227,51 @@ class Consumer:
         self._pending_drops = 0
         self.dropped = 0
         self.closed: str | None = None
+        self.overflowed = False  # closed because its queue was full (policy: disconnect)
 
     def offer(self, item: Item) -> None:
-        """Queue `item` without waiting; apply the overflow policy when the queue is full."""
+        """Queue `item` without waiting; apply the overflow policy when the queue is full: at
+        `size` items, or past `max_bytes` of events that the hub's replay ring no longer holds.
+
+        Events still in the ring cost the queue nothing but a reference, and queues are in event
+        order, so the events the ring has dropped are the oldest queued: those go first when the
+        queue holds more than `max_bytes`. So a consumer may take the whole ring (the dashboard
+        asks for 10,000 events), and what it alone keeps alive stays within `max_bytes`."""
         if self.closed is not None:
             return
         queue = self._queue
-        if len(queue) >= self.size:
+        size = item.size if type(item) is Event else 0
+        if len(queue) >= self.size or (self.queued_bytes + size > self.max_bytes and self._head_dropped()):
             if self.policy == "disconnect":
                 self.hub.count_drop(self)
-                self.close(f"too slow: {self.size} events queued (policy: disconnect)")
+                self.overflowed = True
+                self.close(
+                    f"too slow: {len(queue)} events, {self.queued_bytes} bytes queued (policy: disconnect)"
+                )
                 return
-            queue.popleft()
-            self._pending_drops += 1
-            self.dropped += 1
-            self.hub.count_drop(self)
+            while queue and (
+                len(queue) >= self.size
+                or (self.queued_bytes + size > self.max_bytes and self._head_dropped())
+            ):
+                self._pop()
+                self._pending_drops += 1
+                self.dropped += 1
+                self.hub.count_drop(self)
         queue.append(item)
+        self.queued_bytes += size
         self._wake()
+
+    def _head_dropped(self) -> bool:
+        """Whether the oldest queued item is an event that the replay ring no longer holds."""
+        head = self._queue[0] if self._queue else None
+        ring = self.hub.ring
+        return type(head) is Event and (not ring or head.id < ring[0].id)
+
+    def _pop(self) -> Item:
+        item = self._queue.popleft()
+        if type(item) is Event:
+            self.queued_bytes -= item.size
+        return item
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -231,7 +295,7 @@ class Consumer:
                 count, self._pending_drops = self._pending_drops, 0
                 return Dropped(count, self.dropped)
             if self._queue:
-                return self._queue.popleft()
+                return self._pop()
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -247,7 +311,7 @@ class Consumer:
         while retained and len(items) < limit and self.closed is None:
             items.append(retained.popleft())
         while queue and len(items) < limit and not self._pending_drops and self.closed is None:
-            items.append(queue.popleft())
+            items.append(self._pop())
         return items
 
     def __aiter__(self) -> Consumer:
@@ -276,12 +340,23 @@ class Hub:
         prefix: str = "fleet",
         retained_bytes: int = RETAINED_BYTES,
         retained_topics: tuple[str, ...] = RETAINED_TOPICS,
+        ring_bytes: int = RING_BYTES,
+        queue_bytes: int = QUEUE_BYTES,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         if ring_size < 1 or queue_size < 1:
             raise ValueError("ring_size and queue_size must be at least 1")
-        self.ring: deque[Event] = deque(maxlen=ring_size)
+        if min(ring_bytes, queue_bytes, max_event_bytes) < 1:
+            raise ValueError("ring_bytes, queue_bytes and max_event_bytes must be at least 1")
+        self.ring: deque[Event] = deque()
+        self.ring_size = ring_size
+        self.ring_max_bytes = ring_bytes
+        self.ring_bytes = 0  # of the events in the ring
         self.retained = RetainedCache(retained_bytes, retained_topics, prefix=prefix)
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        self.max_event_bytes = max_event_bytes
+        self.oversized = 0  # messages not bridged for their size
         self.prefix = prefix
         self.consumers: set[Consumer] = set()
         self._routes: SubscriptionTree[Consumer] = SubscriptionTree()
@@ -299,9 +374,11 @@ class Hub:
     @staticmethod
     def validate_filters(filters: Iterable[str]) -> tuple[str, ...]:
         """The filters, each validated; raises TopicError naming the rule a bad one breaks."""
-        checked = tuple(filters)
+        checked = tuple(dict.fromkeys(filters))
         if not checked:
             raise TopicError("at least one topic filter is needed, for example 'fleet/#'")
+        if len(checked) > MAX_FILTERS:
+            raise TopicError(f"at most {MAX_FILTERS} filters, got {len(checked)}")
         for topic_filter in checked:
             validate_filter(topic_filter)
         return checked
@@ -324,6 +401,7 @@ class Hub:
             policy=policy,
             size=size or self.queue_size,
             transport=transport,
+            max_bytes=self.queue_bytes,
         )
         if after_id is not None:
             self._replay(consumer, after_id)
@@ -343,18 +421,21 @@ class Hub:
         return consumer
 
     def _replay(self, consumer: Consumer, after_id: int) -> None:
+        """Offer the ring's events after `after_id`; a resume point the ring cannot continue from
+        (older than it, or newer than any event this bridge issued) gets a Reset, then the whole ring."""
         ring = self.ring
-        if not ring or after_id >= ring[-1].id:
+        last = self._next_id - 1
+        if after_id == last:
             return
-        oldest = ring[0].id
-        if after_id < oldest - 1:
+        oldest = ring[0].id if ring else self._next_id
+        if after_id < oldest - 1 or after_id > last:
             consumer.offer(Reset(after_id, oldest))
             start = 0
         else:
             start = after_id - oldest + 1
         for index in range(start, len(ring)):
             event = ring[index]
-            if event.kind == "bridge" or any(matches(f, event.topic) for f in consumer.filters):
+            if wanted_by(consumer.filters, event):
                 consumer.offer(event)
 
     def remove(self, consumer: Consumer) -> None:
@@ -364,18 +445,43 @@ class Hub:
                 self._routes.remove(topic_filter, consumer)
 
     def ingest(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> Event:
-        """Turn one MQTT message into an event and offer it to every matching consumer."""
+        """Turn one MQTT message into an event and offer it to every matching consumer; one larger
+        than `max_event_bytes` becomes a notice of its topic and size instead."""
+        self.events_in += 1
+        if len(payload) > self.max_event_bytes:
+            return self._oversized(topic, len(payload))
         event = make_event(
             self._next_id, topic, payload, qos=qos, retain=retain, received_at=time.time(), prefix=self.prefix
         )
         self._next_id += 1
-        self.events_in += 1
-        self.ring.append(event)
+        self._keep(event)
         self.retained.update(event)
         for consumer in self._routes.match(topic):
             consumer.offer(event)
             self.deliveries[consumer.transport] = self.deliveries.get(consumer.transport, 0) + 1
         return event
+
+    def _oversized(self, topic: str, size: int) -> Event:
+        self.oversized += 1
+        self.retained.forget(topic)
+        notice = json.dumps({"topic": topic, "size": size, "max_event_bytes": self.max_event_bytes})
+        event = make_event(
+            self._next_id, OVERSIZED_TOPIC, notice.encode(), qos=0, retain=False, received_at=time.time(),
+            prefix=self.prefix, kind="bridge",
+        )  # fmt: skip
+        self._next_id += 1
+        self._keep(event)
+        for consumer in self._routes.match(topic):
+            consumer.offer(event)
+        return event
+
+    def _keep(self, event: Event) -> None:
+        """Append `event` to the replay ring, evicting the oldest beyond its count or bytes."""
+        ring = self.ring
+        ring.append(event)
+        self.ring_bytes += event.size
+        while len(ring) > self.ring_size or (self.ring_bytes > self.ring_max_bytes and len(ring) > 1):
+            self.ring_bytes -= ring.popleft().size
 
     def broker_status(self, connected: bool, reason: str) -> None:
         """Tell every consumer, whatever its filters, that the bridge's broker connection changed."""
@@ -391,7 +497,7 @@ class Hub:
         )  # fmt: skip
         self._next_id += 1
         self._status = event
-        self.ring.append(event)
+        self._keep(event)
         for consumer in list(self.consumers):
             consumer.offer(event)
 

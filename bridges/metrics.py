@@ -71,6 +71,19 @@ class HubCollector:
         )
         ring = GaugeMetricFamily(f"{PREFIX}_ring_events", "Events held in the replay ring for resumption.")
         ring_capacity = GaugeMetricFamily(f"{PREFIX}_ring_capacity", "The replay ring's capacity in events.")
+        ring_bytes = GaugeMetricFamily(f"{PREFIX}_ring_bytes", "Bytes the replay ring's events hold.")
+        ring_capacity_bytes = GaugeMetricFamily(
+            f"{PREFIX}_ring_capacity_bytes", "The replay ring's capacity in bytes (ring_bytes)."
+        )
+        queued_bytes = GaugeMetricFamily(
+            f"{PREFIX}_queued_bytes",
+            "Bytes the events waiting in consumer queues hold (shared with the ring), by transport.",
+            labels=["transport"],
+        )
+        oversized = CounterMetricFamily(
+            f"{PREFIX}_oversized",
+            "MQTT messages not bridged because their payload was larger than max_event_bytes.",
+        )
         retained = GaugeMetricFamily(
             f"{PREFIX}_retained_messages", "Retained messages kept for new consumers, one per topic."
         )
@@ -83,6 +96,7 @@ class HubCollector:
         )
         if sampled:
             events_in.add_metric([], hub.events_in)
+            oversized.add_metric([], hub.oversized)
             retained.add_metric([], len(hub.retained))
             retained_bytes.add_metric([], hub.retained.bytes)
             retained_evicted.add_metric([], hub.retained.evicted)
@@ -94,25 +108,34 @@ class HubCollector:
                 send_timeouts.add_metric([transport], count)
             by_transport: Counter[str] = Counter()
             queued_by_transport: Counter[str] = Counter()
+            bytes_by_transport: Counter[str] = Counter()
             for consumer in list(hub.consumers):
                 by_transport[consumer.transport] += 1
                 queued_by_transport[consumer.transport] += consumer.queued
+                bytes_by_transport[consumer.transport] += consumer.queued_bytes
             for transport, count in sorted(by_transport.items()):
                 consumers.add_metric([transport], count)
                 queued.add_metric([transport], queued_by_transport[transport])
+                queued_bytes.add_metric([transport], bytes_by_transport[transport])
             connected.add_metric([], 1 if hub.broker_connected else 0)
             ring.add_metric([], len(hub.ring))
-            ring_capacity.add_metric([], hub.ring.maxlen or 0)
+            ring_capacity.add_metric([], hub.ring_size)
+            ring_bytes.add_metric([], hub.ring_bytes)
+            ring_capacity_bytes.add_metric([], hub.ring_max_bytes)
         yield from (
             events_in,
+            oversized,
             deliveries,
             drops,
             send_timeouts,
             consumers,
             queued,
+            queued_bytes,
             connected,
             ring,
             ring_capacity,
+            ring_bytes,
+            ring_capacity_bytes,
             retained,
             retained_bytes,
             retained_evicted,

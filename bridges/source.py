@@ -31,13 +31,37 @@ from bridges.hub import Hub
 from fleet.errors import FleetError, TopicError
 from fleet.topics import matches, validate_topic
 
-__all__ = ["BrokerUnavailable", "MqttSource", "SourceSettings"]
+__all__ = [
+    "MAX_PUBLISH_BYTES",
+    "BrokerUnavailable",
+    "MqttSource",
+    "PublishTooLarge",
+    "SourceSettings",
+    "publish_size",
+]
 
 log = logging.getLogger("bridges.source")
 
 
 class BrokerUnavailable(FleetError):
     """The bridge is not connected to its broker right now."""
+
+
+class PublishTooLarge(FleetError, ValueError):
+    """A consumer's publish would make a PUBLISH packet larger than the bridge may send."""
+
+
+# A broker closes the connection of a client whose packet exceeds its maximum packet size, and
+# MQTT 3.1.1 has no way to learn that size. 128 KiB is within every limit we know of: ours and
+# EMQX's 1 MiB, Azure IoT Hub's 256 KB, AWS IoT Core's 128 KB; Mosquitto's is 256 MB unless set.
+MAX_PUBLISH_BYTES = 128 * 1024
+
+
+def publish_size(topic: str, payload: bytes, qos: int) -> int:
+    """The bytes of the MQTT PUBLISH packet that carries `payload` to `topic`, fixed header included."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
+    length_bytes = 1 + (remaining > 127) + (remaining > 16_383) + (remaining > 2_097_151)
+    return 1 + length_bytes + remaining
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +77,9 @@ class SourceSettings:
     qos: int = 1
     # Consumers may publish only to topics matching these filters (by default, device commands).
     publish_allowed: tuple[str, ...] = ("fleet/+/cmd",)
+    # The largest PUBLISH packet the bridge sends for a consumer; a larger one is refused to the
+    # consumer, because the broker would close the bridge's own connection for it.
+    max_publish_bytes: int = MAX_PUBLISH_BYTES
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
 
@@ -171,10 +198,17 @@ class MqttSource:
             raise TopicError(f"publishing to {topic!r} is not allowed; allowed: {allowed}")
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish for a consumer; raises TopicError for a forbidden topic, BrokerUnavailable when down."""
+        """Publish for a consumer; raises TopicError for a forbidden topic, PublishTooLarge past
+        `max_publish_bytes`, BrokerUnavailable when down. A refused publish never reaches the broker."""
         self.check_publish(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos}")
+        size, limit = publish_size(topic, payload, qos), self.settings.max_publish_bytes
+        if size > limit:
+            raise PublishTooLarge(
+                f"the publish to {topic!r} would be a {size}-byte MQTT packet; the bridge sends at most "
+                f"{limit} (max_publish_bytes), so that the broker never closes its connection for it"
+            )
         client = self._client
         if client is None:
             raise BrokerUnavailable("the bridge is not connected to its broker")

@@ -92,9 +92,13 @@
         onAck(envelope.device, payload, at);
         break;
       case "bridge":
-        log(
-          "bridge", `broker ${payload && payload.connected ? "connected" : "lost"}: ${payload && payload.reason}`, at,
-        );
+        if (envelope.topic === "$bridge/oversized") {
+          log("bridge", `not bridged: ${payload.topic}, ${payload.size} bytes (max_event_bytes ${payload.max_event_bytes})`, at);
+        } else {
+          log(
+            "bridge", `broker ${payload && payload.connected ? "connected" : "lost"}: ${payload && payload.reason}`, at,
+          );
+        }
         break;
       default:
         log("raw", envelope.topic, at);
