@@ -618,19 +618,23 @@ def report() -> None:
 
 
 @report.command("merge")
-@click.argument("paths", metavar="REPORT...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "paths", metavar="REPORT|DIR...", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path)
+)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write the merged JSON here")
-def report_merge(paths: tuple[Path, ...], output: Path | None) -> None:
+@click.option("--partial", is_flag=True, help="merge even when shards are missing; the report lists them")
+def report_merge(paths: tuple[Path, ...], output: Path | None, partial: bool) -> None:
     """Merge the reports of the shards of one run (`fleet run --shard I/N`), and print its summary.
 
-    Refuses a file or a shard given twice, a report that is not a `fleet run` report, and shards of
-    another config, seed or shard count. Exits 1 when a shard was cut short: the merged report then
+    A directory stands for its *.json files. Refuses a file or a shard given twice, a report that is
+    not a `fleet run` report, shards of another config, seed or shard count, and missing shards
+    unless --partial. Exits 1 when a shard was cut short: the merged report then
     says complete: false.
     """
-    from fleet.report import merge_shard_files
+    from fleet.report import merge_shard_files, shard_files
 
     try:
-        merged = merge_shard_files(paths)
+        merged = merge_shard_files(shard_files(paths), partial=partial)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _finish(merged, output, "fleet report merge")

@@ -16,7 +16,7 @@ from typing import Any
 
 from fleet.errors import ConfigError
 
-__all__ = ["GroupStats", "Histogram", "Report", "merge_reports", "merge_shard_files"]
+__all__ = ["GroupStats", "Histogram", "Report", "merge_reports", "merge_shard_files", "shard_files"]
 
 _BUCKETS_PER_DOUBLING = 32
 _PERCENTILES = (50, 90, 99)
@@ -258,11 +258,26 @@ def merge_reports(reports: Iterable[Report]) -> Report:
 _SAME_RUN = (("config", "the fleet config"), ("seed", "the seed"))
 
 
-def merge_shard_files(paths: Iterable[Path]) -> Report:
+def shard_files(paths: Iterable[Path]) -> list[Path]:
+    """The report files to merge: each file as given, and each directory's `*.json` files, sorted."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise ConfigError(str(path), "a directory with no .json report in it")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def merge_shard_files(paths: Iterable[Path], *, partial: bool = False) -> Report:
     """Load and merge the reports of the shards of one fleet run (`fleet run --shard I/N`).
 
     Raises ConfigError naming the file when it is given twice, holds a shard already counted, is
-    not a `fleet run` report, or comes from another run: another config, seed or shard count.
+    not a `fleet run` report, or comes from another run: another config, seed or shard count; and
+    when shards are missing, unless `partial`: then the merged report lists them under `missing`.
     """
     files: dict[Path, Path] = {}
     shards: dict[str, Path] = {}
@@ -302,4 +317,17 @@ def merge_shard_files(paths: Iterable[Path]) -> Report:
                     "only the shards of one run merge",
                 )
         reports.append(report)
-    return merge_reports(reports)
+    merged = merge_reports(reports)
+    if first is not None:
+        origin, expected = first
+        total = int(expected["shard"].partition("/")[2])
+        missing = [f"{number}/{total}" for number in range(1, total + 1) if f"{number}/{total}" not in shards]
+        if missing and not partial:
+            raise ConfigError(
+                str(origin),
+                f"shard {', '.join(missing)} of its run is missing: give every shard, "
+                "or --partial to merge what is here",
+            )
+        if missing:
+            merged.meta["missing"] = missing
+    return merged

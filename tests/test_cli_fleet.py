@@ -364,6 +364,35 @@ def test_report_merge_of_a_shard_cut_short_is_incomplete_and_fails(
     assert load(out)["meta"]["complete"] is False
 
 
+def test_report_merge_reads_a_directory_of_shard_reports(
+    tmp_path: Path, shard_reports: dict[str, Path]
+) -> None:
+    """`fleet report merge DIR` merges the *.json reports in DIR, as if each were named."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name in ("1/2", "2/2"):
+        (folder / shard_reports[name].name).write_text(shard_reports[name].read_text())
+    out = tmp_path / "merged.json"
+    code, _, stderr = fleet("report", "merge", folder, "-o", out)
+    assert code == 0, stderr
+    assert [meta["shard"] for meta in load(out)["meta"]["merged"]] == ["1/2", "2/2"]
+
+
+def test_report_merge_refuses_missing_shards_unless_partial(
+    tmp_path: Path, shard_reports: dict[str, Path]
+) -> None:
+    """Shard 1/2 alone is half a fleet: refused with one line naming 2/2; --partial merges it and says so."""
+    first = shard_reports["1/2"]
+    assert refused_merge(tmp_path, first) == (
+        f"Error: {first}: shard 2/2 of its run is missing: "
+        "give every shard, or --partial to merge what is here"
+    )
+    out = tmp_path / "partial.json"
+    code, _, stderr = fleet("report", "merge", "--partial", first, "-o", out)
+    assert code == 0, stderr
+    assert load(out)["meta"]["missing"] == ["2/2"]
+
+
 def test_report_merge_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
     """JSON that is no report, and a file that is no JSON, are each refused with one line naming the file."""
     other = write(tmp_path, '{"name": "not a report"}\n', "other.json")
