@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from fleet.credentials import Credentials
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, StoreError
 from fleet.signals import SIGNALS, signal_name
 
 __all__ = ["cli"]
@@ -111,6 +111,18 @@ def _broker_options(func: Any) -> Any:
         ),
         click.option("--max-topic-alias", type=int, help="MQTT 5 topic aliases per client  [default: 10]"),
         click.option("--sys-interval", type=float, help="seconds between $SYS updates, 0: off [default: 10]"),
+        click.option(
+            "--persistence",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="folder of the persistent store (sessions, queued and retained messages)  [default: off]",
+        ),
+        click.option(
+            "--sync",
+            type=click.Choice(["always", "interval", "never"]),
+            help="with --persistence: durable before each ack, every --sync-interval, or at shutdown  "
+            "[default: always]",
+        ),
+        click.option("--sync-interval", type=int, help="milliseconds, with --sync interval  [default: 1000]"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -274,7 +286,7 @@ async def _run_broker(
                 click.echo(f"fleet broker: metrics on {endpoint.url}")
             await stop.wait()
             click.echo("fleet broker: shutting down")
-    except ConfigError as exc:
+    except (ConfigError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen: {exc}") from None
