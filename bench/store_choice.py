@@ -24,25 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import support
+
 PAYLOAD = os.urandom(200)
 TOPIC = b"fleet/dev-0042/cmd"
 CLIENT = b"dev-0042"
-
-
-def fsync_latency(folder: Path, seconds: float) -> float:
-    """Mean seconds of write(4 KB) + fsync on a file in `folder`."""
-    path = folder / "fsync.probe"
-    count = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            os.pwrite(fd, os.urandom(4096), 0)
-            os.fsync(fd)
-            count += 1
-        return (time.perf_counter() - start) / count
-    finally:
-        os.close(fd)
 
 
 def sqlite_turns(folder: Path, batch: int) -> Callable[[], None]:
@@ -121,9 +107,8 @@ def main() -> None:
     except ImportError:
         print("lmdb not installed (.venv/bin/pip install lmdb): measuring sqlite3 only")
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        print(
-            f"fsync of a 4 KB write in {args.dir}: {fsync_latency(Path(folder), args.seconds) * 1000:.2f} ms"
-        )
+        latency = support.fsync_latency(Path(folder), args.seconds)
+        print(f"fsync of a 4 KB write in {args.dir}: {latency * 1000:.2f} ms")
     print(f"{'store':<12} {'batch':>5} {'commits/s':>10} {'msg/s':>10} {'ms/commit':>12}")
     for batch in (int(b) for b in args.batches.split(",")):
         for name, make in stores.items():

@@ -154,9 +154,13 @@ class Broker:
         )
 
     async def _sync_loop(self, store: Store, interval: float) -> None:
+        """sync "interval": every `interval` seconds, the changes since the last commit are written by
+        a worker thread (SQLite lets go of the GIL while it writes), while the loop goes on."""
         while True:
             await asyncio.sleep(interval)
-            store.commit()
+            changes = store.take()
+            if changes is not None:
+                await asyncio.to_thread(store.write, changes)
 
     def close_store(self) -> None:
         """At shutdown: the sessions still connected count as offline from now; the store is closed."""

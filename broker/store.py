@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,20 @@ _MIGRATIONS: dict[int, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
+class _Changes:
+    """The changes of one commit, taken from the store (which then collects new ones)."""
+
+    dropped: set[str]
+    sessions: dict[str, tuple[str, int, str | None, float | None]]
+    subscribed: dict[tuple[str, str], tuple[object, ...] | None]
+    new: dict[int, list[object]]
+    updates: dict[int, tuple[int | None, int]]
+    deleted: set[int]
+    incoming: dict[tuple[str, int], bool]
+    retained: dict[str, tuple[object, ...] | None]
+
+
+@dataclass(frozen=True, slots=True)
 class StoredEntry:
     """A queued (packet_id None) or in-flight message of a stored session."""
 
@@ -140,6 +155,7 @@ class Store:
         self._incoming: dict[tuple[str, int], bool] = {}
         self._retained: dict[str, tuple[object, ...] | None] = {}
         self.pending = False
+        self._writing = threading.Lock()
         try:
             self._open()
         except sqlite3.Error as exc:
@@ -356,59 +372,88 @@ class Store:
     # Writing
 
     def commit(self) -> None:
-        """Write every change since the last commit in one durable transaction."""
+        """Write every change since the last commit in one durable transaction, on this thread."""
+        changes = self.take()
+        if changes is not None:
+            self.write(changes)
+
+    def take(self) -> _Changes | None:
+        """The changes since the last commit, for `write`; from now on changes collect afresh."""
         if not self.pending:
-            return
-        started = time.perf_counter()
-        db = self._db
-        try:
-            db.execute("BEGIN")
-            for client_id in self._dropped:
-                for table in ("sessions", "subscriptions", "entries", "incoming"):
-                    db.execute(f"DELETE FROM {table} WHERE client_id = ?", (client_id,))
-            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", self._sessions.values())
-            for key, row in self._subscribed.items():
-                if row is None:
-                    db.execute("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?", key)
-                else:
-                    db.execute("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
-            db.executemany(
-                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new.values()
-            )
-            db.executemany(
-                "UPDATE entries SET packet_id = ?, released = ? WHERE key = ?",
-                ((pid, released, key) for key, (pid, released) in self._updates.items()),
-            )
-            db.executemany("DELETE FROM entries WHERE key = ?", ((key,) for key in self._deleted))
-            for pair, held in self._incoming.items():
-                if held:
-                    db.execute("INSERT OR IGNORE INTO incoming VALUES (?, ?)", pair)
-                else:
-                    db.execute("DELETE FROM incoming WHERE client_id = ? AND packet_id = ?", pair)
-            for topic, row in self._retained.items():
-                if row is None:
-                    db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
-                else:
-                    db.execute("INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?, ?)", row)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('saved', ?)", (repr(time.time()),))
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot write the store: {exc}") from None
-        self._dropped.clear()
-        self._sessions.clear()
-        self._subscribed.clear()
-        self._new.clear()
-        self._updates.clear()
-        self._deleted.clear()
-        self._incoming.clear()
-        self._retained.clear()
+            return None
+        changes = _Changes(
+            self._dropped,
+            self._sessions,
+            self._subscribed,
+            self._new,
+            self._updates,
+            self._deleted,
+            self._incoming,
+            self._retained,
+        )
+        self._dropped = set()
+        self._sessions = {}
+        self._subscribed = {}
+        self._new = {}
+        self._updates = {}
+        self._deleted = set()
+        self._incoming = {}
+        self._retained = {}
         self.pending = False
-        elapsed = time.perf_counter() - started
+        return changes
+
+    def write(self, changes: _Changes) -> None:
+        """Write `changes` in one durable transaction. Thread-safe: with sync "interval" the broker
+        writes from a worker thread while its event loop goes on; writes happen one at a time, in the
+        order they were taken."""
+        with self._writing:
+            started = time.perf_counter()
+            try:
+                self._write(changes)
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot write the store: {exc}") from None
+            elapsed = time.perf_counter() - started
         if elapsed > 0.5:
             log.warning("a commit to the store %s took %.2fs", self.path, elapsed)
 
+    def _write(self, changes: _Changes) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        for client_id in changes.dropped:
+            for table in ("sessions", "subscriptions", "entries", "incoming"):
+                db.execute(f"DELETE FROM {table} WHERE client_id = ?", (client_id,))
+        db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", changes.sessions.values())
+        for pair, row in changes.subscribed.items():
+            if row is None:
+                db.execute("DELETE FROM subscriptions WHERE client_id = ? AND filter = ?", pair)
+            else:
+                db.execute("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        db.executemany(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", changes.new.values()
+        )
+        db.executemany(
+            "UPDATE entries SET packet_id = ?, released = ? WHERE key = ?",
+            ((pid, released, key) for key, (pid, released) in changes.updates.items()),
+        )
+        db.executemany("DELETE FROM entries WHERE key = ?", ((key,) for key in changes.deleted))
+        for held_pair, held in changes.incoming.items():
+            if held:
+                db.execute("INSERT OR IGNORE INTO incoming VALUES (?, ?)", held_pair)
+            else:
+                db.execute("DELETE FROM incoming WHERE client_id = ? AND packet_id = ?", held_pair)
+        for topic, retained in changes.retained.items():
+            if retained is None:
+                db.execute("DELETE FROM retained WHERE topic = ?", (topic,))
+            else:
+                db.execute("INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?, ?)", retained)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('saved', ?)", (repr(time.time()),))
+        db.execute("COMMIT")
+
     def close(self) -> None:
+        """Write what is left and close; a write still running on a worker thread finishes first."""
         try:
+            with self._writing:
+                pass
             self.commit()
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
