@@ -14,6 +14,7 @@ import gc
 import getpass
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -1111,6 +1112,11 @@ class _Scenarios(click.Choice[str]):
     "--broker", "broker_url", help="mqtt[s]:// or ws[s]:// URL; default: the config's, else embedded"
 )
 @click.option("--broker-pid", type=int, help="PID of a local external broker, for its CPU and RSS")
+@click.option(
+    "--broker-cmd",
+    help="a command that runs the --broker broker (like 'mosquitto -c m.conf'): fleet stress starts it, "
+    "restarts it for broker-restart and broker-crash, and stops it at the end",
+)
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: [stress]")
 @click.option("--seed", type=int, help="overrides the config's seed")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
@@ -1131,6 +1137,7 @@ def stress_command(
     scenario: str | None,
     broker_url: str | None,
     broker_pid: int | None,
+    broker_cmd: str | None,
     duration: float | None,
     seed: int | None,
     report_path: Path | None,
@@ -1163,12 +1170,19 @@ def stress_command(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     target = _target(config, broker_url, credentials)
+    argv = shlex.split(broker_cmd) if broker_cmd is not None else None
+    if argv is not None and (broker_url is None or not argv):
+        raise click.BadParameter(
+            "give the command, and --broker with the URL it listens on", param_hint="--broker-cmd"
+        )
     timeline = _timeline(html_path)
     with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
         followers = tuple(f for f in (metrics, timeline) if f is not None)
         try:
             result = SIGNALS.run(
-                lambda stop: _run_stress(config_path, config, settings, target, broker_pid, stop, followers)
+                lambda stop: _run_stress(
+                    config_path, config, settings, target, broker_pid, stop, followers, argv
+                )
             )
         except* FleetError as group:
             raise click.ClickException(str(_first(group))) from None
@@ -1229,6 +1243,7 @@ async def _run_stress(
     broker_pid: int | None,
     stop: asyncio.Event,
     followers: tuple[Any, ...] = (),
+    broker_cmd: list[str] | None = None,
 ) -> Any:
     from rich.console import Console
 
@@ -1250,6 +1265,7 @@ async def _run_stress(
             broker_pid=broker_pid,
             live=live,
             stop=stop,
+            broker_cmd=broker_cmd,
         )
 
 
