@@ -278,10 +278,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         out, self._out = self._out, None
-        if out and self.transport is not None and not self.transport.is_closing():
-            # With sync "always", what these packets acknowledge is made durable first.
-            self.broker.before_write()
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport = self.transport
+        # With sync "always", what these packets acknowledge is made durable first.
+        if out and transport is not None and not transport.is_closing() and self.broker.durable():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # Closing
 

@@ -32,7 +32,7 @@ from broker.shared import SharedGroup
 from broker.stats import Stats
 from broker.store import Store
 from broker.websocket import WebSocketTransport
-from fleet.errors import TopicError
+from fleet.errors import StoreError, TopicError
 from fleet.mqtt import reasons, v5
 from fleet.mqtt.properties import EMPTY, Properties
 from fleet.packets import (
@@ -86,6 +86,8 @@ class Broker:
         # The persistent store (None: persistence off), and whether every write waits for it.
         self.store: Store | None = None
         self._sync_always = settings.sync == "always"
+        # Fails with the StoreError of a commit that could not be written: `running()` then stops.
+        self.store_failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def flush_soon(self, connection: Connection) -> None:
         """Write `connection`'s queued packets at the end of this loop turn, in one system call."""
@@ -98,12 +100,20 @@ class Broker:
         for connection in unflushed:
             connection.flush()
 
-    def before_write(self) -> None:
+    def durable(self) -> bool:
         """With sync "always", commit the store before any packet leaves: one commit (one fsync) per
-        loop turn covers every PUBACK, PUBREC and SUBACK of that turn."""
+        loop turn covers every PUBACK, PUBREC and SUBACK of that turn. False when the store cannot be
+        written: then nothing is acknowledged, and the broker stops."""
         store = self.store
-        if store is not None and store.pending and self._sync_always:
+        if store is None or not store.pending or not self._sync_always:
+            return True
+        try:
             store.commit()
+        except StoreError as exc:
+            if not self.store_failed.done():
+                self.store_failed.set_exception(exc)
+            return False
+        return True
 
     # Persistence
 
@@ -748,10 +758,12 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
                 sync_task = tasks.create_task(
                     broker._sync_loop(broker.store, settings.sync_interval / 1000), name="broker.sync"
                 )
+            # A store that cannot be written ends the task group, and with it the broker.
+            failed = tasks.create_task(_raise_when(broker.store_failed), name="broker.store")
             try:
                 yield broker
             finally:
-                for task in (sys_task, sync_task):
+                for task in (sys_task, sync_task, failed):
                     if task is not None:
                         task.cancel()
     finally:
@@ -820,6 +832,10 @@ def _certificate_name(connection: Connection) -> str | None:
         return None
     names = [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
     return names[-1] if names else None
+
+
+async def _raise_when(failed: asyncio.Future[None]) -> None:
+    await failed
 
 
 def _url_host(host: str) -> str:

@@ -287,10 +287,10 @@ async def _run_broker(
                 click.echo(f"fleet broker: metrics on {endpoint.url}")
             await stop.wait()
             click.echo("fleet broker: shutting down")
-    except (ConfigError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen: {exc}") from None
+    except* (ConfigError, StoreError) as group:  # a store that fails to write stops the broker's tasks
+        raise click.ClickException(str(_first(group))) from None
+    except* OSError as group:
+        raise click.ClickException(f"cannot listen: {_first(group)}") from None
 
 
 def _load_fleet(path: Path, seed: int | None) -> Any:
