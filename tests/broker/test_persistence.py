@@ -200,8 +200,8 @@ async def test_qos2_state_survives_a_crash_in_both_directions(
 async def test_an_mqtt5_session_keeps_its_subscription_options_and_expiry(
     start_fleet_broker: Callable[..., FleetBroker], tmp_path: Path
 ) -> None:
-    """An MQTT 5 session's subscription identifier and expiry survive a restart, and the expiry counts
-    the time the broker was down."""
+    """An MQTT 5 session's subscription identifier and expiry survive a restart, and the session expiry
+    and the retained messages' Message Expiry count the time the broker was down."""
     store = tmp_path / "store"
     first = _start(start_fleet_broker, store, "always")
     lasting = await Raw5.open(first.port)
@@ -219,6 +219,9 @@ async def test_an_mqtt5_session_keeps_its_subscription_options_and_expiry(
     try:
         await publisher.connect("publisher5")
         await publisher.publish_acked("store/v5", b"for-lasting", qos=1)
+        for topic, expiry in (("store/retained/long", 3600), ("store/retained/short", 1)):
+            expiring = Properties(message_expiry_interval=expiry)
+            await publisher.publish_acked(topic, topic.encode(), 1, retain=True, properties=expiring)
     finally:
         await publisher.close()
     first.shutdown(signal.SIGTERM)
@@ -236,6 +239,13 @@ async def test_an_mqtt5_session_keeps_its_subscription_options_and_expiry(
         assert (message.payload, message.properties.subscription_identifiers) == (b"for-lasting", (7,))
         connack = await brief.connect("brief", clean=False, properties=Properties(session_expiry_interval=1))
         assert not connack.session_present
+        assert await brief.subscribe(v5.Subscription("store/retained/#", 1)) == (1,)
+        retained = await brief.read_publish()
+        assert retained.payload == b"store/retained/long"
+        remaining = retained.properties.message_expiry_interval
+        assert remaining is not None
+        assert 3600 - 60 < remaining <= 3600
+        await brief.expect_nothing(0.3)
     finally:
         await lasting.close()
         await brief.close()
