@@ -180,8 +180,13 @@ class ExternalBroker(BrokerProcess):
     async def start(self) -> None:
         with tempfile.TemporaryFile() as output:
             try:
+                # Its own process group, as the embedded broker's: it stops after the fleet has left.
                 process = self.process = await asyncio.create_subprocess_exec(
-                    *self._argv, stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output
+                    *self._argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    process_group=0,
                 )
             except OSError as exc:
                 raise FleetError(f"--broker-cmd: cannot run {self._argv[0]!r}: {exc}") from None
