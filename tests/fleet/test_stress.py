@@ -222,7 +222,7 @@ def check_kept_everything(result: StressResult, devices: int) -> None:
     account = result.account
     assert account.broker_restarted
     assert account.broker_persistent
-    assert (account.sessions_resumed, account.sessions_lost) == (devices, 0)
+    assert (account.sessions_resumed, account.sessions_lost) == (devices, 0), result.meta["timeline"]
     assert all(row.lost_by_broker == 0 for row in account.telemetry), account.telemetry
     assert result.meta["observer"]["sessions_lost"] == 0
 
@@ -232,7 +232,9 @@ async def test_the_embedded_broker_with_persistence_keeps_every_session_and_mess
     """With its store (a fresh temporary one by default), the embedded broker stopped by SIGTERM or
     killed by SIGKILL resumes every persistent session and loses no acknowledged QoS 1/2 message."""
     config = fleet({**PERSISTENT, "count": 6}, {**EXACTLY_ONCE, "count": 2})
-    result = await stress(config, settings(scenario, duration=6.0))
+    # The restart comes at a third of the run; a new broker process can take 2 s or more to listen on
+    # a busy machine, and every device must reconnect after that, before the run ends.
+    result = await stress(config, settings(scenario, duration=9.0))
     check_kept_everything(result, 8)
     assert result.account.violations == []
     assert any("SIGKILL" in line for line in result.meta["timeline"]) == (scenario == "broker-crash")
@@ -253,7 +255,7 @@ async def test_broker_cmd_restarts_an_external_broker(tmp_path: Path) -> None:
     config = fleet({**PERSISTENT, "count": 6})
     target = Target(Endpoint("mqtt", "127.0.0.1", port))
     result = await stress(
-        config, settings("broker-restart", duration=5.0), target, broker_cmd=[MOSQUITTO, "-c", str(conf)]
+        config, settings("broker-restart", duration=8.0), target, broker_cmd=[MOSQUITTO, "-c", str(conf)]
     )
     check_kept_everything(result, 6)
     assert result.broker_cpu_s is not None
