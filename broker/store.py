@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.message import Message
 from fleet.errors import StoreError
@@ -101,7 +101,7 @@ class _Changes:
     dropped: set[str]
     sessions: dict[str, tuple[str, int, str | None, float | None]]
     subscribed: dict[tuple[str, str], tuple[object, ...] | None]
-    new: dict[int, list[object]]
+    new: dict[int, tuple[object, ...]]
     updates: dict[int, tuple[int | None, int]]
     deleted: set[int]
     incoming: dict[tuple[str, int], bool]
@@ -149,7 +149,9 @@ class Store:
         self._sessions: dict[str, tuple[str, int, str | None, float | None]] = {}
         self._dropped: set[str] = set()
         self._subscribed: dict[tuple[str, str], tuple[object, ...] | None] = {}
-        self._new: dict[int, list[object]] = {}
+        # Entries added since the last commit: [client id, entry, packet id]; their rows are made only
+        # at commit time, so an entry acknowledged before the commit costs no row at all.
+        self._new: dict[int, list[Any]] = {}
         self._updates: dict[int, tuple[int | None, int]] = {}
         self._deleted: set[int] = set()
         self._incoming: dict[tuple[str, int], bool] = {}
@@ -279,7 +281,7 @@ class Store:
         self._sessions.pop(client_id, None)
         for key in [k for k in self._subscribed if k[0] == client_id]:
             del self._subscribed[key]
-        for new in [k for k, row in self._new.items() if row[1] == client_id]:
+        for new in [k for k, row in self._new.items() if row[0] == client_id]:
             del self._new[new]
         for pair in [k for k in self._incoming if k[0] == client_id]:
             del self._incoming[pair]
@@ -306,32 +308,14 @@ class Store:
         self.pending = True
         key = entry.key = self._next_key
         self._next_key = key + 1
-        message = entry.message
-        group = entry.group
-        self._new[key] = [
-            key,
-            client_id,
-            None,
-            0,
-            entry.qos,
-            entry.retain,
-            ",".join(map(str, entry.sub_ids)),
-            None if group is None else f"{group.name}/{group.topic_filter}",
-            message.topic,
-            message.payload,
-            message.qos,
-            message.encoded_properties,
-            _wall(message.expires),
-            message.sender,
-        ]
+        self._new[key] = [client_id, entry, None]
 
     def entry_changed(self, entry: Entry, packet_id: int | None) -> None:
         """The entry went in flight under `packet_id`, or was released (PUBREC received)."""
         key = entry.key
-        row = self._new.get(key)
-        if row is not None:
-            row[2] = packet_id
-            row[3] = int(entry.released)
+        new = self._new.get(key)
+        if new is not None:
+            new[2] = packet_id
             return
         self.pending = True
         self._updates[key] = (packet_id, int(entry.released))
@@ -385,7 +369,7 @@ class Store:
             self._dropped,
             self._sessions,
             self._subscribed,
-            self._new,
+            {key: _entry_row(key, *new) for key, new in self._new.items()},
             self._updates,
             self._deleted,
             self._incoming,
@@ -458,6 +442,28 @@ class Store:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
+
+
+def _entry_row(key: int, client_id: str, entry: Entry, packet_id: int | None) -> tuple[object, ...]:
+    """The `entries` row of an entry, made on the event loop's thread when the changes are taken."""
+    message = entry.message
+    group = entry.group
+    return (
+        key,
+        client_id,
+        packet_id,
+        int(entry.released),
+        entry.qos,
+        entry.retain,
+        ",".join(map(str, entry.sub_ids)),
+        None if group is None else f"{group.name}/{group.topic_filter}",
+        message.topic,
+        message.payload,
+        message.qos,
+        message.encoded_properties,
+        _wall(message.expires),
+        message.sender,
+    )
 
 
 def _wall(expires: float | None) -> float | None:
