@@ -121,11 +121,12 @@ def mqtt_str(s: bytes) -> bytes:
     return _U16.pack(len(s)) + s
 
 
-def connect_pkt(client_id: bytes, version: int, keepalive: int = KEEPALIVE_S) -> bytes:
-    # protocol name "MQTT", level 4 or 5, flags 0x02 = clean session, no will/user/password;
-    # MQTT 5 adds an empty property list
+def connect_pkt(client_id: bytes, version: int, keepalive: int = KEEPALIVE_S, clean: bool = True) -> bytes:
+    # protocol name "MQTT", level 4 or 5, flags 0x02 = clean session (0x00: a persistent one), no
+    # will/user/password; MQTT 5 adds an empty property list
     props = b"\x00" if version == 5 else b""
-    body = mqtt_str(b"MQTT") + bytes((version, 2)) + _U16.pack(keepalive) + props + mqtt_str(client_id)
+    flags = 2 if clean else 0
+    body = mqtt_str(b"MQTT") + bytes((version, flags)) + _U16.pack(keepalive) + props + mqtt_str(client_id)
     return b"\x10" + varint(len(body)) + body
 
 
@@ -363,7 +364,12 @@ class Publisher(Client):
 
 
 async def open_client(
-    factory: Callable[[], Client], port: int, client_id: bytes, topic: bytes | None, limit_s: float
+    factory: Callable[[], Client],
+    port: int,
+    client_id: bytes,
+    topic: bytes | None,
+    limit_s: float,
+    clean: bool = True,
 ) -> Client:
     """TCP connect, CONNECT/CONNACK and (if topic) SUBSCRIBE/SUBACK, all within `limit_s` seconds."""
     loop = asyncio.get_running_loop()
@@ -372,7 +378,7 @@ async def open_client(
         async with asyncio.timeout(limit_s):
             _, proto = await loop.create_connection(factory, HOST, port)
             version = proto.stats.version
-            proto.send(connect_pkt(client_id, version))
+            proto.send(connect_pkt(client_id, version, clean=clean))
             rc = await proto.connack
             if rc != 0:
                 raise ConnectionError(f"CONNACK return code {rc}")
@@ -415,6 +421,24 @@ class Broker:
         self.cmd = self._command(workdir, tag)
 
     def _command(self, workdir: Path, tag: str) -> list[str]:
+        if self.kind.startswith("fleet+"):
+            # The persistence cost phase: a fresh store per run, in the work folder.
+            sync = self.kind.removeprefix("fleet+")
+            store = workdir / f"store-{sync}-{tag}"
+            return [
+                sys.executable, "-m", "fleet", "broker", "--host", HOST, "--port", str(self.port),
+                "--ws-port", "0", "--persistence", str(store), "--sync", sync,
+            ]  # fmt: skip
+        if self.kind == "mosquitto+persist":
+            conf = workdir / f"mosquitto-persist-{tag}.conf"
+            store = workdir / f"mosquitto-store-{tag}"
+            store.mkdir(exist_ok=True)
+            conf.write_text(
+                f"listener {self.port} {HOST}\nallow_anonymous true\n"
+                f"persistence true\npersistence_location {store}/\n"
+            )
+            conf.chmod(0o644)
+            return [MOSQUITTO_BIN, "-c", str(conf)]
         server = self.kind.removesuffix("5")
         if server == "fleet-base":
             assert self.base is not None
@@ -1341,6 +1365,145 @@ def targets(rs: list[Result]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------
+# The cost of persistence (--persistence-cost).
+# --------------------------------------------------------------------------------------------
+
+PERSIST_PAIRS = 10
+PERSIST_WINDOW = 50
+PERSIST_BACKLOG = 500
+# (broker kind, label); the first of each server is the in-memory baseline of its ratios.
+PERSIST_CONFIGS = (
+    ("fleet", "fleet, in memory"),
+    ("fleet+always", "fleet --sync always"),
+    ("fleet+interval", "fleet --sync interval (1000 ms)"),
+    ("fleet+never", "fleet --sync never"),
+    ("mosquitto", "mosquitto, in memory"),
+    ("mosquitto+persist", "mosquitto persistence true (no per-message fsync)"),
+)
+# Targets of issue 14: QoS 1 throughput as a share of the in-memory broker's, in the same run.
+PERSIST_TARGETS = {"fleet+always": 0.30, "fleet+interval": 0.80}
+
+
+@dataclass
+class CostResult:
+    kind: str
+    label: str
+    msg_per_s: float | None = None
+    delivered: int = 0
+    error: str | None = None
+
+
+async def persistence_cost(args: argparse.Namespace, kind: str, label: str, workdir: Path) -> CostResult:
+    """QoS 1 publish throughput (PUBACKs per second of wall clock) of 10 publishers, each with a window
+    of 50, to 10 persistent subscribers (CleanSession 0, QoS 1), one topic per pair."""
+    res = CostResult(kind, label)
+    broker = Broker(kind, workdir, "cost")
+    pairs: list[tuple[Stats, Publisher]] = []
+    clients: list[Client] = []
+    try:
+        broker.start()
+        await broker.wait_ready(Stats(), args.ready_timeout)
+        for i in range(PERSIST_PAIRS):
+            stats = Stats()
+            topic = f"persist/{i}".encode()
+            subscriber = await open_client(
+                lambda s=stats, t=topic: Client(s, t), broker.port, f"persist-sub-{i}".encode(), topic,
+                args.conn_timeout, clean=False,
+            )  # fmt: skip
+            clients.append(subscriber)
+            prefix = [publish_prefix(topic, PAYLOAD_BYTES, 4)]
+            publisher = await open_client(
+                lambda s=stats, p=prefix: Publisher(s, p, PERSIST_WINDOW, PERSIST_BACKLOG),
+                broker.port, f"persist-pub-{i}".encode(), None, args.conn_timeout,
+            )  # fmt: skip
+            assert isinstance(publisher, Publisher)
+            clients.append(publisher)
+            stats.publisher = publisher
+            pairs.append((stats, publisher))
+        for _, publisher in pairs:
+            publisher.running = True
+            publisher.pump()
+
+        def acked() -> int:
+            return sum(stats.acked for stats, _ in pairs)
+
+        if not await wait_until(lambda: acked() >= args.warmup_msgs, args.warmup_timeout, broker):
+            res.error = f"warm-up: {acked()}/{args.warmup_msgs} PUBACKs in {args.warmup_timeout:.0f} s"
+            return res
+        a0 = acked()
+        d0 = sum(stats.delivered for stats, _ in pairs)
+        t0 = time.perf_counter()
+        while (now := time.perf_counter()) - t0 < args.seconds:
+            await asyncio.sleep(min(0.2, args.seconds - (now - t0)))
+            broker.check_alive()
+        wall = time.perf_counter() - t0
+        res.msg_per_s = (acked() - a0) / wall
+        res.delivered = sum(stats.delivered for stats, _ in pairs) - d0
+        return res
+    except (BenchError, OSError, TimeoutError, ConnectionError) as exc:
+        res.error = str(exc)
+        return res
+    finally:
+        for _, publisher in pairs:
+            publisher.running = False
+        for client in clients:
+            client.close()
+        broker.stop()
+
+
+def cost_report(results: list[CostResult], fsync_ms: float) -> str:
+    lines = [
+        "",
+        f"persistence cost: QoS 1, {PERSIST_PAIRS} publishers x window {PERSIST_WINDOW}, "
+        f"{PERSIST_PAIRS} persistent subscribers, {PAYLOAD_BYTES}-byte payload, the best of the rounds",
+        f"fsync of a 4 KB write in the stores' folder: {fsync_ms:.2f} ms",
+    ]
+    baselines = {r.kind: r.msg_per_s for r in results if "+" not in r.kind}
+    rows = []
+    verdicts = []
+    for r in results:
+        base = baselines.get(r.kind.split("+")[0])
+        share = r.msg_per_s / base if r.msg_per_s is not None and base else None
+        rows.append(
+            [r.label, fmt(r.msg_per_s, ",.0f"), "-" if share is None else f"{share:.0%}", r.error or ""]
+        )
+        target = PERSIST_TARGETS.get(r.kind)
+        if target is not None:
+            ok = share is not None and share >= target
+            verdicts.append(
+                f"  {'PASS' if ok else 'FAIL'}  {r.label}: {'-' if share is None else f'{share:.0%}'} "
+                f"of in-memory (target >= {target:.0%})"
+            )
+    lines.append(table(["broker", "msg/s", "vs in-memory", "error"], rows))
+    lines += ["targets:", *verdicts]
+    return "\n".join(lines)
+
+
+async def cost_main(args: argparse.Namespace, results: list[CostResult]) -> float:
+    """Every persistence configuration in turn; returns the fsync latency (ms) of the work folder."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.ExitStack() as stack:
+        workdir = support.workdir(stack, args.log_dir, "broker_scale-")
+        fsync_ms = support.fsync_latency(workdir, 1.0) * 1000
+        best: dict[str, CostResult] = {}
+        # Rounds over every configuration in turn, the best of each kept: on a shared machine the load
+        # of others comes and goes, and the best round is the one it disturbed least.
+        for _ in range(args.cost_rounds):
+            for kind, label in PERSIST_CONFIGS:
+                if kind.startswith("mosquitto") and not args.has_mosquitto:
+                    continue
+                result = await persistence_cost(args, kind, label, workdir)
+                kept = best.get(kind)
+                if kept is None or (result.msg_per_s or 0) > (kept.msg_per_s or 0):
+                    best[kind] = result
+        results.extend(best.values())
+    return fsync_ms
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -1373,6 +1536,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flood-others", type=int, default=10, help="clients publishing beside the flooder")
     p.add_argument("--flood-rate", type=float, default=50.0, help="messages/s each other client publishes")
     p.add_argument("--rounds", type=int, default=1, help="flood phase: rounds, each running every broker")
+    p.add_argument(
+        "--persistence-cost",
+        action="store_true",
+        help="measure only QoS 1 throughput with persistence in each sync mode against in-memory",
+    )
+    p.add_argument("--cost-rounds", type=int, default=2, help="--persistence-cost: rounds, best kept")
     args = p.parse_args(argv)
     try:
         args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
@@ -1427,6 +1596,23 @@ def main(argv: list[str] | None = None) -> int:
         "  mosquitto: defaults except 'listener PORT 127.0.0.1' + 'allow_anonymous true' "
         "(max_inflight_messages 20, max_queued_messages 1000, no persistence)"
     )
+    if args.persistence_cost:
+        args.has_mosquitto = Path(MOSQUITTO_BIN).exists()
+        print("  figures from a machine shared with other work: compare ratios within one run only")
+        costs: list[CostResult] = []
+        try:
+            fsync_ms = asyncio.run(cost_main(args, costs))
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("\ninterrupted: brokers stopped, sockets closed", file=sys.stderr)
+            return 130
+        print(cost_report(costs, fsync_ms))
+        if args.json:
+            cost_doc = {
+                **support.run_record(started, command, args),
+                "persistence": [asdict(r) for r in costs],
+            }
+            args.json.write_text(json.dumps(cost_doc, indent=2) + "\n")
+        return 1 if any(r.error for r in costs) else 0
     results: list[Any] = []
     show = flood_report if args.flood else functools.partial(report, args=args)
     try:

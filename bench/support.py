@@ -14,6 +14,7 @@ import resource
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,20 @@ def workdir(stack: contextlib.ExitStack, log_dir: Path | None, prefix: str) -> P
         path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
     os.chmod(path, 0o755)
     return path
+
+
+def fsync_latency(folder: Path, seconds: float) -> float:
+    """Mean seconds of a 4 KB write plus fsync on a file in `folder` (the disk's durability cost)."""
+    path = folder / "fsync.probe"
+    count = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        start = time.perf_counter()
+        while count == 0 or time.perf_counter() - start < seconds:
+            os.pwrite(fd, os.urandom(4096), 0)
+            os.fsync(fd)
+            count += 1
+        return (time.perf_counter() - start) / count
+    finally:
+        os.close(fd)
+        path.unlink()

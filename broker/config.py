@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,6 +57,13 @@ class BrokerSettings(BaseModel):
     shared_subscriptions: bool = Field(default=True, description="whether $share/{group}/{filter} is served")
     connect_timeout: float = Field(default=10.0, gt=0)
     sys_interval: float = Field(default=10.0, ge=0, description="seconds between $SYS updates; 0: off")
+    persistence: Path | None = Field(default=None, description="folder of the persistent store; none: off")
+    sync: Literal["always", "interval", "never"] = Field(
+        default="always", description="when the store is made durable (with persistence)"
+    )
+    sync_interval: int = Field(
+        default=1000, ge=1, le=3_600_000, description="milliseconds, for sync interval"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BrokerSettings:
@@ -100,7 +107,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-_PATH_KEYS = ("tls_cert", "tls_key", "cafile", "password_file", "acl_file")
+_PATH_KEYS = ("tls_cert", "tls_key", "cafile", "password_file", "acl_file", "persistence")
 
 
 def load_broker_settings(path: Path | None, overrides: dict[str, Any]) -> BrokerSettings:

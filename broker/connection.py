@@ -278,8 +278,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         out, self._out = self._out, None
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        transport = self.transport
+        # With sync "always", what these packets acknowledge is made durable first.
+        if out and transport is not None and not transport.is_closing() and self.broker.durable():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # Closing
 
@@ -389,7 +391,7 @@ class Connection(asyncio.BufferedProtocol):
         if packet.qos == 2:
             assert packet_id is not None
             if packet_id not in session.awaiting_release:
-                session.awaiting_release.add(packet_id)
+                session.hold(packet_id)
                 self.broker.handle_publish(self, session, packet.topic, packet)
             self.send(pubrec(packet_id))
             return
@@ -406,7 +408,7 @@ class Connection(asyncio.BufferedProtocol):
             if session.received(packet_id):
                 self.send(pubrel(packet_id))
         else:
-            session.awaiting_release.discard(packet_id)
+            session.release(packet_id)
             self.send(pubcomp(packet_id))
 
     # MQTT 5 packets
@@ -493,7 +495,7 @@ class Connection(asyncio.BufferedProtocol):
             if code == reasons.PAYLOAD_FORMAT_INVALID and self.closing:
                 return
             if code < 0x80:
-                session.awaiting_release.add(packet_id)
+                session.hold(packet_id)
             self.send(v5.encode_ack(PUBREC, packet_id, code))
             return
         code = self.broker.handle_publish(self, session, topic, packet)
@@ -513,8 +515,7 @@ class Connection(asyncio.BufferedProtocol):
                 self.send(v5.encode_ack(6, packet_id))
             else:
                 self.send(v5.encode_ack(6, packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND))
-        elif packet_id in session.awaiting_release:
-            session.awaiting_release.discard(packet_id)
+        elif session.release(packet_id):
             self.send(v5.encode_ack(PUBCOMP, packet_id))
         else:
             self.send(v5.encode_ack(PUBCOMP, packet_id, reasons.PACKET_IDENTIFIER_NOT_FOUND))

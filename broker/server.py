@@ -27,11 +27,12 @@ from broker.logs import Noise, clip
 from broker.message import Message
 from broker.reload import reload_security
 from broker.retained import RetainedStore
-from broker.session import NEVER, Limits, Session, Subscription
+from broker.session import NEVER, Entry, Limits, Session, Subscription
 from broker.shared import SharedGroup
 from broker.stats import Stats
+from broker.store import Store
 from broker.websocket import WebSocketTransport
-from fleet.errors import TopicError
+from fleet.errors import StoreError, TopicError
 from fleet.mqtt import reasons, v5
 from fleet.mqtt.properties import EMPTY, Properties
 from fleet.packets import (
@@ -82,6 +83,11 @@ class Broker:
         self._unflushed: list[Connection] = []
         # What clients can make the broker log, bounded and counted (broker/logs.py).
         self.noise = Noise(log)
+        # The persistent store (None: persistence off), and whether every write waits for it.
+        self.store: Store | None = None
+        self._sync_always = settings.sync == "always"
+        # Fails with the StoreError of a commit that could not be written: `running()` then stops.
+        self.store_failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def flush_soon(self, connection: Connection) -> None:
         """Write `connection`'s queued packets at the end of this loop turn, in one system call."""
@@ -93,6 +99,89 @@ class Broker:
         unflushed, self._unflushed = self._unflushed, []
         for connection in unflushed:
             connection.flush()
+
+    def durable(self) -> bool:
+        """With sync "always", commit the store before any packet leaves: one commit (one fsync) per
+        loop turn covers every PUBACK, PUBREC and SUBACK of that turn. False when the store cannot be
+        written: then nothing is acknowledged, and the broker stops."""
+        store = self.store
+        if store is None or not store.pending or not self._sync_always:
+            return True
+        try:
+            store.commit()
+        except StoreError as exc:
+            if not self.store_failed.done():
+                self.store_failed.set_exception(exc)
+            return False
+        return True
+
+    # Persistence
+
+    def restore(self, store: Store) -> None:
+        """Load the sessions and retained messages of `store`; from now on every change goes to it."""
+        sessions, retained = store.load()
+        self.store = store
+        now = time.monotonic()
+        for message in retained:
+            if message.expires is not None and message.expires <= now:
+                store.retained(Message(message.topic, b"", 0, True))
+            else:
+                self.retained.store(message)
+        loop = asyncio.get_running_loop()
+        queued = 0
+        for stored in sessions:
+            remaining = None if stored.expiry == NEVER else stored.expiry - stored.offline
+            if remaining is not None and remaining <= 0:
+                log.info("the session of client %r expired while the broker was down", stored.client_id)
+                store.session_dropped(stored.client_id)
+                continue
+            session = Session(stored.client_id, expiry=stored.expiry, limits=self.limits, stats=self.stats)
+            session.store = store
+            session.username = stored.username
+            self.sessions[session.client_id] = session
+            for topic_filter, sub, shared in stored.subscriptions:
+                session.subscribe(topic_filter, sub)
+                self._attach(session, topic_filter, sub, shared)
+            for item in stored.entries:
+                group = self.shared.get(item.share) if item.share is not None else None
+                entry = Entry(item.message, item.qos, item.retain, item.sub_ids, group)
+                entry.key = item.key
+                entry.released = item.released
+                if item.packet_id is None:
+                    session.queue.append(entry)
+                else:
+                    session.inflight[item.packet_id] = entry
+                queued += 1
+            session.awaiting_release = set(stored.incoming)
+            if remaining is not None:
+                session.expiry_timer = loop.call_later(remaining, self._expire, session)
+        log.info(
+            "restored %d sessions, %d queued or in-flight messages and %d retained messages from %s",
+            len(self.sessions),
+            queued,
+            len(self.retained),
+            store.path,
+        )
+
+    async def _sync_loop(self, store: Store, interval: float) -> None:
+        """sync "interval": every `interval` seconds, the changes since the last commit are written by
+        a worker thread (SQLite lets go of the GIL while it writes), while the loop goes on."""
+        while True:
+            await asyncio.sleep(interval)
+            changes = store.take()
+            if changes is not None:
+                await asyncio.to_thread(store.write, changes)
+
+    def close_store(self) -> None:
+        """At shutdown: the sessions still connected count as offline from now; the store is closed."""
+        store = self.store
+        if store is None:
+            return
+        for session in self.sessions.values():
+            if session.store is not None and session.outlet is not None:
+                store.session_saved(session, offline=True)
+        self.store = None
+        store.close()
 
     # Connections
 
@@ -116,6 +205,8 @@ class Broker:
                 self._publish_will(client_id, will)
             return
         session.outlet = None
+        if session.store is not None and session.expiry != 0:
+            session.store.session_saved(session, offline=True)
         if session.expiry == 0:
             # The session ends with the connection, and its will is published now [MQTT 5.0 3.1.2.11.2].
             self._discard(session)
@@ -158,6 +249,9 @@ class Broker:
 
     def _discard(self, session: Session) -> None:
         session.cancel_timers()
+        if session.store is not None:
+            session.store.session_dropped(session.client_id)
+            session.store = None
         unfinished = session.take_unfinished_shared()
         for topic_filter in session.subscriptions:
             if not self._leave_group(topic_filter, session):
@@ -257,8 +351,12 @@ class Broker:
         if session is None:
             session = Session(client_id, expiry=expiry, limits=self.limits, stats=self.stats)
             self.sessions[client_id] = session
+            if expiry != 0:
+                session.store = self.store
         session.expiry = expiry
         session.username = username
+        if session.store is not None:
+            session.store.session_saved(session, offline=False)
         session.outlet = connection
         connection.session = session
         connection.will = will
@@ -373,6 +471,8 @@ class Broker:
         self.stats.messages_received += 1
         if message.retain:
             self.retained.store(message)
+            if self.store is not None:
+                self.store.retained(message)
         return self._route(message)
 
     def _route(self, message: Message) -> int:
@@ -461,7 +561,7 @@ class Broker:
         shared = v5.is_shared(topic_filter) and is5
         try:
             if shared:
-                group_name, inner = v5.split_shared(topic_filter)
+                _, inner = v5.split_shared(topic_filter)
             else:
                 validate_filter(topic_filter)
         except TopicError as exc:
@@ -478,7 +578,15 @@ class Broker:
             )
             return (reasons.NOT_AUTHORIZED if is5 else SUBACK_FAILURE), False
         existed = session.subscribe(topic_filter, sub)
+        self._attach(session, topic_filter, sub, shared)
+        if session.store is not None:
+            session.store.subscribed(session.client_id, topic_filter, sub, shared=shared)
+        return sub.qos, existed
+
+    def _attach(self, session: Session, topic_filter: str, sub: Subscription, shared: bool) -> None:
+        """Put a subscription of `session` into the routing tree, or into its shared group."""
         if shared:
+            group_name, inner = v5.split_shared(topic_filter)
             key = (group_name, inner)
             group = self.shared.get(key)
             if group is None:
@@ -487,7 +595,6 @@ class Broker:
             group.members[session] = sub
         else:
             self.subscriptions.add(topic_filter, session, sub.qos)
-        return sub.qos, existed
 
     def _leave_group(self, topic_filter: str, session: Session) -> bool:
         """Take `session` out of the shared group of `topic_filter`; False if it is in none (an MQTT
@@ -511,6 +618,8 @@ class Broker:
         existed = session.unsubscribe(topic_filter)
         if existed and not self._leave_group(topic_filter, session):
             self.subscriptions.remove(topic_filter, session)
+        if existed and session.store is not None:
+            session.store.unsubscribed(session.client_id, topic_filter)
         return existed
 
     def reload(self) -> None:
@@ -597,6 +706,8 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
     broker = Broker(settings)
     loop = asyncio.get_running_loop()
     host = settings.host
+    if settings.persistence is not None:
+        broker.restore(Store(settings.persistence))
     if not is_loopback(host) and settings.anonymous:
         log.warning(
             "!!! listening on %s with anonymous access (--allow-anonymous): any machine that can reach "
@@ -604,7 +715,11 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
             "credentials. !!!",
             host,
         )
-    tcp = await loop.create_server(lambda: Connection(broker), host, settings.port, backlog=4096)
+    try:
+        tcp = await loop.create_server(lambda: Connection(broker), host, settings.port, backlog=4096)
+    except BaseException:
+        broker.close_store()
+        raise
     servers: list[asyncio.Server] = [tcp]
     broker.port = tcp.sockets[0].getsockname()[1]
     broker.urls.append(f"mqtt://{_url_host(host)}:{broker.port}")
@@ -638,11 +753,19 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
             sys_task = None
             if settings.sys_interval > 0:
                 sys_task = tasks.create_task(broker._sys_loop(settings.sys_interval), name="broker.sys")
+            sync_task = None
+            if broker.store is not None and settings.sync == "interval":
+                sync_task = tasks.create_task(
+                    broker._sync_loop(broker.store, settings.sync_interval / 1000), name="broker.sync"
+                )
+            # A store that cannot be written ends the task group, and with it the broker.
+            failed = tasks.create_task(_raise_when(broker.store_failed), name="broker.store")
             try:
                 yield broker
             finally:
-                if sys_task is not None:
-                    sys_task.cancel()
+                for task in (sys_task, sync_task, failed):
+                    if task is not None:
+                        task.cancel()
     finally:
         broker.closing = True
         broker.noise.close()
@@ -657,6 +780,7 @@ async def running(settings: BrokerSettings) -> AsyncIterator[Broker]:
             await server.wait_closed()
         if websocket_server is not None:
             await websocket_server.wait_closed()
+        broker.close_store()
         log.info(
             "broker stopped: %d messages received, %d sent, %d dropped, %d wills published",
             broker.stats.messages_received,
@@ -708,6 +832,10 @@ def _certificate_name(connection: Connection) -> str | None:
         return None
     names = [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
     return names[-1] if names else None
+
+
+async def _raise_when(failed: asyncio.Future[None]) -> None:
+    await failed
 
 
 def _url_host(host: str) -> str:

@@ -22,6 +22,7 @@ from fleet.topics import matches
 
 if TYPE_CHECKING:
     from broker.shared import SharedGroup
+    from broker.store import Store
 
 __all__ = ["NEVER", "Entry", "Limits", "Outlet", "Session", "Subscription"]
 
@@ -74,7 +75,7 @@ class Outlet(Protocol):
 class Entry:
     """A QoS 1/2 message queued for, or in flight to, this session."""
 
-    __slots__ = ("group", "message", "qos", "released", "retain", "sub_ids")
+    __slots__ = ("group", "key", "message", "qos", "released", "retain", "sub_ids")
 
     def __init__(
         self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...], group: SharedGroup | None
@@ -85,6 +86,8 @@ class Entry:
         self.sub_ids = sub_ids
         self.group = group
         self.released = False
+        # Its key in the persistent store; 0 while it is not stored.
+        self.key = 0
 
 
 class Session:
@@ -104,6 +107,7 @@ class Session:
         "pending_will",
         "queue",
         "stats",
+        "store",
         "subscriptions",
         "username",
         "will_timer",
@@ -129,6 +133,8 @@ class Session:
         self.will_timer: asyncio.TimerHandle | None = None
         # The will of the last connection, while its Will Delay Interval runs [MQTT-3.1.3-9].
         self.pending_will: Message | None = None
+        # The persistent store, for a session that outlives its connection when persistence is on.
+        self.store: Store | None = None
 
     def subscribe(self, topic_filter: str, subscription: Subscription) -> bool:
         """Add or replace a subscription; return whether one existed for this filter."""
@@ -194,9 +200,13 @@ class Session:
             and not self.queue
             and len(self.inflight) < self._window(outlet)
         ):
+            if self.store is not None:
+                self.store.entry_added(self.client_id, entry)
             self._send_new(outlet, entry)
         elif len(self.queue) < self.limits.max_queued:
             self.queue.append(entry)
+            if self.store is not None:
+                self.store.entry_added(self.client_id, entry)
         else:
             self._drop(message, f"its queue holds {self.limits.max_queued} messages")
 
@@ -223,6 +233,10 @@ class Session:
         if outlet.send_publish(message, entry.qos, entry.retain, packet_id, False, entry.sub_ids):
             self.inflight[packet_id] = entry
             self.stats.messages_sent += 1
+            if self.store is not None:
+                self.store.entry_changed(entry, packet_id)
+        elif self.store is not None:
+            self.store.entry_done(entry)
 
     def _allocate_packet_id(self) -> int:
         packet_id = self._next_packet_id
@@ -254,12 +268,17 @@ class Session:
                 entry.message, entry.qos, entry.retain, packet_id, True, entry.sub_ids
             ):
                 del self.inflight[packet_id]
+                if self.store is not None:
+                    self.store.entry_done(entry)
         self.pump()
 
     def acknowledge(self, packet_id: int) -> bool:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered; the window moves on."""
-        if self.inflight.pop(packet_id, None) is None:
+        entry = self.inflight.pop(packet_id, None)
+        if entry is None:
             return False
+        if self.store is not None:
+            self.store.entry_done(entry)
         self.pump()
         return True
 
@@ -269,6 +288,23 @@ class Session:
         if entry is None or entry.qos != 2:
             return False
         entry.released = True
+        if self.store is not None:
+            self.store.entry_changed(entry, packet_id)
+        return True
+
+    def hold(self, packet_id: int) -> None:
+        """A QoS 2 PUBLISH from the client was routed; its PUBREL is awaited."""
+        self.awaiting_release.add(packet_id)
+        if self.store is not None:
+            self.store.incoming(self.client_id, packet_id, held=True)
+
+    def release(self, packet_id: int) -> bool:
+        """PUBREL from the client: whether `packet_id` was awaiting it."""
+        if packet_id not in self.awaiting_release:
+            return False
+        self.awaiting_release.discard(packet_id)
+        if self.store is not None:
+            self.store.incoming(self.client_id, packet_id, held=False)
         return True
 
     def cancel_timers(self) -> None:

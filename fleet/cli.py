@@ -14,6 +14,7 @@ import gc
 import getpass
 import logging
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -23,7 +24,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from fleet.credentials import Credentials
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, StoreError
 from fleet.signals import SIGNALS, signal_name
 
 __all__ = ["cli"]
@@ -111,6 +112,18 @@ def _broker_options(func: Any) -> Any:
         ),
         click.option("--max-topic-alias", type=int, help="MQTT 5 topic aliases per client  [default: 10]"),
         click.option("--sys-interval", type=float, help="seconds between $SYS updates, 0: off [default: 10]"),
+        click.option(
+            "--persistence",
+            type=click.Path(path_type=Path, file_okay=False),
+            help="folder of the persistent store (sessions, queued and retained messages)  [default: off]",
+        ),
+        click.option(
+            "--sync",
+            type=click.Choice(["always", "interval", "never"]),
+            help="with --persistence: durable before each ack, every --sync-interval, or at shutdown  "
+            "[default: always]",
+        ),
+        click.option("--sync-interval", type=int, help="milliseconds, with --sync interval  [default: 1000]"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -274,10 +287,10 @@ async def _run_broker(
                 click.echo(f"fleet broker: metrics on {endpoint.url}")
             await stop.wait()
             click.echo("fleet broker: shutting down")
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen: {exc}") from None
+    except* (ConfigError, StoreError) as group:  # a store that fails to write stops the broker's tasks
+        raise click.ClickException(str(_first(group))) from None
+    except* OSError as group:
+        raise click.ClickException(f"cannot listen: {_first(group)}") from None
 
 
 def _load_fleet(path: Path, seed: int | None) -> Any:
@@ -1103,6 +1116,11 @@ class _Scenarios(click.Choice[str]):
     "--broker", "broker_url", help="mqtt[s]:// or ws[s]:// URL; default: the config's, else embedded"
 )
 @click.option("--broker-pid", type=int, help="PID of a local external broker, for its CPU and RSS")
+@click.option(
+    "--broker-cmd",
+    help="a command that runs the --broker broker (like 'mosquitto -c m.conf'): fleet stress starts it, "
+    "restarts it for broker-restart and broker-crash, and stops it at the end",
+)
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds; default: [stress]")
 @click.option("--seed", type=int, help="overrides the config's seed")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="write the JSON report here")
@@ -1123,6 +1141,7 @@ def stress_command(
     scenario: str | None,
     broker_url: str | None,
     broker_pid: int | None,
+    broker_cmd: str | None,
     duration: float | None,
     seed: int | None,
     report_path: Path | None,
@@ -1155,12 +1174,19 @@ def stress_command(
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     target = _target(config, broker_url, credentials)
+    argv = shlex.split(broker_cmd) if broker_cmd is not None else None
+    if argv is not None and (broker_url is None or not argv):
+        raise click.BadParameter(
+            "give the command, and --broker with the URL it listens on", param_hint="--broker-cmd"
+        )
     timeline = _timeline(html_path)
     with _fleet_metrics(metrics_port, metrics_host, _shard(None), "fleet stress") as metrics:
         followers = tuple(f for f in (metrics, timeline) if f is not None)
         try:
             result = SIGNALS.run(
-                lambda stop: _run_stress(config_path, config, settings, target, broker_pid, stop, followers)
+                lambda stop: _run_stress(
+                    config_path, config, settings, target, broker_pid, stop, followers, argv
+                )
             )
         except* FleetError as group:
             raise click.ClickException(str(_first(group))) from None
@@ -1221,6 +1247,7 @@ async def _run_stress(
     broker_pid: int | None,
     stop: asyncio.Event,
     followers: tuple[Any, ...] = (),
+    broker_cmd: list[str] | None = None,
 ) -> Any:
     from rich.console import Console
 
@@ -1242,6 +1269,7 @@ async def _run_stress(
             broker_pid=broker_pid,
             live=live,
             stop=stop,
+            broker_cmd=broker_cmd,
         )
 
 

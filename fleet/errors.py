@@ -12,6 +12,7 @@ Exception tree::
     │   └── ConnectionLost   an open connection ended, or a QoS 1/2 message's session was discarded
     │       └── ServerDisconnected  an MQTT 5 broker sent DISCONNECT with a reason code
     ├── UnsupportedOperation a transport cannot do what was asked (go_silent over aiomqtt)
+    ├── StoreError           the broker's persistent store cannot be opened, read or written
     └── ExpectationFailed    a stream did not deliver what a test expected (also an AssertionError)
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "FleetError",
     "ProtocolError",
     "ServerDisconnected",
+    "StoreError",
     "TopicError",
     "TransportError",
     "UnsupportedOperation",
@@ -149,6 +151,11 @@ class ServerDisconnected(ConnectionLost):
 
 class UnsupportedOperation(FleetError, NotImplementedError):
     """A transport cannot do what was asked, for example `go_silent()` over aiomqtt."""
+
+
+class StoreError(FleetError):
+    """The broker's persistent store is unreadable, corrupt, of a newer schema, or cannot be written;
+    the message names the file."""
 
 
 class ExpectationFailed(FleetError, AssertionError):

@@ -153,6 +153,8 @@ class Account:
     reconnect: Histogram
     unknown: int
     broker_restarted: bool
+    # Whether the broker keeps sessions across a restart: then a session lost is a violation too.
+    broker_persistent: bool = False
 
     def qos(self, qos: int, persistent: bool | None = None) -> list[QosAccount]:
         return [
@@ -173,7 +175,7 @@ class Account:
             found.append(f"{self.wills_missing:,} of {self.wills_expected:,} expected wills never came")
         if self.wills_spurious:
             found.append(f"{self.wills_spurious:,} wills after clean ends")
-        if self.sessions_lost and not self.broker_restarted:
+        if self.sessions_lost and (self.broker_persistent or not self.broker_restarted):
             found.append(f"{self.sessions_lost:,} persistent sessions were not present on reconnect")
         if self.sessions_wrongly_present:
             found.append(f"{self.sessions_wrongly_present:,} clean sessions reported present")
@@ -194,6 +196,7 @@ class Account:
                 "lost": self.sessions_lost,
                 "wrongly_present": self.sessions_wrongly_present,
                 "broker_restarted": self.broker_restarted,
+                "broker_persistent": self.broker_persistent,
             },
             "reconnect_time_s": self.reconnect.summary(),
             "unknown_messages": self.unknown,
@@ -211,6 +214,7 @@ def account(
     reconnect: Histogram,
     *,
     broker_restarted: bool = False,
+    broker_persistent: bool = False,
 ) -> Account:
     """Set what the ledger received against what was sent.
 
@@ -258,6 +262,7 @@ def account(
         reconnect=reconnect,
         unknown=unknown,
         broker_restarted=broker_restarted,
+        broker_persistent=broker_persistent,
     )
 
 

@@ -68,6 +68,18 @@ class Observer:
         self.connects = 0
         self.sessions_lost = 0  # reconnects that found the observer's own session gone
         self.connected = asyncio.Event()
+        self._connecting = asyncio.Condition()
+
+    async def connected_after(self, connects: int, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) until the observer has connected and subscribed more than
+        `connects` times in all; whether it has."""
+        async with self._connecting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._connecting.wait_for(
+                        lambda: self.connects > connects and self.connected.is_set()
+                    )
+        return self.connects > connects
 
     def on_message(self, message: Publish) -> None:
         if message.retain:
@@ -138,6 +150,8 @@ async def observing(
                     await link.subscribe(topics)
                 subscribed.set()
                 observer.connected.set()
+                async with observer._connecting:
+                    observer._connecting.notify_all()
                 await link.closed
                 observer.connected.clear()
             except asyncio.CancelledError:

@@ -1,8 +1,9 @@
-"""The local broker as a process: the embedded broker run as a child (`fleet broker`), which the
-broker-restart stage stops and starts again, and the CPU and memory of a local broker process.
+"""The local broker as a process: the embedded broker run as a child (`fleet broker`), or an
+external broker that `fleet stress --broker-cmd` launches, which the restart-broker and crash-broker
+stages stop (SIGTERM or SIGKILL) and start again; and the CPU and memory of a local broker process.
 
 The embedded broker runs in its own process so that its CPU and RSS are its own, not the fleet's,
-and so that a restart is a real one: a new process, with nothing kept from the old one.
+and so that a restart is a real one: a new process, which keeps only what its store kept.
 """
 
 from __future__ import annotations
@@ -14,13 +15,22 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.errors import FleetError
 
-__all__ = ["BrokerProcess", "Usage", "UsageMeter", "embedded_broker", "read_usage"]
+__all__ = [
+    "BrokerProcess",
+    "ExternalBroker",
+    "Usage",
+    "UsageMeter",
+    "embedded_broker",
+    "external_broker",
+    "read_usage",
+]
 
 _LISTENING = re.compile(r"^fleet broker: listening on mqtt://(?P<host>[^\s]+):(?P<port>\d+)$")
 _START_TIMEOUT = 20.0
@@ -83,15 +93,23 @@ class UsageMeter:
 
 
 class BrokerProcess:
-    """A running `fleet broker` child; `restart()` stops it and starts a new one on the same port."""
+    """A running `fleet broker` child; `restart()` stops it and starts a new one on the same port.
 
-    def __init__(self, config: Path | None, host: str) -> None:
+    `store`: the folder of its persistent store (`--persistence`), if this class gives it one;
+    `persistent`: whether the broker keeps sessions across a restart (its own store or the config's).
+    """
+
+    def __init__(
+        self, config: Path | None, host: str, *, store: Path | None = None, persistent: bool = False
+    ) -> None:
         self._config = config
         self.host = host
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
         self.meter = UsageMeter()
         self.restarts = 0
+        self.store = store
+        self.persistent = persistent or store is not None
 
     @property
     def pid(self) -> int | None:
@@ -102,6 +120,8 @@ class BrokerProcess:
         argv += ["--host", self.host, "--port", str(self.port), "--ws-port", "0", "--sys-interval", "0"]
         if self._config is not None:
             argv += ["--config", str(self._config)]
+        if self.store is not None:
+            argv += ["--persistence", str(self.store)]
         # stderr goes to a file: a pipe nobody reads would fill up and stall the broker. Its own
         # process group keeps a terminal's Ctrl-C from it: the broker stops after the fleet has left.
         with tempfile.TemporaryFile() as errors:
@@ -121,14 +141,15 @@ class BrokerProcess:
             reason = errors.read().decode(errors="replace").strip().splitlines()
         raise FleetError(f"the embedded broker did not start: {reason[-1] if reason else 'no output'}")
 
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers; always reaped. Interrupted, it can be called again."""
+    async def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (or with `kill` SIGKILL: a crash), then SIGKILL if it lingers; always reaped.
+        Interrupted, it can be called again."""
         process = self.process
         if process is None:
             return
         self.meter.sample(process.pid)
         if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 async with asyncio.timeout(_STOP_TIMEOUT):
                     await process.communicate()
@@ -137,18 +158,77 @@ class BrokerProcess:
                 await process.wait()
         self.process = None
 
-    async def restart(self, down: float) -> None:
-        """Stop the broker, wait `down` seconds, and start a new one on the same port."""
-        await self.stop()
+    async def restart(self, down: float, *, kill: bool = False) -> None:
+        """Stop the broker (with `kill`: SIGKILL), wait `down` seconds, and start a new one on the same
+        port."""
+        await self.stop(kill=kill)
         await asyncio.sleep(down)
         await self.start()
         self.restarts += 1
 
 
+class ExternalBroker(BrokerProcess):
+    """An external broker that `fleet stress --broker-cmd` runs: `argv` started as a child, ready once
+    `host:port` (the --broker URL's) accepts a TCP connection. It is expected to keep its sessions
+    across a restart (Mosquitto with `persistence true`, say): a session lost is reported as such."""
+
+    def __init__(self, argv: Sequence[str], host: str, port: int) -> None:
+        super().__init__(None, host, persistent=True)
+        self._argv = list(argv)
+        self.port = port
+
+    async def start(self) -> None:
+        with tempfile.TemporaryFile() as output:
+            try:
+                # Its own process group, as the embedded broker's: it stops after the fleet has left.
+                process = self.process = await asyncio.create_subprocess_exec(
+                    *self._argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=output,
+                    process_group=0,
+                )
+            except OSError as exc:
+                raise FleetError(f"--broker-cmd: cannot run {self._argv[0]!r}: {exc}") from None
+            deadline = time.monotonic() + _START_TIMEOUT
+            while process.returncode is None and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection(self.host, self.port)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await process.wait()
+            await self.stop()
+            output.seek(0)
+            lines = output.read().decode(errors="replace").strip().splitlines()
+        why = (
+            lines[-1] if lines else f"nothing listened on {self.host}:{self.port} within {_START_TIMEOUT:g}s"
+        )
+        raise FleetError(f"--broker-cmd: the broker did not start: {why}")
+
+
 @contextlib.asynccontextmanager
-async def embedded_broker(config: Path | None, host: str = "127.0.0.1") -> AsyncIterator[BrokerProcess]:
-    """Run `fleet broker` (with the [broker] table of `config`) on a free port until the block exits."""
-    broker = BrokerProcess(config, host)
+async def embedded_broker(
+    config: Path | None, host: str = "127.0.0.1", *, store: Path | None = None, persistent: bool = False
+) -> AsyncIterator[BrokerProcess]:
+    """Run `fleet broker` (with the [broker] table of `config`, and the store `store`) on a free port
+    until the block exits."""
+    async with _running(BrokerProcess(config, host, store=store, persistent=persistent)) as broker:
+        yield broker
+
+
+@contextlib.asynccontextmanager
+async def external_broker(argv: Sequence[str], host: str, port: int) -> AsyncIterator[BrokerProcess]:
+    """Run the external broker `argv` until the block exits; it listens on `host:port`."""
+    async with _running(ExternalBroker(argv, host, port)) as broker:
+        yield broker
+
+
+@contextlib.asynccontextmanager
+async def _running(broker: BrokerProcess) -> AsyncIterator[BrokerProcess]:
     try:
         await broker.start()
         async with asyncio.TaskGroup() as tasks:

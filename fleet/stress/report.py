@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 
-from fleet.stress.accounting import GateResult
+from fleet.stress.accounting import Account, GateResult
 from fleet.stress.runner import StressResult
 
 __all__ = ["stress_json", "stress_table", "write_json", "write_junit"]
@@ -82,7 +82,7 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
     facts.add_row(
         "sessions",
         f"{account.sessions_resumed:,} persistent sessions resumed, {account.sessions_lost:,} lost"
-        + (" (the broker restarted)" if account.broker_restarted else "")
+        + (_restarted(account) if account.broker_restarted else "")
         + f", {account.sessions_wrongly_present:,} clean sessions wrongly present",
     )
     facts.add_row(
@@ -143,3 +143,9 @@ def write_junit(path: Path, result: StressResult, gates: list[GateResult]) -> No
     root.append(suite)
     ET.indent(root)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _restarted(account: Account) -> str:
+    if account.broker_persistent:
+        return " (the broker restarted, keeping its sessions)"
+    return " (the broker restarted without persistence)"

@@ -16,26 +16,29 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleet.config import load_table
 from fleet.errors import FleetError
 from fleet.report import Report
 from fleet.schema import FleetConfig
 from fleet.simulator import Control, Live, Target, simulate
 from fleet.stress.accounting import Account, DeviceSpec, Ledger, account
 from fleet.stress.observer import Observer, observing
-from fleet.stress.process import BrokerProcess, UsageMeter, embedded_broker
+from fleet.stress.process import BrokerProcess, UsageMeter, embedded_broker, external_broker
 from fleet.stress.proxy import FaultProxy, Shaping, fault_proxy
-from fleet.stress.scenario import Stage, StressSettings, proxied_groups
+from fleet.stress.scenario import RESTARTS, Stage, StressSettings, proxied_groups
 from fleet.transport import Endpoint
 
 __all__ = ["StressResult", "run_stress"]
 
 _QUIET = 2.0  # drain: seconds without a message after which nothing more is coming
+_OBSERVER_BACK = 30.0  # after a broker restart: the most seconds to wait for the observer's reconnect
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +75,16 @@ class _Stages:
         control: Control,
         proxies: Mapping[str, FaultProxy],
         broker: BrokerProcess | None,
+        observer: Observer,
         started: float,
     ) -> None:
         self._config = config
         self._control = control
         self._proxies = proxies
         self._broker = broker
+        self._observer = observer
+        # The observer's connect count when the broker last went down: it must reconnect after that.
+        self.observer_gone: int | None = None
         self._started = started
         self.log: list[str] = []
 
@@ -109,11 +116,13 @@ class _Stages:
             while until is None or time.monotonic() - self._started < until:
                 self._drop(stage, number, rng)
                 await asyncio.sleep(stage.period)
-        elif action == "restart-broker":
+        elif action in RESTARTS:
             assert self._broker is not None
-            self._note(f"restart-broker #{number}: stopping the broker for {stage.offline:g}s")
-            await self._broker.restart(stage.offline)
-            self._note(f"restart-broker #{number}: the broker is back")
+            how = "killing (SIGKILL)" if action == "crash-broker" else "stopping"
+            self._note(f"{action} #{number}: {how} the broker for {stage.offline:g}s")
+            self.observer_gone = self._observer.connects
+            await self._broker.restart(stage.offline, kill=action == "crash-broker")
+            self._note(f"{action} #{number}: the broker is back")
         elif action in ("reset", "half-open"):
             for proxy in self._proxies_of(stage):
                 hit = proxy.reset(stage.fraction) if action == "reset" else proxy.half_open(stage.fraction)
@@ -168,13 +177,21 @@ async def run_stress(
     broker_pid: int | None = None,
     live: Live | None = None,
     stop: asyncio.Event | None = None,
+    broker_cmd: Sequence[str] | None = None,
 ) -> StressResult:
     """Run the scenario of `settings` with the fleet of `config` against `target` (None: the embedded
-    broker, as a child process with the [broker] table of `config_path`). Setting `stop` ends the
+    broker, as a child process with the [broker] table of `config_path`, and a fresh temporary store
+    unless that table names one or `settings.persistence` is off). With `broker_cmd`, the run starts
+    that external broker itself (listening at `target`) and can restart it. Setting `stop` ends the
     fleet early, and the drain with it; the account follows, marked incomplete."""
     stages = settings.timeline
-    if target is not None and any(stage.action == "restart-broker" for stage in stages):
-        raise FleetError("restart-broker needs the embedded broker: leave out --broker")
+    restarting = [stage.action for stage in stages if stage.action in RESTARTS]
+    if target is not None and broker_cmd is None and restarting:
+        raise FleetError(
+            f"{restarting[0]} needs the embedded broker, or --broker-cmd to run the --broker one"
+        )
+    if broker_cmd is not None and target is None:
+        raise FleetError("--broker-cmd needs --broker: the URL the command's broker listens on")
     specs = _specs(config)
     stop = stop or asyncio.Event()
     ledger = Ledger()
@@ -183,9 +200,21 @@ async def run_stress(
     broker: BrokerProcess | None = None
     async with contextlib.AsyncExitStack() as stack:
         if target is None:
-            broker = await stack.enter_async_context(embedded_broker(config_path))
+            named = config_path is not None and "persistence" in load_table(config_path, "broker")
+            store = None
+            if settings.persistence and not named:
+                store = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleet-stress-store-")))
+            broker = await stack.enter_async_context(
+                embedded_broker(config_path, store=store, persistent=named)
+            )
             meter = broker.meter
             target = Target(Endpoint("mqtt", broker.host, broker.port))
+        elif broker_cmd is not None:
+            endpoint = target.endpoint
+            broker = await stack.enter_async_context(
+                external_broker(broker_cmd, endpoint.host, endpoint.port)
+            )
+            meter = broker.meter
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         if broker_pid is not None:
             meter = UsageMeter()
@@ -206,7 +235,7 @@ async def run_stress(
             )
         started_wall = time.time()
         started = time.monotonic()
-        engine = _Stages(config, control, proxies, broker, started)
+        engine = _Stages(config, control, proxies, broker, observer, started)
         async with asyncio.TaskGroup() as timeline:
             running = [
                 timeline.create_task(engine.run(number, stage), name=f"fleet.stress.stage[{number}]")
@@ -226,6 +255,16 @@ async def run_stress(
                 for task in running:
                     task.cancel()
         fleet_s = time.monotonic() - started
+        # What the observer reports of a restart (its own session kept or lost) must be in before the
+        # account: it reconnects with backoff, and the run may have ended just after the broker came back.
+        # A run cut short by a signal does not wait.
+        interrupted = stop is not None and stop.is_set()
+        if (
+            engine.observer_gone is not None
+            and not interrupted
+            and not await observer.connected_after(engine.observer_gone, _OBSERVER_BACK)
+        ):
+            engine.log.append(f"the observer had not reconnected {_OBSERVER_BACK:g}s after the run")
         for proxy in proxies.values():  # faults end with the run: what they held may still arrive
             proxy.shape(None)
             proxy.blackhole(False)
@@ -245,12 +284,14 @@ async def run_stress(
         connects,
         report.fleet().reconnect_time,
         broker_restarted=broker is not None and broker.restarts > 0,
+        broker_persistent=broker is not None and broker.persistent,
     )
     complete = not stop.is_set()
     meta: dict[str, Any] = {
         "scenario": settings.scenario or "config",
         "complete": complete,
-        "broker": "embedded" if broker is not None else str(target.endpoint),
+        "broker": "embedded" if broker is not None and broker_cmd is None else str(target.endpoint),
+        "broker_persistent": broker is not None and broker.persistent,
         "devices": config.size,
         "seed": config.seed,
         "started": round(started_wall, 3),

@@ -5,11 +5,12 @@ A stage happens `at` seconds into the run, to a `fraction` of one `group` (or of
 
     [[stress.stages]]
     at = 10
-    action = "drop"        # drop, flap, restart-broker, latency, bandwidth, blackhole, reset, half-open
+    action = "drop"        # drop, flap, restart-broker, crash-broker, latency, bandwidth, blackhole,
+                           # reset, half-open
     group = "thermo"       # omit: every group
     fraction = 0.3
     end = "abrupt"         # drop and flap: abrupt, silent or clean
-    offline = 1.0          # seconds offline before reconnecting (restart-broker: seconds down)
+    offline = 1.0          # seconds offline before reconnecting (restart/crash-broker: seconds down)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fleet.schema import FleetConfig
 
 __all__ = [
     "FAULTS",
+    "RESTARTS",
     "SCENARIOS",
     "Action",
     "Stage",
@@ -34,7 +36,19 @@ __all__ = [
     "proxied_groups",
 ]
 
-Action = Literal["drop", "flap", "restart-broker", "latency", "bandwidth", "blackhole", "reset", "half-open"]
+Action = Literal[
+    "drop",
+    "flap",
+    "restart-broker",
+    "crash-broker",
+    "latency",
+    "bandwidth",
+    "blackhole",
+    "reset",
+    "half-open",
+]
+# Actions that stop the broker and start it again: SIGTERM, or SIGKILL for a crash.
+RESTARTS: frozenset[str] = frozenset({"restart-broker", "crash-broker"})
 # Actions the fault proxy carries out: the groups they name connect through it.
 FAULTS: frozenset[str] = frozenset({"latency", "bandwidth", "blackhole", "reset", "half-open"})
 # The fields each action takes (`duration`: lasting faults, lifted after that many seconds).
@@ -44,6 +58,7 @@ _FIELDS: dict[str, frozenset[str]] = {
         "drop": ("group", "fraction", "end", "offline"),
         "flap": ("group", "fraction", "end", "offline", "period", "duration"),
         "restart-broker": ("offline",),
+        "crash-broker": ("offline",),
         "latency": ("group", "latency_ms", "jitter_ms", "duration"),
         "bandwidth": ("group", "rate", "duration"),
         "blackhole": ("group", "duration"),
@@ -65,7 +80,9 @@ class Stage(_Model):
     group: str | None = Field(default=None, description="the group it hits; none: every group")
     fraction: float = Field(default=1.0, gt=0, le=1, description="of the group's devices (connections)")
     end: Literal["abrupt", "silent", "clean"] = Field(default="abrupt", description="drop and flap")
-    offline: float = Field(default=0.0, ge=0, description="seconds offline; restart-broker: seconds down")
+    offline: float = Field(
+        default=0.0, ge=0, description="seconds offline; restart/crash-broker: seconds down"
+    )
     duration: float | None = Field(default=None, gt=0, description="flap and proxy faults; none: to the end")
     period: float = Field(default=2.0, gt=0, description="flap: seconds between two drops")
     latency_ms: float = Field(default=0.0, ge=0, description="latency: added one-way delay")
@@ -102,6 +119,10 @@ class StressSettings(_Model):
     drain: float = Field(default=10.0, ge=0, description="most seconds to wait for the last deliveries")
     fraction: float = Field(default=0.3, gt=0, le=1, description="of every group, for built-in scenarios")
     stages: tuple[Stage, ...] = Field(default=(), strict=False, description="the timeline")
+    persistence: bool = Field(
+        default=True,
+        description="the embedded broker keeps a store: a fresh temporary one, unless [broker] names one",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> StressSettings:
@@ -137,6 +158,7 @@ def builtin_stages(name: str, duration: float, fraction: float) -> tuple[Stage, 
         ],
         "silent": [Stage(at=third, action="drop", fraction=fraction, end="silent")],
         "broker-restart": [Stage(at=third, action="restart-broker", offline=1.0)],
+        "broker-crash": [Stage(at=third, action="crash-broker", offline=1.0)],
         "latency": [Stage(at=third, action="latency", latency_ms=200, jitter_ms=100, duration=third)],
         "bandwidth": [Stage(at=third, action="bandwidth", rate=2000, duration=third)],
         "partition": [Stage(at=third, action="blackhole", duration=round(min(third, 5.0), 3))],
@@ -152,6 +174,7 @@ SCENARIOS = (
     "flapping",
     "silent",
     "broker-restart",
+    "broker-crash",
     "latency",
     "bandwidth",
     "partition",

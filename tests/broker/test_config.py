@@ -58,6 +58,19 @@ def test_file_table_with_relative_paths_and_command_line_overrides(tmp_path: Pat
     assert settings.acl_file == tmp_path / "acl"
 
 
+def test_persistence_is_off_by_default_and_its_folder_is_relative_to_the_file(tmp_path: Path) -> None:
+    """No store by default; `persistence = "DIR"` is taken from the file's folder, with its sync mode."""
+    assert BrokerSettings().persistence is None
+    config = tmp_path / "fleet.toml"
+    config.write_text('[broker]\npersistence = "store"\nsync = "interval"\nsync_interval = 250\n')
+    settings = load_broker_settings(config, {})
+    assert (settings.persistence, settings.sync, settings.sync_interval) == (
+        tmp_path / "store",
+        "interval",
+        250,
+    )
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -66,6 +79,7 @@ def test_file_table_with_relative_paths_and_command_line_overrides(tmp_path: Pat
         ('tls_cert = "c.pem"', "broker.tls_key: required with tls_cert"),
         ("allow_anonymous = false", "broker.allow_anonymous: false without a password_file"),
         ("colour = 1", "broker.colour: unknown key"),
+        ('sync = "sometimes"', "broker.sync: Input should be 'always', 'interval' or 'never'"),
         ('cafile = "ca.pem"', "broker.cafile: checks client certificates on the TLS listener"),
         (
             'tls_cert = "c.pem"\ntls_key = "k.pem"\nrequire_certificate = true',

@@ -22,7 +22,7 @@ from fleet.stress.accounting import Account
 from fleet.stress.runner import StressResult, run_stress
 from fleet.stress.scenario import SCENARIOS, Stage, StressSettings
 from fleet.transport import Endpoint
-from tests.procs import FleetBroker, Mosquitto, Paho, Proc, fleet_argv, run
+from tests.procs import MOSQUITTO, FleetBroker, Mosquitto, Paho, Proc, fleet_argv, free_port, run
 
 RUN_TIMEOUT = 60.0  # the bound on one whole stress run; a passing run takes a few seconds
 
@@ -49,8 +49,12 @@ EXACTLY_ONCE = {"name": "x", "count": 4, "qos": {"telemetry": 2}, "clean_session
 AT_MOST_ONCE = {"name": "z", "count": 4}
 
 
-def settings(scenario: str | None = None, *stages: Stage, duration: float = 3.0) -> StressSettings:
-    return StressSettings(scenario=scenario, duration=duration, drain=5.0, fraction=0.5, stages=stages)
+def settings(
+    scenario: str | None = None, *stages: Stage, duration: float = 3.0, persistence: bool = True
+) -> StressSettings:
+    return StressSettings(
+        scenario=scenario, duration=duration, drain=5.0, fraction=0.5, stages=stages, persistence=persistence
+    )
 
 
 async def stress(
@@ -138,13 +142,15 @@ async def test_proxy_latency_shows_in_the_delivery_latency() -> None:
 
 
 async def test_broker_restart_reports_that_the_embedded_broker_loses_sessions() -> None:
-    """The embedded broker keeps sessions in memory only: after a restart none is present, as reported."""
+    """Without persistence the embedded broker keeps sessions in memory only: after a restart none is
+    present, as reported, and that is not counted as a violation."""
     config = fleet({**PERSISTENT, "count": 6})
     # The restart comes at a third of the run; a new broker process can take 2 s to listen on a busy
     # machine, and the devices and the observer must reconnect after that, before the run ends.
-    result = await stress(config, settings("broker-restart", duration=6.0))
+    result = await stress(config, settings("broker-restart", duration=6.0, persistence=False))
     account = result.account
     assert account.broker_restarted
+    assert not account.broker_persistent
     assert account.sessions_lost == 6, result.meta["timeline"]
     assert account.sessions_resumed == 0
     assert account.reconnect.count == 6
@@ -205,9 +211,55 @@ async def test_proxy_resets_on_mosquitto_keep_the_promises(mosquitto_broker: Mos
 
 
 async def test_restart_broker_against_an_external_broker_is_refused(mosquitto_broker: Mosquitto) -> None:
-    """Only the embedded broker can be restarted: asking it of an external one is an error before any run."""
-    with pytest.raises(FleetError, match="restart-broker needs the embedded broker"):
+    """An external broker that the run did not start cannot be restarted: an error before any run."""
+    with pytest.raises(FleetError, match="restart-broker needs the embedded broker, or --broker-cmd"):
         await stress(fleet(AT_MOST_ONCE), settings("broker-restart"), on(mosquitto_broker))
+
+
+def check_kept_everything(result: StressResult, devices: int) -> None:
+    """Every persistent session resumed after the restart and no acknowledged QoS 1/2 message lost:
+    the expectation for a broker that persists."""
+    account = result.account
+    assert account.broker_restarted
+    assert account.broker_persistent
+    assert (account.sessions_resumed, account.sessions_lost) == (devices, 0), result.meta["timeline"]
+    assert all(row.lost_by_broker == 0 for row in account.telemetry), account.telemetry
+    assert result.meta["observer"]["sessions_lost"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["broker-restart", "broker-crash"])
+async def test_the_embedded_broker_with_persistence_keeps_every_session_and_message(scenario: str) -> None:
+    """With its store (a fresh temporary one by default), the embedded broker stopped by SIGTERM or
+    killed by SIGKILL resumes every persistent session and loses no acknowledged QoS 1/2 message."""
+    config = fleet({**PERSISTENT, "count": 6}, {**EXACTLY_ONCE, "count": 2})
+    # The restart comes at a third of the run; a new broker process can take 2 s or more to listen on
+    # a busy machine, and every device must reconnect after that, before the run ends.
+    result = await stress(config, settings(scenario, duration=9.0))
+    check_kept_everything(result, 8)
+    assert result.account.violations == []
+    assert any("SIGKILL" in line for line in result.meta["timeline"]) == (scenario == "broker-crash")
+
+
+async def test_broker_cmd_restarts_an_external_broker(tmp_path: Path) -> None:
+    """With --broker-cmd the run starts Mosquitto (persistence true) itself and restarts it: every
+    persistent session resumes, as with the embedded broker."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        # As root, Mosquitto would switch to its own user, which may not write in tmp_path.
+        f"persistence_location {tmp_path}/\nuser root\nlog_dest none\n"
+    )
+    config = fleet({**PERSISTENT, "count": 6})
+    target = Target(Endpoint("mqtt", "127.0.0.1", port))
+    result = await stress(
+        config, settings("broker-restart", duration=8.0), target, broker_cmd=[MOSQUITTO, "-c", str(conf)]
+    )
+    check_kept_everything(result, 6)
+    assert result.broker_cpu_s is not None
+    assert not any("lost in persistent sessions" in v for v in result.account.violations)
 
 
 # The real CLI
@@ -363,3 +415,13 @@ def test_an_interrupted_run_passes_no_gate(
     assert suite is not None
     failures = [case.get("name") for case in suite.iter("testcase") if case.find("failure") is not None]
     assert failures == ["max-loss-qos1", "require-wills", "complete"]
+
+
+def test_broker_cmd_without_broker_is_refused(tmp_path: Path) -> None:
+    """--broker-cmd needs --broker (the URL its broker listens on): a usage error before any run."""
+    config = tmp_path / "stress.toml"
+    config.write_text(CONFIG.format(tag=uuid.uuid4().hex[:6]))
+    done = run(fleet_argv("stress", config, "--scenario", "broker-crash", "--broker-cmd", "mosquitto"))
+    assert done.returncode == 2, done.stderr
+    assert "--broker-cmd" in done.stderr
+    assert "--broker with the URL it listens on" in done.stderr
