@@ -22,6 +22,7 @@ __all__ = [
     "SUBACK_FAILURE",
     "Connack",
     "Connect",
+    "Cursor",
     "Disconnect",
     "FrameReader",
     "PacketId",
@@ -204,26 +205,33 @@ class FrameReader:
         return len(self._buffer)
 
 
-class _Cursor:
-    __slots__ = ("data", "pos")
+class Cursor:
+    """Reads one packet body's fields in order; an error names the field and the spec statement.
 
-    def __init__(self, data: bytes) -> None:
+    MQTT 3.1.1 and MQTT 5 (fleet.mqtt.v5) share it; they number the UTF-8 rules differently.
+    """
+
+    __slots__ = ("data", "pos", "where")
+    UTF8_RULE = "MQTT-1.5.3"  # MQTT 3.1.1's numbering; MQTT 5 says MQTT-1.5.4
+
+    def __init__(self, data: bytes, where: str = "packet") -> None:
         self.data = data
         self.pos = 0
+        self.where = where
 
     def remaining(self) -> int:
         return len(self.data) - self.pos
 
     def u8(self, what: str) -> int:
         if self.pos >= len(self.data):
-            raise ProtocolError(f"packet too short: {what} is missing")
+            raise ProtocolError(f"{self.where} too short: {what} is missing")
         value = self.data[self.pos]
         self.pos += 1
         return value
 
     def u16(self, what: str) -> int:
         if self.pos + 2 > len(self.data):
-            raise ProtocolError(f"packet too short: {what} is missing")
+            raise ProtocolError(f"{self.where} too short: {what} is missing")
         (value,) = _U16.unpack_from(self.data, self.pos)
         self.pos += 2
         return int(value)
@@ -232,7 +240,7 @@ class _Cursor:
         length = self.u16(what)
         end = self.pos + length
         if end > len(self.data):
-            raise ProtocolError(f"packet too short: {what} claims {length} bytes")
+            raise ProtocolError(f"{self.where} too short: {what} claims {length} bytes")
         value = self.data[self.pos : end]
         self.pos = end
         return value
@@ -242,13 +250,13 @@ class _Cursor:
         try:
             value = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"{what} is not valid UTF-8 [MQTT-1.5.3-1]") from exc
+            raise ProtocolError(f"{self.where} {what} is not valid UTF-8 [{self.UTF8_RULE}-1]") from exc
         if "\x00" in value:
-            raise ProtocolError(f"{what} contains U+0000 [MQTT-1.5.3-2]")
+            raise ProtocolError(f"{self.where} {what} contains U+0000 [{self.UTF8_RULE}-2]")
         return value
 
 
-def _packet_id(cursor: _Cursor, what: str) -> int:
+def _packet_id(cursor: Cursor, what: str) -> int:
     value = cursor.u16(f"{what} packet identifier")
     if value == 0:
         raise ProtocolError(f"{what} packet identifier must be non-zero [MQTT-2.3.1-1]")
@@ -331,7 +339,7 @@ def _decode_publish(flags: int, body: bytes) -> Publish:
     dup = bool(flags & 0x08)
     if dup and qos == 0:
         raise ProtocolError("PUBLISH with DUP set at QoS 0 [MQTT-3.3.1-2]")
-    cursor = _Cursor(body)
+    cursor = Cursor(body)
     topic = cursor.text("PUBLISH topic name")
     try:
         validate_topic(topic)
@@ -342,7 +350,7 @@ def _decode_publish(flags: int, body: bytes) -> Publish:
 
 
 def _decode_connect(body: bytes) -> Connect:
-    cursor = _Cursor(body)
+    cursor = Cursor(body)
     name = cursor.text("CONNECT protocol name")
     level = cursor.u8("CONNECT protocol level")
     if (name, level) not in (("MQTT", 4), ("MQIsdp", 3)):
@@ -378,7 +386,7 @@ def _decode_connect(body: bytes) -> Connect:
 
 
 def _decode_subscribe(body: bytes) -> Subscribe:
-    cursor = _Cursor(body)
+    cursor = Cursor(body)
     packet_id = _packet_id(cursor, "SUBSCRIBE")
     topics: list[tuple[str, int]] = []
     while cursor.remaining():
@@ -393,7 +401,7 @@ def _decode_subscribe(body: bytes) -> Subscribe:
 
 
 def _decode_unsubscribe(body: bytes) -> Unsubscribe:
-    cursor = _Cursor(body)
+    cursor = Cursor(body)
     packet_id = _packet_id(cursor, "UNSUBSCRIBE")
     filters: list[str] = []
     while cursor.remaining():

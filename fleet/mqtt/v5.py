@@ -21,6 +21,7 @@ from fleet.mqtt.properties import (
     encode_properties,
     encode_variable_int,
 )
+from fleet.packets import Cursor
 from fleet.topics import validate_filter, validate_topic
 
 __all__ = [
@@ -195,49 +196,11 @@ def split_shared(topic_filter: str) -> tuple[str, str]:
     return group, inner
 
 
-class _Cursor:
-    __slots__ = ("data", "pos", "where")
+class _Cursor(Cursor):
+    """The 3.1.1 cursor, with MQTT 5's numbering of the UTF-8 rules, properties and reason codes."""
 
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data = data
-        self.pos = 0
-        self.where = where
-
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-    def u8(self, what: str) -> int:
-        if self.pos >= len(self.data):
-            raise ProtocolError(f"{self.where} too short: {what} is missing")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def u16(self, what: str) -> int:
-        if self.pos + 2 > len(self.data):
-            raise ProtocolError(f"{self.where} too short: {what} is missing")
-        (value,) = _U16.unpack_from(self.data, self.pos)
-        self.pos += 2
-        return int(value)
-
-    def binary(self, what: str) -> bytes:
-        length = self.u16(what)
-        end = self.pos + length
-        if end > len(self.data):
-            raise ProtocolError(f"{self.where} too short: {what} claims {length} bytes")
-        value = self.data[self.pos : end]
-        self.pos = end
-        return value
-
-    def text(self, what: str) -> str:
-        raw = self.binary(what)
-        try:
-            value = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError(f"{self.where} {what} is not valid UTF-8 [MQTT-1.5.4-1]") from exc
-        if "\x00" in value:
-            raise ProtocolError(f"{self.where} {what} contains U+0000 [MQTT-1.5.4-2]")
-        return value
+    __slots__ = ()
+    UTF8_RULE = "MQTT-1.5.4"
 
     def properties(self, packet_type: int) -> Properties:
         properties, self.pos = decode_properties(self.data, self.pos, packet_type)
