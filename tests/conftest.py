@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from broker.config import BrokerSettings
 from broker.server import Broker, running
@@ -51,3 +53,20 @@ async def raw_client(broker: Broker) -> AsyncIterator[Callable[[], Any]]:
     yield open_client
     for client in clients:
         await client.close()
+
+
+# Browser tests (the dashboard, the HTML report)
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium; Playwright downloads no browser of its own."""
+    assert CHROMIUM is not None
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()

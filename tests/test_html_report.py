@@ -5,37 +5,24 @@ error and shows its charts and tables with the figures of the run's JSON report.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from tests.conftest import CHROMIUM
 from tests.procs import fleet_argv, run
 from tests.test_metrics import FLEET, STRESS
 
-CHROMIUM = shutil.which("chromium")
 RUN_TIMEOUT = 60.0
 expect.set_options(timeout=10_000)
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
 )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Headless Debian Chromium; Playwright downloads no browser of its own."""
-    assert CHROMIUM is not None
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture

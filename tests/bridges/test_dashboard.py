@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from bridges.app import SSE_TRANSPORT, WS_TRANSPORT
 from bridges.auth import Access
@@ -40,10 +39,10 @@ from tests.bridges.conftest import (
     running_bridge,
     wait_until,
 )
+from tests.conftest import CHROMIUM
 from tests.procs import ROOT
 from tests.rawmqtt import RawClient
 
-CHROMIUM = shutil.which("chromium")
 TIMEOUT = 10.0
 TIMEOUT_MS = TIMEOUT * 1000
 expect.set_options(timeout=TIMEOUT_MS)
@@ -51,18 +50,6 @@ expect.set_options(timeout=TIMEOUT_MS)
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
 )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """Headless Debian Chromium; Playwright downloads no browser of its own."""
-    assert CHROMIUM is not None
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @pytest.fixture
