@@ -80,11 +80,13 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    | " + line for line in text.splitlines()[-lines:])
 
 
-def raise_fd_limit(need: int) -> int:
+def raise_fd_limit(need: int, cap: int | None = None) -> int:
+    """Raise the soft fd limit, which children inherit, to the hard one, or to `cap` if that is lower."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-        soft = hard
+    want = hard if cap is None else cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
     if need > soft:
         raise SystemExit(f"need ~{need} file descriptors, the limit is {soft} (hard {hard})")
     return soft
