@@ -23,7 +23,7 @@ per device, and so does the single fleet process).
   script has checked them and sends SIGTERM.
 - The fleet: --devices (16,000) in two groups, as in tests/test_rehearsal.py: 3/4 sensors at
   QoS 0 and 1/4 trackers at QoS 1, each sending telemetry every --interval s +-10 % (10 s: 1,600
-  msg/s for 16,000 devices). The fleet-wide connect ramp is --connect-rate (1,000/s); the config's
+  msg/s for 16,000 devices). The fleet-wide connect ramp is --connect-rate (500/s); the config's
   ``connect_rate`` is per process, so each shard's config gets 1/4 of it.
 - Connect time: from the spawn of the fleet processes until the sum of their fleet_devices_online,
   read from their own /metrics every 0.25 s, is the fleet's size; also from the moment the last of
@@ -435,7 +435,9 @@ def run_phase(args: argparse.Namespace, phase: str, workdir: Path, prom: Prometh
         )
     finally:
         for proc in fleet:
-            proc.stop()  # SIGTERM ends the --metrics-hold: exit code 0
+            proc.terminate()  # ends the --metrics-hold (exit code 0), or the run: all shut down at once
+        for proc in fleet:
+            proc.stop(args.shutdown_timeout)
             res.exit_codes[proc.name] = None if proc.proc is None else proc.proc.returncode
         broker.stop()
         res.exit_codes[broker.name] = None if broker.proc is None else broker.proc.returncode
@@ -534,7 +536,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=16_000, help="the fleet's size")
     p.add_argument("--shards", type=int, default=4, help="fleet processes in the shards phase")
     p.add_argument("--interval", type=float, default=10.0, help="each device's telemetry interval (s)")
-    p.add_argument("--connect-rate", type=float, default=1_000.0, help="fleet-wide connects/s")
+    p.add_argument("--connect-rate", type=float, default=500.0, help="fleet-wide connects/s")
     p.add_argument("--warmup", type=float, help="wait once all are online (s); default: one --interval")
     p.add_argument("--seconds", type=float, default=20.0, help="measurement window after the warm-up (s)")
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
@@ -545,7 +547,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="cap on the connect phase (s); default: 2 x devices / connect rate + 15",
     )
     p.add_argument("--ready-timeout", type=float, default=30.0, help="cap on a process's start-up (s)")
-    p.add_argument("--shutdown-timeout", type=float, default=60.0, help="cap on a fleet's shutdown (s)")
+    p.add_argument("--shutdown-timeout", type=float, default=60.0, help="cap on a process's shutdown (s)")
     p.add_argument("--prometheus-timeout", type=float, default=20.0, help="cap on Prometheus catching up (s)")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument(
@@ -612,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         for proc in list(Proc.LIVE):  # last resort: whatever a phase could not stop itself
-            proc.stop()
+            proc.stop(args.shutdown_timeout)
     print(report(phases, args))
     if args.json:
         doc = {

@@ -181,6 +181,7 @@ class Proc:
         self.env = None if env is None else {**os.environ, **env}  # the child's: ours, plus `env`
         self.proc: subprocess.Popen[bytes] | None = None
         self.ps: psutil.Process | None = None
+        self.terminated = False
 
     def start(self) -> None:
         with self.log_path.open("wb") as log:
@@ -216,8 +217,14 @@ class Proc:
                 return int(self.ps.memory_info().rss)
         return 0
 
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one may cut a clean shutdown short."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.terminate()
+            self.terminated = True
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` s: only this process's own PID."""
+        """SIGTERM (unless sent already), then SIGKILL after `timeout` s: only this process's own PID."""
         Proc.LIVE.discard(self)
         proc = self.proc
         if proc is None:
@@ -228,7 +235,7 @@ class Proc:
                     pipe.close()
         if proc.poll() is not None:
             return
-        proc.terminate()
+        self.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
