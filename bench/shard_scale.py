@@ -39,7 +39,8 @@ per device, and so does the single fleet process).
   sum(mqtt_broker_connections) must reach the fleet's size; after the run, its fleet-wide sums
   (messages published and acked by QoS, connects, reconnects, connect failures, wills expected,
   devices) must equal the report: the shards' merged by ``fleet report merge DIR``, or the single
-  process's.
+  process's. So must the broker's: the wills it published equal the wills expected, and the
+  messages it received the messages published plus those wills.
 - Load: the host's 1-minute load average is sampled every poll. A WARN line names a phase whose
   load average passed the CPU count, or in whose window other processes used more than 25 % of a
   core: its CPU figures are then suspect.
@@ -268,16 +269,22 @@ def report_figures(report: dict[str, Any]) -> dict[str, float]:
     for kind in ("published", "acked"):
         for qos, count in fleet[kind].items():
             figures[f"{kind}{{qos={qos}}}"] = float(count)
+    # The broker's side: it got every PUBLISH written, and it published the wills expected, no more.
+    figures["broker wills"] = figures["wills_expected"]
+    figures["broker received"] = sum(fleet["published"].values()) + figures["wills_expected"]
     return figures
 
 
 def prometheus_figures(prom: Prometheus, phase: str, want: dict[str, float]) -> dict[str, float]:
-    """The same figures, summed by Prometheus over the phase's fleet."""
+    """The same figures, summed by Prometheus over the phase's fleet (and its broker's)."""
     sel = f'{{phase="{phase}",role="fleet"}}'
     got = {key: prom.query(f"sum({metric}{sel})").get("", -1.0) for key, metric in COUNTERS.items()}
     for kind in ("published", "acked"):
         by_qos = prom.query(f"sum by (qos) (fleet_messages_{kind}_total{sel})")
         got.update({f"{kind}{{{labels}}}": value for labels, value in by_qos.items()})
+    broker = f'{{phase="{phase}",role="broker"}}'
+    for key, metric in (("wills", "wills_published"), ("received", "messages_received")):
+        got[f"broker {key}"] = prom.query(f"sum(mqtt_broker_{metric}_total{broker})").get("", -1.0)
     for key in want:
         got.setdefault(key, -1.0)
     return got
