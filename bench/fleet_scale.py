@@ -641,19 +641,6 @@ def child_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def stop_pid(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout` s: only this process's own PID."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        print(f"  ! {name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
-        proc.kill()
-        proc.wait(5)
-
-
 class BenchError(Exception):
     """Something failed that makes the rest of a run meaningless."""
 
@@ -714,7 +701,7 @@ class Mosquitto:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_pid(self.proc, "mosquitto")
+            support.stop_pid(self.proc, "mosquitto")
 
 
 class SysObserver:
@@ -961,7 +948,7 @@ class Child:
         if self._transport is not None:
             self._transport.close()
         if self.proc is not None:
-            stop_pid(self.proc, "simulator child")
+            support.stop_pid(self.proc, "simulator child")
 
 
 async def run_one(args: argparse.Namespace, sim: str, phase: str, workdir: Path) -> Run:

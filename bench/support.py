@@ -150,6 +150,22 @@ def fsync_latency(folder: Path, seconds: float) -> float:
         path.unlink()
 
 
+def stop_pid(
+    proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0, *, signalled: bool = False
+) -> None:
+    """SIGTERM (unless `signalled` already), then SIGKILL after `timeout` s: only this process's own PID."""
+    if proc.poll() is not None:
+        return
+    if not signalled:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  ! {name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
+        proc.kill()
+        proc.wait(5)
+
+
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Best effort: the child gets SIGTERM if this process dies without cleaning up (Linux)."""
     with contextlib.suppress(Exception):
@@ -233,12 +249,4 @@ class Proc:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-        if proc.poll() is not None:
-            return
-        self.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"  ! {self.name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
-            proc.kill()
-            proc.wait(5)
+        stop_pid(proc, self.name, timeout, signalled=self.terminated)
