@@ -121,7 +121,7 @@ def fleet_cmd(*args: object) -> list[str]:
 
 
 def wait_for(proc: Proc, pattern: re.Pattern[str] | str, deadline: float) -> str:
-    """The first match of `pattern` (or the line holding the string) in `proc`'s log, by `deadline`."""
+    """`pattern`'s first group in `proc`'s log (a plain string: itself, once it is there), by `deadline`."""
     for _ in range(int((deadline - time.monotonic()) / 0.05) + 2):
         text = proc.log_path.read_text(errors="replace")
         if isinstance(pattern, str):
