@@ -446,7 +446,7 @@ def run_phase(args: argparse.Namespace, phase: str, workdir: Path, prom: Prometh
         for proc in fleet:
             proc.stop(args.shutdown_timeout)
             res.exit_codes[proc.name] = None if proc.proc is None else proc.proc.returncode
-        broker.stop()
+        broker.stop(args.shutdown_timeout)
         res.exit_codes[broker.name] = None if broker.proc is None else broker.proc.returncode
 
 
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             workdir = support.workdir(stack, args.log_dir, "shard_scale-")
             prom = Prometheus(workdir / "prometheus", args.scrape_interval)
-            stack.callback(prom.stop)
+            stack.callback(prom.stop, args.shutdown_timeout)
             prom.start()
             prom.wait_ready(time.monotonic() + args.ready_timeout)
             for name in args.phases:
