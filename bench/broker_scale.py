@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime
 import functools
 import gc
@@ -401,12 +400,6 @@ async def open_client(
 # --------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Best effort: the broker gets SIGTERM if this process dies without cleaning up (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Broker:
     """One broker subprocess on a free loopback port, its output in a log file."""
 
@@ -495,7 +488,7 @@ class Broker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=root,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=support.die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
             )
         self.ps = psutil.Process(self.proc.pid)
 

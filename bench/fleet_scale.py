@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime
 import gc
 import hashlib
@@ -642,25 +641,6 @@ def child_main(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Best effort: the child gets SIGTERM if this process dies without cleaning up (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def stop_pid(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout` s: only this process's own PID."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        print(f"  ! {name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
-        proc.kill()
-        proc.wait(5)
-
-
 class BenchError(Exception):
     """Something failed that makes the rest of a run meaningless."""
 
@@ -685,7 +665,7 @@ class Mosquitto:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches this script only; it stops the broker
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=support.die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
             )
         self.ps = psutil.Process(self.proc.pid)
 
@@ -721,7 +701,7 @@ class Mosquitto:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_pid(self.proc, "mosquitto")
+            support.stop_pid(self.proc, "mosquitto")
 
 
 class SysObserver:
@@ -916,7 +896,7 @@ class Child:
                 stderr=log,
                 cwd=ROOT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                preexec_fn=support.die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
             )
         self.ps = psutil.Process(self.proc.pid)
 
@@ -968,7 +948,7 @@ class Child:
         if self._transport is not None:
             self._transport.close()
         if self.proc is not None:
-            stop_pid(self.proc, "simulator child")
+            support.stop_pid(self.proc, "simulator child")
 
 
 async def run_one(args: argparse.Namespace, sim: str, phase: str, workdir: Path) -> Run:

@@ -1,4 +1,5 @@
-"""Helpers the benchmarks share: ports, CPU and TCP counters, fd limits, formatting, run records.
+"""Helpers the benchmarks share: ports, CPU and TCP counters, fd limits, formatting, run records, and
+subprocesses stopped by their own PIDs.
 
 The benchmarks run as scripts (`python bench/NAME.py`), so this module is imported by its plain name.
 """
@@ -7,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import datetime
 import os
 import platform
 import resource
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +80,13 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    | " + line for line in text.splitlines()[-lines:])
 
 
-def raise_fd_limit(need: int) -> int:
+def raise_fd_limit(need: int, cap: int | None = None) -> int:
+    """Raise the soft fd limit, which children inherit, to the hard one, or to `cap` if that is lower."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-        soft = hard
+    want = hard if cap is None else cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
     if need > soft:
         raise SystemExit(f"need ~{need} file descriptors, the limit is {soft} (hard {hard})")
     return soft
@@ -141,3 +148,105 @@ def fsync_latency(folder: Path, seconds: float) -> float:
     finally:
         os.close(fd)
         path.unlink()
+
+
+def stop_pid(
+    proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0, *, signalled: bool = False
+) -> None:
+    """SIGTERM (unless `signalled` already), then SIGKILL after `timeout` s: only this process's own PID."""
+    if proc.poll() is not None:
+        return
+    if not signalled:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"  ! {name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
+        proc.kill()
+        proc.wait(5)
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Best effort: the child gets SIGTERM if this process dies without cleaning up (Linux)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class BenchError(Exception):
+    """Something failed that makes the rest of a phase (or run) meaningless."""
+
+
+class Proc:
+    """A subprocess in its own session, its output in a log file; stop() signals only its PID."""
+
+    LIVE: set[Proc] = set()  # noqa: RUF012 - every started process, for the last-resort cleanup
+
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        log_path: Path,
+        *,
+        pipes: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_path
+        self.pipes = pipes
+        self.env = None if env is None else {**os.environ, **env}  # the child's: ours, plus `env`
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ps: psutil.Process | None = None
+        self.terminated = False
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.PIPE if self.pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if self.pipes else log,
+                stderr=log if self.pipes else subprocess.STDOUT,
+                cwd=ROOT,
+                env=self.env,
+                start_new_session=True,  # Ctrl-C reaches this script only; it stops the others
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+            )
+        Proc.LIVE.add(self)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def check_alive(self) -> None:
+        if self.proc is None:
+            return
+        rc = self.proc.poll()
+        if rc is not None:
+            raise BenchError(f"{self.name} exited with code {rc}; log tail:\n{log_tail(self.log_path)}")
+
+    def cpu_seconds(self) -> float:
+        if self.ps is not None:
+            with contextlib.suppress(psutil.Error):
+                return cpu_seconds(self.ps)
+        return 0.0
+
+    def rss(self) -> int:
+        if self.ps is not None:
+            with contextlib.suppress(psutil.Error):
+                return int(self.ps.memory_info().rss)
+        return 0
+
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one may cut a clean shutdown short."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminated:
+            self.proc.terminate()
+            self.terminated = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (unless sent already), then SIGKILL after `timeout` s: only this process's own PID."""
+        Proc.LIVE.discard(self)
+        proc = self.proc
+        if proc is None:
+            return
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        stop_pid(proc, self.name, timeout, signalled=self.terminated)

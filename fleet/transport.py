@@ -335,9 +335,10 @@ class Link(asyncio.Protocol):
         `on_message` is never called before this returns: messages that come with the CONNACK (a
         persistent session's queue) are delivered, and acknowledged, once the caller next yields.
         Raises ConnectRefused for a refusal, TransportError if the connection fails or times out,
-        and ProtocolError if the broker answers with something other than CONNACK. Cancelled once
-        CONNECT is sent, it sends DISCONNECT before it closes: the broker may have accepted the
-        CONNECT, and a cancelled connect is a shutdown, not a loss, so no will fires.
+        and ProtocolError if the broker answers with something other than CONNACK. Cancelled or timed
+        out once CONNECT is sent, it sends DISCONNECT before it closes: the broker may have accepted
+        the CONNECT (or accept it late), and a connect given up is a shutdown or a failed connect, not
+        a loss, so no will fires.
         """
         link = cls(session, on_message, max_packet_size=max_packet_size)
         present = await link._open(endpoint, connect, tls_context(endpoint, ssl), timeout)
@@ -379,7 +380,13 @@ class Link(asyncio.Protocol):
                 self._write(packet)
                 present = await connack
         except TimeoutError:
-            self.abort()
+            if stage == "connack" and self._transport is not None:
+                # The broker may yet accept the CONNECT (a busy one, minutes late): DISCONNECT behind
+                # it, so that no will fires for a connect that this device counts as failed.
+                self._leave(self._transport)
+                self._transport.close()
+            else:
+                self.abort()
             what = "no CONNACK" if stage == "connack" else "could not connect"
             raise TransportError(f"{endpoint}: {what} within {timeout}s") from None
         except OSError as exc:
@@ -604,15 +611,7 @@ class Link(asyncio.Protocol):
             if self._silent:
                 self.abort()
             else:
-                self._closing = True
-                self._clean_close = True
-                self._cancel_timer()
-                try:
-                    transport.write(disconnect())
-                    if transport.can_write_eof():
-                        transport.write_eof()
-                except OSError:  # the broker is already gone (ENOTCONN): nothing left to leave cleanly
-                    self.abort()
+                self._leave(transport)
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self._closed)
@@ -620,6 +619,18 @@ class Link(asyncio.Protocol):
             log.info("the broker did not close the connection within %ss of DISCONNECT", timeout)
             transport.close()
             await asyncio.shield(self._closed)
+
+    def _leave(self, transport: asyncio.WriteTransport) -> None:
+        """Send DISCONNECT (the broker discards the will) and end our side of the stream."""
+        self._closing = True
+        self._clean_close = True
+        self._cancel_timer()
+        try:
+            transport.write(disconnect())
+            if transport.can_write_eof():
+                transport.write_eof()
+        except OSError:  # the broker is already gone (ENOTCONN): nothing left to leave cleanly
+            self.abort()
 
     def abort(self) -> None:
         """Abrupt loss: close the socket at once, without DISCONNECT, so the broker publishes the will."""

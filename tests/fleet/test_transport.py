@@ -704,6 +704,23 @@ async def test_open_times_out_without_connack(fake_broker: tuple[Endpoint, async
         )
 
 
+async def test_open_timed_out_after_connect_sends_disconnect(
+    fake_broker: tuple[Endpoint, asyncio.Queue[Peer]],
+) -> None:
+    """A connect that times out waiting for CONNACK sends DISCONNECT before it closes, so a broker that
+    accepts the CONNECT late fires no will for a device that counts the connect as failed."""
+    endpoint, peers = fake_broker
+    will = Will("fleet/dev/status", b"lost", 1, True)
+    with pytest.raises(TransportError, match=r"no CONNACK within 0\.2s"):
+        await Link.open(
+            endpoint, make_connect("dev", will=will), session=ClientSession(), on_message=Inbox(), timeout=0.2
+        )
+    async with asyncio.timeout(TIMEOUT):
+        peer = await peers.get()
+    assert isinstance(await peer.read(), Connect)
+    assert isinstance(await peer.read(), Disconnect)
+
+
 async def test_keepalive_sends_pingreq_when_idle(fake_broker: tuple[Endpoint, asyncio.Queue[Peer]]) -> None:
     """An idle link sends PINGREQ after `keepalive` seconds, and stays up when PINGRESP comes back."""
     link, peer = await _connect_fake(fake_broker, Inbox(), keepalive=1)
