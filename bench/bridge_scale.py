@@ -156,10 +156,17 @@ class Sweep:
     def ceiling_step(self) -> Step | None:
         return next((s for s in self.steps if s.rate == self.ceiling_offered), None)
 
+    @property
+    def best_valid(self) -> Step | None:
+        """The step with the most deliveries per bridge CPU-second, the load generator's core < 80 %."""
+        valid = [s for s in self.steps if not s.client_bound and s.deliveries_per_cpu_s]
+        return max(valid, key=lambda s: s.deliveries_per_cpu_s or 0, default=None)
+
 
 async def ascend(rig: Rig, sweep: Sweep, rates: list[float]) -> None:
     """Offer `rates` in turn until the saturated bridge no longer carries the offer; set the ceiling."""
     best: Step | None = None
+    short = 0  # consecutive steps that carried < 95 % of the offer
     for rate in rates:
         st = await rig.measure(sweep.phase, rate, sweep.consumers)
         sweep.steps.append(st)
@@ -176,7 +183,8 @@ async def ascend(rig: Rig, sweep: Sweep, rates: list[float]) -> None:
             break
         if st.saturated and not st.client_bound and (best is None or carried(st) > carried(best)):
             best = st
-        if st.saturated and carried(st) < CARRIED_SHARE * rate:
+        short = short + 1 if carried(st) < CARRIED_SHARE * rate else 0
+        if (st.saturated and short) or short >= 2:
             break
     if best is None:
         sweep.invalid = sweep.invalid or (
@@ -728,22 +736,28 @@ def ingest_verdict(sweeps: list[Sweep]) -> Verdict | None:
 
 
 def grpc_verdict(fleet: Sweep, naive: Sweep | None) -> Verdict:
-    if fleet.error or fleet.invalid or fleet.ceiling_per_cpu_s is None:
+    """100 gRPC readers load their core more than the bridge's (grpc.aio costs a reader more per
+    message than the bridge per event): judged at the best step of each with the load generator's
+    core < 80 %, saturated or not."""
+    title = "grpc deliveries per CPU-s vs naive"
+    mine = fleet.best_valid
+    if fleet.error or mine is None:
+        why = fleet.error or "no step with the load generator < 80 %"
+        return Verdict(title, "FAIL" if fleet.error else "INVALID", why)
+    theirs = naive.best_valid if naive is not None else None
+    if theirs is None:
         return Verdict(
-            "grpc deliveries per CPU-s vs naive", "INVALID", fleet.error or fleet.invalid or "no ceiling"
+            title, "n/a", f"{mine.deliveries_per_cpu_s:,.0f} at {mine.rate:,.0f} msg/s; no naive step"
         )
-    if naive is None or naive.ceiling_per_cpu_s is None:
-        why = "" if naive is None else f": naive {naive.error or naive.invalid}"
-        return Verdict(
-            "grpc deliveries per CPU-s", "info", f"{fleet.ceiling_per_cpu_s:,.0f} (no naive ceiling{why})"
-        )
-    r = fleet.ceiling_per_cpu_s / naive.ceiling_per_cpu_s
+    r = ratio(mine.deliveries_per_cpu_s, theirs.deliveries_per_cpu_s) or 0.0
     return Verdict(
-        "grpc deliveries per CPU-s vs naive",
+        title,
         ok_mark(r >= TARGET_VS_NAIVE),
-        f">= {TARGET_VS_NAIVE:g}x: {r:.2f}x "
-        f"({fleet.ceiling_per_cpu_s:,.0f} vs {naive.ceiling_per_cpu_s:,.0f}; "
-        f"ceilings {fleet.ceiling_rate:,.0f} vs {naive.ceiling_rate:,.0f} msg/s)",
+        f">= {TARGET_VS_NAIVE:g}x at the best step of each with the load generator "
+        f"< {CLIENT_BOUND_PCT:.0f} %: "
+        f"{r:.2f}x ({mine.deliveries_per_cpu_s:,.0f} at {mine.rate:,.0f} msg/s, bridge core "
+        f"{mine.bridge_core_busy_pct:.0f} %, vs {theirs.deliveries_per_cpu_s:,.0f} at {theirs.rate:,.0f}, "
+        f"{theirs.bridge_core_busy_pct:.0f} %)",
     )
 
 
