@@ -215,6 +215,11 @@ class Service(pb_grpc.FleetBridgeServiceServicer):
         finally:
             self.hub.consumers.discard(consumer)
 
+    async def Publish(
+        self, request: pb.PublishRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PublishResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the naive bridge only streams events")
+
 
 async def serve(args: argparse.Namespace) -> None:
     hub = Hub(args.queue_size)
@@ -222,7 +227,7 @@ async def serve(args: argparse.Namespace) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, args.http_port))
     http = uvicorn.Server(
-        uvicorn.Config(make_app(hub), log_level="warning", lifespan="off", timeout_graceful_shutdown=1.0)
+        uvicorn.Config(make_app(hub), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
     )
     server = grpc.aio.server()
     pb_grpc.add_FleetBridgeServiceServicer_to_server(Service(hub), server)
