@@ -1,8 +1,9 @@
 """The consumers of `bench/bridge_scale.py`: one child process, asyncio, many consumers of a bridge.
 
 Started by the bench as ``python bench/bridge_consumers.py --http-port P --grpc-port G --ws N --sse N
---grpc N [--stall-ws N ...]``; takes commands on stdin (``snap``, ``record``, ``stall``, ``quit``,
-``unrecord``, one a line) and answers with JSON lines prefixed ``BRIDGE-BENCH `` on stdout.
+--grpc N [--stall-ws N ...]``; takes commands on stdin (``snap``, ``record [EVERY]`` (the latency of one
+delivery in EVERY), ``unrecord``, ``stall``, ``quit``, one a line) and answers with JSON lines
+prefixed ``BRIDGE-BENCH `` on stdout.
 
 - WebSocket: the ``websockets`` library's sans-I/O ``ClientProtocol`` on an asyncio Protocol
   (``GET /ws?filter=%23``);
@@ -154,6 +155,8 @@ class Owner:
     def __init__(self) -> None:
         self.conns: list[Conn] = []
         self.recording = False
+        self.every = 1  # record the latency of one delivery in `every`
+        self.tick = 0
         self.stalled = False
         # Latencies in microseconds (arrays: compact, and nothing for the garbage collector to scan).
         self.lat: dict[str, array[int]] = {t: array("q") for t in TRANSPORTS}  # publish -> read
@@ -170,18 +173,24 @@ class Owner:
         if len(self.errors) < 50:
             self.errors.append(text)
 
+    def take(self) -> bool:
+        """Whether to record the latency of this delivery: one in `every`, across transports."""
+        self.tick += 1
+        return self.tick % self.every == 0
+
     def record(self, transport: str, now_us: int, ts: int, received_at: int) -> None:
         self.lat[transport].append(now_us - ts)
         self.lat_out[transport].append(now_us - received_at)
         self.lat_in[transport].append(received_at - ts)
         self.when[transport].append(now_us)
 
-    def reset_latency(self) -> None:
+    def reset_latency(self, every: int = 1) -> None:
         self.lat = {t: array("q") for t in TRANSPORTS}
         self.lat_out = {t: array("q") for t in TRANSPORTS}
         self.lat_in = {t: array("q") for t in TRANSPORTS}
         self.when = {t: array("q") for t in TRANSPORTS}
         self.started_us = time.time_ns() // 1000
+        self.every = max(1, every)
         self.recording = True
 
     def timeline(self) -> dict[str, list[list[float]]]:
@@ -299,7 +308,7 @@ class WsConsumer(asyncio.Protocol):
                     payload = ev.data
                     if payload.startswith(b'{"id":'):
                         n += 1
-                        if record:
+                        if record and owner.take():
                             owner.record("websocket", now, ts_of_json(payload), received_at_of_json(payload))
                     else:
                         owner.notes["websocket"] += 1
@@ -412,10 +421,10 @@ class SseConsumer(asyncio.Protocol):
             self.owner.notes["sse"] += notices
         if self.owner.recording and not self.conn.stall and n:
             now = time.time_ns() // 1000
-            record = self.owner.record
+            owner = self.owner
             for event in done.split(b"\n\n"):
-                if event.startswith(b"id: "):
-                    record("sse", now, ts_of_json(event), received_at_of_json(event))
+                if event.startswith(b"id: ") and owner.take():
+                    owner.record("sse", now, ts_of_json(event), received_at_of_json(event))
 
     def _fail(self, reason: str) -> None:
         self.conn.closed = reason
@@ -466,7 +475,8 @@ async def grpc_consumer(owner: Owner, conn: Conn, port: int, ready: asyncio.Futu
                 if owner.recording and not conn.stall:
                     now = time.time_ns() // 1000
                     for event in events:
-                        owner.record("grpc", now, ts_of_json(event), received_at_of_grpc(event))
+                        if owner.take():
+                            owner.record("grpc", now, ts_of_json(event), received_at_of_grpc(event))
             conn.closed = f"stream ended ({await call.code()})"
         except grpc.aio.AioRpcError as exc:
             conn.closed = f"{exc.code().name}: {exc.details()}"
@@ -538,9 +548,9 @@ async def child_amain(args: argparse.Namespace) -> int:
             if command == "snap":
                 emit("snap", **owner.snapshot())
                 gc.collect()
-            elif command == "record":
+            elif command.startswith("record"):
                 gc.collect()
-                owner.reset_latency()
+                owner.reset_latency(int(command.removeprefix("record").strip() or 1))
                 emit("recording")
             elif command == "unrecord":
                 owner.recording = False

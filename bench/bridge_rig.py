@@ -38,6 +38,7 @@ SATURATED_PCT = 95.0  # the bridge's core is full
 CLIENT_BOUND_PCT = 80.0  # the load generator's core is full: the run is invalid
 OVERLOAD_SHARE = 0.01  # consumers' queues dropped >= 1 % of the deliveries offered to them
 HEALTHZ_EVERY_S = 0.2  # /healthz probes during an overload step
+LATENCY_SAMPLES_PER_S = 30_000  # latency windows record about this many deliveries a second
 METRICS_CAP_S = 15.0  # /metrics of a bridge that gets no answer this long: the phase fails
 HEALTHZ_CAP_S = 5.0  # a probe without an answer this long counts as this long
 
@@ -506,6 +507,11 @@ async def probe_healthz(port: int, until: asyncio.Event, every_s: float, times_m
             await asyncio.wait_for(until.wait(), every_s)
 
 
+def sample_every(rate: float, consumers: dict[str, int]) -> int:
+    """Record the latency of one delivery in this many: about LATENCY_SAMPLES_PER_S a second."""
+    return max(1, round(rate * sum(consumers.values()) / LATENCY_SAMPLES_PER_S))
+
+
 def cores_busy_seconds() -> list[float]:
     """Per CPU: seconds spent busy so far (not idle, not waiting for I/O)."""
     out = []
@@ -845,8 +851,9 @@ class Rig:
         assert self.publisher is not None
         self.publisher.set_rate(rate)
         await self.sleep(self.args.warmup)
+        every = sample_every(rate, consumers)
         for child in self.children:
-            await child.request("record" if latency else "unrecord")
+            await child.request(f"record {every}" if latency else "unrecord")
         a = await self.sample()
         times: list[float] = []
         done = asyncio.Event()

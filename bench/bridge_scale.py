@@ -71,6 +71,7 @@ from bridge_rig import (
     Sample,
     Step,
     _sum,
+    sample_every,
     step_from,
 )
 from support import fmt
@@ -147,7 +148,8 @@ class Sweep:
     ceiling_deliveries_per_s: float | None = None
     ceiling_per_cpu_s: float | None = None  # deliveries per bridge CPU-second at the ceiling step
     ceiling_offered: float | None = None  # the offered rate of that step
-    invalid: str | None = None  # why no valid ceiling was found
+    invalid: str | None = None  # why no valid ceiling was found: the load generator, or the rates
+    failed: str | None = None  # why there is no ceiling: the bridge shed load with its core not full
     published_total: int = 0
     events_in_total: int = 0
     error: str | None = None
@@ -187,10 +189,19 @@ async def ascend(rig: Rig, sweep: Sweep, rates: list[float]) -> None:
         if (st.saturated and short) or short >= 2:
             break
     if best is None:
-        sweep.invalid = sweep.invalid or (
-            f"the bridge's core never reached {SATURATED_PCT:.0f} % with the load generator under "
-            f"{CLIENT_BOUND_PCT:.0f} % up to {rates[-1]:,.0f} msg/s: add higher rates"
-        )
+        if sweep.invalid is None:
+            last = sweep.steps[-1]
+            why = (
+                f"the bridge's core never reached {SATURATED_PCT:.0f} % with the load generator's under "
+                f"{CLIENT_BOUND_PCT:.0f} % (the last step: {last.rate:,.0f} msg/s offered, "
+                f"{carried(last):,.0f} carried, the bridge's core {last.bridge_core_busy_pct:.0f} % busy, "
+                "the bridge itself "
+                f"{last.bridge_cpu_pct:.0f} %)"
+            )
+            if shed(last):  # it sheds with CPU left: the bridge's fault, not the run's
+                sweep.failed = why + ": it shed load with CPU left"
+            else:
+                sweep.invalid = why + ": add higher rates"
         return
     sweep.ceiling_rate = carried(best)
     sweep.ceiling_deliveries_per_s = best.deliveries_per_s
@@ -393,7 +404,7 @@ async def run_stall(args: argparse.Namespace, workdir: Path, rate: float) -> Sta
             if a is None and now >= STALL_SETTLE:
                 # The others' window opens once the stallers' process has started (it shares the core).
                 for child in rig.children[:-1]:
-                    await child.request("record")
+                    await child.request(f"record {sample_every(rate, consumers)}")
                 a = await rig.sample()
             await rig.sleep(min(0.5, watch - now))
             now = time.perf_counter() - t0
@@ -561,6 +572,8 @@ def mixed_verdicts(mx: Mixed, naive: Mixed | None) -> list[Verdict]:
     sw, out = mx.sweep, []
     if sw.error:
         return [Verdict("mixed", "FAIL", f"the phase failed: {sw.error}")]
+    if sw.failed is not None:
+        return [Verdict("ceiling", "FAIL", sw.failed)]
     if sw.invalid is not None or sw.ceiling_rate is None:
         return [Verdict("ceiling", "INVALID", sw.invalid or "no ceiling")]
     top = sw.ceiling_step
