@@ -522,9 +522,10 @@ def cores_busy_seconds() -> list[float]:
 
 
 def intake_shed(metrics: dict[str, float]) -> float:
-    """MQTT messages the bridge says it shed before fan-out: every `fleet_bridge_*` counter whose name
-    says `shed` or `intake_drop` (the naive bridge has none)."""
-    return sum(v for k, v in metrics.items() if ":" not in k and ("shed" in k or "intake_drop" in k))
+    """MQTT messages the bridge received but shed before fan-out (`fleet_bridge_shed_total`; the naive
+    bridge has none). `fleet bridge` counts them in `fleet_bridge_events_in_total` too, and each as a
+    drop for every consumer it was for."""
+    return metrics.get("fleet_bridge_shed_total", 0.0)
 
 
 # --------------------------------------------------------------------------------------------
