@@ -90,10 +90,12 @@ CARRIED_SHARE = 0.95  # a saturated bridge that carries less than this share of 
 TARGET_FAIRNESS = 0.5  # each transport's per-consumer rate >= 0.5 of the best one's, every overloaded step
 TARGET_P99_MS = 10.0  # at 50 % of the ceiling, every transport
 HALF, NINETY = 0.5, 0.9  # of the ceiling: the latency steps
-# No upward drift at 90 %: the fitted line rises by at most max(5 ms, 25 % of the median p99) over
-# the window.  A queue that grows without bound rises by (1 - capacity / load) seconds per second,
-# 10 ms/s for a 1 % shortfall: hundreds of ms over the window.  A plateau set by queue sizes does not
-# trend; the allowance covers the noise of per-second p99s on a shared machine.
+# No upward drift at 90 %: the fitted line rises by at most 5 ms over the window, plus 25 % of the
+# median p99 up to 5 ms more (so 5-10 ms).  A queue that grows without bound rises by
+# (1 - capacity / load) seconds per second, 10 ms/s for a 1 % shortfall: 200 ms over a 20 s window.
+# A plateau set by queue sizes does not trend; the allowance covers the noise of per-second p99s on
+# a shared machine.  It is absolute, not relative: a latency that has grown for minutes has a large
+# median, and must not earn a large allowance.
 DRIFT_FLOOR_MS, DRIFT_SHARE = 5.0, 0.25
 TARGET_NO_COLLAPSE = 0.8  # at 2x the ceiling, deliveries/s >= 0.8 of the ceiling's
 TARGET_ACCOUNTED = 0.05  # at 2x: undelivered and not in the bridge's counters <= 5 % of what was due
@@ -288,7 +290,7 @@ def drift_of(st: Step, window_s: float) -> dict[str, Drift]:
         pts = [(r[0], r[2]) for r in rows[1:-1] if r[1] > 0]
         sl = theil_sen(pts)
         med = statistics.median(p for _, p in pts) if pts else None
-        limit = None if med is None else max(DRIFT_FLOOR_MS, DRIFT_SHARE * med)
+        limit = None if med is None else DRIFT_FLOOR_MS + min(DRIFT_SHARE * med, DRIFT_FLOOR_MS)
         out[t] = Drift(sl, None if sl is None else sl * window_s, med, limit, [[x, y] for x, y in pts])
     return out
 
@@ -693,8 +695,8 @@ def mixed_verdicts(mx: Mixed, naive: Mixed | None) -> list[Verdict]:
                 f"no drift at {NINETY:.0%} of the ceiling",
                 ok_mark(not rising and not missing),
                 f"p99 rise over {mx.ninety.window_s:.0f} s <= "
-                f"max({DRIFT_FLOOR_MS:g} ms, {DRIFT_SHARE:.0%} of the "
-                f"median p99) at {mx.ninety.rate:,.0f} msg/s: "
+                f"{DRIFT_FLOOR_MS:g} ms + min({DRIFT_SHARE:.0%} of the median p99, {DRIFT_FLOOR_MS:g} ms) "
+                f"at {mx.ninety.rate:,.0f} msg/s: "
                 + ", ".join(
                     f"{SHORT[t]} {fmt(d.slope_ms_per_s, '+.2f')} ms/s = {fmt(d.rise_ms, '+.1f')} ms "
                     f"(median {fmt(d.median_p99_ms, '.1f')}, limit {fmt(d.limit_ms, '.1f')})"
@@ -975,7 +977,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window of each ascent step (s)")
     p.add_argument("--warmup", type=float, default=2.0, help="load before each window opens (s)")
     p.add_argument(
-        "--rates", default="100,200,400,700,1000,1400,2000,2800,4000,5600,8000", help="mixed: ascent, msg/s"
+        "--rates", default="100,200,400,700,1000,1500,2200,3200,4500,6400", help="mixed: ascent, msg/s"
     )
     p.add_argument("--grpc-rates", default="100,200,400,700,1000,1400,2000,2800", help="grpc: ascent, msg/s")
     p.add_argument(
