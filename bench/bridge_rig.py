@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from typing import Any
 
 import psutil
 from bridge_consumers import HOST, LINE_PREFIX, TRANSPORTS
-from support import cpu_seconds, free_port, host_busy_seconds, log_tail
+from support import BenchError, Proc, cpu_seconds, free_port, host_busy_seconds, log_tail
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSUMERS = Path(__file__).resolve().parent / "bridge_consumers.py"
@@ -46,83 +44,6 @@ HEALTHZ_CAP_S = 5.0  # a probe without an answer this long counts as this long
 # --------------------------------------------------------------------------------------------
 # Processes: Mosquitto, the bridge, the consumer children.  Each stopped by its own PID.
 # --------------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Best effort: the child gets SIGTERM if this process dies without cleaning up (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class BenchError(Exception):
-    """Something failed that makes the rest of a phase meaningless."""
-
-
-class Proc:
-    """A subprocess in its own session, its output in a log file; stop() signals only its PID."""
-
-    LIVE: set[Proc] = set()  # noqa: RUF012 - every started process, for the last-resort cleanup
-
-    def __init__(self, name: str, cmd: list[str], log_path: Path, *, pipes: bool = False) -> None:
-        self.name = name
-        self.cmd = cmd
-        self.log_path = log_path
-        self.pipes = pipes
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ps: psutil.Process | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                stdin=subprocess.PIPE if self.pipes else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if self.pipes else log,
-                stderr=log if self.pipes else subprocess.STDOUT,
-                cwd=ROOT,
-                start_new_session=True,  # Ctrl-C reaches this script only; it stops the others
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
-            )
-        Proc.LIVE.add(self)
-        self.ps = psutil.Process(self.proc.pid)
-
-    def check_alive(self) -> None:
-        if self.proc is None:
-            return
-        rc = self.proc.poll()
-        if rc is not None:
-            raise BenchError(f"{self.name} exited with code {rc}; log tail:\n{log_tail(self.log_path)}")
-
-    def cpu_seconds(self) -> float:
-        if self.ps is not None:
-            with contextlib.suppress(psutil.Error):
-                return cpu_seconds(self.ps)
-        return 0.0
-
-    def rss(self) -> int:
-        if self.ps is not None:
-            with contextlib.suppress(psutil.Error):
-                return int(self.ps.memory_info().rss)
-        return 0
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout` s: only this process's own PID."""
-        Proc.LIVE.discard(self)
-        proc = self.proc
-        if proc is None:
-            return
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-        if proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            print(f"  ! {self.name} ignored SIGTERM for {timeout:.0f} s: killing pid {proc.pid}", flush=True)
-            proc.kill()
-            proc.wait(5)
 
 
 def pinned(core: int | None, cmd: list[str]) -> list[str]:

@@ -67,8 +67,6 @@ from bridge_rig import (
     PAYLOAD_BYTES,
     SATURATED_PCT,
     TASKSET,
-    BenchError,
-    Proc,
     Rig,
     Sample,
     Step,
@@ -76,7 +74,7 @@ from bridge_rig import (
     sample_every,
     step_from,
 )
-from support import fmt
+from support import BenchError, Proc, fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"websocket": "ws", "sse": "sse", "grpc": "grpc"}
