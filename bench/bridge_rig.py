@@ -478,7 +478,7 @@ class Step:
     window_s: float = 0.0
     published_per_s: float = 0.0
     events_in_per_s: float = 0.0
-    ingest_ratio: float | None = None  # events_in / published over the window
+    ingest_ratio: float | None = None  # (events_in - shed) / published over the window
     received_per_s: dict[str, float] = field(default_factory=dict)  # deliveries read by consumers
     offered_per_s: dict[str, float] = field(default_factory=dict)  # queued by the hub (/metrics)
     drops_per_s: dict[str, float] = field(default_factory=dict)
@@ -554,7 +554,10 @@ def step_from(
     )
     st.events_in_per_s = ev_in / dt
     if b.published > a.published:
-        st.ingest_ratio = ev_in / (b.published - a.published)
+        # A message the intake shed counts in events_in, but it was lost all the same.
+        st.ingest_ratio = (ev_in - (intake_shed(b.metrics) - intake_shed(a.metrics))) / (
+            b.published - a.published
+        )
     ra, rb = _sum(a.snaps, "counts"), _sum(b.snaps, "counts")
     na, nb = _sum(a.snaps, "notes"), _sum(b.snaps, "notes")
     for t in TRANSPORTS:
