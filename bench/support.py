@@ -250,3 +250,43 @@ class Proc:
                 with contextlib.suppress(OSError):
                     pipe.close()
         stop_pid(proc, self.name, timeout, signalled=self.terminated)
+
+
+CALIBRATION_CONFIG: dict[str, Any] = {
+    "seed": 1,
+    "groups": [
+        {
+            "name": "calibration",
+            "count": 1,
+            "payload_size": 140,
+            "telemetry": {
+                "temperature": {"kind": "gaussian", "mean": 21.0, "stddev": 0.5},
+                "battery": {"kind": "uniform", "min": 10.0, "max": 100.0},
+            },
+        }
+    ],
+}
+
+
+def calibrate(seconds: float = 1.0, rounds: int = 5) -> dict[str, float]:
+    """The machine's speed: µs per model step, one `Device.telemetry()` of a seeded device (two
+    metrics, a 140-byte JSON payload), the best of `rounds` rounds of about `seconds` / `rounds`
+    each (the best, because other processes only ever slow a round down). Comparable across runs
+    and machines; a slower machine shows a larger figure."""
+    from fleet.device import Device
+    from fleet.schema import FleetConfig
+
+    config = FleetConfig.model_validate(CALIBRATION_CONFIG)
+    device = Device(config.groups[0], 0, config.seed)
+    best = float("inf")
+    steps = 0
+    for _ in range(rounds):
+        count = 0
+        start = time.perf_counter()
+        while count == 0 or time.perf_counter() - start < seconds / rounds:
+            for _ in range(100):
+                device.telemetry(1_764_400_000.0)
+            count += 100
+        best = min(best, (time.perf_counter() - start) / count)
+        steps += count
+    return {"us_per_model_step": round(best * 1e6, 3), "steps": steps, "seconds": seconds}
