@@ -95,7 +95,10 @@ TARGET_CONNECT_CLIENTS = 10_000
 TARGET_CONNECT_S = 10.0
 TARGET_MSG_S = 5_000.0
 TARGET_KB_PER_CONN = 20.0
-OTHER_CPU_WARN = 25.0  # % of a core used by other processes that makes a run suspect
+OTHER_CPU_WARN = 25.0
+# --rate: the paced publisher's tick, and the most it sends at once after a late tick.
+PACE_TICK_S = 0.002
+PACE_BURST_S = 0.05  # % of a core used by other processes that makes a run suspect
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,8 +302,15 @@ class Client(asyncio.Protocol):
 class Publisher(Client):
     """The one publisher: QoS 1 to random devices, a window of un-PUBACKed packets in flight."""
 
-    def __init__(self, stats: Stats, prefixes: list[bytes], window: int, backlog: int) -> None:
+    def __init__(
+        self, stats: Stats, prefixes: list[bytes], window: int, backlog: int, rate: float = 0.0
+    ) -> None:
         super().__init__(stats, b"")
+        # With a rate (msg/s), sends are paced: at most rate * elapsed since `started`, plus a burst of
+        # PACE_BURST_S worth; 0 sends as fast as the window allows.
+        self.rate = rate
+        self.started = 0.0
+        self.paced = 0
         self.prefixes = prefixes
         self.window = window
         self.min_batch = max(1, window // 8)
@@ -312,19 +322,31 @@ class Publisher(Client):
         self.paused = False
         self.filler = b"\x00" * (PAYLOAD_BYTES - 8)
 
-    def pump(self) -> None:
+    def pump(self, tick: bool = False) -> None:
         """Refill the window, one write per batch (the packets of a batch share a timestamp).
 
         Refills wait until window/8 slots are free, so that a broker that PUBACKs one packet per
-        read does not drive the generator into one write per message.
+        read does not drive the generator into one write per message. A paced publisher sends only
+        on the pacer's `tick`.
         """
         st = self.stats
+        if self.rate and not tick:
+            return
         if not self.running or self.paused or self.transport is None or self.transport.is_closing():
             return
         free = self.window - len(self.inflight)
         room = min(free, self.backlog - (st.sent - st.delivered))
         self.blocked = room < free  # held back by the backlog cap: deliveries call pump()
-        if room <= 0 or (room < self.min_batch and self.inflight and not self.blocked):
+        if self.rate:
+            due = int((time.perf_counter() - self.started) * self.rate) - self.paced
+            if due > self.rate * PACE_BURST_S:  # time the generator lost is not made up in one burst
+                self.paced += due - int(self.rate * PACE_BURST_S)
+                due = int(self.rate * PACE_BURST_S)
+            room = min(room, due)
+            if room <= 0:
+                return
+            self.paced += room
+        elif room <= 0 or (room < self.min_batch and self.inflight and not self.blocked):
             return
         ts = time.perf_counter_ns().to_bytes(8, "big")
         if st.version == 5:
@@ -363,6 +385,14 @@ class Publisher(Client):
     def resume_writing(self) -> None:
         self.paused = False
         self.pump()
+
+
+async def pace(pub: Publisher) -> None:
+    """Call the paced publisher's pump every PACE_TICK_S, as long as it runs."""
+    pub.started = time.perf_counter()
+    while True:
+        pub.pump(tick=True)
+        await asyncio.sleep(PACE_TICK_S)
 
 
 async def open_client(
@@ -728,7 +758,7 @@ async def routing_phase(
 ) -> None:
     prefixes = [publish_prefix(d.topic, PAYLOAD_BYTES, stats.version) for d in devices]
     pub = await open_client(
-        lambda: Publisher(stats, prefixes, args.window, args.backlog),
+        lambda: Publisher(stats, prefixes, args.window, args.backlog, args.rate),
         broker.port,
         b"bench-pub",
         None,
@@ -736,9 +766,13 @@ async def routing_phase(
     )
     assert isinstance(pub, Publisher)
     stats.publisher = pub
+    pacer: asyncio.Task[None] | None = None
     try:
         pub.running = True
-        pub.pump()
+        if args.rate:
+            pacer = asyncio.create_task(pace(pub))
+        else:
+            pub.pump()
         # Warm-up by message count, bounded in time; progress checks catch a stalled broker.
         if not await wait_until(lambda: stats.delivered >= args.warmup_msgs, args.warmup_timeout, broker):
             res.routing_status = "timeout"
@@ -793,6 +827,9 @@ async def routing_phase(
         if res.routing_status != "ok":
             res.error = f"routing: {res.routing_status}"
     finally:
+        if pacer is not None:
+            pacer.cancel()
+            await asyncio.gather(pacer, return_exceptions=True)
         pub.running = False
         stats.publisher = None
         pub.close()
@@ -1731,6 +1768,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--concurrency", type=int, default=100, help="connects in flight at once")
     p.add_argument("--window", type=int, default=100, help="un-PUBACKed PUBLISHes in flight")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="routing: publish at most this many msg/s (0: as fast as the window allows); at a rate every "
+        "broker sustains, each one works the same batches, so their CPU per delivery compares",
+    )
     p.add_argument("--backlog", type=int, default=1000, help="max sent-but-undelivered messages")
     p.add_argument("--warmup-msgs", type=int, default=2000, help="deliveries before the window opens")
     p.add_argument("--phase-timeout", type=float, default=120.0, help="cap on the connect phase (s)")
