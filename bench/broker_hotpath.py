@@ -21,6 +21,7 @@ Usage::
 
     .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 [--rounds 8]
     .venv/bin/python bench/broker_hotpath.py --base-worktree .      # A/A: the noise floor
+    .venv/bin/python bench/broker_hotpath.py --checkout DIR --base-worktree /work/wt/base-c42ada3
     .venv/bin/python bench/broker_hotpath.py --profile out.prof [--checkout DIR]  # cProfile of its path
 """
 
@@ -245,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timings per process; the fastest is kept")
     p.add_argument("--timeout", type=float, default=120.0, help="cap on one measuring process (s)")
     p.add_argument("--profile", type=Path, help="write a cProfile of one checkout's delivery path here")
-    p.add_argument("--checkout", type=Path, default=ROOT, help="--profile: the checkout to profile")
+    p.add_argument(
+        "--checkout", type=Path, default=ROOT, help="the checkout measured (or profiled) against base"
+    )
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -258,18 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_worktree is None or not (args.base_worktree / "broker").is_dir():
         p.error("--base-worktree: give a checkout with a broker/ package (. for an A/A run)")
     base = args.base_worktree.resolve()
+    this = args.checkout.resolve()
     command = " ".join([".venv/bin/python", "bench/broker_hotpath.py", *sys.argv[1:]])
     print(f"broker_hotpath {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: {command}")
     print("  load average (1, 5, 15 min) at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(
         f"  {args.clients} devices, batches of {args.batch}, best of {args.repeat} x {args.messages} "
-        f"deliveries per process; this: {ROOT}, base: {base}",
+        f"deliveries per process; this: {this}, base: {base}",
         flush=True,
     )
     figures: dict[str, list[float]] = {"this": [], "base": []}
     ratios = []
     for r in range(args.rounds):
-        order = [("this", ROOT), ("base", base)]
+        order = [("this", this), ("base", base)]
         if r % 2:
             order.reverse()
         got = {name: _run_child(root, args) for name, root in order}

@@ -1458,10 +1458,16 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
             out.append(f"\nERROR {r.broker}@{r.clients:,}: {r.error}")
     busy = [r for r in results if max(r.other_cpu_pct or 0, r.connect_other_cpu_pct or 0) > OTHER_CPU_WARN]
     if busy:
-        runs = ", ".join(f"{r.broker}@{r.clients:,}" for r in busy)
+        counts = Counter(f"{r.broker}@{r.clients:,}" for r in busy)
+        runs = ", ".join(f"{run} ({n} windows)" if n > 1 else run for run, n in counts.items())
+        advice = (
+            "compare only the per-round ratios, and the A/A run's spread"
+            if args.rounds > 1
+            else "rerun on a quiet machine, or with --rounds"
+        )
         out.append(
             f"\nWARNING: other processes used > {OTHER_CPU_WARN:.0f} % CPU during {runs}: "
-            "those figures are disturbed; rerun on a quiet machine."
+            f"those figures are disturbed; {advice}."
         )
     return "\n".join(out)
 
