@@ -21,6 +21,7 @@ Usage::
 
     .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 [--rounds 8]
     .venv/bin/python bench/broker_hotpath.py --base-worktree .      # A/A: the noise floor
+    .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 --opcodes --messages 2000
     .venv/bin/python bench/broker_hotpath.py --checkout DIR --base-worktree /work/wt/base-c42ada3
     .venv/bin/python bench/broker_hotpath.py --profile out.prof [--checkout DIR]  # cProfile of its path
 """
@@ -37,11 +38,14 @@ import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = bytes(200)
+OPCODE_ROWS = 15
 _U16 = struct.Struct("!H")
 
 
@@ -64,8 +68,8 @@ def _text(s: str) -> bytes:
 
 
 def _connect(client_id: str) -> bytes:
-    # MQTT 3.1.1, clean session, keepalive 60.
-    return _packet(0x10, _text("MQTT") + b"\x04\x02" + _U16.pack(60) + _text(client_id))
+    # MQTT 3.1.1, clean session, no keepalive: no timer fires during a slow, traced run.
+    return _packet(0x10, _text("MQTT") + b"\x04\x02" + _U16.pack(0) + _text(client_id))
 
 
 def _topic(i: int) -> str:
@@ -199,6 +203,29 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         return spent / 1000 / (broker.stats.messages_sent - before)
 
     await run(args.warmup)
+    if args.opcodes:
+        counts: Counter[str] = Counter()
+        here = Path(__file__).name
+
+        def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+            if event == "opcode":
+                code = frame.f_code
+                if not code.co_filename.endswith(here):
+                    counts[f"{'/'.join(Path(code.co_filename).parts[-2:])}:{code.co_name}"] += 1
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            await run(args.messages)
+        finally:
+            sys.settrace(None)
+        n = args.messages
+        return {
+            "opcodes": sum(counts.values()) / n,
+            "by_function": {k: v / n for k, v in counts.most_common()},
+        }
     if args.profile:
         import cProfile
 
@@ -219,16 +246,32 @@ def _child(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_child(root: Path, args: argparse.Namespace) -> float:
+def _run_child(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     argv = [
         sys.executable, __file__, "--child", str(root), "--clients", str(args.clients),
         "--batch", str(args.batch), "--messages", str(args.messages), "--warmup", str(args.warmup),
-        "--repeat", str(args.repeat),
+        "--repeat", str(args.repeat), *(["--opcodes"] if args.opcodes else []),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout, check=False, cwd=root)
     if done.returncode != 0:
         raise SystemExit(f"broker_hotpath: the run of {root} failed (exit {done.returncode}):\n{done.stderr}")
-    return float(json.loads(done.stdout.splitlines()[-1])["us_per_delivery"])
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def _opcodes(this: Path, base: Path, args: argparse.Namespace) -> int:
+    """Bytecodes the interpreter runs per delivery in each checkout: no noise, so one run says it."""
+    got = {"this": _run_child(this, args), "base": _run_child(base, args)}
+    a, b = got["this"]["by_function"], got["base"]["by_function"]
+    print(f"\nPython bytecodes per 3.1.1 delivery (asyncio's included), {args.messages} deliveries traced:")
+    print(
+        f"  this {got['this']['opcodes']:.1f}, base {got['base']['opcodes']:.1f}, "
+        f"this/base {got['this']['opcodes'] / got['base']['opcodes']:.3f}"
+    )
+    print("  the largest differences (this - base, per delivery):")
+    for key in sorted(set(a) | set(b), key=lambda k: -abs(a.get(k, 0) - b.get(k, 0)))[:OPCODE_ROWS]:
+        print(f"  {a.get(key, 0) - b.get(key, 0):+8.1f}  {a.get(key, 0):7.1f} / {b.get(key, 0):7.1f}  {key}")
+    return 0
 
 
 def _spread(values: list[float], spec: str) -> str:
@@ -248,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, help="write a cProfile of one checkout's delivery path here")
     p.add_argument(
         "--checkout", type=Path, default=ROOT, help="the checkout measured (or profiled) against base"
+    )
+    p.add_argument(
+        "--opcodes",
+        action="store_true",
+        help="count the Python bytecodes run per delivery instead of timing (sys.settrace, slow, exact)",
     )
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -270,13 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         f"deliveries per process; this: {this}, base: {base}",
         flush=True,
     )
+    if args.opcodes:
+        return _opcodes(this, base, args)
     figures: dict[str, list[float]] = {"this": [], "base": []}
     ratios = []
     for r in range(args.rounds):
         order = [("this", this), ("base", base)]
         if r % 2:
             order.reverse()
-        got = {name: _run_child(root, args) for name, root in order}
+        got = {name: float(_run_child(root, args)["us_per_delivery"]) for name, root in order}
         for name, value in got.items():
             figures[name].append(value)
         ratios.append(got["this"] / got["base"])

@@ -41,12 +41,23 @@ level 5, empty property lists); ``fleet-base`` runs the fleet broker of another 
 3.1.1 clients.  ``CPU us/msg`` is broker CPU per delivery during the routing window; the comparison
 block prints fleet5/fleet (target <= 1.10) and fleet/fleet-base (target <= 1.05).
 
+Broker CPU per delivery moves with the machine's load: a broker that gets less CPU reads fewer
+packets per event-loop turn and pays each turn's fixed cost over fewer deliveries.  ``--rounds N``
+therefore keeps every broker up with its clients connected and runs N routing windows per broker,
+interleaved (the order rotates each round); it prints each broker's median [min-max, IQR] and the
+per-round ratio of the compared pair with its spread.  ``--base-worktree .`` makes ``fleet-base``
+this checkout: an A/A run, whose ratio spread is the noise floor.  ``--rate`` paces the publisher;
+``--profile DIR`` runs the fleet brokers under cProfile during the windows.  For the broker's own
+CPU per delivery without the network and the scheduler, see ``bench/broker_hotpath.py``.
+
 Usage::
 
     .venv/bin/python bench/broker_scale.py [--clients 1000,5000,10000]
         [--brokers fleet,mosquitto] [--seconds 5] [--json out.json]
     .venv/bin/python bench/broker_scale.py --clients 1000 \
         --brokers fleet,fleet5,fleet-base,mosquitto,mosquitto5 --base-worktree /tmp/base
+    .venv/bin/python bench/broker_scale.py --clients 1000 --brokers fleet,fleet-base \
+        --base-worktree /tmp/base --rounds 8 --seconds 3          # (--base-worktree . : A/A)
 """
 
 from __future__ import annotations
