@@ -106,10 +106,10 @@ TARGET_CONNECT_CLIENTS = 10_000
 TARGET_CONNECT_S = 10.0
 TARGET_MSG_S = 5_000.0
 TARGET_KB_PER_CONN = 20.0
-OTHER_CPU_WARN = 25.0
+OTHER_CPU_WARN = 25.0  # % of a core used by other processes that makes a run suspect
 # --rate: the paced publisher's tick, and the most it sends at once after a late tick.
 PACE_TICK_S = 0.002
-PACE_BURST_S = 0.05  # % of a core used by other processes that makes a run suspect
+PACE_BURST_S = 0.05
 
 
 # --------------------------------------------------------------------------------------------
