@@ -41,12 +41,23 @@ level 5, empty property lists); ``fleet-base`` runs the fleet broker of another 
 3.1.1 clients.  ``CPU us/msg`` is broker CPU per delivery during the routing window; the comparison
 block prints fleet5/fleet (target <= 1.10) and fleet/fleet-base (target <= 1.05).
 
+Broker CPU per delivery moves with the machine's load: a broker that gets less CPU reads fewer
+packets per event-loop turn and pays each turn's fixed cost over fewer deliveries.  ``--rounds N``
+therefore keeps every broker up with its clients connected and runs N routing windows per broker,
+interleaved (the order rotates each round); it prints each broker's median [min-max, IQR] and the
+per-round ratio of the compared pair with its spread.  ``--base-worktree .`` makes ``fleet-base``
+this checkout: an A/A run, whose ratio spread is the noise floor.  ``--rate`` paces the publisher;
+``--profile DIR`` runs the fleet brokers under cProfile during the windows.  For the broker's own
+CPU per delivery without the network and the scheduler, see ``bench/broker_hotpath.py``.
+
 Usage::
 
     .venv/bin/python bench/broker_scale.py [--clients 1000,5000,10000]
         [--brokers fleet,mosquitto] [--seconds 5] [--json out.json]
     .venv/bin/python bench/broker_scale.py --clients 1000 \
         --brokers fleet,fleet5,fleet-base,mosquitto,mosquitto5 --base-worktree /tmp/base
+    .venv/bin/python bench/broker_scale.py --clients 1000 --brokers fleet,fleet-base \
+        --base-worktree /tmp/base --rounds 8 --seconds 3          # (--base-worktree . : A/A)
 """
 
 from __future__ import annotations
@@ -54,6 +65,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import functools
 import gc
@@ -61,17 +73,19 @@ import json
 import multiprocessing
 import os
 import platform
+import pstats
 import random
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +107,9 @@ TARGET_CONNECT_S = 10.0
 TARGET_MSG_S = 5_000.0
 TARGET_KB_PER_CONN = 20.0
 OTHER_CPU_WARN = 25.0  # % of a core used by other processes that makes a run suspect
+# --rate: the paced publisher's tick, and the most it sends at once after a late tick.
+PACE_TICK_S = 0.002
+PACE_BURST_S = 0.05
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,8 +313,15 @@ class Client(asyncio.Protocol):
 class Publisher(Client):
     """The one publisher: QoS 1 to random devices, a window of un-PUBACKed packets in flight."""
 
-    def __init__(self, stats: Stats, prefixes: list[bytes], window: int, backlog: int) -> None:
+    def __init__(
+        self, stats: Stats, prefixes: list[bytes], window: int, backlog: int, rate: float = 0.0
+    ) -> None:
         super().__init__(stats, b"")
+        # With a rate (msg/s), sends are paced: at most rate * elapsed since `started`, plus a burst of
+        # PACE_BURST_S worth; 0 sends as fast as the window allows.
+        self.rate = rate
+        self.started = 0.0
+        self.paced = 0
         self.prefixes = prefixes
         self.window = window
         self.min_batch = max(1, window // 8)
@@ -309,19 +333,31 @@ class Publisher(Client):
         self.paused = False
         self.filler = b"\x00" * (PAYLOAD_BYTES - 8)
 
-    def pump(self) -> None:
+    def pump(self, tick: bool = False) -> None:
         """Refill the window, one write per batch (the packets of a batch share a timestamp).
 
         Refills wait until window/8 slots are free, so that a broker that PUBACKs one packet per
-        read does not drive the generator into one write per message.
+        read does not drive the generator into one write per message. A paced publisher sends only
+        on the pacer's `tick`.
         """
         st = self.stats
+        if self.rate and not tick:
+            return
         if not self.running or self.paused or self.transport is None or self.transport.is_closing():
             return
         free = self.window - len(self.inflight)
         room = min(free, self.backlog - (st.sent - st.delivered))
         self.blocked = room < free  # held back by the backlog cap: deliveries call pump()
-        if room <= 0 or (room < self.min_batch and self.inflight and not self.blocked):
+        if self.rate:
+            due = int((time.perf_counter() - self.started) * self.rate) - self.paced
+            if due > self.rate * PACE_BURST_S:  # time the generator lost is not made up in one burst
+                self.paced += due - int(self.rate * PACE_BURST_S)
+                due = int(self.rate * PACE_BURST_S)
+            room = min(room, due)
+            if room <= 0:
+                return
+            self.paced += room
+        elif room <= 0 or (room < self.min_batch and self.inflight and not self.blocked):
             return
         ts = time.perf_counter_ns().to_bytes(8, "big")
         if st.version == 5:
@@ -362,6 +398,14 @@ class Publisher(Client):
         self.pump()
 
 
+async def pace(pub: Publisher) -> None:
+    """Call the paced publisher's pump every PACE_TICK_S, as long as it runs."""
+    pub.started = time.perf_counter()
+    while True:
+        pub.pump(tick=True)
+        await asyncio.sleep(PACE_TICK_S)
+
+
 async def open_client(
     factory: Callable[[], Client],
     port: int,
@@ -400,12 +444,27 @@ async def open_client(
 # --------------------------------------------------------------------------------------------
 
 
+# The tail of a fleet broker's `python -c` under --profile: SIGUSR1 starts cProfile, SIGUSR2 stops it
+# and writes the profile so far (the bench sends them around each routing window).
+PROFILED = (
+    "import cProfile, signal; p = cProfile.Profile(); "
+    "signal.signal(signal.SIGUSR1, lambda *_: p.enable()); "
+    "signal.signal(signal.SIGUSR2, lambda *_: (p.disable(), p.dump_stats({path!r}))); cli()"
+)
+
+
 class Broker:
     """One broker subprocess on a free loopback port, its output in a log file."""
 
-    def __init__(self, kind: str, workdir: Path, tag: str, base: Path | None = None) -> None:
+    def __init__(
+        self, kind: str, workdir: Path, tag: str, base: Path | None = None, profile: Path | None = None
+    ) -> None:
         self.kind = kind
         self.base = base
+        # With --profile, a fleet broker runs under cProfile, on between profile_on() and profile_off().
+        self.profile = (
+            None if profile is None or not kind.startswith("fleet") else profile / f"{kind}-{tag}.prof"
+        )
         self.port = free_port()
         self.log_path = workdir / f"{kind}-{tag}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -433,10 +492,12 @@ class Broker:
             conf.chmod(0o644)
             return [MOSQUITTO_BIN, "-c", str(conf)]
         server = self.kind.removesuffix("5")
-        if server == "fleet-base":
-            assert self.base is not None
-            # The other checkout's code: its own package directory comes first on the path.
-            code = f"import sys; sys.path.insert(0, {str(self.base)!r}); from fleet.cli import cli; cli()"
+        if server in ("fleet", "fleet-base") and (server == "fleet-base" or self.profile is not None):
+            # The checkout's code (the other one for fleet-base): its package directory first on the path.
+            root = self.base if server == "fleet-base" else Path(__file__).resolve().parent.parent
+            assert root is not None
+            code = f"import sys; sys.path.insert(0, {str(root)!r}); from fleet.cli import cli; "
+            code += PROFILED.format(path=str(self.profile)) if self.profile is not None else "cli()"
             return [
                 sys.executable,
                 "-c",
@@ -524,6 +585,14 @@ class Broker:
             f"{self.kind} not ready after {limit_s:.0f} s ({last!r}); log tail:\n{self.log_tail()}"
         )
 
+    def profile_on(self) -> None:
+        if self.profile is not None and self.proc is not None:
+            self.proc.send_signal(signal.SIGUSR1)
+
+    def profile_off(self) -> None:
+        if self.profile is not None and self.proc is not None:
+            self.proc.send_signal(signal.SIGUSR2)
+
     def rss(self) -> int:
         """RSS in bytes of the broker process and all its children."""
         assert self.ps is not None
@@ -605,6 +674,8 @@ class Result:
     protocol_errors: dict[str, int] = field(default_factory=dict)
     ready_line_seen: bool | None = None
     error: str | None = None
+    # 0: the one routing window of a plain run; 1..N: a round of --rounds (row 0 keeps connect and memory)
+    round: int = 0
 
 
 def own_cpu_seconds() -> float:
@@ -698,7 +769,7 @@ async def routing_phase(
 ) -> None:
     prefixes = [publish_prefix(d.topic, PAYLOAD_BYTES, stats.version) for d in devices]
     pub = await open_client(
-        lambda: Publisher(stats, prefixes, args.window, args.backlog),
+        lambda: Publisher(stats, prefixes, args.window, args.backlog, args.rate),
         broker.port,
         b"bench-pub",
         None,
@@ -706,9 +777,13 @@ async def routing_phase(
     )
     assert isinstance(pub, Publisher)
     stats.publisher = pub
+    pacer: asyncio.Task[None] | None = None
     try:
         pub.running = True
-        pub.pump()
+        if args.rate:
+            pacer = asyncio.create_task(pace(pub))
+        else:
+            pub.pump()
         # Warm-up by message count, bounded in time; progress checks catch a stalled broker.
         if not await wait_until(lambda: stats.delivered >= args.warmup_msgs, args.warmup_timeout, broker):
             res.routing_status = "timeout"
@@ -716,6 +791,7 @@ async def routing_phase(
                 f"warm-up: {stats.delivered}/{args.warmup_msgs} deliveries in {args.warmup_timeout:.0f} s"
             )
             return
+        broker.profile_on()
         c0, m0, h0 = broker.cpu_seconds(), own_cpu_seconds(), host_busy_seconds()
         d0 = stats.delivered
         stats.lat_ns.clear()
@@ -736,6 +812,7 @@ async def routing_phase(
         stats.recording = False
         wall = t1 - t0
         res.broker_cpu_pct = 100 * (broker.cpu_seconds() - c0) / wall
+        broker.profile_off()
         res.loadgen_cpu_pct = 100 * (own_cpu_seconds() - m0) / wall
         res.other_cpu_pct = other_cpu_pct(h0, c0, m0, broker, wall)
         res.delivered_in_window = d1 - d0
@@ -761,6 +838,9 @@ async def routing_phase(
         if res.routing_status != "ok":
             res.error = f"routing: {res.routing_status}"
     finally:
+        if pacer is not None:
+            pacer.cancel()
+            await asyncio.gather(pacer, return_exceptions=True)
         pub.running = False
         stats.publisher = None
         pub.close()
@@ -777,65 +857,83 @@ async def wait_until(cond: Callable[[], bool], limit_s: float, broker: Broker) -
     return True
 
 
-async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) -> Result:
+@dataclass
+class Run:
+    """One broker process with its devices connected: the state the routing windows share."""
+
+    kind: str
+    broker: Broker
+    stats: Stats
+    res: Result
+    devices: list[Client] = field(default_factory=list)
+
+    @property
+    def routable(self) -> bool:
+        res = self.res
+        return (
+            res.error is None
+            and not res.connect_status.startswith(("timeout", "failed"))
+            and bool(self.devices)
+        )
+
+
+@contextlib.asynccontextmanager
+async def connected(args: argparse.Namespace, kind: str, n: int, workdir: Path) -> AsyncIterator[Run]:
+    """Start `kind`, connect and subscribe `n` devices, measure idle memory; stop it all on exit.
+
+    A BenchError inside is recorded in the run's Result, not raised."""
     res = Result(broker=kind, clients=n)
-    stats = Stats(5 if kind.endswith("5") else 4)
-    broker = Broker(kind, workdir, f"{n}", args.base_worktree)
-    devices: list[Client] = []
+    run = Run(
+        kind,
+        Broker(kind, workdir, f"{n}", args.base_worktree, args.profile),
+        Stats(5 if kind.endswith("5") else 4),
+        res,
+    )
+    broker, stats, devices = run.broker, run.stats, run.devices
     pinger: asyncio.Task[None] | None = None
     print(f"- {kind}, {n} clients: starting on port {broker.port} ...", flush=True)
     try:
-        broker.start()
-        await broker.wait_ready(stats, args.ready_timeout)
-        if kind == "fleet":
-            res.ready_line_seen = broker.ready_line_seen
-        await asyncio.sleep(args.settle)
-        res.rss_before_kb = broker.rss() / 1024
-        pinger = asyncio.create_task(keepalive(devices))
+        try:
+            broker.start()
+            await broker.wait_ready(stats, args.ready_timeout)
+            if kind == "fleet":
+                res.ready_line_seen = broker.ready_line_seen
+            await asyncio.sleep(args.settle)
+            res.rss_before_kb = broker.rss() / 1024
+            pinger = asyncio.create_task(keepalive(devices))
 
-        await connect_phase(args, broker, stats, res, devices)
-        print(
-            f"  connect: {res.connect_status}, {res.connected}/{n} in "
-            f"{fmt(res.connect_s, '.2f')} s ({fmt(res.connects_per_s, ',.0f')}/s), "
-            f"broker CPU {fmt(res.connect_broker_cpu_pct, '.0f')} %, "
-            f"loadgen CPU {fmt(res.connect_loadgen_cpu_pct, '.0f')} %, "
-            f"other CPU {fmt(res.connect_other_cpu_pct, '.0f')} %, "
-            f"accept-queue overflows {res.listen_overflows}, SYN retransmits {res.syn_retransmits}",
-            flush=True,
-        )
-        broker.check_alive()
-        await asyncio.sleep(args.settle)
-        res.rss_after_kb = broker.rss() / 1024
-        if res.connected:
-            res.kb_per_conn = (res.rss_after_kb - res.rss_before_kb) / res.connected
-        print(
-            f"  memory: {res.rss_before_kb / 1024:.1f} MB -> {res.rss_after_kb / 1024:.1f} MB, "
-            f"{fmt(res.kb_per_conn, '.1f')} KB/conn",
-            flush=True,
-        )
-
-        if res.connect_status.startswith(("timeout", "failed")) or not devices:
-            res.routing_status = "skipped (connect phase incomplete)"
-        else:
-            gc.collect()
-            gc.freeze()  # 10k long-lived protocol objects: keep them out of the load generator's GC
-            try:
-                await routing_phase(args, broker, stats, res, devices)
-            finally:
-                gc.unfreeze()
-            res.rss_after_routing_kb = broker.rss() / 1024
+            await connect_phase(args, broker, stats, res, devices)
             print(
-                f"  routing: {res.routing_status}, {fmt(res.msg_per_s, ',.0f')} msg/s, "
-                f"p50 {fmt(res.latency_p50_ms, '.1f')} ms, p99 {fmt(res.latency_p99_ms, '.1f')} ms, "
-                f"broker CPU {fmt(res.broker_cpu_pct, '.0f')} %, loadgen CPU "
-                f"{fmt(res.loadgen_cpu_pct, '.0f')} %, other CPU {fmt(res.other_cpu_pct, '.0f')} %, "
-                f"lost {fmt(res.lost, 'd')}, misrouted {res.misrouted}, duplicates {res.duplicates}",
+                f"  connect: {res.connect_status}, {res.connected}/{n} in "
+                f"{fmt(res.connect_s, '.2f')} s ({fmt(res.connects_per_s, ',.0f')}/s), "
+                f"broker CPU {fmt(res.connect_broker_cpu_pct, '.0f')} %, "
+                f"loadgen CPU {fmt(res.connect_loadgen_cpu_pct, '.0f')} %, "
+                f"other CPU {fmt(res.connect_other_cpu_pct, '.0f')} %, "
+                f"accept-queue overflows {res.listen_overflows}, SYN retransmits {res.syn_retransmits}",
                 flush=True,
             )
-        broker.check_alive()
-    except BenchError as exc:
-        res.error = str(exc)
-        print(f"  ! {exc}", flush=True)
+            broker.check_alive()
+            await asyncio.sleep(args.settle)
+            res.rss_after_kb = broker.rss() / 1024
+            if res.connected:
+                res.kb_per_conn = (res.rss_after_kb - res.rss_before_kb) / res.connected
+            print(
+                f"  memory: {res.rss_before_kb / 1024:.1f} MB -> {res.rss_after_kb / 1024:.1f} MB, "
+                f"{fmt(res.kb_per_conn, '.1f')} KB/conn",
+                flush=True,
+            )
+        except BenchError as exc:
+            res.error = str(exc)
+            print(f"  ! {exc}", flush=True)
+        if not run.routable:
+            res.routing_status = "skipped (connect phase incomplete)"
+        try:
+            yield run
+            if res.error is None:
+                broker.check_alive()
+        except BenchError as exc:
+            res.error = str(exc)
+            print(f"  ! {exc}", flush=True)
     finally:
         try:
             res.unexpected_disconnects = stats.lost_conns
@@ -870,7 +968,57 @@ async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) ->
             "(printed without flush=True?)",
             flush=True,
         )
-    return res
+
+
+async def route(args: argparse.Namespace, run: Run, res: Result) -> None:
+    """One routing window of `run`'s broker, its figures into `res`."""
+    gc.collect()
+    gc.freeze()  # 10k long-lived protocol objects: keep them out of the load generator's GC
+    try:
+        await routing_phase(args, run.broker, run.stats, res, run.devices)
+    finally:
+        gc.unfreeze()
+    res.rss_after_routing_kb = run.broker.rss() / 1024
+    label = f"round {res.round}, {run.kind}: " if res.round else ""
+    print(
+        f"  {label}routing: {res.routing_status}, {fmt(res.msg_per_s, ',.0f')} msg/s, "
+        f"p50 {fmt(res.latency_p50_ms, '.1f')} ms, p99 {fmt(res.latency_p99_ms, '.1f')} ms, "
+        f"broker CPU {fmt(res.broker_cpu_pct, '.0f')} %, {fmt(cpu_per_msg(res), '.1f')} us/msg, loadgen CPU "
+        f"{fmt(res.loadgen_cpu_pct, '.0f')} %, other CPU {fmt(res.other_cpu_pct, '.0f')} %, "
+        f"lost {fmt(res.lost, 'd')}, misrouted {res.misrouted}, duplicates {res.duplicates}",
+        flush=True,
+    )
+
+
+async def run_one(args: argparse.Namespace, kind: str, n: int, workdir: Path) -> Result:
+    async with connected(args, kind, n, workdir) as run:
+        if run.routable:
+            await route(args, run, run.res)
+    return run.res
+
+
+async def run_rounds(args: argparse.Namespace, n: int, workdir: Path, results: list[Any]) -> None:
+    """Every broker up at once with its `n` devices connected, then `--rounds` routing windows each,
+    interleaved: round r runs the brokers in turn, starting one further along the list each round,
+    so that load from outside and any drift fall on each broker alike. Appends to `results` as it goes:
+    each broker's connect row (round 0), then one row per round and broker."""
+    async with contextlib.AsyncExitStack() as stack:
+        runs = [await stack.enter_async_context(connected(args, kind, n, workdir)) for kind in args.brokers]
+        results += [run.res for run in runs]
+        live = [run for run in runs if run.routable]
+        for r in range(1, args.rounds + 1):
+            k = (r - 1) % len(live) if live else 0
+            for run in live[k:] + live[:k]:
+                if run.res.error is not None:
+                    continue
+                res = dataclasses.replace(run.res, round=r, routing_status="not run")
+                try:
+                    run.broker.check_alive()
+                    await route(args, run, res)
+                except BenchError as exc:
+                    res.error = run.res.error = str(exc)
+                    print(f"  ! {exc}", flush=True)
+                results.append(res)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1218,7 +1366,8 @@ def msgs_cell(r: Result) -> str:
 def report(results: list[Result], args: argparse.Namespace) -> str:
     out: list[str] = []
     brokers = [b for b in args.brokers if any(r.broker == b for r in results)]
-    by = {(r.broker, r.clients): r for r in results}
+    # With --rounds, each broker's round-0 row holds connect and memory; its routing is in rounds_report.
+    by = {(r.broker, r.clients): r for r in results if r.round == 0}
     for b in brokers:
         rows = []
         for n in args.clients:
@@ -1288,8 +1437,10 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                 f"\nratios {b}/{BASELINE} (connect s, KB/conn: lower is better; msg/s: higher is better)",
                 table(["clients", "connect s", "msg/s", "KB/conn"], rows),
             ]
-    for new, old, limit in (("fleet5", "fleet", 1.10), ("fleet", "fleet-base", 1.05)):
-        if new not in brokers or old not in brokers:
+    if args.rounds > 1:
+        out.append(rounds_report(results, args))
+    for new, old, limit in CPU_TARGETS:
+        if new not in brokers or old not in brokers or args.rounds > 1:
             continue
         lines = []
         for n in args.clients:
@@ -1307,18 +1458,144 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         if b == BASELINE:
             continue
         out.append(f"\nacceptance targets ({b}):")
-        out += ["  " + line for line in targets([r for r in results if r.broker == b])]
+        out += [
+            "  " + line
+            for line in targets(
+                [with_median_routing(by[b, n], results) for n in args.clients if (b, n) in by]
+            )
+        ]
     for r in results:
         if r.error:
             out.append(f"\nERROR {r.broker}@{r.clients:,}: {r.error}")
     busy = [r for r in results if max(r.other_cpu_pct or 0, r.connect_other_cpu_pct or 0) > OTHER_CPU_WARN]
     if busy:
-        runs = ", ".join(f"{r.broker}@{r.clients:,}" for r in busy)
+        counts = Counter(f"{r.broker}@{r.clients:,}" for r in busy)
+        runs = ", ".join(f"{run} ({n} windows)" if n > 1 else run for run, n in counts.items())
+        advice = (
+            "compare only the per-round ratios, and the A/A run's spread"
+            if args.rounds > 1
+            else "rerun on a quiet machine, or with --rounds"
+        )
         out.append(
             f"\nWARNING: other processes used > {OTHER_CPU_WARN:.0f} % CPU during {runs}: "
-            "those figures are disturbed; rerun on a quiet machine."
+            f"those figures are disturbed; {advice}."
         )
     return "\n".join(out)
+
+
+# Broker CPU per delivery: (new, old, the most new / old may be).
+CPU_TARGETS = (("fleet5", "fleet", 1.10), ("fleet", "fleet-base", 1.05))
+
+
+def _spread(values: list[float], spec: str) -> str:
+    """median [min-max], and the interquartile range as a share of the median."""
+    med = statistics.median(values)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (med, med, med)
+    iqr = f", IQR {100 * (q3 - q1) / med:.0f} %" if med else ""
+    return f"{med:{spec}} [{min(values):{spec}}-{max(values):{spec}}{iqr}]"
+
+
+def rounds_report(results: list[Result], args: argparse.Namespace) -> str:
+    """The interleaved routing windows: per broker the median and spread of each figure, then for each
+    compared pair the per-round ratio (both brokers measured minutes apart at most) with its spread."""
+    out = []
+    for n in args.clients:
+        rows = [r for r in results if r.clients == n and r.round > 0]
+        if not rows:
+            continue
+        brokers = [b for b in args.brokers if any(r.broker == b for r in rows)]
+        per: dict[str, dict[int, Result]] = {b: {r.round: r for r in rows if r.broker == b} for b in brokers}
+        table_rows = []
+        for b in brokers:
+            ok = [r for r in per[b].values() if r.routing_status == "ok" and cpu_per_msg(r) is not None]
+            if not ok:
+                table_rows.append([b, "0", "-", "-", "-", "-"])
+                continue
+            table_rows.append(
+                [
+                    b,
+                    str(len(ok)),
+                    _spread([v for r in ok if (v := cpu_per_msg(r)) is not None], ".1f"),
+                    _spread([r.msg_per_s or 0.0 for r in ok], ",.0f"),
+                    _spread([r.broker_cpu_pct or 0.0 for r in ok], ".0f"),
+                    fmt(max(r.other_cpu_pct or 0.0 for r in ok), ".0f"),
+                ]
+            )
+        out += [
+            f"\ninterleaved routing, {n:,} clients, {args.rounds} rounds of {args.seconds:g} s "
+            "(median [min-max, interquartile range / median]):",
+            table(
+                ["broker", "rounds", "CPU us/msg", "msg/s", "broker CPU%", "other CPU% max"],
+                table_rows,
+            ),
+        ]
+        for new, old, limit in CPU_TARGETS:
+            if new not in per or old not in per:
+                continue
+            ratios = []
+            for r, a in per[new].items():
+                b = per[old].get(r)
+                x, y = cpu_per_msg(a), None if b is None else cpu_per_msg(b)
+                if (
+                    x is not None
+                    and y
+                    and a.routing_status == "ok"
+                    and b is not None
+                    and b.routing_status == "ok"
+                ):
+                    ratios.append(x / y)
+            if not ratios:
+                out.append(f"  [ n/a] {new}/{old}: no round with both figures")
+                continue
+            med = statistics.median(ratios)
+            verdict = "PASS" if med <= limit else "FAIL"
+            out.append(
+                f"  [{verdict}] broker CPU per delivery {new}/{old}, per-round ratio, {len(ratios)} rounds: "
+                f"{_spread(ratios, '.2f')} (median <= {limit:.2f}); rounds: "
+                + " ".join(f"{x:.2f}" for x in ratios)
+            )
+    return "\n".join(out)
+
+
+PROFILE_TOP = 25
+
+
+def profile_report(results: list[Result], args: argparse.Namespace) -> str:
+    """Each profiled broker's hottest functions (own time) per delivery of its routing windows."""
+    out = []
+    for n in args.clients:
+        for kind in args.brokers:
+            path = args.profile / f"{kind}-{n}.prof"
+            delivered = sum(r.delivered_in_window for r in results if r.broker == kind and r.clients == n)
+            if not path.exists() or not delivered:
+                continue
+            st = pstats.Stats(str(path))
+            entries: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = st.stats  # type: ignore[attr-defined]
+            calls = sum(nc for _, nc, _, _, _ in entries.values())
+            total: float = st.total_tt  # type: ignore[attr-defined]
+            top = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:PROFILE_TOP]
+            rows = [
+                [
+                    f"{Path(file).parent.name}/{Path(file).name}:{line}({name})" if line else name,
+                    f"{nc / delivered:.2f}",
+                    f"{1e6 * tt / delivered:.2f}",
+                    f"{1e6 * ct / delivered:.2f}",
+                ]
+                for (file, line, name), (_, nc, tt, ct, _) in top
+            ]
+            out += [
+                f"\nprofile {kind}, {n:,} clients ({path}): {delivered:,} deliveries, "
+                f"{1e6 * total / delivered:.1f} us, {calls / delivered:.1f} calls per delivery in cProfile",
+                table(["function", "calls/delivery", "own us/delivery", "with callees us/delivery"], rows),
+            ]
+    return "\n".join(out)
+
+
+def with_median_routing(r: Result, results: list[Result]) -> Result:
+    """`r`, a broker's row of one N, with the median msg/s of its --rounds rows when it has any."""
+    rates = [x.msg_per_s for x in results if x.broker == r.broker and x.clients == r.clients and x.round > 0]
+    rates = [x for x in rates if x is not None]
+    return dataclasses.replace(r, msg_per_s=statistics.median(rates)) if rates else r
 
 
 def cpu_per_msg(r: Result) -> float | None:
@@ -1508,6 +1785,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     p.add_argument("--concurrency", type=int, default=100, help="connects in flight at once")
     p.add_argument("--window", type=int, default=100, help="un-PUBACKed PUBLISHes in flight")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="routing: publish at most this many msg/s (0: as fast as the window allows); at a rate every "
+        "broker sustains, each one works the same batches, so their CPU per delivery compares",
+    )
     p.add_argument("--backlog", type=int, default=1000, help="max sent-but-undelivered messages")
     p.add_argument("--warmup-msgs", type=int, default=2000, help="deliveries before the window opens")
     p.add_argument("--phase-timeout", type=float, default=120.0, help="cap on the connect phase (s)")
@@ -1521,6 +1805,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-dir", type=Path, help="keep broker logs and configs here (default: temp dir)")
     p.add_argument("--base-worktree", type=Path, help="the checkout whose fleet broker `fleet-base` runs")
     p.add_argument(
+        "--profile",
+        type=Path,
+        help="run the fleet brokers under cProfile during the routing windows, write DIR/<broker>-<N>.prof "
+        "and print each broker's hottest functions per delivery (CPU figures then include cProfile's cost)",
+    )
+    p.add_argument(
         "--flood",
         action="store_true",
         help="run the flood phase instead of the scale phases: one client floods QoS 0 while others publish",
@@ -1528,7 +1818,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flood-seconds", type=float, default=5.0, help="each flood-phase window (s)")
     p.add_argument("--flood-others", type=int, default=10, help="clients publishing beside the flooder")
     p.add_argument("--flood-rate", type=float, default=50.0, help="messages/s each other client publishes")
-    p.add_argument("--rounds", type=int, default=1, help="flood phase: rounds, each running every broker")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds, each running every broker: with --flood, a fresh broker per round; else every broker "
+        "stays up with its clients connected and runs one routing window per round, interleaved",
+    )
     p.add_argument(
         "--persistence-cost",
         action="store_true",
@@ -1536,6 +1832,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--cost-rounds", type=int, default=2, help="--persistence-cost: rounds, best kept")
     args = p.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     try:
         args.clients = [int(x) for x in args.clients.split(",") if x.strip()]
     except ValueError:
@@ -1571,13 +1869,17 @@ async def amain(args: argparse.Namespace, results: list[Any]) -> None:
                     results.append(await run_flood(args, kind, workdir))
             return
         for n in args.clients:
+            if args.rounds > 1:
+                await run_rounds(args, n, workdir, results)
+                continue
             for kind in args.brokers:
                 results.append(await run_one(args, kind, n, workdir))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    fd_limit = raise_fd_limit(max(args.clients) + 100)
+    # Interleaved rounds keep every broker's clients connected at once.
+    fd_limit = raise_fd_limit(max(args.clients) * (len(args.brokers) if args.rounds > 1 else 1) + 100)
     started = datetime.datetime.now(datetime.UTC)
     command = " ".join([".venv/bin/python", "bench/broker_scale.py", *sys.argv[1:]])
     print(f"broker_scale {started:%Y-%m-%d %H:%M} UTC: {command}")
@@ -1589,6 +1891,13 @@ def main(argv: list[str] | None = None) -> int:
         "  mosquitto: defaults except 'listener PORT 127.0.0.1' + 'allow_anonymous true' "
         "(max_inflight_messages 20, max_queued_messages 1000, no persistence)"
     )
+    print("  load average (1, 5, 15 min) at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    if "fleet-base" in args.brokers:
+        base = args.base_worktree.resolve()
+        print(
+            f"  fleet: {support.ROOT} at {support.git_head('broker')}; "
+            f"fleet-base: {base} at {support.git_head('broker', base)}"
+        )
     if args.persistence_cost:
         args.has_mosquitto = Path(MOSQUITTO_BIN).exists()
         print("  figures from a machine shared with other work: compare ratios within one run only")
@@ -1616,6 +1925,9 @@ def main(argv: list[str] | None = None) -> int:
             print("results so far:" + show(results))
         return 130
     print(show(results))
+    if args.profile and not args.flood:
+        print(profile_report(results, args))
+    print("\nload average (1, 5, 15 min) at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if args.json:
         doc: dict[str, Any] = {
             **support.run_record(started, command, args),

@@ -92,13 +92,14 @@ def raise_fd_limit(need: int, cap: int | None = None) -> int:
     return soft
 
 
-def git_head(package: str) -> str | None:
-    """`git rev-parse --short HEAD`, marked when `package`/ has uncommitted changes; None without git."""
+def git_head(package: str, root: Path = ROOT) -> str | None:
+    """`git rev-parse --short HEAD` of the checkout at `root`, marked when `package`/ has uncommitted
+    changes; None without git."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
 
         def git(*argv: str) -> str:
             done = subprocess.run(
-                ["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+                ["git", *argv], cwd=root, capture_output=True, text=True, timeout=10, check=False
             )
             return done.stdout.strip()
 

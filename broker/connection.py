@@ -70,6 +70,14 @@ _read_buffers = threading.local()
 Decoder = Callable[[int, int, bytes], object]
 
 
+def _read_buffer() -> memoryview:
+    """This thread's read buffer, made on first use."""
+    buffer: memoryview | None = getattr(_read_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _read_buffers.buffer = memoryview(bytearray(READ_BUDGET))
+    return buffer
+
+
 def _connect_level(body: bytes) -> int:
     """The protocol level of a CONNECT body, or -1 when it is too short to tell."""
     if len(body) < 3:
@@ -80,6 +88,7 @@ def _connect_level(body: bytes) -> int:
 
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
+        "_buffer",
         "_decode",
         "_frames",
         "_last_heard",
@@ -110,6 +119,7 @@ class Connection(asyncio.BufferedProtocol):
         self.broker = broker
         self.transport: asyncio.WriteTransport | None = None
         self._frames = FrameReader(broker.settings.max_packet_size)
+        self._buffer = _read_buffer()
         self._decode: Decoder = decode_client_packet
         self.session: Session | None = None
         self.client_id = ""
@@ -148,15 +158,13 @@ class Connection(asyncio.BufferedProtocol):
         self.broker.connection_opened(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        buffer: memoryview | None = getattr(_read_buffers, "buffer", None)
-        if buffer is None:
-            buffer = _read_buffers.buffer = memoryview(bytearray(READ_BUDGET))
-        return buffer
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_read_buffers.buffer[:nbytes]))
+        # The frame reader copies the bytes out before the next read reuses the buffer.
+        self.data_received(self._buffer[:nbytes])
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
         """Bytes from the client (TCP and TLS through `buffer_updated`, WebSocket frames directly)."""
         if self.closing:
             return
@@ -231,11 +239,13 @@ class Connection(asyncio.BufferedProtocol):
                 return False
             expiry = max(0, math.ceil(remaining))
         if self.version != 5:
-            # Properties are dropped toward MQTT 3.1.1 clients.
-            data = encode_publish(
-                message.topic_bytes, message.payload, qos, retain=retain, dup=dup, packet_id=packet_id
+            # Properties are dropped toward MQTT 3.1.1 clients, which announce no Maximum Packet Size.
+            self.send(
+                encode_publish(
+                    message.topic_bytes, message.payload, qos, retain=retain, dup=dup, packet_id=packet_id
+                )
             )
-            return self._send_sized(data, message)
+            return True
         topic = message.topic_bytes
         alias = new_alias = None
         if self.topic_alias_maximum:
@@ -279,8 +289,14 @@ class Connection(asyncio.BufferedProtocol):
     def flush(self) -> None:
         out, self._out = self._out, None
         transport = self.transport
+        broker = self.broker
         # With sync "always", what these packets acknowledge is made durable first.
-        if out and transport is not None and not transport.is_closing() and self.broker.durable():
+        if (
+            out
+            and transport is not None
+            and not transport.is_closing()
+            and (broker.store is None or broker.durable())
+        ):
             transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     # Closing

@@ -8,6 +8,9 @@ from fleet.mqtt.properties import EMPTY, Properties, encode_properties
 
 __all__ = ["Message"]
 
+# The encoding of no properties: a 3.1.1 PUBLISH, most MQTT 5 ones too.
+NONE = encode_properties(EMPTY)
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -28,4 +31,7 @@ class Message:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topic_bytes", self.topic.encode("utf-8"))
-        object.__setattr__(self, "encoded_properties", encode_properties(self.properties))
+        properties = self.properties
+        object.__setattr__(
+            self, "encoded_properties", NONE if properties is EMPTY else encode_properties(properties)
+        )

@@ -481,19 +481,9 @@ class Broker:
         topic = message.topic
         count = 0
         for subscriber, granted in self.subscriptions.match(topic).items():
-            if type(subscriber) is SharedGroup:
-                picked = subscriber.pick()
-                if picked is None:
-                    continue
-                member, sub = picked
-                if acl is not None and not acl.can_read(member.client_id, member.username, topic):
-                    continue
-                one: tuple[int, ...] = (sub.identifier,) if sub.identifier else ()
-                retain = sub.retain_as_published and message.retain
-                member.deliver(message, min(sub.qos, qos), retain=retain, sub_ids=one, group=subscriber)
-                count += 1
+            if type(subscriber) is not Session:
+                count += self._route_shared(subscriber, message)
                 continue
-            assert isinstance(subscriber, Session)
             session = subscriber
             if acl is not None and not acl.can_read(session.client_id, session.username, topic):
                 continue
@@ -507,6 +497,20 @@ class Broker:
                 session.deliver(message, granted if granted < qos else qos)
             count += 1
         return count
+
+    def _route_shared(self, group: Session | SharedGroup, message: Message) -> int:
+        """Deliver `message` to one member of a shared subscription's group; return 1 if one took it."""
+        assert isinstance(group, SharedGroup)
+        picked = group.pick()
+        if picked is None:
+            return 0
+        member, sub = picked
+        if self.acl is not None and not self.acl.can_read(member.client_id, member.username, message.topic):
+            return 0
+        one: tuple[int, ...] = (sub.identifier,) if sub.identifier else ()
+        retain = sub.retain_as_published and message.retain
+        member.deliver(message, min(sub.qos, message.qos), retain=retain, sub_ids=one, group=group)
+        return 1
 
     def handle_subscribe(
         self, connection: Connection, session: Session, packet: Subscribe | v5.Subscribe

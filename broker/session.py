@@ -194,11 +194,14 @@ class Session:
                 self.stats.messages_sent += 1
             return
         entry = Entry(message, qos, retain, sub_ids, group)
+        inflight = len(self.inflight)
         if (
             outlet is not None
             and not outlet.paused
             and not self.queue
-            and len(self.inflight) < self._window(outlet)
+            # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
+            and inflight < self.limits.max_inflight
+            and inflight < outlet.receive_maximum
         ):
             if self.store is not None:
                 self.store.entry_added(self.client_id, entry)
@@ -209,11 +212,6 @@ class Session:
                 self.store.entry_added(self.client_id, entry)
         else:
             self._drop(message, f"its queue holds {self.limits.max_queued} messages")
-
-    def _window(self, outlet: Outlet) -> int:
-        # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
-        receive_maximum = outlet.receive_maximum
-        return receive_maximum if receive_maximum < self.limits.max_inflight else self.limits.max_inflight
 
     def _drop(self, message: Message, why: str) -> None:
         self.dropped += 1
@@ -249,10 +247,11 @@ class Session:
     def pump(self) -> None:
         """Move queued messages into the in-flight window while the connection can take them."""
         outlet = self.outlet
-        if outlet is None:
-            return
         queue = self.queue
-        window = self._window(outlet)
+        if outlet is None or not queue:
+            return
+        # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
+        window = min(self.limits.max_inflight, outlet.receive_maximum)
         while queue and not outlet.paused and len(self.inflight) < window:
             self._send_new(outlet, queue.popleft())
 

@@ -161,7 +161,7 @@ class FrameReader:
         self.max_size = max_size
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, int, bytes]]:
         """Add `data`; return the complete frames as (packet type, flags, body)."""
         buf = self._buffer
         buf += data

@@ -1,0 +1,346 @@
+"""The embedded broker's own CPU per MQTT 3.1.1 delivery, without the network: this checkout against
+another one (``--base-worktree``), interleaved, so that a 5 % difference shows on a shared machine.
+
+Why: ``broker_scale.py`` measures broker CPU per delivery end to end, over loopback, with a load
+generator beside the broker on a 2-core machine. There the figure also moves with the scheduler:
+a broker that gets less CPU reads fewer packets per event-loop turn, and pays each turn's fixed cost
+over fewer deliveries. Two runs of the same code differed by 40 % there. This bench drives the
+broker's real `Connection` objects in one process, through a transport that only keeps what is
+written, with the same batches every time: each step the publisher sends ``--batch`` QoS 1
+PUBLISHes to random devices in one read, one event-loop turn writes the deliveries and the
+PUBACKs, and each device answers its PUBLISH with a PUBACK in a read of its own. Only the broker's
+calls are timed (process CPU time); building packets and reading what the broker wrote are not.
+
+Each measurement runs in a fresh process of the checkout it measures (the checkout's directory
+first on ``sys.path``): ``--warmup`` deliveries, then ``--repeat`` timings of ``--messages``
+deliveries each, of which the fastest is kept (outside load only ever adds). The rounds alternate
+which checkout goes first. Reported: per checkout the median [min-max] over the rounds, and the
+per-round ratio this/base with its spread. An A/A run (``--base-worktree .``) shows the noise floor.
+
+Usage::
+
+    .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 [--rounds 8]
+    .venv/bin/python bench/broker_hotpath.py --base-worktree .      # A/A: the noise floor
+    .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 --opcodes --messages 2000
+    .venv/bin/python bench/broker_hotpath.py --checkout DIR --base-worktree /work/wt/base-c42ada3
+    .venv/bin/python bench/broker_hotpath.py --profile out.prof [--checkout DIR]  # cProfile of its path
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PAYLOAD = bytes(200)
+OPCODE_ROWS = 15
+_U16 = struct.Struct("!H")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def _text(s: str) -> bytes:
+    raw = s.encode()
+    return _U16.pack(len(raw)) + raw
+
+
+def _connect(client_id: str) -> bytes:
+    # MQTT 3.1.1, clean session, no keepalive: no timer fires during a slow, traced run.
+    return _packet(0x10, _text("MQTT") + b"\x04\x02" + _U16.pack(0) + _text(client_id))
+
+
+def _topic(i: int) -> str:
+    return f"fleet/dev-{i}/cmd"
+
+
+class Transport(asyncio.WriteTransport):
+    """The part of an asyncio transport the broker uses; keeps what is written, unparsed."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.written: list[bytes] = []
+
+    def get_extra_info(self, name: Any, default: Any = None) -> Any:
+        return ("127.0.0.1", self.port) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def _feed(conn: Any, data: bytes) -> None:
+    """Hand `data` to the connection as asyncio's socket transport does: into get_buffer() and
+    buffer_updated() for a BufferedProtocol (recv_into), else data_received() (recv)."""
+    if not hasattr(conn, "buffer_updated"):
+        conn.data_received(data)
+        return
+    view = memoryview(data)
+    while view:
+        buffer = conn.get_buffer(-1)
+        n = len(view) if len(view) <= len(buffer) else len(buffer)
+        buffer[:n] = view[:n]
+        conn.buffer_updated(n)
+        view = view[n:]
+
+
+def _publish_ids(chunks: list[bytes]) -> list[int]:
+    """The packet identifiers of the QoS 1 PUBLISHes written to one device."""
+    ids = []
+    for data in chunks:
+        pos = 0
+        while pos < len(data):
+            first = data[pos]
+            i, length, shift = pos + 1, 0, 0
+            while True:
+                byte = data[i]
+                i += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            if first >> 4 == 3:
+                tlen = _U16.unpack_from(data, i)[0]
+                ids.append(_U16.unpack_from(data, i + 2 + tlen)[0])
+            pos = i + length
+    return ids
+
+
+async def _measure(args: argparse.Namespace) -> dict[str, Any]:
+    from broker.config import BrokerSettings
+    from broker.connection import Connection
+    from broker.server import Broker
+
+    broker = Broker(BrokerSettings())
+    rng = random.Random(1)
+    devices = []
+    for i in range(args.clients):
+        conn = Connection(broker)
+        transport = Transport(10000 + i)
+        conn.connection_made(transport)
+        _feed(conn, _connect(f"dev-{i}"))
+        _feed(conn, _packet(0x82, _U16.pack(1) + _text(_topic(i)) + b"\x01"))
+        devices.append((conn, transport))
+    pub = Connection(broker)
+    pub_transport = Transport(9999)
+    pub.connection_made(pub_transport)
+    _feed(pub, _connect("bench-pub"))
+    await asyncio.sleep(0)
+    prefixes = [_text(_topic(i)) for i in range(args.clients)]
+    clock = time.process_time_ns
+    next_id = 0
+
+    async def step() -> int:
+        """One batch: PUBLISHes in, one loop turn, each device's PUBACK; the broker's CPU ns."""
+        nonlocal next_id
+        parts = []
+        for _ in range(args.batch):
+            next_id = next_id % 65535 + 1
+            body = prefixes[rng.randrange(args.clients)] + _U16.pack(next_id) + PAYLOAD
+            parts.append(_packet(0x32, body))
+        data = b"".join(parts)
+        t0 = clock()
+        _feed(pub, data)
+        await asyncio.sleep(0)  # the turn's end: every connection's queued packets are written
+        spent = clock() - t0
+        pub_transport.written.clear()
+        acks = []
+        for conn, transport in devices:
+            if transport.written:
+                acks += [(conn, _packet(0x40, _U16.pack(pid))) for pid in _publish_ids(transport.written)]
+                transport.written.clear()
+        t0 = clock()
+        for conn, ack in acks:
+            _feed(conn, ack)
+        await asyncio.sleep(0)
+        return spent + clock() - t0
+
+    async def run(deliveries: int) -> float:
+        before = broker.stats.messages_sent
+        spent = 0
+        while broker.stats.messages_sent - before < deliveries:
+            spent += await step()
+        return spent / 1000 / (broker.stats.messages_sent - before)
+
+    await run(args.warmup)
+    if args.opcodes:
+        counts: Counter[str] = Counter()
+        here = Path(__file__).name
+
+        def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+            if event == "opcode":
+                code = frame.f_code
+                if not code.co_filename.endswith(here):
+                    counts[f"{'/'.join(Path(code.co_filename).parts[-2:])}:{code.co_name}"] += 1
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            await run(args.messages)
+        finally:
+            sys.settrace(None)
+        n = args.messages
+        return {
+            "opcodes": sum(counts.values()) / n,
+            "by_function": {k: v / n for k, v in counts.most_common()},
+        }
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await run(args.messages)
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        return {}
+    timings = [await run(args.messages) for _ in range(args.repeat)]
+    return {"us_per_delivery": min(timings), "timings": timings}
+
+
+def _child(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(args.child))
+    result = asyncio.run(_measure(args))
+    print(json.dumps(result))
+    return 0
+
+
+def _run_child(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    argv = [
+        sys.executable, __file__, "--child", str(root), "--clients", str(args.clients),
+        "--batch", str(args.batch), "--messages", str(args.messages), "--warmup", str(args.warmup),
+        "--repeat", str(args.repeat), *(["--opcodes"] if args.opcodes else []),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout, check=False, cwd=root)
+    if done.returncode != 0:
+        raise SystemExit(f"broker_hotpath: the run of {root} failed (exit {done.returncode}):\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+def _opcodes(this: Path, base: Path, args: argparse.Namespace) -> int:
+    """Bytecodes the interpreter runs per delivery in each checkout: no noise, so one run says it."""
+    got = {"this": _run_child(this, args), "base": _run_child(base, args)}
+    a, b = got["this"]["by_function"], got["base"]["by_function"]
+    print(f"\nPython bytecodes per 3.1.1 delivery (asyncio's included), {args.messages} deliveries traced:")
+    print(
+        f"  this {got['this']['opcodes']:.1f}, base {got['base']['opcodes']:.1f}, "
+        f"this/base {got['this']['opcodes'] / got['base']['opcodes']:.3f}"
+    )
+    print("  the largest differences (this - base, per delivery):")
+    for key in sorted(set(a) | set(b), key=lambda k: -abs(a.get(k, 0) - b.get(k, 0)))[:OPCODE_ROWS]:
+        print(f"  {a.get(key, 0) - b.get(key, 0):+8.1f}  {a.get(key, 0):7.1f} / {b.get(key, 0):7.1f}  {key}")
+    return 0
+
+
+def _spread(values: list[float], spec: str) -> str:
+    return f"{statistics.median(values):{spec}} [{min(values):{spec}}-{max(values):{spec}}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--base-worktree", type=Path, help="the checkout to compare with (. for an A/A run)")
+    p.add_argument("--rounds", type=int, default=8, help="rounds, each measuring both checkouts")
+    p.add_argument("--clients", type=int, default=1000, help="subscribed devices, one topic each")
+    p.add_argument("--batch", type=int, default=10, help="PUBLISHes per read of the publisher")
+    p.add_argument("--messages", type=int, default=20000, help="deliveries per timing")
+    p.add_argument("--warmup", type=int, default=5000, help="deliveries before the first timing")
+    p.add_argument("--repeat", type=int, default=3, help="timings per process; the fastest is kept")
+    p.add_argument("--timeout", type=float, default=120.0, help="cap on one measuring process (s)")
+    p.add_argument("--profile", type=Path, help="write a cProfile of one checkout's delivery path here")
+    p.add_argument(
+        "--checkout", type=Path, default=ROOT, help="the checkout measured (or profiled) against base"
+    )
+    p.add_argument(
+        "--opcodes",
+        action="store_true",
+        help="count the Python bytecodes run per delivery instead of timing (sys.settrace, slow, exact)",
+    )
+    p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child is not None:
+        return _child(args)
+    if args.profile is not None:
+        sys.path.insert(0, str(args.checkout))
+        asyncio.run(_measure(args))
+        print(f"wrote {args.profile} ({args.messages} deliveries): python -m pstats {args.profile}")
+        return 0
+    if args.base_worktree is None or not (args.base_worktree / "broker").is_dir():
+        p.error("--base-worktree: give a checkout with a broker/ package (. for an A/A run)")
+    base = args.base_worktree.resolve()
+    this = args.checkout.resolve()
+    command = " ".join([".venv/bin/python", "bench/broker_hotpath.py", *sys.argv[1:]])
+    print(f"broker_hotpath {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC: {command}")
+    print("  load average (1, 5, 15 min) at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(
+        f"  {args.clients} devices, batches of {args.batch}, best of {args.repeat} x {args.messages} "
+        f"deliveries per process; this: {this}, base: {base}",
+        flush=True,
+    )
+    if args.opcodes:
+        return _opcodes(this, base, args)
+    figures: dict[str, list[float]] = {"this": [], "base": []}
+    ratios = []
+    for r in range(args.rounds):
+        order = [("this", this), ("base", base)]
+        if r % 2:
+            order.reverse()
+        got = {name: float(_run_child(root, args)["us_per_delivery"]) for name, root in order}
+        for name, value in got.items():
+            figures[name].append(value)
+        ratios.append(got["this"] / got["base"])
+        print(
+            f"  round {r + 1}: this {got['this']:.2f} us, base {got['base']:.2f} us, ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    print("\nbroker CPU per 3.1.1 delivery, in process (median [min-max] over the rounds):")
+    for name, values in figures.items():
+        print(f"  {name}: {_spread(values, '.2f')} us")
+    print(f"  this/base per round: {_spread(ratios, '.3f')}")
+    print("  load average (1, 5, 15 min) at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
