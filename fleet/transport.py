@@ -198,6 +198,9 @@ class Link(asyncio.Protocol):
 
     __slots__ = (
         "_aborted",
+        "_ack_delay",
+        "_ack_timer",
+        "_acks",
         "_alias_max",
         "_aliases",
         "_clean",
@@ -226,6 +229,7 @@ class Link(asyncio.Protocol):
         "alias_saved",
         "client_id",
         "disconnect_reason",
+        "inflight_peak",
         "properties",
     )
 
@@ -235,6 +239,7 @@ class Link(asyncio.Protocol):
         on_message: Callable[[Any], None],
         *,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._session = session
@@ -273,6 +278,12 @@ class Link(asyncio.Protocol):
         self.disconnect_reason: int | None = None
         # CONNACK's properties (MQTT 5).
         self.properties: Properties = EMPTY
+        # Deferred acknowledgements (`ack_delay`): the PUBACKs and PUBRECs not yet written.
+        self._ack_delay = ack_delay
+        self._acks: list[bytes] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
+        # The most incoming QoS 1/2 deliveries unacknowledged at once (QoS 2 until PUBCOMP).
+        self.inflight_peak = 0
 
     @overload
     @classmethod
@@ -286,6 +297,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]: ...
 
     @overload
@@ -300,6 +312,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]: ...
 
     @overload
@@ -314,6 +327,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]: ...
 
     @classmethod
@@ -327,6 +341,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]:
         """Connect, send CONNECT and wait for CONNACK, all within `timeout` seconds.
 
@@ -338,8 +353,12 @@ class Link(asyncio.Protocol):
         and ProtocolError if the broker answers with something other than CONNACK. Cancelled once
         CONNECT is sent, it sends DISCONNECT before it closes: the broker may have accepted the
         CONNECT, and a cancelled connect is a shutdown, not a loss, so no will fires.
+
+        With `ack_delay` (seconds), incoming QoS 1/2 deliveries are acknowledged together that long
+        after the first unacknowledged one, so that the broker's window of deliveries in flight fills
+        and `inflight_peak` measures it (an observer checking the broker honours its Receive Maximum).
         """
-        link = cls(session, on_message, max_packet_size=max_packet_size)
+        link = cls(session, on_message, max_packet_size=max_packet_size, ack_delay=ack_delay)
         present = await link._open(endpoint, connect, tls_context(endpoint, ssl), timeout)
         return link, present
 
@@ -647,6 +666,9 @@ class Link(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
 
     # Keepalive: one timer per link, armed for when the link will have been quiet for `keepalive`.
 
@@ -894,12 +916,29 @@ class Link(asyncio.Protocol):
             if packet_id not in received:
                 received.add(packet_id)
                 self._deliver(packet)
-            self._send(pubrec(packet_id))
+            self._ack(pubrec(packet_id))
             return
         self._deliver(packet)
         if qos:
             assert packet.packet_id is not None
-            self._send(puback(packet.packet_id))
+            self._ack(puback(packet.packet_id))
+
+    def _ack(self, data: bytes) -> None:
+        if not self._ack_delay:
+            self._send(data)
+            return
+        acks = self._acks
+        acks.append(data)
+        pending = sum(1 for ack in acks if ack[0] >> 4 == PUBACK) + len(self._session.received)
+        self.inflight_peak = max(self.inflight_peak, pending)
+        if self._ack_timer is None:
+            self._ack_timer = self._loop.call_later(self._ack_delay, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        acks, self._acks = self._acks, []
+        if acks:
+            self._send(b"".join(acks))
 
     def _deliver(self, packet: Publish | v5.Publish) -> None:
         try:
