@@ -1235,7 +1235,10 @@ def stress_command(
 
 
 def _write_stress_html(path: Path, config_path: Path, result: Any, checked: Any, timeline: Any) -> None:
+    from rich.text import Text
+
     from fleet.html_report import Gate
+    from fleet.stress.report import mqtt5_rows
 
     latency = {
         f"QoS {row.qos}, {'persistent' if row.persistent else 'clean'} session": row.latency
@@ -1251,6 +1254,13 @@ def _write_stress_html(path: Path, config_path: Path, result: Any, checked: Any,
         latency=latency,
         latency_title="Delivery latency (send to observer), by QoS and session",
         gates=[Gate(gate.name, gate.passed, gate.detail) for gate in checked],
+        promises=[
+            (name, Text.from_markup(text).plain)
+            for name, text in [
+                *mqtt5_rows(result.account),
+                ("violations", "; ".join(result.account.violations) or "none"),
+            ]
+        ],
     )
 
 

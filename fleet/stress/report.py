@@ -13,7 +13,7 @@ from rich.table import Table
 from fleet.stress.accounting import Account, GateResult
 from fleet.stress.runner import StressResult
 
-__all__ = ["stress_json", "stress_table", "write_json", "write_junit"]
+__all__ = ["mqtt5_rows", "stress_json", "stress_table", "write_json", "write_junit"]
 
 
 def _ms(value: float | int | None) -> str:
@@ -90,8 +90,8 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
         + (_restarted(account) if account.broker_restarted else "")
         + f", {account.sessions_wrongly_present:,} clean sessions wrongly present",
     )
-    if v5.devices:
-        _mqtt5_rows(facts, account)
+    for name, text in mqtt5_rows(account):
+        facts.add_row(name, text)
     facts.add_row(
         "reconnects",
         f"{reconnect['count']:,}: p50 {_ms(reconnect['p50'])} ms, p90 {_ms(reconnect['p90'])} ms, "
@@ -116,32 +116,37 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
     return Group(delivery, facts)
 
 
-def _mqtt5_rows(facts: Table, account: Account) -> None:
+def mqtt5_rows(account: Account) -> list[tuple[str, str]]:
+    """The MQTT 5 figures of the account as (name, text with rich markup) rows; none for a 3.1.1 fleet."""
     v5 = account.mqtt5
+    if not v5.devices:
+        return []
     wills, sessions = v5.wills, v5.sessions
-    facts.add_row(
-        "MQTT 5 wills",
-        f"{wills.expected:,} due (offline past the will delay, or the session ended), "
-        f"{wills.within_delay:,} ends back within the delay (no will allowed), "
-        f"{_flag(wills.early, True)} early, {_flag(wills.after_reconnect, True)} after a reconnect "
-        f"within the delay, {wills.undecided:,} undecided, {wills.not_due:,} not yet due at the end",
-    )
-    facts.add_row(
-        "MQTT 5 sessions",
-        f"{sessions.resumed:,} resumed within their expiry, {sessions.expired:,} expired as due, "
-        f"{_flag(sessions.resumed_after_expiry, True)} resumed after expiry, "
-        f"{_flag(sessions.lost_before_expiry, True)} lost before expiry, "
-        f"{sessions.undecided:,} undecided",
-    )
     told = (
         f"; {v5.taken_over_told:,} of {v5.takeovers:,} taken over got DISCONNECT 0x8E" if v5.takeovers else ""
     )
-    facts.add_row(
-        "MQTT 5 flow",
-        f"the observer allowed {v5.receive_maximum} deliveries in flight, the broker had at most "
-        f"{_flag(v5.inflight_peak, v5.inflight_peak > (v5.receive_maximum or 0))}; "
-        f"{account.expired:,} messages expired{told}",
-    )
+    return [
+        (
+            "MQTT 5 wills",
+            f"{wills.expected:,} due (offline past the will delay, or the session ended), "
+            f"{wills.within_delay:,} ends back within the delay (no will allowed), "
+            f"{_flag(wills.early, True)} early, {_flag(wills.after_reconnect, True)} after a reconnect "
+            f"within the delay, {wills.undecided:,} undecided, {wills.not_due:,} not yet due at the end",
+        ),
+        (
+            "MQTT 5 sessions",
+            f"{sessions.resumed:,} resumed within their expiry, {sessions.expired:,} expired as due, "
+            f"{_flag(sessions.resumed_after_expiry, True)} resumed after expiry, "
+            f"{_flag(sessions.lost_before_expiry, True)} lost before expiry, "
+            f"{sessions.undecided:,} undecided",
+        ),
+        (
+            "MQTT 5 flow",
+            f"the observer allowed {v5.receive_maximum} deliveries in flight, the broker had at most "
+            f"{_flag(v5.inflight_peak, v5.inflight_peak > (v5.receive_maximum or 0))}; "
+            f"{account.expired:,} messages expired{told}",
+        ),
+    ]
 
 
 def _cut_short(result: StressResult) -> str:

@@ -339,7 +339,8 @@ async def test_a_takeover_is_told_and_judged_by_the_will_delay(mosquitto_broker:
 
 def test_the_cli_runs_an_mqtt5_scenario_with_v_mqttv5(tmp_path: Path, mosquitto_broker: Mosquitto) -> None:
     """`fleet stress -V mqttv5 --broker URL` makes a 3.1.1 config's groups and the observer MQTT 5,
-    and --max-expired gates; an MQTT 5 scenario on 3.1.1 groups is refused, naming the field."""
+    --max-expired gates, and the HTML page shows the MQTT 5 figures; an MQTT 5 scenario on 3.1.1
+    groups is refused, naming the field."""
     config = tmp_path / "f.toml"
     config.write_text(
         f'[[groups]]\nname = "c{uuid.uuid4().hex[:6]}"\ncount = 4\ninterval = 0.1\nclean_session = false\n'
@@ -351,8 +352,12 @@ def test_the_cli_runs_an_mqtt5_scenario_with_v_mqttv5(tmp_path: Path, mosquitto_
     assert v311.returncode == 1, v311.stderr
     assert "groups[0].protocol: the takeover scenario needs MQTT 5 groups" in v311.stderr
     argv = ("--scenario", "takeover", "--broker", url, "-V", "mqttv5", "--max-expired", "0")
-    done = run(fleet_argv("stress", config, *argv, "--report", report), timeout=RUN_TIMEOUT)
+    page = tmp_path / "r.html"
+    done = run(fleet_argv("stress", config, *argv, "--report", report, "--html", page), timeout=RUN_TIMEOUT)
     assert done.returncode == 0, done.stderr
+    promises = page.read_text().split('<table id="promises">', 1)[1].split("</table>", 1)[0]
+    assert "<td>MQTT 5 wills</td>" in promises
+    assert "of 2 taken over got DISCONNECT 0x8E" in promises
     data = json.loads(report.read_text())
     assert data["meta"]["observer"]["protocol"] == "5"
     assert data["delivery"]["mqtt5"]["takeovers"]["made"] == 2
