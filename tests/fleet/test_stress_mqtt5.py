@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 import fleet.stress.mqtt5
+from broker.server import Broker
 from fleet.errors import ConfigError
+from fleet.mqtt import v5
+from fleet.mqtt.properties import Properties
 from fleet.report import Histogram
 from fleet.schema import FleetConfig, load_fleet_config
 from fleet.simulator import Target
@@ -22,7 +25,7 @@ from fleet.stress.mqtt5 import Device5, Span, expired, sessions5, spans, wills5
 from fleet.stress.observer import RECEIVE_MAXIMUM
 from fleet.stress.runner import StressResult, run_stress
 from fleet.stress.scenario import MQTT5_SCENARIOS, StressSettings, builtin_stages, load_stress_settings
-from fleet.transport import Endpoint
+from fleet.transport import ClientSession, Endpoint, Link, make_connect
 from tests.procs import Mosquitto, fleet_argv, run
 
 RUN_TIMEOUT = 60.0  # the bound on one whole stress run; a passing run takes a few seconds
@@ -181,6 +184,33 @@ def test_the_json_report_keeps_its_fields_and_adds_mqtt5_beside_them() -> None:
     assert data["wills"]["mqtt5"]["within_delay"] == 0
     assert data["sessions"]["mqtt5"]["resumed_after_expiry"] == 0
     assert data["mqtt5"]["receive_maximum"] == {"observer_announced": None, "inflight_peak": 0}
+
+
+# The observer's measure of Receive Maximum
+
+
+async def test_a_link_with_ack_delay_measures_the_broker_s_window(broker: Broker) -> None:
+    """A subscriber that announces Receive Maximum 5 and holds its acks sees at most 5 of 60 QoS 1
+    deliveries unacknowledged at once from the embedded broker, and exactly 5 once the window fills."""
+    endpoint = Endpoint("mqtt", "127.0.0.1", broker.port)
+    got: list[object] = []
+    allowed = v5.Connect(True, 30, "rm-sub", None, None, None, Properties(receive_maximum=5))
+    arrived = asyncio.Event()
+
+    def count(message: object) -> None:
+        got.append(message)
+        if len(got) == 60:
+            arrived.set()
+
+    sub, _ = await Link.open(endpoint, allowed, session=ClientSession(), on_message=count, ack_delay=0.05)
+    await sub.subscribe([("rm/t", 1)])
+    pub, _ = await Link.open(endpoint, make_connect("rm-pub"), session=ClientSession(), on_message=print)
+    async with asyncio.timeout(10):
+        await asyncio.gather(*[pub.publish("rm/t", b"x", 1) for _ in range(60)])  # type: ignore[misc]
+        await arrived.wait()
+    assert sub.inflight_peak == 5
+    await pub.disconnect()
+    await sub.disconnect()
 
 
 # The MQTT 5 scenarios' checks
