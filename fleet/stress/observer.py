@@ -122,7 +122,9 @@ class Observer:
             if not isinstance(seq, int) or not isinstance(ts, int | float):
                 self.ledger.unknown += 1
                 return
-            self.ledger.telemetry(route.device, seq, time.time() - ts, ts, route.expiry)
+            # A redelivery (DUP) had started onward delivery before: its expiry no longer applies.
+            expiry = None if message.dup else route.expiry
+            self.ledger.telemetry(route.device, seq, time.time() - ts, ts, expiry)
         else:
             reason = body.get("reason")
             self.ledger.status(
