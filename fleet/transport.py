@@ -125,6 +125,8 @@ class InFlight:
     released: bool
     future: asyncio.Future[None]
     properties: bytes = b""  # MQTT 5: encoded, without a Topic Alias
+    waiting: bool = False  # waits for a place under the broker's Receive Maximum
+    sent: bool = True  # written at least once: a re-send sets DUP
 
 
 class ClientSession:
@@ -138,11 +140,12 @@ class ClientSession:
     ConnectionLost. One session serves one link at a time.
     """
 
-    __slots__ = ("_next_id", "inflight", "received")
+    __slots__ = ("_next_id", "inflight", "received", "waiting")
 
     def __init__(self) -> None:
         self.inflight: dict[int, InFlight] = {}
         self.received: set[int] = set()
+        self.waiting = 0  # of the in-flight messages: those waiting for a place (InFlight.waiting)
         self._next_id = 0
 
     def next_packet_id(self, busy: Container[int] = ()) -> int:
@@ -161,6 +164,7 @@ class ClientSession:
         inflight = self.inflight
         self.inflight = {}
         self.received = set()
+        self.waiting = 0
         for packet_id, message in inflight.items():
             future = message.future
             if not future.done():
@@ -217,8 +221,10 @@ class Link(asyncio.Protocol):
         "_last_sent",
         "_loop",
         "_on_message",
+        "_outstanding",
         "_paused",
         "_ping_sent",
+        "_quota",
         "_requests",
         "_session",
         "_silent",
@@ -284,6 +290,9 @@ class Link(asyncio.Protocol):
         self._ack_timer: asyncio.TimerHandle | None = None
         # The most incoming QoS 1/2 deliveries unacknowledged at once (QoS 2 until PUBCOMP).
         self.inflight_peak = 0
+        # Outgoing QoS 1/2: the broker's Receive Maximum (MQTT 5), and how many are sent and unacknowledged.
+        self._quota = 1 << 30
+        self._outstanding = 0
 
     @overload
     @classmethod
@@ -526,7 +535,14 @@ class Link(asyncio.Protocol):
         session = self._session
         packet_id = session.next_packet_id(self._requests)
         future: asyncio.Future[None] = self._loop.create_future()
-        session.inflight[packet_id] = InFlight(topic, payload, qos, retain, False, future, properties)
+        waiting = self._outstanding >= self._quota
+        session.inflight[packet_id] = InFlight(
+            topic, payload, qos, retain, False, future, properties, waiting, not waiting
+        )
+        if waiting:  # sent when an acknowledgement frees a place [MQTT-4.9.0-2]
+            session.waiting += 1
+            return future
+        self._outstanding += 1
         if not self._silent:
             if self._v5:
                 data = self._publish5(topic, encoded, payload, qos, retain, packet_id, properties, alias)
@@ -831,6 +847,8 @@ class Link(asyncio.Protocol):
     def _refused(self, packet_id: int, reason: int) -> None:
         """An MQTT 5 PUBACK or PUBREC with an error reason: the broker took no responsibility."""
         message = self._session.inflight.pop(packet_id, None)
+        if message is not None:
+            self._freed()
         if message is not None and not message.future.done():
             message.future.set_exception(
                 TransportError(
@@ -856,11 +874,23 @@ class Link(asyncio.Protocol):
             return
         self._connack = None
         if not self._clean:
-            # Re-send what is in flight, in order, with the original ids [MQTT-4.4.0-1].
-            for packet_id, message in self._session.inflight.items():
+            # Re-send what is in flight, in order, with the original ids [MQTT-4.4.0-1], as much as
+            # the broker's Receive Maximum allows; the rest waits for acknowledgements.
+            session = self._session
+            for packet_id, message in session.inflight.items():
+                if self._outstanding >= self._quota:
+                    if not message.waiting:
+                        message.waiting = True
+                        session.waiting += 1
+                    continue
+                self._outstanding += 1
+                if message.waiting:
+                    message.waiting = False
+                    session.waiting -= 1
                 if message.released:
                     self._send(pubrel(packet_id))
                     continue
+                dup, message.sent = message.sent, True
                 topic, payload, qos, retain = message.topic, message.payload, message.qos, message.retain
                 if self._v5:
                     data = self._publish5(
@@ -872,11 +902,11 @@ class Link(asyncio.Protocol):
                         packet_id,
                         message.properties,
                         False,
-                        True,
+                        dup,
                     )
                 else:
                     data = encode_publish(
-                        self._topic(topic), payload, qos, retain=retain, dup=True, packet_id=packet_id
+                        self._topic(topic), payload, qos, retain=retain, dup=dup, packet_id=packet_id
                     )
                 self._send(data)
         self._held = []
@@ -898,6 +928,7 @@ class Link(asyncio.Protocol):
         if properties.server_keep_alive is not None:
             self._keepalive = properties.server_keep_alive  # the broker's keep alive wins [MQTT-3.2.2-22]
         self._alias_max = properties.topic_alias_maximum or 0
+        self._quota = properties.receive_maximum or 65535
         if not self._clean and not packet.session_present:
             # The broker has no session: neither may the client keep one [MQTT-3.2.2-5].
             self._session.discard("the broker had no session")
@@ -967,9 +998,52 @@ class Link(asyncio.Protocol):
             self._send(pubrel(packet_id))
             return
         del inflight[packet_id]
+        self._freed()
         future = message.future
         if not future.done():
             future.set_result(None)
+
+    def _freed(self) -> None:
+        """An outgoing QoS 1/2 message is done: send the first one waiting for a place, if any."""
+        self._outstanding -= 1
+        session = self._session
+        if (
+            not session.waiting
+            or self._outstanding >= self._quota
+            or self._closing
+            or self._transport is None
+        ):
+            return
+        for packet_id, message in session.inflight.items():
+            if message.waiting:
+                message.waiting = False
+                session.waiting -= 1
+                self._outstanding += 1
+                topic = message.topic
+                if self._v5:
+                    data = self._publish5(
+                        topic,
+                        self._topic(topic),
+                        message.payload,
+                        message.qos,
+                        message.retain,
+                        packet_id,
+                        message.properties,
+                        False,
+                        message.sent,
+                    )
+                else:
+                    data = encode_publish(
+                        self._topic(topic),
+                        message.payload,
+                        message.qos,
+                        retain=message.retain,
+                        dup=message.sent,
+                        packet_id=packet_id,
+                    )
+                message.sent = True
+                self._send(data)
+                return
 
     def _on_ack(self, packet_id: int, codes: tuple[int, ...], what: str) -> None:
         entry = self._requests.get(packet_id)

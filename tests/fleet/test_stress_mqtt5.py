@@ -5,6 +5,7 @@ embedded broker and Mosquitto side by side."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from fleet.stress.observer import RECEIVE_MAXIMUM
 from fleet.stress.runner import StressResult, run_stress
 from fleet.stress.scenario import MQTT5_SCENARIOS, StressSettings, builtin_stages, load_stress_settings
 from fleet.transport import ClientSession, Endpoint, Link, make_connect
+from tests.conftest import BrokerFactory
 from tests.procs import Mosquitto, fleet_argv, run
 
 RUN_TIMEOUT = 60.0  # the bound on one whole stress run; a passing run takes a few seconds
@@ -211,6 +213,32 @@ async def test_a_link_with_ack_delay_measures_the_broker_s_window(broker: Broker
     assert sub.inflight_peak == 5
     await pub.disconnect()
     await sub.disconnect()
+
+
+@pytest.mark.parametrize("where", ["embedded", "mosquitto"])
+async def test_a_device_link_keeps_to_the_broker_s_receive_maximum(
+    where: str, broker_factory: BrokerFactory, request: pytest.FixtureRequest
+) -> None:
+    """30 QoS 2 publishes at once on an MQTT 5 link: it sends no more than the broker's Receive
+    Maximum (2 for the embedded broker, Mosquitto's default 20) unacknowledged, and all 30 complete,
+    where sending them all at once is refused (DISCONNECT 0x93, or PUBREC 0x97)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if where == "mosquitto":
+            port = request.getfixturevalue("mosquitto_broker").port
+        else:
+            port = (await stack.enter_async_context(broker_factory(max_inflight=2))).port
+        connect = v5.Connect(True, 30, f"rm-{uuid.uuid4().hex[:6]}", None, None, None)
+        link, _ = await Link.open(
+            Endpoint("mqtt", "127.0.0.1", port), connect, session=ClientSession(), on_message=print
+        )
+        allowed = link.properties.receive_maximum
+        assert allowed is not None
+        futures = [link.publish("rm/q2", b"x", 2) for _ in range(30)]
+        assert len([m for m in link.session.inflight.values() if not m.waiting]) == allowed
+        async with asyncio.timeout(10):
+            await asyncio.gather(*futures)  # type: ignore[misc]
+        assert link.connected
+        await link.disconnect()
 
 
 # The MQTT 5 scenarios' checks
