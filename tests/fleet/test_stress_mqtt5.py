@@ -344,10 +344,12 @@ async def test_flapping_within_the_will_delay_fires_no_will(mosquitto_broker: Mo
     results = await both("flapping-within-will-delay", 5.0, mosquitto_broker, will_delay=3, session_expiry=6)
     for result in results:
         account, v5 = result.account, result.account.mqtt5
+        drops = result.fleet.fleet().drops["abrupt"]
         assert promises(result) == [], result.meta["timeline"]
-        assert v5.wills.within_delay >= 6, v5.wills
+        assert v5.wills.within_delay > 0, v5.wills
+        assert v5.wills.within_delay + v5.wills.undecided == drops, v5.wills
         assert (account.wills_received, account.wills_expected, v5.wills.early) == (0, 0, 0)
-        assert v5.sessions.resumed >= 6, v5.sessions
+        assert v5.sessions.resumed + v5.sessions.undecided == drops, v5.sessions
         assert v5.sessions.lost_before_expiry == 0, v5.sessions
         assert account.telemetry[0].lost_by_broker == 0
     embedded, _ = results
@@ -360,10 +362,13 @@ async def test_devices_offline_past_their_session_expiry_find_no_session(mosquit
     its device comes back, and its will came when the session ended, before the delay."""
     for result in await both("session-expiry", 6.5, mosquitto_broker, will_delay=3, session_expiry=1):
         v5 = result.account.mqtt5
+        drops = result.fleet.fleet().drops["abrupt"]
         assert promises(result) == [], result.meta["timeline"]
-        assert (v5.sessions.expired, v5.sessions.resumed_after_expiry) == (6, 0), v5.sessions
-        assert (v5.wills.expected, v5.wills.missing, v5.wills.early) == (6, 0, 0), v5.wills
-        assert result.account.wills_received == 6
+        assert v5.sessions.expired > 0, v5.sessions
+        assert v5.sessions.expired + v5.sessions.undecided == drops, v5.sessions
+        assert v5.wills.expected + v5.wills.undecided == drops, v5.wills
+        assert (v5.wills.missing, v5.wills.early, v5.sessions.resumed_after_expiry) == (0, 0, 0), v5
+        assert result.account.wills_received == drops
 
 
 async def test_telemetry_older_than_its_expiry_is_expired_not_lost(mosquitto_broker: Mosquitto) -> None:
@@ -384,15 +389,20 @@ async def test_a_takeover_is_told_and_judged_by_the_will_delay(mosquitto_broker:
     embedded, other = await both("takeover", 3.0, mosquitto_broker, will_delay=3, session_expiry=6)
     for result in (embedded, other):
         v5 = result.account.mqtt5
-        assert v5.takeovers == 6, result.meta["timeline"]
-        assert (v5.wills.within_delay, v5.wills.expected) == (3, 3), v5.wills
+        made = v5.takeovers  # every other one with Clean Start 1
+        assert made >= 2, result.meta["timeline"]
+        assert (v5.wills.within_delay, v5.wills.expected) == ((made + 1) // 2, made // 2), v5.wills
         assert (v5.wills.after_reconnect, v5.wills.early) == (0, 0), v5.wills
         if v5.wills.missing:  # both brokers drop the will of a Clean Start takeover (docs/stress.md)
-            assert f"{v5.wills.missing} of 3 expected wills never came" in result.account.violations
-    assert embedded.account.mqtt5.taken_over_told == 6
-    if other.account.mqtt5.taken_over_told < 6:
-        told = other.account.mqtt5.taken_over_told
-        assert f"{6 - told} of 6 devices taken over got no DISCONNECT 0x8E [MQTT-3.1.4-3]" in promises(other)
+            missing = f"{v5.wills.missing} of {made // 2} expected wills never came"
+            assert missing in result.account.violations
+    assert embedded.account.mqtt5.taken_over_told == embedded.account.mqtt5.takeovers
+    made, told = other.account.mqtt5.takeovers, other.account.mqtt5.taken_over_told
+    if told < made:
+        assert (
+            f"{made - told} of {made} devices taken over got no DISCONNECT 0x8E [MQTT-3.1.4-3]"
+            in promises(other)
+        )
 
 
 def test_the_cli_runs_an_mqtt5_scenario_with_v_mqttv5(tmp_path: Path, mosquitto_broker: Mosquitto) -> None:
