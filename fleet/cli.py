@@ -1133,6 +1133,10 @@ class _Scenarios(click.Choice[str]):
 @click.option("--max-dup-qos2", type=click.IntRange(min=0), help="gate: QoS 2 messages delivered twice")
 @click.option("--max-reconnect-p99", callback=_seconds, help="gate: reconnect time p99, like 5s or 500ms")
 @click.option("--require-wills", is_flag=True, help="gate: every expected will came, and no spurious one")
+@click.option(
+    "--max-expired", type=click.IntRange(min=0), help="gate: messages expired under MQTT 5 Message Expiry"
+)
+@_protocol_option("every group speaks this MQTT version, and so does the observer  [default: each group's]")
 @_client_options
 @_metrics_options(hold=True)
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="write an HTML report with charts")
@@ -1150,6 +1154,8 @@ def stress_command(
     max_dup_qos2: int | None,
     max_reconnect_p99: float | None,
     require_wills: bool,
+    max_expired: int | None,
+    protocol_version: int | None,
     credentials: Credentials,
     metrics_port: int | None,
     metrics_host: str,
@@ -1159,16 +1165,25 @@ def stress_command(
     """Run a stress scenario on the fleet of CONFIG and account for every message and will.
 
     -u, -P, --cafile, --cert and --key (with --broker, or the config's [broker] url) are the
-    credentials of the devices and the observer, and win over the config's. Exits 3 when a gate
-    fails, and 128 + the signal (130 for Ctrl-C) when the run is cut short.
+    credentials of the devices and the observer, and win over the config's. -V mqttv5 makes every
+    group an MQTT 5 group (and the observer MQTT 5); -V mqttv311 every group a 3.1.1 group. Exits 3
+    when a gate fails, and 128 + the signal (130 for Ctrl-C) when the run is cut short.
     """
     from fleet.errors import FleetError
     from fleet.stress.accounting import Gates
     from fleet.stress.report import stress_table, write_json, write_junit
     from fleet.stress.scenario import load_stress_settings
 
-    gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills)
+    gates = Gates(max_loss_qos1, max_dup_qos2, max_reconnect_p99, require_wills, max_expired)
     config = _load_fleet(config_path, seed)
+    if protocol_version is not None:
+        flag = "-V mqttv5" if protocol_version == 5 else "-V mqttv311"
+        try:
+            config = config.with_protocol(
+                "5" if protocol_version == 5 else "3.1.1", f"{config_path} with {flag}"
+            )
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
         settings = load_stress_settings(config_path, config, scenario, duration)
     except ConfigError as exc:
@@ -1220,7 +1235,10 @@ def stress_command(
 
 
 def _write_stress_html(path: Path, config_path: Path, result: Any, checked: Any, timeline: Any) -> None:
+    from rich.text import Text
+
     from fleet.html_report import Gate
+    from fleet.stress.report import mqtt5_rows
 
     latency = {
         f"QoS {row.qos}, {'persistent' if row.persistent else 'clean'} session": row.latency
@@ -1236,6 +1254,13 @@ def _write_stress_html(path: Path, config_path: Path, result: Any, checked: Any,
         latency=latency,
         latency_title="Delivery latency (send to observer), by QoS and session",
         gates=[Gate(gate.name, gate.passed, gate.detail) for gate in checked],
+        promises=[
+            (name, Text.from_markup(text).plain)
+            for name, text in [
+                *mqtt5_rows(result.account),
+                ("violations", "; ".join(result.account.violations) or "none"),
+            ]
+        ],
     )
 
 

@@ -205,9 +205,11 @@ def render(
     latency: Mapping[str, Histogram] | None = None,
     latency_title: str = "",
     gates: Sequence[Gate] = (),
+    promises: Sequence[tuple[str, str]] = (),
 ) -> str:
     """The page: charts of latency (per QoS, or given), reconnect times and the timeline, then a table
-    per group and the gates. Without `latency`, the chart shows each group's publish-to-ack times."""
+    per group, the gates, and `promises` ((what, verdict) rows: the stress account's violations and
+    MQTT 5 figures). Without `latency`, the chart shows each group's publish-to-ack times."""
     if latency is None:
         latency = {name: stats.publish_ack for name, stats in sorted(report.groups.items())}
         latency_title = "Publish to PUBACK / PUBCOMP, by group"
@@ -237,6 +239,9 @@ def render(
         rows = [[gate.name, "PASS" if gate.passed else "FAIL", gate.detail] for gate in gates]
         classes = ["pass" if gate.passed else "fail" for gate in gates]
         gate_table = "<h2>Gates</h2>" + _table("gates", ("gate", "verdict", "detail"), rows, classes)
+    if promises:
+        rows = [[name, text] for name, text in promises]
+        gate_table += "<h2>MQTT promises</h2>" + _table("promises", ("what", "account"), rows)
     stage_list = ""
     if stages:
         stage_list = "<h2>Stages</h2><ol id=\"stages\">" + "".join(

@@ -29,7 +29,7 @@ from fleet.report import GroupStats, Report
 from fleet.schema import FleetConfig
 from fleet.transport import ClientSession, Endpoint, Link
 
-__all__ = ["Connected", "Control", "Live", "Login", "Shard", "Target", "make_target", "simulate"]
+__all__ = ["Connected", "Control", "LinkEvent", "Live", "Login", "Shard", "Target", "make_target", "simulate"]
 
 log = logging.getLogger("fleet.simulator")
 
@@ -165,22 +165,38 @@ class Connected:
     present: bool  # CONNACK's session-present flag
 
 
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """A device's connection coming up (CONNACK) or going down, as `Control.history` records it."""
+
+    at: float  # time.monotonic()
+    up: bool
+    clean_start: bool = False  # up: CleanSession (3.1.1) or Clean Start (5)
+    present: bool = False  # up: CONNACK's session-present flag
+    end: str = ""  # down: clean, abrupt, silent (when the broker closed it) or lost
+
+
 class Control:
     """The stress engine's handle on a running fleet: end devices on demand, and count what happened.
 
     Pass one to `simulate(control=...)`. `end()` makes online devices end their online period the
     way a fault would (the device itself does it, between two messages), then stay offline for a
     while and reconnect. `ends` counts each device's ends by kind (`clean`, `abrupt`, `silent`,
-    `lost`), `connects` counts connects by `Connected`, and `sent` is how many telemetry messages
-    each device has published (its next `seq`).
+    `lost`), `connects` counts connects by `Connected`, `history` holds each device's connections
+    coming up and going down, in order, and `sent` is how many telemetry messages each device has
+    published (its next `seq`).
     """
 
-    __slots__ = ("_runners", "connects", "ends")
+    __slots__ = ("_runners", "connects", "ends", "history")
 
     def __init__(self) -> None:
         self._runners: dict[str, _DeviceRunner] = {}
         self.ends: Counter[tuple[str, str]] = Counter()  # (device, kind)
         self.connects: Counter[Connected] = Counter()
+        self.history: dict[str, list[LinkEvent]] = {}
+
+    def record(self, device: str, event: LinkEvent) -> None:
+        self.history.setdefault(device, []).append(event)
 
     def online(self, group: str | None = None) -> list[str]:
         """Ids of the devices (of `group`, or all) that are connected now, in fleet order."""
@@ -189,6 +205,10 @@ class Control:
             for device, runner in self._runners.items()
             if runner.online and (group is None or runner.device.group.name == group)
         ]
+
+    def device(self, device: str) -> Device:
+        """The device (its pure model) with id `device`."""
+        return self._runners[device].device
 
     def end(self, devices: Iterable[str], kind: EndKind, offline_for: float = 0.0) -> None:
         """Make each device end its online period as `kind`, then stay offline `offline_for` seconds."""
@@ -407,11 +427,14 @@ class _DeviceRunner:
             self._fault = (kind, offline_for)
             self._wake.wake()
 
-    def _ended(self, kind: str) -> None:
+    def _ended(self, kind: str, closed: bool = True) -> None:
+        """Count an end of `kind`; `closed`: the connection is gone now (a silent end's goes later)."""
         self.stats.drops[kind] += 1
         control = self._run.control
         if control is not None:
             control.ends[self.device.id, kind] += 1
+            if closed:
+                control.record(self.device.id, LinkEvent(time.monotonic(), False, end=kind))
 
     async def run(self) -> None:
         device = self.device
@@ -500,6 +523,9 @@ class _DeviceRunner:
                     stats.reconnect_time.add(now - since)
                 if run.control is not None:
                     run.control.connects[Connected(not group.clean_session, since is not None, present)] += 1
+                    run.control.record(
+                        device.id, LinkEvent(time.monotonic(), True, group.clean_session, present)
+                    )
                 return link, present
             stats.connect_failures += 1
             await asyncio.sleep(device.backoff(key, attempt))
@@ -588,6 +614,8 @@ class _DeviceRunner:
             command, self._command = self._command, None
             if command is not None:
                 await self._end_clean(link)
+                if self._run.control is not None:
+                    self._run.control.record(device.id, LinkEvent(time.monotonic(), False, end="clean"))
                 if command.reconnect:
                     return _REBOOT, 0.0
                 return _OFFLINE, command.offline_for or 0.0
@@ -620,7 +648,7 @@ class _DeviceRunner:
 
     async def _end(self, link: Link, kind: str) -> None:
         stats = self.stats
-        self._ended(kind)
+        self._ended(kind, closed=kind != "silent")
         if kind == "clean":
             await self._end_clean(link)
             return
@@ -637,6 +665,9 @@ class _DeviceRunner:
         except TimeoutError:
             self._error("silent: the broker never closed the connection")
             link.abort()
+        control = self._run.control
+        if control is not None:
+            control.record(self.device.id, LinkEvent(time.monotonic(), False, end=kind))
 
     async def _end_clean(self, link: Link) -> None:
         device = self.device
@@ -654,8 +685,10 @@ class _DeviceRunner:
             except (TimeoutError, TransportError, OSError):
                 end = "lost"  # the broker never confirmed the DISCONNECT: a will may fire
                 link.abort()
-            if self._run.control is not None:
-                self._run.control.ends[self.device.id, end] += 1
+            control = self._run.control
+            if control is not None:
+                control.ends[self.device.id, end] += 1
+                control.record(self.device.id, LinkEvent(time.monotonic(), False, end=end))
 
 
 _QOS = ("0", "1", "2")

@@ -125,6 +125,8 @@ class InFlight:
     released: bool
     future: asyncio.Future[None]
     properties: bytes = b""  # MQTT 5: encoded, without a Topic Alias
+    waiting: bool = False  # waits for a place under the broker's Receive Maximum
+    sent: bool = True  # written at least once: a re-send sets DUP
 
 
 class ClientSession:
@@ -138,11 +140,12 @@ class ClientSession:
     ConnectionLost. One session serves one link at a time.
     """
 
-    __slots__ = ("_next_id", "inflight", "received")
+    __slots__ = ("_next_id", "inflight", "received", "waiting")
 
     def __init__(self) -> None:
         self.inflight: dict[int, InFlight] = {}
         self.received: set[int] = set()
+        self.waiting = 0  # of the in-flight messages: those waiting for a place (InFlight.waiting)
         self._next_id = 0
 
     def next_packet_id(self, busy: Container[int] = ()) -> int:
@@ -161,6 +164,7 @@ class ClientSession:
         inflight = self.inflight
         self.inflight = {}
         self.received = set()
+        self.waiting = 0
         for packet_id, message in inflight.items():
             future = message.future
             if not future.done():
@@ -198,6 +202,9 @@ class Link(asyncio.Protocol):
 
     __slots__ = (
         "_aborted",
+        "_ack_delay",
+        "_ack_timer",
+        "_acks",
         "_alias_max",
         "_aliases",
         "_clean",
@@ -214,8 +221,10 @@ class Link(asyncio.Protocol):
         "_last_sent",
         "_loop",
         "_on_message",
+        "_outstanding",
         "_paused",
         "_ping_sent",
+        "_quota",
         "_requests",
         "_session",
         "_silent",
@@ -226,6 +235,7 @@ class Link(asyncio.Protocol):
         "alias_saved",
         "client_id",
         "disconnect_reason",
+        "inflight_peak",
         "properties",
     )
 
@@ -235,6 +245,7 @@ class Link(asyncio.Protocol):
         on_message: Callable[[Any], None],
         *,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._session = session
@@ -273,6 +284,15 @@ class Link(asyncio.Protocol):
         self.disconnect_reason: int | None = None
         # CONNACK's properties (MQTT 5).
         self.properties: Properties = EMPTY
+        # Deferred acknowledgements (`ack_delay`): the PUBACKs and PUBRECs not yet written.
+        self._ack_delay = ack_delay
+        self._acks: list[bytes] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
+        # The most incoming QoS 1/2 deliveries unacknowledged at once (QoS 2 until PUBCOMP).
+        self.inflight_peak = 0
+        # Outgoing QoS 1/2: the broker's Receive Maximum (MQTT 5), and how many are sent and unacknowledged.
+        self._quota = 1 << 30
+        self._outstanding = 0
 
     @overload
     @classmethod
@@ -286,6 +306,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]: ...
 
     @overload
@@ -300,6 +321,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]: ...
 
     @overload
@@ -314,6 +336,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]: ...
 
     @classmethod
@@ -327,6 +350,7 @@ class Link(asyncio.Protocol):
         ssl: ssl_module.SSLContext | None = None,
         timeout: float = 10.0,
         max_packet_size: int = MAX_PACKET_SIZE,
+        ack_delay: float = 0.0,
     ) -> tuple[Link, bool]:
         """Connect, send CONNECT and wait for CONNACK, all within `timeout` seconds.
 
@@ -339,8 +363,12 @@ class Link(asyncio.Protocol):
         out once CONNECT is sent, it sends DISCONNECT before it closes: the broker may have accepted
         the CONNECT (or accept it late), and a connect given up is a shutdown or a failed connect, not
         a loss, so no will fires.
+
+        With `ack_delay` (seconds), incoming QoS 1/2 deliveries are acknowledged together that long
+        after the first unacknowledged one, so that the broker's window of deliveries in flight fills
+        and `inflight_peak` measures it (an observer checking the broker honours its Receive Maximum).
         """
-        link = cls(session, on_message, max_packet_size=max_packet_size)
+        link = cls(session, on_message, max_packet_size=max_packet_size, ack_delay=ack_delay)
         present = await link._open(endpoint, connect, tls_context(endpoint, ssl), timeout)
         return link, present
 
@@ -514,7 +542,14 @@ class Link(asyncio.Protocol):
         session = self._session
         packet_id = session.next_packet_id(self._requests)
         future: asyncio.Future[None] = self._loop.create_future()
-        session.inflight[packet_id] = InFlight(topic, payload, qos, retain, False, future, properties)
+        waiting = self._outstanding >= self._quota
+        session.inflight[packet_id] = InFlight(
+            topic, payload, qos, retain, False, future, properties, waiting, not waiting
+        )
+        if waiting:  # sent when an acknowledgement frees a place [MQTT-4.9.0-2]
+            session.waiting += 1
+            return future
+        self._outstanding += 1
         if not self._silent:
             if self._v5:
                 data = self._publish5(topic, encoded, payload, qos, retain, packet_id, properties, alias)
@@ -658,6 +693,9 @@ class Link(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
 
     # Keepalive: one timer per link, armed for when the link will have been quiet for `keepalive`.
 
@@ -820,6 +858,8 @@ class Link(asyncio.Protocol):
     def _refused(self, packet_id: int, reason: int) -> None:
         """An MQTT 5 PUBACK or PUBREC with an error reason: the broker took no responsibility."""
         message = self._session.inflight.pop(packet_id, None)
+        if message is not None:
+            self._freed()
         if message is not None and not message.future.done():
             message.future.set_exception(
                 TransportError(
@@ -845,11 +885,23 @@ class Link(asyncio.Protocol):
             return
         self._connack = None
         if not self._clean:
-            # Re-send what is in flight, in order, with the original ids [MQTT-4.4.0-1].
-            for packet_id, message in self._session.inflight.items():
+            # Re-send what is in flight, in order, with the original ids [MQTT-4.4.0-1], as much as
+            # the broker's Receive Maximum allows; the rest waits for acknowledgements.
+            session = self._session
+            for packet_id, message in session.inflight.items():
+                if self._outstanding >= self._quota:
+                    if not message.waiting:
+                        message.waiting = True
+                        session.waiting += 1
+                    continue
+                self._outstanding += 1
+                if message.waiting:
+                    message.waiting = False
+                    session.waiting -= 1
                 if message.released:
                     self._send(pubrel(packet_id))
                     continue
+                dup, message.sent = message.sent, True
                 topic, payload, qos, retain = message.topic, message.payload, message.qos, message.retain
                 if self._v5:
                     data = self._publish5(
@@ -861,11 +913,11 @@ class Link(asyncio.Protocol):
                         packet_id,
                         message.properties,
                         False,
-                        True,
+                        dup,
                     )
                 else:
                     data = encode_publish(
-                        self._topic(topic), payload, qos, retain=retain, dup=True, packet_id=packet_id
+                        self._topic(topic), payload, qos, retain=retain, dup=dup, packet_id=packet_id
                     )
                 self._send(data)
         self._held = []
@@ -887,6 +939,7 @@ class Link(asyncio.Protocol):
         if properties.server_keep_alive is not None:
             self._keepalive = properties.server_keep_alive  # the broker's keep alive wins [MQTT-3.2.2-22]
         self._alias_max = properties.topic_alias_maximum or 0
+        self._quota = properties.receive_maximum or 65535
         if not self._clean and not packet.session_present:
             # The broker has no session: neither may the client keep one [MQTT-3.2.2-5].
             self._session.discard("the broker had no session")
@@ -905,12 +958,29 @@ class Link(asyncio.Protocol):
             if packet_id not in received:
                 received.add(packet_id)
                 self._deliver(packet)
-            self._send(pubrec(packet_id))
+            self._ack(pubrec(packet_id))
             return
         self._deliver(packet)
         if qos:
             assert packet.packet_id is not None
-            self._send(puback(packet.packet_id))
+            self._ack(puback(packet.packet_id))
+
+    def _ack(self, data: bytes) -> None:
+        if not self._ack_delay:
+            self._send(data)
+            return
+        acks = self._acks
+        acks.append(data)
+        pending = sum(1 for ack in acks if ack[0] >> 4 == PUBACK) + len(self._session.received)
+        self.inflight_peak = max(self.inflight_peak, pending)
+        if self._ack_timer is None:
+            self._ack_timer = self._loop.call_later(self._ack_delay, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_timer = None
+        acks, self._acks = self._acks, []
+        if acks:
+            self._send(b"".join(acks))
 
     def _deliver(self, packet: Publish | v5.Publish) -> None:
         try:
@@ -939,9 +1009,52 @@ class Link(asyncio.Protocol):
             self._send(pubrel(packet_id))
             return
         del inflight[packet_id]
+        self._freed()
         future = message.future
         if not future.done():
             future.set_result(None)
+
+    def _freed(self) -> None:
+        """An outgoing QoS 1/2 message is done: send the first one waiting for a place, if any."""
+        self._outstanding -= 1
+        session = self._session
+        if (
+            not session.waiting
+            or self._outstanding >= self._quota
+            or self._closing
+            or self._transport is None
+        ):
+            return
+        for packet_id, message in session.inflight.items():
+            if message.waiting:
+                message.waiting = False
+                session.waiting -= 1
+                self._outstanding += 1
+                topic = message.topic
+                if self._v5:
+                    data = self._publish5(
+                        topic,
+                        self._topic(topic),
+                        message.payload,
+                        message.qos,
+                        message.retain,
+                        packet_id,
+                        message.properties,
+                        False,
+                        message.sent,
+                    )
+                else:
+                    data = encode_publish(
+                        self._topic(topic),
+                        message.payload,
+                        message.qos,
+                        retain=message.retain,
+                        dup=message.sent,
+                        packet_id=packet_id,
+                    )
+                message.sent = True
+                self._send(data)
+                return
 
     def _on_ack(self, packet_id: int, codes: tuple[int, ...], what: str) -> None:
         entry = self._requests.get(packet_id)

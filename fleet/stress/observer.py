@@ -4,6 +4,12 @@ every device's telemetry and status and writes what it receives into a `Ledger`.
 It connects to the broker directly, never through the fault proxy, and reconnects with backoff when
 the broker goes away; it subscribes again only when its session was not kept. Retained messages
 (the status of an earlier run, say) are skipped: the ledger counts live messages only.
+
+When a group speaks MQTT 5, so does the observer: its session then has a Session Expiry Interval
+that outlasts the run, and it announces a Receive Maximum (`RECEIVE_MAXIMUM`) and acknowledges its
+deliveries a few milliseconds late, so that the broker's window fills and `inflight_peak` shows
+whether the broker kept to it. `away()` takes it offline for a while (the `observer-offline` stage),
+so that the broker must hold, or expire, what comes meanwhile.
 """
 
 from __future__ import annotations
@@ -18,18 +24,23 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from fleet.errors import TransportError
-from fleet.packets import Publish
+from fleet.mqtt import v5
+from fleet.mqtt.properties import Properties
+from fleet.packets import Connect, Publish
 from fleet.schema import FleetConfig
 from fleet.simulator import Target
 from fleet.stress.accounting import Ledger
 from fleet.transport import ClientSession, Link, make_connect
 
-__all__ = ["Observer", "Route", "observing", "routes_of"]
+__all__ = ["RECEIVE_MAXIMUM", "Observer", "Route", "observing", "routes_of"]
 
 log = logging.getLogger("fleet.stress.observer")
 
 _KEEPALIVE = 30
 _RETRY = (0.2, 0.5, 1.0, 2.0)
+RECEIVE_MAXIMUM = 32  # QoS 1/2 deliveries the MQTT 5 observer lets the broker have in flight
+_ACK_DELAY = 0.005  # seconds the MQTT 5 observer holds its acknowledgements
+_SESSION_EXPIRY = 3600  # the MQTT 5 observer's session outlasts the run; it removes it at the end
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +49,7 @@ class Route:
 
     device: str
     telemetry: bool
+    expiry: int | None = None  # the telemetry's Message Expiry Interval (MQTT 5)
 
 
 def routes_of(config: FleetConfig) -> tuple[dict[str, Route], list[str]]:
@@ -53,7 +65,9 @@ def routes_of(config: FleetConfig) -> tuple[dict[str, Route], list[str]]:
                 filters.append(topic_filter)
             for index in range(group.count):
                 device = group.device_id(index)
-                routes[template.format(device=device, group=group.name)] = Route(device, telemetry)
+                routes[template.format(device=device, group=group.name)] = Route(
+                    device, telemetry, group.message_expiry if group.protocol_level == 5 else None
+                )
     return routes, filters
 
 
@@ -69,6 +83,15 @@ class Observer:
         self.sessions_lost = 0  # reconnects that found the observer's own session gone
         self.connected = asyncio.Event()
         self._connecting = asyncio.Condition()
+        self.receive_maximum: int | None = None  # announced (MQTT 5)
+        self.inflight_peak = 0
+        self.gaps: list[tuple[float, float]] = []  # (left, back), wall clock: when it was away
+        self._away: asyncio.Future[float] | None = None
+
+    def away(self, seconds: float) -> None:
+        """Disconnect now (its session stays), and connect again `seconds` later."""
+        if self._away is not None and not self._away.done():
+            self._away.set_result(seconds)
 
     async def connected_after(self, connects: int, timeout: float) -> bool:
         """Wait (at most `timeout` seconds) until the observer has connected and subscribed more than
@@ -81,7 +104,7 @@ class Observer:
                     )
         return self.connects > connects
 
-    def on_message(self, message: Publish) -> None:
+    def on_message(self, message: Publish | v5.Publish) -> None:
         if message.retain:
             return
         self.messages += 1
@@ -99,11 +122,16 @@ class Observer:
             if not isinstance(seq, int) or not isinstance(ts, int | float):
                 self.ledger.unknown += 1
                 return
-            self.ledger.telemetry(route.device, seq, time.time() - ts)
+            # A redelivery (DUP) had started onward delivery before: its expiry no longer applies.
+            expiry = None if message.dup else route.expiry
+            self.ledger.telemetry(route.device, seq, time.time() - ts, ts, expiry)
         else:
             reason = body.get("reason")
             self.ledger.status(
-                route.device, body.get("online") is True, reason if isinstance(reason, str) else None
+                route.device,
+                body.get("online") is True,
+                reason if isinstance(reason, str) else None,
+                time.monotonic(),
             )
 
 
@@ -121,18 +149,43 @@ async def observing(
     client_id = f"fleet-stress-observer-{uuid.uuid4().hex[:8]}"
     session = ClientSession()
     login = target.login()
-    connect = make_connect(
-        client_id, keepalive=_KEEPALIVE, clean_session=False, username=login.username, password=login.password
-    )
+    mqtt5 = any(group.protocol_level == 5 for group in config.groups)
+    connect: Connect | v5.Connect
+    if mqtt5:
+        observer.receive_maximum = RECEIVE_MAXIMUM
+        connect = v5.Connect(
+            False,
+            _KEEPALIVE,
+            client_id,
+            None,
+            login.username,
+            login.password,
+            Properties(session_expiry_interval=_SESSION_EXPIRY, receive_maximum=RECEIVE_MAXIMUM),
+        )
+    else:
+        connect = make_connect(
+            client_id,
+            keepalive=_KEEPALIVE,
+            clean_session=False,
+            username=login.username,
+            password=login.password,
+        )
     topics = [(topic_filter, 2) for topic_filter in filters]
     subscribed = asyncio.Event()
+    left: float | None = None
 
     async def run() -> None:
+        nonlocal left
         attempt = 0
         while True:
             try:
                 link, present = await Link.open(
-                    target.endpoint, connect, session=session, on_message=observer.on_message, ssl=login.ssl
+                    target.endpoint,
+                    connect,
+                    session=session,
+                    on_message=observer.on_message,
+                    ssl=login.ssl,
+                    ack_delay=_ACK_DELAY if mqtt5 else 0.0,
                 )
             except TransportError as exc:
                 if not subscribed.is_set() and attempt >= len(_RETRY):
@@ -143,6 +196,9 @@ async def observing(
                 continue
             attempt = 0
             observer.connects += 1
+            if left is not None:
+                observer.gaps.append((left, time.time()))
+                left = None
             try:
                 if not present:
                     if observer.connects > 1:
@@ -152,9 +208,20 @@ async def observing(
                 observer.connected.set()
                 async with observer._connecting:
                     observer._connecting.notify_all()
-                await link.closed
+                away = observer._away = asyncio.get_running_loop().create_future()
+                closed = link.closed
+                await asyncio.wait((closed, away), return_when=asyncio.FIRST_COMPLETED)
                 observer.connected.clear()
+                observer.inflight_peak = max(observer.inflight_peak, link.inflight_peak)
+                left = time.time()
+                if away.done():
+                    closed.cancel()
+                    await link.disconnect(timeout=5.0)
+                    await asyncio.sleep(away.result())
+                else:
+                    away.cancel()
             except asyncio.CancelledError:
+                observer.inflight_peak = max(observer.inflight_peak, link.inflight_peak)
                 with contextlib.suppress(TransportError, OSError, TimeoutError):
                     await link.disconnect(timeout=5.0)
                 raise
@@ -177,7 +244,11 @@ async def observing(
         finally:
             task.cancel()
     with contextlib.suppress(TransportError, OSError, TimeoutError):
-        clean = make_connect(client_id, clean_session=True, username=login.username, password=login.password)
+        clean: Connect | v5.Connect = make_connect(
+            client_id, clean_session=True, username=login.username, password=login.password
+        )
+        if mqtt5:
+            clean = v5.Connect(True, _KEEPALIVE, client_id, None, login.username, login.password)
         link, _ = await Link.open(
             target.endpoint, clean, session=ClientSession(), on_message=lambda _: None, ssl=login.ssl
         )

@@ -13,7 +13,7 @@ from rich.table import Table
 from fleet.stress.accounting import Account, GateResult
 from fleet.stress.runner import StressResult
 
-__all__ = ["stress_json", "stress_table", "write_json", "write_junit"]
+__all__ = ["mqtt5_rows", "stress_json", "stress_table", "write_json", "write_junit"]
 
 
 def _ms(value: float | int | None) -> str:
@@ -47,19 +47,15 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
         title=f"fleet stress: {meta['scenario']} on {meta['broker']}, {meta['devices']:,} devices",
         title_justify="left",
     )
-    for name in (
-        "telemetry",
-        "sent",
-        "delivered",
-        "lost",
-        "duplicated",
-        "out of order",
-        "latency ms p50 / p99",
-    ):
+    v5 = account.mqtt5
+    columns = ["telemetry", "sent", "delivered", "lost", "duplicated", "out of order", "latency ms p50 / p99"]
+    if v5.devices:
+        columns.insert(4, "expired")
+    for name in columns:
         delivery.add_column(name, justify="left" if name == "telemetry" else "right")
     for row in account.telemetry:
         latency = row.latency.summary()
-        delivery.add_row(
+        cells = [
             f"QoS {row.qos}, {'persistent' if row.persistent else 'clean'} session",
             f"{row.sent:,}",
             f"{row.delivered:,}",
@@ -68,7 +64,16 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
             _flag(row.duplicated, row.duplicate_is_violation),
             f"{row.out_of_order:,}",
             f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
-        )
+        ]
+        if v5.devices:
+            cells.insert(
+                4,
+                f"{row.expired:,}"
+                + (
+                    f" ({_flag(row.expired_delivered, True)} delivered late)" if row.expired_delivered else ""
+                ),
+            )
+        delivery.add_row(*cells)
     reconnect = account.reconnect.summary()
     facts = Table(show_header=False, box=None)
     facts.add_column(style="bold")
@@ -85,6 +90,8 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
         + (_restarted(account) if account.broker_restarted else "")
         + f", {account.sessions_wrongly_present:,} clean sessions wrongly present",
     )
+    for name, text in mqtt5_rows(account):
+        facts.add_row(name, text)
     facts.add_row(
         "reconnects",
         f"{reconnect['count']:,}: p50 {_ms(reconnect['p50'])} ms, p90 {_ms(reconnect['p90'])} ms, "
@@ -107,6 +114,39 @@ def stress_table(result: StressResult, gates: list[GateResult]) -> Group:
             f"gate {gate.name}", f"{'[green]pass' if gate.passed else '[red]FAIL'}[/]: {gate.detail}"
         )
     return Group(delivery, facts)
+
+
+def mqtt5_rows(account: Account) -> list[tuple[str, str]]:
+    """The MQTT 5 figures of the account as (name, text with rich markup) rows; none for a 3.1.1 fleet."""
+    v5 = account.mqtt5
+    if not v5.devices:
+        return []
+    wills, sessions = v5.wills, v5.sessions
+    told = (
+        f"; {v5.taken_over_told:,} of {v5.takeovers:,} taken over got DISCONNECT 0x8E" if v5.takeovers else ""
+    )
+    return [
+        (
+            "MQTT 5 wills",
+            f"{wills.expected:,} due (offline past the will delay, or the session ended), "
+            f"{wills.within_delay:,} ends back within the delay (no will allowed), "
+            f"{_flag(wills.early, True)} early, {_flag(wills.after_reconnect, True)} after a reconnect "
+            f"within the delay, {wills.undecided:,} undecided, {wills.not_due:,} not yet due at the end",
+        ),
+        (
+            "MQTT 5 sessions",
+            f"{sessions.resumed:,} resumed within their expiry, {sessions.expired:,} expired as due, "
+            f"{_flag(sessions.resumed_after_expiry, True)} resumed after expiry, "
+            f"{_flag(sessions.lost_before_expiry, True)} lost before expiry, "
+            f"{sessions.undecided:,} undecided",
+        ),
+        (
+            "MQTT 5 flow",
+            f"the observer allowed {v5.receive_maximum} deliveries in flight, the broker had at most "
+            f"{_flag(v5.inflight_peak, v5.inflight_peak > (v5.receive_maximum or 0))}; "
+            f"{account.expired:,} messages expired{told}",
+        ),
+    ]
 
 
 def _cut_short(result: StressResult) -> str:

@@ -18,22 +18,25 @@ import dataclasses
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fleet.config import load_table
-from fleet.errors import FleetError
+from fleet.errors import FleetError, TransportError
+from fleet.mqtt import v5
 from fleet.report import Report
 from fleet.schema import FleetConfig
 from fleet.simulator import Control, Live, Target, simulate
 from fleet.stress.accounting import Account, DeviceSpec, Ledger, account
+from fleet.stress.mqtt5 import Device5, Span, spans
 from fleet.stress.observer import Observer, observing
 from fleet.stress.process import BrokerProcess, UsageMeter, embedded_broker, external_broker
 from fleet.stress.proxy import FaultProxy, Shaping, fault_proxy
 from fleet.stress.scenario import RESTARTS, Stage, StressSettings, proxied_groups
-from fleet.transport import Endpoint
+from fleet.transport import ClientSession, Endpoint, Link
 
 __all__ = ["StressResult", "run_stress"]
 
@@ -66,6 +69,21 @@ def _specs(config: FleetConfig) -> dict[str, DeviceSpec]:
     }
 
 
+def _specs5(config: FleetConfig) -> dict[str, Device5]:
+    return {
+        group.device_id(index): Device5(
+            group.will,
+            group.will_delay or 0,
+            group.session_expiry or 0,
+            group.message_expiry or 0,
+            group.interval,
+        )
+        for group in config.groups
+        if group.protocol_level == 5
+        for index in range(group.count)
+    }
+
+
 class _Stages:
     """The stage engine: carries out each stage at its time, on the running fleet, proxies and broker."""
 
@@ -77,8 +95,14 @@ class _Stages:
         broker: BrokerProcess | None,
         observer: Observer,
         started: float,
+        target: Target,
     ) -> None:
         self._config = config
+        self._target = target
+        # Takeovers: the connections the engine made with devices' client ids, and when each began.
+        self.others: dict[str, list[Span]] = {}
+        self.taken_over: dict[str, list[float]] = {}
+        self.takeovers5 = 0  # of MQTT 5 devices: each should have got DISCONNECT 0x8E
         self._control = control
         self._proxies = proxies
         self._broker = broker
@@ -123,6 +147,20 @@ class _Stages:
             self.observer_gone = self._observer.connects
             await self._broker.restart(stage.offline, kill=action == "crash-broker")
             self._note(f"{action} #{number}: the broker is back")
+        elif action == "takeover":
+            online = self._control.online(stage.group)
+            chosen = rng.sample(online, round(len(online) * stage.fraction))
+            async with asyncio.TaskGroup() as tasks:
+                for index, device in enumerate(chosen):
+                    tasks.create_task(self._take_over(device, clean=index % 2 == 1))
+            made = sum(1 for device in chosen if device in self.taken_over)
+            self._note(
+                f"takeover #{number}: {made:,} of {len(online):,} online devices taken over by a second "
+                "connection with their client id (every other one with Clean Start 1)"
+            )
+        elif action == "observer-offline":
+            self._observer.away(stage.offline)
+            self._note(f"observer-offline #{number}: the observer leaves for {stage.offline:g}s")
         elif action in ("reset", "half-open"):
             for proxy in self._proxies_of(stage):
                 hit = proxy.reset(stage.fraction) if action == "reset" else proxy.half_open(stage.fraction)
@@ -135,6 +173,32 @@ class _Stages:
                 self._fault(stage, False)
                 self._note(f"{action} #{number}: off")
 
+    async def _take_over(self, device_id: str, clean: bool) -> None:
+        """Connect with the device's client id and CONNECT (without its will; Clean Start 1 when
+        `clean`), then leave at once with DISCONNECT, for the device to come back."""
+        device = self._control.device(device_id)
+        login = self._target.login(device_id, device.group.name)
+        packet = device.connect(device_id, login.username, login.password)
+        if isinstance(packet, v5.Connect):
+            packet = dataclasses.replace(packet, clean_start=clean, will=None)
+            self.takeovers5 += 1
+        else:
+            packet = dataclasses.replace(packet, clean_session=clean, will=None)
+        at = time.monotonic()
+        try:
+            link, present = await Link.open(
+                self._target.endpoint, packet, session=ClientSession(), on_message=_ignore, ssl=login.ssl
+            )
+        except TransportError as exc:
+            if isinstance(packet, v5.Connect):
+                self.takeovers5 -= 1
+            self._note(f"takeover of {device_id} failed: {exc}")
+            return
+        self.taken_over.setdefault(device_id, []).append(at)
+        with contextlib.suppress(TransportError, OSError):
+            await link.disconnect(timeout=5.0)
+        self.others.setdefault(device_id, []).append(Span(at, time.monotonic(), "clean", clean, present))
+
     def _fault(self, stage: Stage, on: bool) -> None:
         for proxy in self._proxies_of(stage):
             if stage.action == "blackhole":
@@ -146,7 +210,12 @@ class _Stages:
 
 
 async def _drain(
-    observer: Observer, control: Control, specs: Mapping[str, DeviceSpec], limit: float, stop: asyncio.Event
+    observer: Observer,
+    control: Control,
+    specs: Mapping[str, DeviceSpec],
+    mqtt5: Mapping[str, Device5],
+    limit: float,
+    stop: asyncio.Event,
 ) -> None:
     """Wait until every persistent QoS 1/2 message and every expected will has come, or nothing has
     come for a while, or `limit` seconds pass, or `stop` is set."""
@@ -161,11 +230,19 @@ async def _drain(
         ) and all(
             ledger.wills[device] >= control.ends[device, "abrupt"] + control.ends[device, "silent"]
             for device, spec in specs.items()
-            if spec.will
+            if spec.will and device not in mqtt5  # whether an MQTT 5 will is due depends on its delay
         )
         if complete or time.monotonic() - observer.last_message > _QUIET:
             return
         await asyncio.sleep(0.1)
+
+
+def _mqtt5_groups(config: FleetConfig) -> set[str]:
+    return {group.name for group in config.groups if group.protocol_level == 5}
+
+
+def _ignore(_: object) -> None:
+    return None
 
 
 async def run_stress(
@@ -193,6 +270,7 @@ async def run_stress(
     if broker_cmd is not None and target is None:
         raise FleetError("--broker-cmd needs --broker: the URL the command's broker listens on")
     specs = _specs(config)
+    specs5 = _specs5(config)
     stop = stop or asyncio.Event()
     ledger = Ledger()
     control = Control()
@@ -235,7 +313,7 @@ async def run_stress(
             )
         started_wall = time.time()
         started = time.monotonic()
-        engine = _Stages(config, control, proxies, broker, observer, started)
+        engine = _Stages(config, control, proxies, broker, observer, started, target)
         async with asyncio.TaskGroup() as timeline:
             running = [
                 timeline.create_task(engine.run(number, stage), name=f"fleet.stress.stage[{number}]")
@@ -268,13 +346,26 @@ async def run_stress(
         for proxy in proxies.values():  # faults end with the run: what they held may still arrive
             proxy.shape(None)
             proxy.blackhole(False)
-        await _drain(observer, control, specs, settings.drain, stop)
+        await _drain(observer, control, specs, specs5, settings.drain, stop)
+        until = time.monotonic()
         drained_s = time.monotonic() - started - fleet_s
         if meter is not None and broker is not None and broker.pid is not None:
             meter.sample(broker.pid)
         elif meter is not None and broker_pid is not None:
             meter.sample(broker_pid)
-    connects = {(c.persistent, c.reconnect, c.present): n for c, n in control.connects.items()}
+    connects: Counter[tuple[bool, bool, bool]] = Counter()
+    for device, events in control.history.items():
+        if device in specs5:
+            continue
+        ups = [event for event in events if event.up]
+        for index, event in enumerate(ups):
+            connects[not event.clean_start, index > 0, event.present] += 1
+    links = {
+        device: spans(control.history.get(device, ()), engine.taken_over.get(device, ())) for device in specs5
+    }
+    told = sum(
+        stats.disconnects["0x8e"] for name, stats in report.groups.items() if name in _mqtt5_groups(config)
+    )
     result = account(
         ledger,
         specs,
@@ -285,6 +376,15 @@ async def run_stress(
         report.fleet().reconnect_time,
         broker_restarted=broker is not None and broker.restarts > 0,
         broker_persistent=broker is not None and broker.persistent,
+        mqtt5=specs5,
+        links=links,
+        others=engine.others,
+        until=until,
+        observer_gaps=observer.gaps,
+        receive_maximum=observer.receive_maximum,
+        inflight_peak=observer.inflight_peak,
+        takeovers=engine.takeovers5,
+        taken_over_told=told,
     )
     complete = not stop.is_set()
     meta: dict[str, Any] = {
@@ -307,6 +407,8 @@ async def run_stress(
             "messages": observer.messages,
             "connects": observer.connects,
             "sessions_lost": observer.sessions_lost,
+            "protocol": "5" if observer.receive_maximum is not None else "3.1.1",
+            "away_s": [round(back - left, 3) for left, back in observer.gaps],
         },
     }
     sampled = meter is not None and meter.sampled

@@ -6,7 +6,7 @@ A stage happens `at` seconds into the run, to a `fraction` of one `group` (or of
     [[stress.stages]]
     at = 10
     action = "drop"        # drop, flap, restart-broker, crash-broker, latency, bandwidth, blackhole,
-                           # reset, half-open
+                           # reset, half-open, takeover, observer-offline
     group = "thermo"       # omit: every group
     fraction = 0.3
     end = "abrupt"         # drop and flap: abrupt, silent or clean
@@ -22,10 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.config import load_table, validated
 from fleet.errors import ConfigError
-from fleet.schema import FleetConfig
+from fleet.schema import FleetConfig, Group
+from fleet.stress.mqtt5 import MARGIN
 
 __all__ = [
     "FAULTS",
+    "MQTT5_SCENARIOS",
     "RESTARTS",
     "SCENARIOS",
     "Action",
@@ -46,6 +48,8 @@ Action = Literal[
     "blackhole",
     "reset",
     "half-open",
+    "takeover",
+    "observer-offline",
 ]
 # Actions that stop the broker and start it again: SIGTERM, or SIGKILL for a crash.
 RESTARTS: frozenset[str] = frozenset({"restart-broker", "crash-broker"})
@@ -64,6 +68,8 @@ _FIELDS: dict[str, frozenset[str]] = {
         "blackhole": ("group", "duration"),
         "reset": ("group", "fraction"),
         "half-open": ("group", "fraction"),
+        "takeover": ("group", "fraction"),
+        "observer-offline": ("offline",),
     }.items()
 }
 
@@ -81,7 +87,9 @@ class Stage(_Model):
     fraction: float = Field(default=1.0, gt=0, le=1, description="of the group's devices (connections)")
     end: Literal["abrupt", "silent", "clean"] = Field(default="abrupt", description="drop and flap")
     offline: float = Field(
-        default=0.0, ge=0, description="seconds offline; restart/crash-broker: seconds down"
+        default=0.0,
+        ge=0,
+        description="seconds offline; restart/crash-broker: seconds down; observer-offline: the observer's",
     )
     duration: float | None = Field(default=None, gt=0, description="flap and proxy faults; none: to the end")
     period: float = Field(default=2.0, gt=0, description="flap: seconds between two drops")
@@ -164,6 +172,14 @@ def builtin_stages(name: str, duration: float, fraction: float) -> tuple[Stage, 
         "partition": [Stage(at=third, action="blackhole", duration=round(min(third, 5.0), 3))],
         "reset": [Stage(at=third, action="reset", fraction=fraction)],
         "half-open": [Stage(at=third, action="half-open", fraction=fraction)],
+        "flapping-within-will-delay": [
+            Stage(
+                at=third, action="flap", fraction=fraction, period=2.0, offline=_FLAP_OFFLINE, duration=third
+            ),
+        ],
+        "session-expiry": [Stage(at=third, action="drop", fraction=fraction, end="abrupt", offline=third)],
+        "takeover": [Stage(at=third, action="takeover", fraction=fraction)],
+        "message-expiry": [Stage(at=third, action="observer-offline", offline=third)],
     }
     return tuple(stages[name])
 
@@ -180,7 +196,14 @@ SCENARIOS = (
     "partition",
     "reset",
     "half-open",
+    "flapping-within-will-delay",
+    "session-expiry",
+    "takeover",
+    "message-expiry",
 )
+# The MQTT 5 scenarios: every group they hit must speak MQTT 5 (-V mqttv5 makes it so).
+MQTT5_SCENARIOS = ("flapping-within-will-delay", "session-expiry", "takeover", "message-expiry")
+_FLAP_OFFLINE = 0.5  # flapping-within-will-delay: seconds offline per flap
 
 
 def proxied_groups(stages: tuple[Stage, ...], config: FleetConfig) -> frozenset[str]:
@@ -215,6 +238,8 @@ def load_stress_settings(
                 f"{path}: stress.stages[{index}].group",
                 f"no group {stage.group!r}; groups: {', '.join(groups)}",
             )
+    if settings.scenario in MQTT5_SCENARIOS:
+        _check_mqtt5(path, settings, config)
     for index, stage in enumerate(settings.timeline):
         if stage.action not in ("drop", "flap") or stage.end != "silent":
             continue
@@ -231,3 +256,48 @@ def load_stress_settings(
                     "keepalive shorter",
                 )
     return settings
+
+
+def _check_mqtt5(path: Path, settings: StressSettings, config: FleetConfig) -> None:
+    """An MQTT 5 scenario must be able to fail: ConfigError naming the group's field when a group
+    lacks what the scenario tests."""
+    name = settings.scenario
+    third = settings.duration / 3
+    for number, group in enumerate(config.groups):
+
+        def need(field: str, ok: bool, why: str, number: int = number, group: Group = group) -> None:
+            if not ok:
+                raise ConfigError(
+                    f"{path}: groups[{number}].{field}", f"the {name} scenario {why} (group {group.name!r})"
+                )
+
+        need("protocol", group.protocol_level == 5, 'needs MQTT 5 groups: protocol = "5", or -V mqttv5')
+        expiry = group.session_expiry or 0
+        delay = group.will_delay or 0
+        if name == "flapping-within-will-delay":
+            need("will", group.will, "counts wills: the devices need one")
+            need("clean_session", not group.clean_session, "needs devices that reconnect with Clean Start 0")
+            back = _FLAP_OFFLINE + group.backoff.max + 2 * MARGIN
+            need(
+                "will_delay",
+                delay > back,
+                f"needs a will delay above {back:g} s, the flap's time offline, the longest backoff and "
+                f"twice the {MARGIN:g} s margin",
+            )
+            need("session_expiry", expiry >= delay, "needs a session expiry of at least the will delay")
+        elif name == "session-expiry":
+            need("clean_session", not group.clean_session, "needs devices that reconnect with Clean Start 0")
+            need(
+                "session_expiry",
+                0 < expiry < third - 2 * MARGIN,
+                f"needs a session expiry above 0 and below {third - 2 * MARGIN:g} s (a third of the "
+                f"duration, less twice the {MARGIN:g} s margin), so that devices stay offline past it",
+            )
+        elif name == "message-expiry":
+            need("qos", group.qos.telemetry > 0, "needs QoS 1 or 2 telemetry, which the broker queues")
+            need(
+                "message_expiry",
+                group.message_expiry is not None and group.message_expiry < third - 2 * MARGIN,
+                f"needs a message expiry below {third - 2 * MARGIN:g} s (a third of the duration, less "
+                f"twice the {MARGIN:g} s margin), so that telemetry expires while the observer is away",
+            )

@@ -88,6 +88,8 @@ async def test_clean_run_reports_zero_violations() -> None:
         "messages": result.meta["observer"]["messages"],
         "connects": 1,
         "sessions_lost": 0,
+        "protocol": "3.1.1",
+        "away_s": [],
     }
 
 
