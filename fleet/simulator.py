@@ -398,6 +398,7 @@ class _DeviceRunner:
         "_run",
         "_target",
         "_wake",
+        "_will",
         "device",
         "session",
         "stats",
@@ -416,6 +417,7 @@ class _DeviceRunner:
         self._connected = connected
         self._target = run.targets.get(device.group.name, run.target)
         self._client_id = device.id  # or the broker's Assigned Client Identifier, once it gave one
+        self._will: asyncio.TimerHandle | None = None  # a v5 will the broker holds back for its delay
 
     @property
     def online(self) -> bool:
@@ -436,7 +438,37 @@ class _DeviceRunner:
             if closed:
                 control.record(self.device.id, LinkEvent(time.monotonic(), False, end=kind))
 
+    def _owe_will(self) -> None:
+        """The connection ended without DISCONNECT: a will is owed now, or, for an MQTT 5 device
+        with a Will Delay Interval, once the delay (or the session, if shorter) has passed offline."""
+        group = self.device.group
+        delay = min(group.will_delay or 0, group.session_expiry or 0) if group.protocol == "5" else 0
+        if delay:
+            self._will = asyncio.get_running_loop().call_later(delay, self._will_due)
+        else:
+            self.stats.wills_expected += 1
+
+    def _will_due(self) -> None:
+        self._will = None
+        self.stats.wills_expected += 1
+
+    def _reconnected(self) -> None:
+        """A new connection within the will delay cancels the will, unless its Clean Start ends the
+        session, which publishes the will at once [MQTT-3.1.3-9, MQTT 5 §3.1.2.5]."""
+        if self._will is not None:
+            self._will.cancel()
+            self._will = None
+            if self.device.group.clean_session:
+                self.stats.wills_expected += 1
+
     async def run(self) -> None:
+        try:
+            await self._run_cycles()
+        finally:
+            if self._will is not None:  # due after the run: not counted, as the run never saw it owed
+                self._will.cancel()
+
+    async def _run_cycles(self) -> None:
         device = self.device
         loop = asyncio.get_running_loop()
         cycle = 0
@@ -516,6 +548,7 @@ class _DeviceRunner:
                 self._client_id = link.client_id
                 stats.connect_latency.add(now - started)
                 stats.connects += 1
+                self._reconnected()
                 run.live.ever_connected = True
                 if since is not None:
                     stats.reconnects += 1
@@ -647,13 +680,12 @@ class _DeviceRunner:
             )
 
     async def _end(self, link: Link, kind: str) -> None:
-        stats = self.stats
         self._ended(kind, closed=kind != "silent")
         if kind == "clean":
             await self._end_clean(link)
             return
         if self.device.group.will:
-            stats.wills_expected += 1
+            self._owe_will()
         if kind == "abrupt":
             link.abort()
             return

@@ -158,15 +158,21 @@ async def test_reconnect_within_the_will_delay_fires_no_will(port: int) -> None:
     )
     quick, slow = ids(config)
     control = Control()
-    async with observe5(port) as observer, running(config, port, control=control):
+    async with observe5(port) as observer, running(config, port, control=control) as run:
         for device in (quick, slow):
             await observer.wait(lambda d=device: observer.births(d), f"the birth of {device}")
+        ended = asyncio.get_running_loop().time()
         control.end([quick], "abrupt", offline_for=0.2)
         control.end([slow], "abrupt", offline_for=8.0)
         await observer.wait(lambda: len(observer.births(quick)) == 2, "the quick device's reconnect")
         await observer.wait(lambda: observer.wills(slow), "the slow device's will", timeout=4 + 8)
         assert observer.wills(quick) == []
+        # The report owes the slow device's will once its 4 s delay has passed since the end.
+        await asyncio.sleep(max(0.0, ended + 4.5 - asyncio.get_running_loop().time()))
     assert control.ends[quick, "abrupt"] == 1
+    assert run.report is not None
+    assert run.report.group("quick").wills_expected == 0
+    assert run.report.group("slow").wills_expected == 1
 
 
 @pytest.mark.parametrize(("expiry", "offline", "present"), [(60, 0.2, True), (1, 3.0, False)])
