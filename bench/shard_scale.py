@@ -23,8 +23,8 @@ per device, and so does the single fleet process).
   script has checked them and sends SIGTERM.
 - The fleet: --devices (16,000) in two groups, as in tests/test_rehearsal.py: 3/4 sensors at
   QoS 0 and 1/4 trackers at QoS 1, each sending telemetry every --interval s +-10 % (10 s: 1,600
-  msg/s for 16,000 devices). The fleet-wide connect ramp is --connect-rate (500/s); the config's
-  ``connect_rate`` is per process, so each shard's config gets 1/4 of it.
+  msg/s for 16,000 devices). The fleet-wide connect ramp is --connect-rate (500/s), the config's
+  ``connect_rate``: each of the 4 shards ramps at a quarter of it.
 - Connect time: from the spawn of the fleet processes until the sum of their fleet_devices_online,
   read from their own /metrics every 0.25 s, is the fleet's size; also from the moment the last of
   their /metrics first answered (without the interpreters' start).
@@ -89,7 +89,7 @@ LISTENING = re.compile(r"listening on mqtt://127\.0\.0\.1:(\d+)$", re.MULTILINE)
 REPORT_WRITTEN = "fleet: report written to"
 CONFIG = """\
 seed = 17
-connect_rate = {connect_rate}  # per process
+connect_rate = {connect_rate}  # fleet-wide: each shard ramps at its part
 
 [[groups]]
 name = "sensor"
@@ -248,11 +248,11 @@ class Phase:
         self.load_max = load if self.load_max is None else max(self.load_max, load)
 
 
-def fleet_config(path: Path, args: argparse.Namespace, processes: int) -> Path:
+def fleet_config(path: Path, args: argparse.Namespace) -> Path:
     trackers = args.devices // 4
     path.write_text(
         CONFIG.format(
-            connect_rate=args.connect_rate / processes,
+            connect_rate=args.connect_rate,
             sensors=args.devices - trackers,
             trackers=trackers,
             interval=args.interval,
@@ -294,7 +294,7 @@ def run_phase(args: argparse.Namespace, phase: str, workdir: Path, prom: Prometh
     processes = res.processes
     duration = args.connect_timeout + args.warmup + args.seconds + TAIL_S
     hold = 120.0  # the final metrics stay up at most this long; SIGTERM ends the hold sooner
-    config = fleet_config(workdir / f"fleet-{phase}.toml", args, processes)
+    config = fleet_config(workdir / f"fleet-{phase}.toml", args)
     reports = workdir / f"reports-{phase}"
     reports.mkdir(exist_ok=True)
     res.load_start = os.getloadavg()[0]

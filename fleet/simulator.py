@@ -140,6 +140,11 @@ class Shard:
     def __contains__(self, index: int) -> bool:
         return index % self.count == self.number - 1 and (index // self.count) % self.workers == self.worker
 
+    def part(self, rate: float) -> float:
+        """This process's part of a fleet-wide `rate` (the connect ramp): the parts of every shard's
+        workers add up to `rate`."""
+        return rate / (self.count * self.workers)
+
 
 @dataclass(slots=True)
 class Live:
@@ -337,7 +342,7 @@ async def simulate(
     live = live if live is not None else Live()
     live.target = len(devices)
     live.report = report
-    run = _Run(config, targets or {}, target, report, live, _Ramp(config.connect_rate), control)
+    run = _Run(config, targets or {}, target, report, live, _Ramp(shard.part(config.connect_rate)), control)
     _freeze_long_lived(len(devices))
     started = time.time()
     stopped = False

@@ -37,7 +37,7 @@ TIMEOUT = 60.0 + DEVICES / 200  # bounds each wait; a bigger fleet takes longer 
 POLL = 0.2
 CONFIG = """\
 seed = 17
-connect_rate = 250  # per shard: a bigger rehearsal must not drown one broker process in connects
+connect_rate = 1000  # fleet-wide, 250 per shard: a bigger rehearsal must not drown one broker in connects
 
 [[groups]]
 name = "sensor"

@@ -37,3 +37,17 @@ def test_a_bad_index_or_count_names_the_value(index: str, count: str, reason: st
     """An index outside 0..N-1 or a count that is not a positive integer is refused with the value."""
     with pytest.raises(ValueError, match=f"^{reason}$"):
         Shard.from_index(index, count)
+
+
+@given(st.integers(1, 12), st.integers(1, 8))
+def test_the_processes_of_a_sharded_fleet_ramp_at_the_fleet_wide_connect_rate_together(
+    count: int, workers: int
+) -> None:
+    """`connect_rate` is fleet-wide: each shard's worker ramps at its part, and the parts add up to it."""
+    parts = [
+        Shard(number, count, worker, workers).part(1000.0)
+        for number in range(1, count + 1)
+        for worker in range(workers)
+    ]
+    assert sum(parts) == pytest.approx(1000.0)
+    assert len(set(parts)) == 1
