@@ -981,6 +981,9 @@ def cmd_command(
     show_envvar=True,
     help="a bridge's access token (fleet token add); FLEET_TOKEN keeps it out of the shell history",
 )
+@_protocol_option(
+    "the MQTT version spoken to a broker; mqttv5 prints the messages' properties  [default: mqttv311]"
+)
 @_client_options
 def tail_command(
     url: str,
@@ -990,12 +993,17 @@ def tail_command(
     expect: str | None,
     output: str,
     token: str | None,
+    protocol_version: int | None,
     credentials: Credentials,
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
     URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://... (JSON, or MQTT over WebSocket when the server
     accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc[s]://HOST:PORT/FILTER.
+
+    With -V mqttv5 a broker is read over MQTT 5, and each event carries the message's properties
+    (user properties as ordered [key, value] pairs, correlation data in base64); --expect can then
+    ask for user_property.KEY=VALUE and content_type=TYPE.
 
     Exit status: 0 when --count events arrived or --expect was met (or, without them, at
     --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
@@ -1016,7 +1024,9 @@ def tail_command(
     if from_env and url.lower().startswith("mqtt"):
         token = None  # FLEET_TOKEN is for the bridges, not for a broker
     try:
-        source = Source.parse(url, filters, dataclasses.replace(credentials, token=token or None))
+        source = Source.parse(
+            url, filters, dataclasses.replace(credentials, token=token or None), protocol_version
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL or --filter") from None
     try:
