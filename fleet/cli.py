@@ -758,9 +758,18 @@ def up(
     show_default=True,
     help="where `e` writes the history",
 )
+@_protocol_option(
+    "the MQTT version spoken to the broker; mqttv5 shows properties and reason codes  [default: mqttv311]"
+)
 @_client_options
-def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentials) -> None:
-    """A live view of the fleet on any broker: devices, topics, events, and commands to devices."""
+def watch(
+    broker_url: str, prefix: str, export_dir: Path, protocol_version: int | None, credentials: Credentials
+) -> None:
+    """A live view of the fleet on any broker: devices, topics, events, and commands to devices.
+
+    With -V mqttv5 the device view shows the MQTT 5 properties of a device's messages and the
+    reason codes the broker answers commands with, and the event log a broker's DISCONNECT with its
+    reason code, the code's name and the broker's reason string."""
     from fleet.endpoint import Endpoint
     from fleet.simulator import Target
     from fleet.watch.app import WatchApp
@@ -778,7 +787,12 @@ def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentia
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     source = MqttSource(
-        target.endpoint, prefix=prefix, username=login.username, password=login.password, ssl=login.ssl
+        target.endpoint,
+        prefix=prefix,
+        username=login.username,
+        password=login.password,
+        ssl=login.ssl,
+        version=protocol_version or 4,
     )
     app = WatchApp(source, prefix=prefix, export_dir=export_dir)
     with app.logs_in_event_log():

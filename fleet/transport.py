@@ -42,6 +42,7 @@ from fleet.errors import (
     ConnectionLost,
     ConnectRefused,
     ProtocolError,
+    PublishRefused,
     ServerDisconnected,
     TransportError,
 )
@@ -868,8 +869,8 @@ class Link(asyncio.Protocol):
             self._freed()
         if message is not None and not message.future.done():
             message.future.set_exception(
-                TransportError(
-                    f"the broker refused QoS {message.qos} message {packet_id}: reason {reason:#04x}"
+                PublishRefused(
+                    f"the broker refused QoS {message.qos} message {packet_id}: reason {reason:#04x}", reason
                 )
             )
             message.future.exception()
