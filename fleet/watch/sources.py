@@ -187,6 +187,11 @@ class MqttSource:
         return f"{self.endpoint} (MQTT 5)" if self.version == 5 else str(self.endpoint)
 
     @property
+    def attached(self) -> bool:
+        """Connected and subscribed: commands can be published."""
+        return self._link is not None and self._link.connected
+
+    @property
     def client_id(self) -> str:
         """The client identifier the source connects with (the same on every reconnect)."""
         return self._connect.client_id
@@ -197,7 +202,7 @@ class MqttSource:
             deliver(packet.topic, packet.payload, packet.retain, packet.qos, properties)
 
         attempt = 0
-        where = str(self.endpoint)
+        where = self.description
         # Connecting is the first attempt; later ones are retrying, which keeps its reason on show.
         notify(Attachment(state="connecting", detail=where))
         while True:
