@@ -12,8 +12,10 @@ expectation and the last events that arrived.
 Each frame becomes a `StreamEvent` whose `data` is the decoded JSON (the bridge envelope on our
 bridges; any JSON on someone else's WebSocket or SSE server). Its `topic` is `data["topic"]` and its
 `payload` is `data["payload"]`, or the whole of `data` when it has no payload field. MQTT messages
-get the bridges' envelope without `id`, so that one parser reads every transport. A WebSocket
-server that accepts the subprotocol 'mqtt' is an MQTT broker, and its stream is MQTT over WebSocket.
+get the bridges' envelope without `id`, so that one parser reads every transport; over MQTT 5
+(`version=5`) it has the message's properties as `properties` (`envelope_properties`), which
+expectations can ask for (`user_properties`, `content_type`). A WebSocket server that accepts the
+subprotocol 'mqtt' is an MQTT broker, and its stream is MQTT over WebSocket.
 Client libraries are imported when a stream of their transport opens.
 """
 

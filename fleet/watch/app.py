@@ -17,6 +17,7 @@ again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -438,8 +439,9 @@ def _properties_text(properties: Properties) -> str:
 
 
 def _mqtt5(text: Text, state: DeviceState) -> None:
-    """The device's MQTT 5 part of the detail view: by topic, the content type, response topic and
-    user properties of its latest message with properties; the reason codes the broker answered."""
+    """The device's MQTT 5 part of the detail view: by topic, the content type, response topic,
+    correlation data and user properties of its latest message with properties; the reason codes
+    the broker answered."""
     if not state.properties and not state.reasons:
         return
     text.append("\nMQTT 5\n", style="bold")
@@ -449,6 +451,9 @@ def _mqtt5(text: Text, state: DeviceState) -> None:
             text.append(f"    content type   {properties.content_type}\n")
         if properties.response_topic is not None:
             text.append(f"    response topic {properties.response_topic}\n")
+        if properties.correlation_data is not None:
+            correlation = base64.b64encode(properties.correlation_data).decode()
+            text.append(f"    correlation    {correlation} (base64)\n")
         for key, value in properties.user_properties:
             text.append(f"    user property  {key}={value}\n")
     for reason in state.reasons:

@@ -5,6 +5,7 @@ broker's DISCONNECT in the event log."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import shutil
 import tempfile
@@ -118,7 +119,8 @@ async def test_the_device_view_shows_a_v5_devices_properties_and_a_requests_resp
     kind: str, broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
     """A v5 device's telemetry shows its content type and user properties in order; a `fleet cmd`
-    request to it shows its response topic; the last messages show their properties."""
+    request to it shows its response topic, and the device's response its correlation data; the last
+    messages show their properties."""
     name = f"m{uuid.uuid4().hex[:6]}"
     device = f"{name}-0"
     config = FleetConfig.model_validate(
@@ -150,7 +152,8 @@ async def test_the_device_view_shows_a_v5_devices_properties_and_a_requests_resp
                 reply = await send_command(Target(endpoint), request, timeout=TIMEOUT, version=5)
                 assert reply is not None
                 assert reply.ok
-                await until(pilot, lambda: "cmd" in topics_with_properties(app, device), "the request")
+                answered = {"cmd", "cmd/response"}
+                await until(pilot, lambda: answered <= topics_with_properties(app, device), "the exchange")
                 await pilot.press("slash", *device, "enter")
                 table = app.query_one("#table", VirtualTable)
                 await until(pilot, lambda: [d.id for d in table.items] == [device], "the filter matched")
@@ -164,6 +167,8 @@ async def test_the_device_view_shows_a_v5_devices_properties_and_a_requests_resp
                 tenant, site = telemetry.index("tenant=acme"), telemetry.index("site=north")
                 assert tenant < site, "user properties in their order"
                 assert f"response topic {request.response_topic}" in shown[shown.index("  cmd\n") :]
+                correlation = base64.b64encode(request.id.encode()).decode()
+                assert f"correlation    {correlation} (base64)" in shown[shown.index("  cmd/response\n") :]
                 assert "user_property:tenant=acme user_property:site=north" in text_of(screen, "#raw")
         finally:
             stop.set()
