@@ -547,7 +547,9 @@ class WatchApp(App[None]):
         if self.until is not None:
             self.until.add_done_callback(lambda _: self.exit())
 
-    def _deliver(self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties) -> None:
+    def _deliver(
+        self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties = EMPTY, /
+    ) -> None:
         self.model.ingest(topic, payload, retain, self.clock(), qos, properties)
 
     def _notify(self, attachment: Attachment) -> None:

@@ -38,9 +38,15 @@ __all__ = [
     "reason_name",
 ]
 
-Deliver = Callable[[str, bytes, bool, int, Properties], None]
-"""Called with (topic, payload, retain, qos, properties) for each message, in order; the properties
-are MQTT 5's, EMPTY over MQTT 3.1.1."""
+
+class Deliver(Protocol):
+    """Called with (topic, payload, retain, qos, properties) for each message, in order; the properties
+    are MQTT 5's, EMPTY (the default) over MQTT 3.1.1."""
+
+    def __call__(
+        self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties = EMPTY, /
+    ) -> None: ...
+
 
 LinkState = Literal["connecting", "connected", "lost", "retrying"]
 

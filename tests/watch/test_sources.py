@@ -30,7 +30,9 @@ class Inbox:
         self.notes: list[Attachment] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties) -> None:
+    def deliver(
+        self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties = EMPTY, /
+    ) -> None:
         self.messages.append((topic, payload, retain))
         self.properties.append(properties)
         self._changed.set()
