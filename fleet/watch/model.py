@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fleet.mqtt.properties import EMPTY, Properties
+from fleet.testing.streams import envelope_properties
 from fleet.topics import classify
 
 __all__ = [
@@ -122,7 +123,8 @@ class Received:
     properties: Properties = EMPTY  # MQTT 5
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON-lines form of the export: the payload decoded when it is JSON, else as text."""
+        """The JSON-lines form of the export: the payload decoded when it is JSON, else as text, and
+        the MQTT 5 properties, if any, as `fleet tail` prints them."""
         record: dict[str, Any] = {
             "received_at": round(self.at, 6),
             "topic": self.topic,
@@ -132,6 +134,8 @@ class Received:
             record["payload"] = json.loads(self.payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             record["payload_text"] = self.payload.decode("utf-8", "replace")
+        if self.properties is not EMPTY:
+            record["properties"] = envelope_properties(self.properties)
         return record
 
 
