@@ -131,3 +131,18 @@ async def test_the_plugins_mqtt5_stream_expects_user_properties_and_a_content_ty
     await publish_v5(port, "sensors/t2", "{}", *PROPERTIES)
     with pytest.raises(ExpectationFailed, match=r"user_property\.tenant=c"):
         await stream.expect(topic="sensors/t2", user_properties=[("tenant", "c")], within=1.0)
+
+
+async def test_tail_over_mqtt5_reads_a_brokers_websocket_listener(broker_factory: BrokerFactory) -> None:
+    """`-V mqttv5` with a broker's ws:// URL reads MQTT 5 over WebSocket, properties included."""
+    async with broker_factory(ws_port=0) as broker:
+        url = f"ws://127.0.0.1:{broker.ws_port}/mqtt?filter=sensors/%23"
+        async with fleet_tail(url, "-V", "mqttv5", "--count", "1") as running:
+            await publish_v5(broker.port, "sensors/t1", '{"t": 21.5}', *PROPERTIES)
+            tail = await running.finished()
+    assert tail.code == 0, tail
+    assert tail.stderr[0].startswith(
+        f"fleet tail: reading mqttv5 stream ws://127.0.0.1:{broker.ws_port}/mqtt"
+    )
+    properties = json.loads(tail.stdout[0])["properties"]
+    assert properties["user_properties"] == [["tenant", "b"], ["site", "north"], ["tenant", "a"]]
