@@ -758,9 +758,18 @@ def up(
     show_default=True,
     help="where `e` writes the history",
 )
+@_protocol_option(
+    "the MQTT version spoken to the broker; mqttv5 shows properties and reason codes  [default: mqttv311]"
+)
 @_client_options
-def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentials) -> None:
-    """A live view of the fleet on any broker: devices, topics, events, and commands to devices."""
+def watch(
+    broker_url: str, prefix: str, export_dir: Path, protocol_version: int | None, credentials: Credentials
+) -> None:
+    """A live view of the fleet on any broker: devices, topics, events, and commands to devices.
+
+    With -V mqttv5 the device view shows the MQTT 5 properties of a device's messages and the
+    reason codes the broker answers commands with, and the event log a broker's DISCONNECT with its
+    reason code, the code's name and the broker's reason string."""
     from fleet.endpoint import Endpoint
     from fleet.simulator import Target
     from fleet.watch.app import WatchApp
@@ -778,7 +787,12 @@ def watch(broker_url: str, prefix: str, export_dir: Path, credentials: Credentia
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     source = MqttSource(
-        target.endpoint, prefix=prefix, username=login.username, password=login.password, ssl=login.ssl
+        target.endpoint,
+        prefix=prefix,
+        username=login.username,
+        password=login.password,
+        ssl=login.ssl,
+        version=protocol_version or 4,
     )
     app = WatchApp(source, prefix=prefix, export_dir=export_dir)
     with app.logs_in_event_log():
@@ -981,6 +995,9 @@ def cmd_command(
     show_envvar=True,
     help="a bridge's access token (fleet token add); FLEET_TOKEN keeps it out of the shell history",
 )
+@_protocol_option(
+    "the MQTT version spoken to a broker; mqttv5 prints the messages' properties  [default: mqttv311]"
+)
 @_client_options
 def tail_command(
     url: str,
@@ -990,12 +1007,17 @@ def tail_command(
     expect: str | None,
     output: str,
     token: str | None,
+    protocol_version: int | None,
     credentials: Credentials,
 ) -> None:
     """Print the events of an MQTT, WebSocket, SSE or gRPC stream as JSON lines.
 
     URL: mqtt[s]://HOST:PORT/FILTER, ws[s]://... (JSON, or MQTT over WebSocket when the server
     accepts the subprotocol 'mqtt'), http[s]://... (Server-Sent Events) or grpc[s]://HOST:PORT/FILTER.
+
+    With -V mqttv5 a broker is read over MQTT 5, and each event carries the message's properties
+    (user properties as ordered [key, value] pairs, correlation data in base64); --expect can then
+    ask for user_property.KEY=VALUE and content_type=TYPE.
 
     Exit status: 0 when --count events arrived or --expect was met (or, without them, at
     --timeout, the stream's end or Ctrl-C); 1 when fewer than --count events came, --expect was
@@ -1016,7 +1038,9 @@ def tail_command(
     if from_env and url.lower().startswith("mqtt"):
         token = None  # FLEET_TOKEN is for the bridges, not for a broker
     try:
-        source = Source.parse(url, filters, dataclasses.replace(credentials, token=token or None))
+        source = Source.parse(
+            url, filters, dataclasses.replace(credentials, token=token or None), protocol_version
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL or --filter") from None
     try:

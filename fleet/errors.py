@@ -9,6 +9,7 @@ Exception tree::
     │   └── UnsupportedProtocol   a CONNECT for a protocol level this side does not speak
     ├── ConnectRefused       a broker refused a CONNECT (3.1.1 return code 1-5, MQTT 5 reason >= 0x80)
     ├── TransportError       a connection could not be opened, or failed; the message says what
+    │   ├── PublishRefused   an MQTT 5 broker refused a QoS 1/2 message with a reason code
     │   └── ConnectionLost   an open connection ended, or a QoS 1/2 message's session was discarded
     │       └── ServerDisconnected  an MQTT 5 broker sent DISCONNECT with a reason code
     ├── UnsupportedOperation a transport cannot do what was asked (go_silent over aiomqtt)
@@ -25,6 +26,7 @@ __all__ = [
     "ExpectationFailed",
     "FleetError",
     "ProtocolError",
+    "PublishRefused",
     "ServerDisconnected",
     "StoreError",
     "TopicError",
@@ -131,6 +133,15 @@ class ConnectRefused(FleetError):
 
 class TransportError(FleetError):
     """A connection could not be opened (refused, unreachable, TLS failure, timeout) or failed."""
+
+
+class PublishRefused(TransportError):
+    """An MQTT 5 broker answered a QoS 1/2 PUBLISH with PUBACK or PUBREC and an error `reason_code`
+    (0x87 not authorized, 0x97 quota exceeded...): it took no responsibility for the message."""
+
+    def __init__(self, message: str, reason_code: int) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
 
 
 class ConnectionLost(TransportError):

@@ -8,6 +8,11 @@
     grpc://host:port/FILTER      our FleetBridgeService (mqtt_fleet.bridge.v1), '#' by default;
                                  grpcs:// over TLS
 
+`-V mqttv5` speaks MQTT 5 to a broker (mqtt[s]://, and ws[s]:// when it is a broker): each event then
+has a `properties` object with the message's properties (`fleet.testing.streams.envelope_properties`:
+user properties as ordered [key, value] pairs, Correlation Data in base64), and the pretty format
+shows them after the payload. A bridge's stream carries what the bridge passes on.
+
 `--filter` adds topic filters: MQTT and gRPC subscribe to them, WebSocket and SSE URLs get them as
 `filter` query parameters (how our bridges take them, and what MQTT over WebSocket subscribes to).
 An http:// answer that is not an event stream is an error naming what it was. A bridge with a
@@ -20,14 +25,15 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.credentials import Credentials, split_url
 from fleet.testing.streams import Expectation, StreamEvent, Transport, open_stream
 from fleet.topics import validate_filter
 
-__all__ = ["Source", "format_event", "tail"]
+__all__ = ["Source", "format_event", "format_properties", "tail"]
 
 _SCHEMES: dict[str, Transport] = {
     "mqtt": "mqtt",
@@ -49,12 +55,20 @@ class Source:
     url: str
     filters: tuple[str, ...]
     credentials: Credentials = field(default_factory=Credentials)
+    version: int | None = None  # the MQTT version spoken to a broker: 4 (3.1.1, the default) or 5
 
     @classmethod
-    def parse(cls, url: str, filters: Sequence[str] = (), credentials: Credentials | None = None) -> Source:
+    def parse(
+        cls,
+        url: str,
+        filters: Sequence[str] = (),
+        credentials: Credentials | None = None,
+        version: int | None = None,
+    ) -> Source:
         """Raises ValueError saying what is wrong with the URL or a filter, never showing a password.
 
         A `user:password@` in the URL is taken out of it; `credentials` win over it, field by field.
+        `version` (4 or 5) is for a broker: an mqtt[s]:// or ws[s]:// URL.
         """
         url, from_url = split_url(url)
         credentials = from_url.override(credentials or Credentials())
@@ -76,6 +90,11 @@ class Source:
             )
         if credentials.username is not None and transport not in ("mqtt", "ws"):
             raise ValueError(f"{url!r}: a user name and password log in to a broker: mqtt[s]:// or ws[s]://")
+        if version is not None and transport not in ("mqtt", "ws"):
+            raise ValueError(
+                f"{url!r}: the protocol version is spoken to a broker: mqtt[s]:// or ws[s]://; "
+                "a bridge's stream carries the properties the bridge passes on"
+            )
         wanted = list(filters)
         if transport in ("mqtt", "grpc"):
             # The path is a topic filter, '#' and '+' as they are or percent-encoded.
@@ -88,17 +107,44 @@ class Source:
             wanted = wanted or ["#"]
         for topic_filter in wanted:
             validate_filter(topic_filter)
-        return cls(transport, url, tuple(wanted), credentials)
+        return cls(transport, url, tuple(wanted), credentials, version)
 
 
 def format_event(event: StreamEvent, *, pretty: bool = False) -> str:
-    """One event as a JSON line, or `pretty`: 'time  topic  payload'."""
+    """One event as a JSON line, or `pretty`: 'time  topic  payload', then the MQTT 5 properties, if
+    any, as `name=value` items (see `format_properties`)."""
     if not pretty:
         return json.dumps(event.data, separators=(",", ":"), default=str)
     clock = time.strftime("%H:%M:%S", time.localtime(event.received_at))
     millis = int(event.received_at % 1 * 1000)
     shown = event.payload if event.topic is not None else event.data
-    return f"{clock}.{millis:03d}  {event.topic or '-'}  {json.dumps(shown, default=str)}"
+    line = f"{clock}.{millis:03d}  {event.topic or '-'}  {json.dumps(shown, default=str)}"
+    properties = format_properties(event.properties)
+    return f"{line}  {properties}" if properties else line
+
+
+def format_properties(properties: Mapping[str, Any]) -> str:
+    """The `properties` of an envelope as text: `content_type=application/json
+    user_property:tenant=a user_property:tenant=b correlation_data(base64)=AQI=` ... in the
+    envelope's order; each user property is one item, in order, duplicate keys kept. Values that
+    are not plain words are JSON strings."""
+    items: list[str] = []
+    for name, value in properties.items():
+        if name == "user_properties" and isinstance(value, list):
+            items += [f"user_property:{_word(str(k))}={_word(str(v))}" for k, v in value]
+        elif name == "correlation_data":
+            items.append(f"correlation_data(base64)={value}")
+        elif name == "subscription_identifiers" and isinstance(value, list):
+            items.append(f"{name}={','.join(str(number) for number in value)}")
+        else:
+            items.append(f"{name}={_word(str(value))}")
+    return " ".join(items)
+
+
+def _word(text: str) -> str:
+    """`text` as it is when it is one plain word, else as a JSON string."""
+    plain = text and all(c.isprintable() and not c.isspace() and c not in '"=\\' for c in text)
+    return text if plain else json.dumps(text, ensure_ascii=False)
 
 
 async def tail(
@@ -118,7 +164,9 @@ async def tail(
     `note` gets one line when the stream is open (everything sent after that is read), and one if
     the stream ends on its own. Raises TransportError when the stream cannot be opened.
     """
-    async with open_stream(source.transport, source.url, source.filters, source.credentials) as stream:
+    async with open_stream(
+        source.transport, source.url, source.filters, source.credentials, version=source.version or 4
+    ) as stream:
         note(f"reading {stream.name} (filters: {', '.join(stream.filters) or 'none'})")
         seen = 0
         async for event in stream.events(timeout):

@@ -42,6 +42,7 @@ from fleet.errors import (
     ConnectionLost,
     ConnectRefused,
     ProtocolError,
+    PublishRefused,
     ServerDisconnected,
     TransportError,
 )
@@ -591,13 +592,19 @@ class Link(asyncio.Protocol):
             properties=encode_variable_int(len(properties)) + properties,
         )
 
-    async def subscribe(self, topics: list[tuple[str, int]], timeout: float = 10.0) -> tuple[int, ...]:
-        """Subscribe to (filter, QoS) pairs; return SUBACK's return codes (granted QoS, or 0x80)."""
+    async def subscribe(
+        self, topics: list[tuple[str, int]], timeout: float = 10.0, *, properties: Properties = EMPTY
+    ) -> tuple[int, ...]:
+        """Subscribe to (filter, QoS) pairs; return SUBACK's return codes (granted QoS, or 0x80).
+
+        MQTT 5 only: `properties`, for example a Subscription Identifier."""
         validated_filters(topics)
+        if properties is not EMPTY and not self._v5:
+            raise ValueError("subscribe properties need an MQTT 5 link")
         packet_id = self._session.next_packet_id(self._requests)
         if self._v5:
             subscriptions = [v5.Subscription(topic_filter, qos) for topic_filter, qos in topics]
-            packet = v5.encode_subscribe(packet_id, subscriptions)
+            packet = v5.encode_subscribe(packet_id, subscriptions, properties)
         else:
             packet = encode_subscribe(packet_id, topics)
         return await self._request(packet_id, packet, len(topics), timeout)
@@ -862,8 +869,8 @@ class Link(asyncio.Protocol):
             self._freed()
         if message is not None and not message.future.done():
             message.future.set_exception(
-                TransportError(
-                    f"the broker refused QoS {message.qos} message {packet_id}: reason {reason:#04x}"
+                PublishRefused(
+                    f"the broker refused QoS {message.qos} message {packet_id}: reason {reason:#04x}", reason
                 )
             )
             message.future.exception()

@@ -58,7 +58,7 @@ def fleet_broker_settings() -> Mapping[str, Any]:
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def fleet_broker(fleet_broker_settings: Mapping[str, Any]) -> AsyncIterator[Broker]:
-    """The embedded MQTT 3.1.1 broker on 127.0.0.1 and a free port: `.port`, `.urls[0]` (and an
+    """The embedded MQTT 3.1.1 and 5 broker on 127.0.0.1 and a free port: `.port`, `.urls[0]` (and an
     mqtts:// URL, `.tls_port`, when `fleet_broker_settings` has a certificate)."""
     from broker.config import BrokerSettings
     from broker.server import running
@@ -126,26 +126,31 @@ async def _streams() -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
             url: str,
             filters: Sequence[str] = (),
             credentials: Credentials | None = None,
+            *,
+            version: int = 4,
         ) -> Stream:
-            return await stack.enter_async_context(open_stream(transport, url, filters, credentials))
+            opened = open_stream(transport, url, filters, credentials, version=version)
+            return await stack.enter_async_context(opened)
 
         yield open_one
 
 
 @pytest_asyncio.fixture(loop_scope="function")
 async def mqtt_stream(fleet_broker: Broker) -> AsyncIterator[Callable[..., Awaitable[Stream]]]:
-    """Subscribe: `await mqtt_stream("fleet/+/status", ..., url=None, credentials=None)`; url: any
-    mqtt[s]:// broker (it may carry `user:password@`), default `fleet_broker` (its mqtts:// listener
-    when `credentials` has TLS settings). Returns once the broker has acknowledged the subscription."""
+    """Subscribe: `await mqtt_stream("fleet/+/status", ..., url=None, credentials=None, version=4)`;
+    url: any mqtt[s]:// broker (it may carry `user:password@`), default `fleet_broker` (its mqtts://
+    listener when `credentials` has TLS settings). `version=5` speaks MQTT 5: events then carry the
+    messages' properties, and `expect(..., user_properties=[("tenant", "a")], content_type=...)`
+    can ask for them. Returns once the broker has acknowledged the subscription."""
     async with _streams() as open_one:
 
         async def open_mqtt(
-            *filters: str, url: str | None = None, credentials: Credentials | None = None
+            *filters: str, url: str | None = None, credentials: Credentials | None = None, version: int = 4
         ) -> Stream:
             if url is None:
                 tls = credentials is not None and credentials.tls and fleet_broker.tls_port is not None
                 url = f"mqtts://127.0.0.1:{fleet_broker.tls_port}" if tls else fleet_broker.urls[0]
-            return await open_one("mqtt", url, filters or ("#",), credentials)
+            return await open_one("mqtt", url, filters or ("#",), credentials, version=version)
 
         yield open_mqtt
 

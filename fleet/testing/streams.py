@@ -12,8 +12,10 @@ expectation and the last events that arrived.
 Each frame becomes a `StreamEvent` whose `data` is the decoded JSON (the bridge envelope on our
 bridges; any JSON on someone else's WebSocket or SSE server). Its `topic` is `data["topic"]` and its
 `payload` is `data["payload"]`, or the whole of `data` when it has no payload field. MQTT messages
-get the bridges' envelope without `id`, so that one parser reads every transport. A WebSocket
-server that accepts the subprotocol 'mqtt' is an MQTT broker, and its stream is MQTT over WebSocket.
+get the bridges' envelope without `id`, so that one parser reads every transport; over MQTT 5
+(`version=5`) it has the message's properties as `properties` (`envelope_properties`), which
+expectations can ask for (`user_properties`, `content_type`). A WebSocket server that accepts the
+subprotocol 'mqtt' is an MQTT broker, and its stream is MQTT over WebSocket.
 Client libraries are imported when a stream of their transport opens.
 """
 
@@ -26,14 +28,22 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from fleet.credentials import Credentials, split_url
 from fleet.endpoint import Endpoint
-from fleet.errors import ConfigError, ConnectionLost, ExpectationFailed, TopicError, TransportError
+from fleet.errors import (
+    ConfigError,
+    ConnectionLost,
+    ConnectRefused,
+    ExpectationFailed,
+    TopicError,
+    TransportError,
+)
+from fleet.mqtt.properties import Properties
 from fleet.topics import matches, validate_filter
 
 if TYPE_CHECKING:
@@ -44,6 +54,7 @@ __all__ = [
     "Stream",
     "StreamEvent",
     "Transport",
+    "envelope_properties",
     "grpc_events",
     "open_stream",
 ]
@@ -72,6 +83,20 @@ class StreamEvent:
             return self.data["payload"]
         return self.data
 
+    @property
+    def properties(self) -> dict[str, Any]:
+        """The MQTT 5 properties of the envelope (`envelope_properties`); empty when it has none."""
+        properties = self.data.get("properties") if isinstance(self.data, dict) else None
+        return properties if isinstance(properties, dict) else {}
+
+    @property
+    def user_properties(self) -> list[tuple[str, str]]:
+        """The MQTT 5 user properties, in order, duplicate keys kept."""
+        pairs = self.properties.get("user_properties")
+        if not isinstance(pairs, list):
+            return []
+        return [(str(pair[0]), str(pair[1])) for pair in pairs if isinstance(pair, list) and len(pair) == 2]
+
 
 def _same(expected: Any, actual: Any) -> bool:
     """`actual` holds `expected`: equal values (True is not 1), and dicts by subset, recursively."""
@@ -97,14 +122,29 @@ def _paths(value: Mapping[str, Any], prefix: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Expectation:
-    """Which events count: a topic filter (MQTT wildcards), and values the payload must hold."""
+    """Which events count: a topic filter (MQTT wildcards), values the payload must hold, and MQTT 5
+    properties the message must carry.
+
+    `user_properties` must be present, in any order and among others: each (key, value) pair given
+    occurs among the message's user properties, as often as it is given. `content_type` is
+    compared as it is."""
 
     topic: str | None = None
     match: Mapping[str, Any] = field(default_factory=dict)
+    user_properties: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.topic is not None:
             validate_filter(self.topic)
+        pairs = tuple(self.user_properties)
+        if not all(
+            isinstance(p, tuple | list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs
+        ):
+            raise ValueError(
+                f"user_properties must be (key, value) pairs of strings, got {self.user_properties!r}"
+            )
+        object.__setattr__(self, "user_properties", tuple((key, value) for key, value in pairs))
 
     @classmethod
     def parse(cls, text: str) -> Expectation:
@@ -114,6 +154,8 @@ class Expectation:
         """
         topic: str | None = None
         match: dict[str, Any] = {}
+        user_properties: list[tuple[str, str]] = []
+        content_type: str | None = None
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, sep, raw = item.partition("=")
             key = key.strip()
@@ -122,10 +164,17 @@ class Expectation:
             if key == "topic":
                 topic = raw.strip()
                 continue
+            if key == "content_type":
+                content_type = raw.strip()
+                continue
+            if key.startswith("user_property.") and key != "user_property.":
+                user_properties.append((key.removeprefix("user_property."), raw.strip()))
+                continue
             path = key.split(".")
             if path[0] != "payload" or len(path) < 2 or not all(path):
                 raise ValueError(
-                    f"expectation {text!r}: unknown key {key!r}; use topic=FILTER or payload.PATH=VALUE"
+                    f"expectation {text!r}: unknown key {key!r}; use topic=FILTER, payload.PATH=VALUE, "
+                    "user_property.KEY=VALUE or content_type=TYPE"
                 )
             try:
                 value = json.loads(raw)
@@ -135,16 +184,23 @@ class Expectation:
             for name in path[1:-1]:
                 node = node.setdefault(name, {})
             node[path[-1]] = value
-        return cls(topic, match)
+        return cls(topic, match, tuple(user_properties), content_type)
 
     def matches(self, event: StreamEvent) -> bool:
         if self.topic is not None and (event.topic is None or not matches(self.topic, event.topic)):
+            return False
+        if self.content_type is not None and event.properties.get("content_type") != self.content_type:
+            return False
+        if self.user_properties and Counter(self.user_properties) - Counter(event.user_properties):
             return False
         return not self.match or _same(self.match, event.payload)
 
     def __str__(self) -> str:
         items = [f"topic={self.topic}"] if self.topic is not None else []
         items += _paths(self.match, "payload")
+        items += [f"user_property.{key}={value}" for key, value in self.user_properties]
+        if self.content_type is not None:
+            items.append(f"content_type={self.content_type}")
         return ",".join(items) or "anything"
 
 
@@ -202,11 +258,28 @@ class Stream:
             yield event
 
     async def expect(
-        self, topic: str | None = None, match: Mapping[str, Any] | None = None, *, within: float = 5.0
+        self,
+        topic: str | None = None,
+        match: Mapping[str, Any] | None = None,
+        *,
+        user_properties: Sequence[tuple[str, str]] = (),
+        content_type: str | None = None,
+        within: float = 5.0,
     ) -> StreamEvent:
-        """The first event that matches; fails after `within` seconds, or when the stream ends."""
+        """The first event that matches; fails after `within` seconds, or when the stream ends.
+
+        `user_properties` and `content_type` are MQTT 5 properties the message must carry (see
+        `Expectation`): the stream must speak MQTT 5, or come from a bridge that passes them on."""
         __tracebackhide__ = True  # pytest shows the test's line, not ours
-        return (await self.expect_count(1, topic=topic, match=match, within=within))[0]
+        found = await self.expect_count(
+            1,
+            topic=topic,
+            match=match,
+            user_properties=user_properties,
+            content_type=content_type,
+            within=within,
+        )
+        return found[0]
 
     async def expect_count(
         self,
@@ -214,13 +287,15 @@ class Stream:
         *,
         topic: str | None = None,
         match: Mapping[str, Any] | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
+        content_type: str | None = None,
         within: float = 5.0,
     ) -> list[StreamEvent]:
         """The first `n` events that match; fails when fewer arrive within `within` seconds."""
         __tracebackhide__ = True
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        expectation = Expectation(topic, match or {})
+        expectation = Expectation(topic, match or {}, tuple(user_properties), content_type)
         found: list[StreamEvent] = []
         seen = self.received - len(self._pending)
         async for event in self.events(within):
@@ -234,12 +309,18 @@ class Stream:
         )
 
     async def expect_silence(
-        self, *, for_: float, topic: str | None = None, match: Mapping[str, Any] | None = None
+        self,
+        *,
+        for_: float,
+        topic: str | None = None,
+        match: Mapping[str, Any] | None = None,
+        user_properties: Sequence[tuple[str, str]] = (),
+        content_type: str | None = None,
     ) -> None:
         """No matching event for `for_` seconds, counting unconsumed events that arrived before; the
         events it looks at are consumed."""
         __tracebackhide__ = True
-        expectation = Expectation(topic, match or {})
+        expectation = Expectation(topic, match or {}, tuple(user_properties), content_type)
         seen = self.received - len(self._pending)
         wanted = f"no event matching {expectation} for {for_}s"
         async for event in self.events(for_):
@@ -311,68 +392,109 @@ def _paths_hint(url: str) -> str:
     )
 
 
-@contextlib.asynccontextmanager
-async def _mqtt(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
-    import aiomqtt
+def envelope_properties(properties: Properties) -> dict[str, Any]:
+    """The `properties` object of an MQTT 5 message's envelope: the properties it carried, by their
+    names in the spec in snake case; user properties as ordered [key, value] pairs with duplicate keys
+    kept, Correlation Data in base64. Empty for a message without properties (and for MQTT 3.1.1)."""
+    shown: dict[str, Any] = {}
+    if properties.payload_format_indicator is not None:
+        shown["payload_format_indicator"] = properties.payload_format_indicator
+    if properties.message_expiry_interval is not None:
+        shown["message_expiry_interval"] = properties.message_expiry_interval
+    if properties.content_type is not None:
+        shown["content_type"] = properties.content_type
+    if properties.response_topic is not None:
+        shown["response_topic"] = properties.response_topic
+    if properties.correlation_data is not None:
+        shown["correlation_data"] = base64.b64encode(properties.correlation_data).decode()
+    if properties.subscription_identifiers:
+        shown["subscription_identifiers"] = list(properties.subscription_identifiers)
+    if properties.user_properties:
+        shown["user_properties"] = [list(pair) for pair in properties.user_properties]
+    return shown
 
+
+@contextlib.asynccontextmanager
+async def _mqtt(
+    url: str, filters: Sequence[str], credentials: Credentials, version: int
+) -> AsyncIterator[Opened]:
+    """An MQTT 3.1.1 or 5 (`version` 4 or 5) client on the lean transport (`fleet.transport.Link`).
+    Over MQTT 5 each filter is subscribed with its own Subscription Identifier, its place in the
+    filters counting from 1, so that a message's `subscription_identifiers` say which filters it
+    matched."""
     from bridges.envelope import make_event
+    from fleet.mqtt import v5
+    from fleet.mqtt.properties import EMPTY
+    from fleet.packets import Connect, Publish
+    from fleet.transport import ClientSession, Link
 
     endpoint = Endpoint.parse(url)
-    password = credentials.read_password()
-    client = aiomqtt.Client(
-        endpoint.host,
-        endpoint.port,
-        identifier=f"fleet-stream-{uuid.uuid4().hex[:12]}",
-        username=credentials.username,
-        password=None if password is None else password.decode(),
-        transport="websockets" if endpoint.websocket else "tcp",
-        websocket_path=endpoint.path if endpoint.websocket else None,
-        tls_context=credentials.ssl_context() if endpoint.tls else None,
-        timeout=OPEN_TIMEOUT,
-    )
+    client_id = f"fleet-stream-{uuid.uuid4().hex[:12]}"
+    username, password = credentials.username, credentials.read_password()
+    connect: Connect | v5.Connect
+    if version == 5:
+        connect = v5.Connect(True, 60, client_id, None, username, password)
+    else:
+        connect = Connect("MQTT", 4, True, 60, client_id, None, username, password)
+    inbox: asyncio.Queue[Publish | v5.Publish | None] = asyncio.Queue()
     try:
-        await client.__aenter__()
-    except aiomqtt.MqttError as exc:
+        link, _ = await Link.open(
+            endpoint,
+            connect,
+            session=ClientSession(),
+            on_message=inbox.put_nowait,
+            ssl=credentials.ssl_context() if endpoint.tls else None,
+            timeout=OPEN_TIMEOUT,
+        )
+    except ConnectRefused as exc:
         raise TransportError(f"cannot connect to {endpoint}: {exc}") from None
+    link.closed.add_done_callback(lambda _: inbox.put_nowait(None))
 
     async def frames() -> Frames:
-        try:
-            async for message in client.messages:
-                payload = message.payload
-                raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
-                event = make_event(
-                    0,
-                    message.topic.value,
-                    raw,
-                    qos=message.qos,
-                    retain=message.retain,
-                    received_at=time.time(),
-                )
-                envelope = json.loads(event.json)
-                del envelope["id"]  # ids belong to a bridge
-                yield envelope
-        except aiomqtt.MqttError as exc:
-            raise ConnectionLost(f"{endpoint}: {exc}") from None
+        while (message := await inbox.get()) is not None:
+            event = make_event(
+                0,
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                received_at=time.time(),
+            )
+            envelope = json.loads(event.json)
+            del envelope["id"]  # ids belong to a bridge
+            if isinstance(message, v5.Publish) and message.properties is not EMPTY:
+                envelope["properties"] = envelope_properties(message.properties)
+            yield envelope
+        error = link.closed.result()
+        if error is not None:
+            raise ConnectionLost(f"{endpoint}: {error}")
 
     try:
         subscribed = tuple(filters) or ("#",)
-        for topic_filter in subscribed:
+        for number, topic_filter in enumerate(subscribed, 1):
+            properties = Properties(subscription_identifiers=(number,)) if version == 5 else EMPTY
             try:
-                await client.subscribe(topic_filter, qos=1)
-            except aiomqtt.MqttError as exc:
+                (code,) = await link.subscribe([(topic_filter, 1)], OPEN_TIMEOUT, properties=properties)
+            except TransportError as exc:
                 raise TransportError(f"cannot subscribe to {topic_filter!r} at {endpoint}: {exc}") from None
-        yield f"mqtt stream {endpoint}", subscribed, frames()
+            if code >= 0x80:
+                raise TransportError(
+                    f"cannot subscribe to {topic_filter!r} at {endpoint}: the broker refused it ({code:#04x})"
+                )
+        yield f"mqtt{'v5' if version == 5 else ''} stream {endpoint}", subscribed, frames()
     finally:
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.__aexit__(None, None, None)
+        with contextlib.suppress(TransportError, OSError):
+            await link.disconnect(timeout=2.0)
 
 
 @contextlib.asynccontextmanager
-async def _websocket(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
+async def _websocket(
+    url: str, filters: Sequence[str], credentials: Credentials, version: int
+) -> AsyncIterator[Opened]:
     """`url` has the filters already, as query parameters. The handshake offers the WebSocket
     subprotocol 'mqtt' [MQTT-6.0.0-3]: a server that selects it [MQTT-6.0.0-4] is an MQTT broker,
-    read as MQTT over WebSocket, subscribed to `filters` ('#' without them); any other server is
-    read as JSON text frames."""
+    read as MQTT (`version`) over WebSocket, subscribed to `filters` ('#' without them); any other
+    server is read as JSON text frames."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus, WebSocketException
     from websockets.typing import Subprotocol
@@ -413,7 +535,7 @@ async def _websocket(url: str, filters: Sequence[str], credentials: Credentials)
                 validate_filter(topic_filter)
             except TopicError as exc:
                 raise TransportError(f"cannot subscribe at {broker}: {exc}") from None
-        async with _mqtt(broker, filters, credentials) as opened:
+        async with _mqtt(broker, filters, credentials, version) as opened:
             yield opened
         return
 
@@ -431,8 +553,10 @@ async def _websocket(url: str, filters: Sequence[str], credentials: Credentials)
 
 
 @contextlib.asynccontextmanager
-async def _sse(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
-    """`url` has the filters already, as query parameters."""
+async def _sse(
+    url: str, filters: Sequence[str], credentials: Credentials, version: int
+) -> AsyncIterator[Opened]:
+    """`url` has the filters already, as query parameters; `version` is for brokers only."""
     import httpx
     from httpx_sse import SSEError, aconnect_sse
 
@@ -505,7 +629,10 @@ def _grpc_envelope(event: bridge_pb2.Event) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _grpc(url: str, filters: Sequence[str], credentials: Credentials) -> AsyncIterator[Opened]:
+async def _grpc(
+    url: str, filters: Sequence[str], credentials: Credentials, version: int
+) -> AsyncIterator[Opened]:
+    """`version` is for brokers only."""
     import grpc
 
     from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2, bridge_pb2_grpc
@@ -565,7 +692,7 @@ def _grpc_credentials(url: str, credentials: Credentials) -> Any:
     return grpc.ssl_channel_credentials(roots, key, chain)
 
 
-_Opener = Callable[[str, Sequence[str], Credentials], contextlib.AbstractAsyncContextManager[Opened]]
+_Opener = Callable[[str, Sequence[str], Credentials, int], contextlib.AbstractAsyncContextManager[Opened]]
 _OPENERS: dict[Transport, _Opener] = {
     "mqtt": _mqtt,
     "ws": _websocket,
@@ -576,7 +703,12 @@ _OPENERS: dict[Transport, _Opener] = {
 
 @contextlib.asynccontextmanager
 async def open_stream(
-    transport: Transport, url: str, filters: Sequence[str] = (), credentials: Credentials | None = None
+    transport: Transport,
+    url: str,
+    filters: Sequence[str] = (),
+    credentials: Credentials | None = None,
+    *,
+    version: int = 4,
 ) -> AsyncIterator[Stream]:
     """Open a stream and read it in the background until the block exits.
 
@@ -584,10 +716,13 @@ async def open_stream(
     URL for "ws" and "sse" (filters are added as `filter` query parameters; a ws:// server that
     accepts the WebSocket subprotocol 'mqtt' is a broker, read as "mqtt"), `host:port` or
     grpc[s]://host:port for "grpc" (our FleetBridgeService). `credentials` log in to a broker and
-    set up TLS (mqtts://, wss://, https://, grpcs://); their `token` is sent to a bridge. Raises
-    TransportError when it cannot open, TopicError for an invalid filter, and ConfigError for a
-    password or TLS file that cannot be read.
+    set up TLS (mqtts://, wss://, https://, grpcs://); their `token` is sent to a bridge. `version`
+    is the MQTT version a broker is spoken to in: 4 (MQTT 3.1.1) or 5, when the events carry the
+    messages' properties (`envelope_properties`). Raises TransportError when it cannot open,
+    TopicError for an invalid filter, and ConfigError for a password or TLS file that cannot be read.
     """
+    if version not in (4, 5):
+        raise ValueError(f"version must be 4 (MQTT 3.1.1) or 5, got {version}")
     credentials = credentials or Credentials()
     if transport in ("mqtt", "ws"):  # a broker's URL may carry user:password@
         url, from_url = split_url(url)
@@ -597,7 +732,7 @@ async def open_stream(
     if transport in ("ws", "sse"):
         url = with_filters(url, filters)
         filters = _query_filters(url)  # with those the URL had
-    async with _OPENERS[transport](url, filters, credentials) as (name, subscribed, frames):
+    async with _OPENERS[transport](url, filters, credentials, version) as (name, subscribed, frames):
         stream = Stream(name, subscribed)
         async with asyncio.TaskGroup() as tasks:
             reader = tasks.create_task(stream._read(frames), name=f"fleet.testing.stream[{name}]")

@@ -17,6 +17,7 @@ again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -49,9 +50,12 @@ from textual.widgets import (
 from textual_plotext import PlotextPlot
 
 from fleet.device import KNOWN_OPS
-from fleet.errors import FleetError
-from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, Received, Sync, TopicNode
-from fleet.watch.sources import Attachment, Source
+from fleet.errors import FleetError, PublishRefused
+from fleet.mqtt.properties import EMPTY, Properties
+from fleet.tail import format_properties
+from fleet.testing.streams import envelope_properties
+from fleet.watch.model import COLUMNS, DeviceState, FleetModel, LogEvent, Reason, Received, Sync, TopicNode
+from fleet.watch.sources import Attachment, Source, reason_name
 from fleet.watch.table import Column, VirtualTable
 
 __all__ = ["KEYS", "WatchApp"]
@@ -211,6 +215,7 @@ class DeviceScreen(Screen[None]):
         values.append("latest values\n", style="bold")
         for name, value in sorted(state.values.items()):
             values.append(f"  {name:<14} {json.dumps(value)[:40]}\n")
+        _mqtt5(values, state)
         self.query_one("#values", Static).update(values)
         sparks = self.query_one("#sparks", VerticalScroll)
         for name in sorted(state.series):
@@ -223,7 +228,10 @@ class DeviceScreen(Screen[None]):
         raw.append("last messages\n", style="bold")
         for message in reversed(state.raw):
             raw.append(f"{clock_text(message.at)} {message.topic.rsplit('/', 1)[-1]:<9}", style="dim")
-            raw.append(f" {message.payload.decode('utf-8', 'replace')[:200]}\n")
+            raw.append(f" {message.payload.decode('utf-8', 'replace')[:200]}")
+            if message.properties is not EMPTY:
+                raw.append(f"  {_properties_text(message.properties)}", style="cyan")
+            raw.append("\n")
         self.query_one("#raw", Static).update(raw)
         if self.pending is not None:
             ack = state.acks.get(self.pending)
@@ -425,6 +433,33 @@ def _pretty(payload: bytes) -> Text | JSON:
         return Text(payload.decode("utf-8", "replace"))
 
 
+def _properties_text(properties: Properties) -> str:
+    """MQTT 5 properties as `fleet tail --format pretty` shows them."""
+    return format_properties(envelope_properties(properties))
+
+
+def _mqtt5(text: Text, state: DeviceState) -> None:
+    """The device's MQTT 5 part of the detail view: by topic, the content type, response topic,
+    correlation data and user properties of its latest message with properties; the reason codes
+    the broker answered."""
+    if not state.properties and not state.reasons:
+        return
+    text.append("\nMQTT 5\n", style="bold")
+    for topic, properties in sorted(state.properties.items()):
+        text.append(f"  {topic}\n", style="bold")
+        if properties.content_type is not None:
+            text.append(f"    content type   {properties.content_type}\n")
+        if properties.response_topic is not None:
+            text.append(f"    response topic {properties.response_topic}\n")
+        if properties.correlation_data is not None:
+            correlation = base64.b64encode(properties.correlation_data).decode()
+            text.append(f"    correlation    {correlation} (base64)\n")
+        for key, value in properties.user_properties:
+            text.append(f"    user property  {key}={value}\n")
+    for reason in state.reasons:
+        text.append(f"  reason code {reason.code:#04x} {reason.name}: {reason.what}\n", style="red")
+
+
 def _will(state: DeviceState, now: float) -> str:
     return "-" if state.last_will is None else f"{ago(now - state.last_will)} ago"
 
@@ -512,8 +547,10 @@ class WatchApp(App[None]):
         if self.until is not None:
             self.until.add_done_callback(lambda _: self.exit())
 
-    def _deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
-        self.model.ingest(topic, payload, retain, self.clock(), qos)
+    def _deliver(
+        self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties = EMPTY, /
+    ) -> None:
+        self.model.ingest(topic, payload, retain, self.clock(), qos, properties)
 
     def _notify(self, attachment: Attachment) -> None:
         now = self.clock()
@@ -801,6 +838,11 @@ class WatchApp(App[None]):
         payload = json.dumps(body, separators=(",", ":")).encode()
         try:
             await self.source.publish(topic, payload)
+        except PublishRefused as exc:
+            name = reason_name(exc.reason_code, 4)
+            reason = Reason(self.clock(), exc.reason_code, name, f"command {body['id']} (PUBACK)")
+            self.model.refused(self.clock(), device, reason)
+            return
         except FleetError as exc:
             self.model.note(self.clock(), "error", f"command {body['id']} not sent: {exc}", device)
             return

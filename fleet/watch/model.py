@@ -18,6 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fleet.mqtt.properties import EMPTY, Properties
+from fleet.testing.streams import envelope_properties
 from fleet.topics import classify
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "FleetModel",
     "LogEvent",
     "Rate",
+    "Reason",
     "Received",
     "Sync",
     "TopicNode",
@@ -41,6 +44,7 @@ COLUMNS = ("id", "group", "status", "last seen", "msgs", "rate", "loss", "reconn
 RATE_WINDOW = 10.0  # seconds: the time constant of every rate
 SPARK_POINTS = 60  # values kept per numeric metric
 RAW_KEPT = 20  # raw messages kept per device
+REASONS_KEPT = 5  # reason codes kept per device
 RECONNECT_WINDOW = 60.0  # "reconnects in the last minute"
 FOLLOWED_POINTS = 600  # numeric readings kept of the topic on show
 MAX_FIELDS = 64  # numeric fields read from one payload
@@ -116,9 +120,11 @@ class Received:
     retain: bool
     payload: bytes
     qos: int = 0
+    properties: Properties = EMPTY  # MQTT 5
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON-lines form of the export: the payload decoded when it is JSON, else as text."""
+        """The JSON-lines form of the export: the payload decoded when it is JSON, else as text, and
+        the MQTT 5 properties, if any, as `fleet tail` prints them."""
         record: dict[str, Any] = {
             "received_at": round(self.at, 6),
             "topic": self.topic,
@@ -128,7 +134,19 @@ class Received:
             record["payload"] = json.loads(self.payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             record["payload_text"] = self.payload.decode("utf-8", "replace")
+        if self.properties is not EMPTY:
+            record["properties"] = envelope_properties(self.properties)
         return record
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """An MQTT 5 reason code the broker answered about a device: to a command sent to it (PUBACK)."""
+
+    at: float
+    code: int
+    name: str
+    what: str  # what it answered, e.g. "command w3 (PUBACK)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,8 +179,10 @@ class DeviceState:
         "messages",
         "offline_reason",
         "online",
+        "properties",
         "rate",
         "raw",
+        "reasons",
         "reconnects",
         "seq_next",
         "series",
@@ -185,6 +205,10 @@ class DeviceState:
         self.series: dict[str, deque[float]] = {}
         self.raw: deque[Received] = deque(maxlen=RAW_KEPT)
         self.acks: dict[str, dict[str, Any]] = {}
+        # MQTT 5: the properties of its latest message with any, by topic under the device
+        # ("telemetry", "status", "cmd", "cmd/ack", "cmd/response").
+        self.properties: dict[str, Properties] = {}
+        self.reasons: deque[Reason] = deque(maxlen=REASONS_KEPT)
 
     @property
     def status(self) -> str:
@@ -209,6 +233,11 @@ class TopicNode:
         self.messages = 0
         self.rate = Rate()
         self.last: Received | None = None
+
+
+def _under(topic: str) -> str:
+    """The topic under its device, at most two levels: `cmd/response` for `p/d/cmd/response/ID`."""
+    return "/".join(topic.split("/")[2:4])
 
 
 def _sort_key(column: str, now: float) -> Any:
@@ -258,11 +287,20 @@ class FleetModel:
 
     # Ingest
 
-    def ingest(self, topic: str, payload: bytes, retain: bool, now: float, qos: int = 0) -> None:
-        """Fold one message into the state; never raises for bad payloads (they are logged as errors)."""
+    def ingest(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        now: float,
+        qos: int = 0,
+        properties: Properties = EMPTY,
+    ) -> None:
+        """Fold one message into the state; never raises for bad payloads (they are logged as errors).
+        `properties`: the message's MQTT 5 properties."""
         self.messages += 1
         self.rate.add(now)
-        received = Received(now, topic, retain, payload, qos)
+        received = Received(now, topic, retain, payload, qos, properties)
         self.history.append(received)
         node = self.topics
         node.messages += 1
@@ -284,12 +322,21 @@ class FleetModel:
                 self._dropped_base = self._dropped()
             return
         device_id, kind = classify(topic, self.prefix)
-        if device_id is None or kind == "raw":
+        if device_id is None:
+            return
+        if kind == "raw":
+            known = self.devices.get(device_id)
+            if known is not None and properties is not EMPTY:
+                # An MQTT 5 request to a known device, or its response: shown with the device.
+                known.raw.append(received)
+                known.properties[_under(topic)] = properties
             return
         device = self.devices.get(device_id)
         if device is None:
             device = self.devices[device_id] = DeviceState(device_id)
         device.raw.append(received)
+        if properties is not EMPTY:
+            device.properties[_under(topic)] = properties
         try:
             body = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -373,6 +420,15 @@ class FleetModel:
             self.errors += 1
         self.event_count += 1
         self.events.append(LogEvent(now, kind, device, text))
+
+    def refused(self, now: float, device: str, reason: Reason) -> None:
+        """The broker answered something sent to `device` with an error reason code: keep it on the
+        device, and log it."""
+        state = self.devices.get(device)
+        if state is None:
+            state = self.devices[device] = DeviceState(device)
+        state.reasons.append(reason)
+        self._log(now, "error", device, f"{reason.what}: reason code {reason.code:#04x} {reason.name}")
 
     def note(self, now: float, kind: EventKind, text: str, device: str | None = None) -> None:
         """Log what the watcher itself did or saw: a command sent, the broker connection, an error."""

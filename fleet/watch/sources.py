@@ -2,7 +2,9 @@
 
 `MqttSource` attaches to any broker as an ordinary MQTT client, on the project's lean transport
 (`fleet.transport.Link`: the message is decoded once, no task or future per message), and says
-what its connection does (`Attachment`). `ListSource` replays a fixed list of messages, so that
+what its connection does (`Attachment`). It speaks MQTT 3.1.1, or MQTT 5 (`version=5`): then each
+message comes with its properties, and a broker's DISCONNECT is reported with its reason code, the
+code's name and the broker's reason string. `ListSource` replays a fixed list of messages, so that
 tests and screenshots see the same fleet every run.
 """
 
@@ -17,14 +19,34 @@ from ssl import SSLContext
 from typing import Literal, Protocol
 
 from fleet.endpoint import Endpoint
-from fleet.errors import FleetError, TransportError
-from fleet.packets import Publish
+from fleet.errors import FleetError, ServerDisconnected, TransportError
+from fleet.mqtt import v5
+from fleet.mqtt.properties import EMPTY, Properties
+from fleet.packets import Connect, Publish
 from fleet.transport import ClientSession, Link, make_connect
 
-__all__ = ["Attachment", "Deliver", "LinkState", "ListSource", "Message", "MqttSource", "Notify", "Source"]
+__all__ = [
+    "Attachment",
+    "Deliver",
+    "LinkState",
+    "ListSource",
+    "Message",
+    "MqttSource",
+    "Notify",
+    "Source",
+    "disconnect_text",
+    "reason_name",
+]
 
-Deliver = Callable[[str, bytes, bool, int], None]
-"""Called with (topic, payload, retain, qos) for each message, in order."""
+
+class Deliver(Protocol):
+    """Called with (topic, payload, retain, qos, properties) for each message, in order; the properties
+    are MQTT 5's, EMPTY (the default) over MQTT 3.1.1."""
+
+    def __call__(
+        self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties = EMPTY, /
+    ) -> None: ...
+
 
 LinkState = Literal["connecting", "connected", "lost", "retrying"]
 
@@ -54,6 +76,24 @@ class Message:
     payload: bytes
     retain: bool = False
     qos: int = 0
+    properties: Properties = EMPTY
+
+
+def reason_name(code: int, packet_type: int) -> str:
+    """The MQTT 5 name of reason code `code` in a packet of `packet_type` (14: DISCONNECT, 4:
+    PUBACK...), as paho-mqtt spells it: 0x8E in a DISCONNECT is 'Session taken over'."""
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    try:
+        return str(ReasonCode(packet_type, identifier=code).getName())
+    except KeyError:
+        return "not a reason code of this packet"
+
+
+def disconnect_text(error: ServerDisconnected) -> str:
+    """A broker's DISCONNECT in words: 'DISCONNECT 0x8E Session taken over: <its reason string>'."""
+    words = f": {error.reason_string}" if error.reason_string else ""
+    return f"DISCONNECT {error.reason_code:#04x} {reason_name(error.reason_code, 14)}{words}"
 
 
 class Source(Protocol):
@@ -98,7 +138,7 @@ class ListSource:
         self._deliver = deliver
         notify(Attachment(state="connected", detail=self._description))
         for message in self.messages:
-            deliver(message.topic, message.payload, message.retain, message.qos)
+            deliver(message.topic, message.payload, message.retain, message.qos, message.properties)
         await asyncio.Event().wait()
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
@@ -108,11 +148,12 @@ class ListSource:
         self.resyncs += 1
         if self._deliver is not None:
             for message in self.retained:
-                self._deliver(message.topic, message.payload, True, message.qos)
+                self._deliver(message.topic, message.payload, True, message.qos, message.properties)
 
 
 class MqttSource:
-    """Subscribes to `{prefix}/#` and `$SYS/#` at QoS 0, reconnects with backoff, publishes commands.
+    """Subscribes to `{prefix}/#` and `$SYS/#` at QoS 0, reconnects with backoff, publishes commands;
+    over MQTT 3.1.1, or MQTT 5 with `version=5`.
 
     QoS 0, because a broker delivers a QoS 1 burst through its in-flight window and per-client
     queue (20 + 1,000 on Mosquitto and on ours) and drops the rest: attached to a fleet of 10,000,
@@ -130,26 +171,44 @@ class MqttSource:
         password: bytes | None = None,
         ssl: SSLContext | None = None,
         backoff_max: float = 10.0,
+        version: int = 4,
     ) -> None:
+        if version not in (4, 5):
+            raise ValueError(f"version must be 4 (MQTT 3.1.1) or 5, got {version}")
         self.endpoint = endpoint
         self.prefix = prefix
-        self._connect = make_connect(
-            f"fleet-watch-{uuid.uuid4().hex[:12]}", keepalive=30, username=username, password=password
-        )
+        self.version = version
+        client_id = f"fleet-watch-{uuid.uuid4().hex[:12]}"
+        self._connect: Connect | v5.Connect
+        if version == 5:
+            self._connect = v5.Connect(True, 30, client_id, None, username, password)
+        else:
+            self._connect = make_connect(client_id, keepalive=30, username=username, password=password)
         self._ssl = ssl
         self._backoff_max = backoff_max
         self._link: Link | None = None
 
     @property
     def description(self) -> str:
-        return str(self.endpoint)
+        return f"{self.endpoint} (MQTT 5)" if self.version == 5 else str(self.endpoint)
+
+    @property
+    def attached(self) -> bool:
+        """Connected and subscribed: commands can be published."""
+        return self._link is not None and self._link.connected
+
+    @property
+    def client_id(self) -> str:
+        """The client identifier the source connects with (the same on every reconnect)."""
+        return self._connect.client_id
 
     async def run(self, deliver: Deliver, notify: Notify) -> None:
-        def on_message(packet: Publish) -> None:
-            deliver(packet.topic, packet.payload, packet.retain, packet.qos)
+        def on_message(packet: Publish | v5.Publish) -> None:
+            properties = packet.properties if isinstance(packet, v5.Publish) else EMPTY
+            deliver(packet.topic, packet.payload, packet.retain, packet.qos, properties)
 
         attempt = 0
-        where = str(self.endpoint)
+        where = self.description
         # Connecting is the first attempt; later ones are retrying, which keeps its reason on show.
         notify(Attachment(state="connecting", detail=where))
         while True:
@@ -177,7 +236,10 @@ class MqttSource:
                         detail = f"{where}; the broker refused {', '.join(refused)}"
                         notify(Attachment(state="connected", detail=detail))
                     closed = await link.closed
-                    reason = f"{where}: {closed or 'closed'}"
+                    if isinstance(closed, ServerDisconnected):
+                        reason = f"{where}: {disconnect_text(closed)}"
+                    else:
+                        reason = f"{where}: {closed or 'closed'}"
                 except FleetError as exc:
                     reason = f"{where}: {exc}"
                 finally:

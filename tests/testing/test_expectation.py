@@ -70,3 +70,49 @@ def test_frames_without_a_topic_or_payload_field_match_on_their_whole_data() -> 
     assert not Expectation("#", {"price": 3}).matches(quote)
     assert Expectation().matches(event("not json"))
     assert str(Expectation()) == "anything"
+
+
+TAGGED = event(
+    {
+        "topic": "fleet/d1/telemetry",
+        "payload": {"seq": 1},
+        "properties": {
+            "content_type": "application/json",
+            "user_properties": [["tenant", "b"], ["site", "north"], ["tenant", "a"]],
+        },
+    }
+)
+
+
+def test_user_properties_must_be_present_in_any_order_as_often_as_given() -> None:
+    """Each given pair occurs among the message's user properties, in any order; a pair given twice
+    must occur twice; a key with another value, or a message without properties, does not match."""
+    assert Expectation(user_properties=(("tenant", "a"),)).matches(TAGGED)
+    assert Expectation(user_properties=(("tenant", "a"), ("tenant", "b"))).matches(TAGGED)
+    assert Expectation(user_properties=(("site", "north"), ("tenant", "b"))).matches(TAGGED)
+    assert not Expectation(user_properties=(("tenant", "a"), ("tenant", "a"))).matches(TAGGED)
+    assert not Expectation(user_properties=(("tenant", "c"),)).matches(TAGGED)
+    assert not Expectation(user_properties=(("tenant", "a"),)).matches(STATUS)
+
+
+def test_the_content_type_is_compared_as_it_is() -> None:
+    """`content_type` matches the message's Content Type exactly; a message without one never matches."""
+    assert Expectation(content_type="application/json").matches(TAGGED)
+    assert not Expectation(content_type="application/JSON").matches(TAGGED)
+    assert not Expectation(content_type="application/json").matches(STATUS)
+
+
+def test_parse_reads_user_properties_and_the_content_type() -> None:
+    """`user_property.KEY=VALUE` (repeatable) and `content_type=TYPE` parse, and print back the same."""
+    text = "topic=fleet/#,user_property.tenant=a,user_property.tenant=b,content_type=application/json"
+    parsed = Expectation.parse(text)
+    assert parsed == Expectation("fleet/#", {}, (("tenant", "a"), ("tenant", "b")), "application/json")
+    assert str(parsed) == text
+    with pytest.raises(ValueError, match=r"user_property\.KEY=VALUE"):
+        Expectation.parse("user_property.=a")
+
+
+def test_user_properties_must_be_pairs_of_strings() -> None:
+    """A user property that is not a (key, value) pair of strings is refused when the expectation is made."""
+    with pytest.raises(ValueError, match="pairs of strings"):
+        Expectation(user_properties=(("tenant",),))  # type: ignore[arg-type]

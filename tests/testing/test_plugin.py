@@ -135,12 +135,12 @@ def test_loading_the_plugin_imports_no_client_or_server_library() -> None:
     assert result.stdout.strip() == "[]", result
 
 
-def docs_example() -> str:
-    """The python block of the "An end-to-end example" section of the docs page docs/testing.md."""
+def docs_example(section: str = "An end-to-end example") -> str:
+    """The first python block of `section` of the docs page docs/testing.md."""
     page = (ROOT / "docs" / "testing.md").read_text()
-    section = page.split("## An end-to-end example\n", 1)[1]
-    found = re.search(r"^```python\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
-    assert found is not None, "no python block in the end-to-end example of docs/testing.md"
+    text = page.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"^```python\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    assert found is not None, f"no python block in the section {section!r} of docs/testing.md"
     return found[1]
 
 
@@ -149,5 +149,13 @@ def test_the_docs_example_passes_in_a_new_project(pytester: pytest.Pytester) -> 
     example = docs_example()
     assert len(example.splitlines()) <= 15, example
     pytester.makepyfile(test_docs_example=example)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
+    result.assert_outcomes(passed=1)
+
+
+def test_the_docs_mqtt5_example_passes_in_a_new_project(pytester: pytest.Pytester) -> None:
+    """The docs' MQTT 5 example, user properties and a content type expected over `mqtt_stream(...,
+    version=5)`, passes as it is, in a project with no config."""
+    pytester.makepyfile(test_docs_mqtt5=docs_example("MQTT 5 properties"))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
     result.assert_outcomes(passed=1)

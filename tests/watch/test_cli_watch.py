@@ -14,6 +14,7 @@ from tests.procs import fleet_argv, run
         (("--broker", "mqtt://127.0.0.1:0"), "the port must be a number from 1 to 65535"),
         (("--prefix", "fleet/a"), "one topic level, without '/', '+' or '#'"),
         (("--password", "secret"), "a password needs a user name"),
+        (("-V", "mqttv4"), "'mqttv4' is not one of 'mqttv311', 'mqttv5'"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(args: tuple[str, ...], message: str) -> None:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fleet.mqtt.properties import Properties
 from fleet.watch.model import FleetModel, group_of, numeric_fields
 from tests.watch.data import NOW, messages
 
@@ -279,3 +280,24 @@ def test_what_devices_sent_while_the_watcher_was_away_is_not_their_loss() -> Non
     telemetry(model, "d-1", 42, at=T + 31)
     assert model.devices["d-1"].gaps == 1
     assert model.sync().missed == 1
+
+
+def test_mqtt5_properties_are_kept_by_topic_under_the_device_and_exported() -> None:
+    """A v5 message's properties are kept on its device by the topic under it (a request to a known
+    device too), and the export has them as `fleet tail` prints them; 3.1.1 messages have none."""
+    model = FleetModel()
+    tagged = Properties(content_type="application/json", user_properties=(("k", "1"), ("k", "2")))
+    model.ingest("fleet/d-1/telemetry", b'{"seq": 0}', False, T, 0, tagged)
+    request = Properties(response_topic="fleet/d-1/cmd/response/c1", correlation_data=b"c1")
+    model.ingest("fleet/d-1/cmd", b'{"id": "c1", "op": "ping"}', False, T, 1, request)
+    model.ingest("fleet/d-2/cmd", b'{"id": "c2", "op": "ping"}', False, T, 1, request)
+    model.ingest("fleet/d-1/status", b'{"online": true}', False, T)
+    assert model.devices["d-1"].properties == {"telemetry": tagged, "cmd": request}
+    assert "d-2" not in model.devices, "a request to an unknown device makes no device"
+    records = [message.as_json() for message in model.history]
+    assert records[0]["properties"] == {
+        "content_type": "application/json",
+        "user_properties": [["k", "1"], ["k", "2"]],
+    }
+    assert records[1]["properties"]["correlation_data"] == "YzE="
+    assert "properties" not in records[3]

@@ -122,3 +122,40 @@ def test_fleet_up_in_a_terminal_shows_the_tui_and_q_stops_it(terminal: Terminal,
     assert "exit code 0" in screen
     assert "fleet up" in [line.strip() for line in screen.splitlines()]  # the summary table's title
     assert "Traceback" not in screen
+
+
+FLEET_V5 = """
+seed = 3
+[[groups]]
+name = "meter"
+count = 2
+id = "meter-{index:02d}"
+interval = 0.2
+protocol = "5"
+content_type = "application/json"
+[groups.user_properties]
+tenant = "acme"
+"""
+
+
+def test_fleet_watch_over_mqtt5_shows_a_devices_properties(
+    start_fleet_broker: Callable[..., FleetBroker],
+    procs: Callable[..., Proc],
+    terminal: Terminal,
+    tmp_path: Path,
+) -> None:
+    """`fleet watch -V mqttv5` says MQTT 5 in its header, and a v5 device's view shows its content
+    type and user properties."""
+    broker = start_fleet_broker("--port", "0", "--ws-port", "0")
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    config = tmp_path / "meters.toml"
+    config.write_text(FLEET_V5)
+    fleet = procs(*fleet_argv("run", config, "--broker", url, "--duration", "60"))
+    fleet.stderr.wait_for("2 devices")
+    terminal.start(fleet_argv("watch", "--broker", url, "-V", "mqttv5"))
+    screen = terminal.wait_for(lambda s: "2 devices: 2 online" in s, "two meters online")
+    assert f"connected  {url} (MQTT 5)" in screen
+    terminal.tmux("send-keys", "-t", "watch", "Enter")
+    screen = terminal.wait_for(lambda s: "user property  tenant=acme" in s, "the device's properties")
+    assert "content type   application/json" in screen
+    terminal.tmux("send-keys", "-t", "watch", "Escape", "q")

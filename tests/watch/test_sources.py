@@ -11,9 +11,12 @@ import pytest
 
 from fleet.endpoint import Endpoint
 from fleet.errors import TransportError
+from fleet.mqtt import v5
+from fleet.mqtt.properties import EMPTY, Properties, encode_property_body
+from fleet.transport import ClientSession, Link
 from fleet.watch.sources import Attachment, MqttSource
 from tests.conftest import BrokerFactory
-from tests.procs import Mosquitto, Paho
+from tests.procs import MOSQUITTO_PUB, Mosquitto, Paho, needs_mosquitto_clients, run
 
 TIMEOUT = 10.0
 
@@ -23,11 +26,15 @@ class Inbox:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.properties: list[Properties] = []  # of each message, in the same order
         self.notes: list[Attachment] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+    def deliver(
+        self, topic: str, payload: bytes, retain: bool, qos: int, properties: Properties = EMPTY, /
+    ) -> None:
         self.messages.append((topic, payload, retain))
+        self.properties.append(properties)
         self._changed.set()
 
     def notify(self, attachment: Attachment) -> None:
@@ -129,3 +136,106 @@ async def test_on_mosquitto_more_retained_statuses_than_its_queue_all_arrive_and
         await inbox.wait(lambda: statuses() == count, f"{count} retained statuses")
         await source.resync()
         await inbox.wait(lambda: statuses() == 2 * count, f"{count} retained statuses again")
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
+    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
+    if request.param == "mosquitto":
+        yield request.getfixturevalue("mosquitto_broker").port
+        return
+    async with broker_factory() as broker:
+        yield broker.port
+
+
+@needs_mosquitto_clients
+async def test_over_mqtt5_each_message_comes_with_its_properties(port: int) -> None:
+    """With version=5, a message published by `mosquitto_pub -V mqttv5 -D publish ...` arrives with
+    its user properties in order (duplicate keys kept), content type and response topic."""
+    inbox = Inbox()
+    source = MqttSource(Endpoint("mqtt", "127.0.0.1", port), version=5)
+    assert source.description.endswith("(MQTT 5)")
+    async with attached(source, inbox):
+        argv = [MOSQUITTO_PUB or "mosquitto_pub", "-V", "mqttv5", "-h", "127.0.0.1", "-p", str(port)]
+        argv += ["-t", "fleet/d-1/telemetry", "-m", '{"seq": 0}', "-q", "1"]
+        argv += [
+            "-D",
+            "publish",
+            "user-property",
+            "tenant",
+            "a",
+            "-D",
+            "publish",
+            "user-property",
+            "tenant",
+            "b",
+        ]
+        argv += [
+            "-D",
+            "publish",
+            "content-type",
+            "application/json",
+            "-D",
+            "publish",
+            "response-topic",
+            "r/1",
+        ]
+        published = await asyncio.to_thread(run, argv)
+        assert published.returncode == 0, published
+        await inbox.wait(lambda: any(m[0] == "fleet/d-1/telemetry" for m in inbox.messages), "telemetry")
+        properties = inbox.properties[[m[0] for m in inbox.messages].index("fleet/d-1/telemetry")]
+        assert properties.user_properties == (("tenant", "a"), ("tenant", "b"))
+        assert (properties.content_type, properties.response_topic) == ("application/json", "r/1")
+
+
+async def test_over_mqtt311_messages_carry_no_properties(port: int) -> None:
+    """The default version is MQTT 3.1.1: a message published with MQTT 5 properties arrives with
+    EMPTY properties."""
+    endpoint = Endpoint("mqtt", "127.0.0.1", port)
+    device, _ = await Link.open(
+        endpoint,
+        v5.Connect(True, 30, "watch-test-device"),
+        session=ClientSession(),
+        on_message=lambda _: None,
+    )
+    try:
+        sent = device.publish(
+            "fleet/d-1/status",
+            b'{"online": true}',
+            1,
+            True,
+            encode_property_body(Properties(content_type="application/json")),
+        )
+        assert sent is not None
+        await sent
+    finally:
+        await device.disconnect(timeout=2.0)
+    inbox = Inbox()
+    async with attached(MqttSource(endpoint), inbox):
+        await inbox.wait(lambda: any(m[0] == "fleet/d-1/status" for m in inbox.messages), "the status")
+        assert set(inbox.properties) == {EMPTY}
+
+
+async def test_a_server_disconnect_is_noted_with_its_reason_code_and_name(
+    request: pytest.FixtureRequest, port: int
+) -> None:
+    """A second MQTT 5 client with the watcher's client id takes its session over: the embedded
+    broker's DISCONNECT is noted as lost with 'DISCONNECT 0x8e Session taken over' [MQTT-3.1.4-3];
+    Mosquitto 2.0.11 closes the connection without DISCONNECT, and the note says so."""
+    told = "DISCONNECT 0x8e Session taken over" if "embedded" in request.node.name else "the broker closed"
+    inbox = Inbox()
+    source = MqttSource(Endpoint("mqtt", "127.0.0.1", port), version=5, backoff_max=5.0)
+    async with attached(source, inbox):
+        taker, _ = await Link.open(
+            Endpoint("mqtt", "127.0.0.1", port),
+            v5.Connect(True, 30, source.client_id),
+            session=ClientSession(),
+            on_message=lambda _: None,
+        )
+        try:
+            await inbox.wait(lambda: any(n.state == "lost" for n in inbox.notes), "the loss")
+        finally:
+            with contextlib.suppress(TransportError):
+                await taker.disconnect(timeout=2.0)
+    lost = next(n for n in inbox.notes if n.state == "lost")
+    assert told in lost.detail, lost
