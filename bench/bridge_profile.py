@@ -39,6 +39,7 @@ import cProfile
 import fcntl
 import json
 import math
+import signal
 import struct
 import sys
 import tempfile
@@ -188,10 +189,13 @@ def instrument(counters: Counters) -> None:
     recv: Callable[..., bytes] = buffered.recv
 
     def counted_recv(self: Any, size: int) -> bytes:
-        if not self.pending():  # this one reads the kernel's socket
-            counters.reads += 1
-            counters._reads_turn += 1
-        return recv(self, size)
+        reads = self.intake.reads
+        try:
+            return recv(self, size)
+        finally:
+            if self.intake.reads != reads:  # this one read the kernel's socket
+                counters.reads += 1
+                counters._reads_turn += 1
 
     buffered.recv = counted_recv  # type: ignore[method-assign]
 
@@ -231,16 +235,16 @@ def serve(stats: Path, cprofile: Path | None, bridge_args: list[str]) -> int:
     threading.Thread(target=dump, name="bridge-profile-dump", daemon=True).start()
     from fleet.cli import cli
 
-    profiler = cProfile.Profile() if cprofile is not None else None
-    if profiler is not None:
+    if cprofile is not None:
+        profiler = cProfile.Profile()
+        # The driver asks for the stats with SIGUSR1 before it stops the bridge: the handler runs
+        # on the loop's thread, the one profiled.
+        signal.signal(signal.SIGUSR1, lambda signum, frame: profiler.dump_stats(str(cprofile)))
         profiler.enable()
     try:
         cli.main(args=["bridge", *bridge_args], prog_name="fleet", standalone_mode=False)
     finally:
         stop.set()
-        if profiler is not None and cprofile is not None:
-            profiler.disable()
-            profiler.dump_stats(str(cprofile))
     return 0
 
 
@@ -333,6 +337,13 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                 }
                 rows.append(row)
                 print(_row_text(row), flush=True)
+            if args.cprofile is not None and rig.bridge.proc is not None:
+                rig.bridge.proc.send_signal(signal.SIGUSR1)
+                for _ in range(100):
+                    if args.cprofile.exists():
+                        break
+                    await asyncio.sleep(0.1)
+                print(f"cProfile stats of the bridge's loop thread: {args.cprofile}", flush=True)
         finally:
             rig.stop()
     return rows
@@ -383,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", type=Path, help="keep the logs here (default: a temp dir)")
     args = p.parse_args(argv)
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
+    if args.cprofile is not None:
+        args.cprofile = args.cprofile.resolve()
+        args.cprofile.unlink(missing_ok=True)
     print(_HEADER, flush=True)
     rows = asyncio.run(drive(args))
     if args.json is not None:

@@ -12,15 +12,25 @@ and one for the rest. Over plain TCP, `_BufferedSocket` reads up to 64 KB at onc
 how much it holds through `pending()`, which aiomqtt's reader already drains (it does so for TLS):
 one readable event now takes every whole packet received. Under load that also batches the fan-out,
 because each consumer's writer wakes once for all the messages of one turn of the event loop.
+
+It fans out what one read of the kernel's socket brings per turn of the loop, so that the
+consumers' writers get the loop between reads however fast the broker sends. When, after it, more
+than `_BEHIND_BYTES` still wait in the kernel, the bridge has no CPU left to fan out what arrives:
+it reads on in the same turn, and sheds what it reads (`Hub.shed`: counted in
+`fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
+less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
 import socket
 import ssl
+import struct
+import termios
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -85,29 +95,75 @@ class SourceSettings:
 
 
 _READ_SIZE = 65536
+# After a read, more than this many bytes still waiting in the kernel means the intake is behind:
+# the loop has no CPU left to fan out what arrives, and what it reads meanwhile is shed.
+_BEHIND_BYTES = 4 * _READ_SIZE
+# Reads of the kernel's socket in one turn of the loop, at most: one to fan out, the others to shed.
+_SHED_READS = 16
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+class _Intake:
+    """The hub fed, whether the messages being read now are to be shed (`behind`), and how many
+    kernel reads."""
+
+    __slots__ = ("behind", "hub", "reads")
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.behind = False
+        self.reads = 0
 
 
 class _BufferedSocket:
     """A TCP socket whose `recv` reads up to 64 KB from the kernel and hands it out in the sizes
-    asked for; `pending()` is what is still buffered. Everything else is the socket's own."""
+    asked for; `pending()` is what is still buffered. Everything else is the socket's own.
 
-    __slots__ = ("_data", "_pos", "_sock")
+    It reads the kernel's socket once per turn of the event loop for messages to fan out: after that,
+    a `recv` that finds its buffer empty raises BlockingIOError (paho keeps a partial packet for the
+    next read), unless more than `_BEHIND_BYTES` still wait in the kernel: then the loop has no CPU
+    left for them, and it reads on with `intake.behind` set, so that what it reads is shed. aiomqtt's
+    reader goes on while `pending()` is not zero, and paho reads the rest of a packet that straddles
+    the buffer's end, so without this bound one readable event could go on fanning out one 64 KB
+    buffer after another for as long as the broker keeps the socket full, and the consumers' writers
+    would get no turn at all (receive livelock)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("_data", "_loop", "_pos", "_reads", "_sock", "intake")
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, intake: _Intake) -> None:
         self._sock = sock
+        self._loop = loop
+        self.intake = intake
         self._data = b""
         self._pos = 0
+        self._reads = 0  # of the kernel's socket in this turn of the loop
 
     def recv(self, size: int) -> bytes:
         data, pos = self._data, self._pos
         if pos >= len(data):
-            data = self._sock.recv(_READ_SIZE)  # BlockingIOError when nothing is there
+            sock, intake = self._sock, self.intake
+            if not self._reads:
+                self._loop.call_soon(self._next_turn)
+                intake.behind = intake.hub.overflowing()
+            elif self._reads < _SHED_READS and _unread_bytes(sock) > _BEHIND_BYTES:
+                intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
+            else:
+                raise BlockingIOError  # the rest waits for the next turn
+            self._reads += 1
+            data = sock.recv(_READ_SIZE)  # BlockingIOError when nothing is there
+            intake.reads += 1
             if len(data) <= size:
                 return data
             pos = 0
             self._data = data
         self._pos = pos + size
         return data[pos : pos + size]
+
+    def _next_turn(self) -> None:
+        self._reads = 0
 
     def pending(self) -> int:
         return len(self._data) - self._pos
@@ -122,18 +178,24 @@ class _Client(aiomqtt.Client):
     It hooks aiomqtt's socket-open callback and replaces paho's socket before the first read: both
     are internals of the exactly pinned aiomqtt and paho-mqtt."""
 
+    intake: _Intake | None = None  # the source sets its own on each client
+
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        if type(sock) is socket.socket:
-            sock = _BufferedSocket(sock)
+        if type(sock) is socket.socket and self.intake is not None:
+            sock = _BufferedSocket(sock, self._loop, self.intake)
             client._sock = sock
         super()._on_socket_open(client, userdata, sock)
 
 
-def _handing_to(hub: Hub) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """A queue class for aiomqtt's `queue_type` that hands every message to `hub` instead of keeping it."""
+def _handing_to(hub: Hub, intake: _Intake) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A queue class for aiomqtt's `queue_type` that hands every message to `hub` instead of keeping
+    it, or sheds it while the intake is behind."""
 
     class HandOff(asyncio.Queue[aiomqtt.Message]):
         def put_nowait(self, item: aiomqtt.Message) -> None:
+            if intake.behind:
+                hub.shed(item.topic.value)
+                return
             payload = item.payload
             data = payload if isinstance(payload, bytes) else str(payload).encode()
             hub.ingest(item.topic.value, data, qos=item.qos, retain=item.retain)
@@ -148,7 +210,8 @@ class MqttSource:
         self.hub = hub
         self.settings = settings
         self._client: aiomqtt.Client | None = None
-        self._queue_type = _handing_to(hub)
+        self.intake = _Intake(hub)
+        self._queue_type = _handing_to(hub, self.intake)
         self.identifier = f"fleet-bridge-{uuid.uuid4().hex[:12]}"
 
     async def run(self) -> None:
@@ -168,6 +231,7 @@ class MqttSource:
                 keepalive=15,
                 queue_type=self._queue_type,
             )
+            client.intake = self.intake
             try:
                 async with client:
                     for topic_filter in settings.subscriptions:

@@ -84,3 +84,32 @@ def test_a_bridge_that_allows_no_publishing_says_so() -> None:
     source = MqttSource(Hub(), SourceSettings(publish_allowed=()))
     with pytest.raises(TopicError, match=r"allowed: nothing \(publish_allowed is empty\)"):
         source.check_publish("fleet/d/cmd")
+
+
+async def test_the_intake_fans_out_one_read_of_the_socket_per_turn_of_the_loop(broker: Broker) -> None:
+    """A burst of 600 KB arrives whole, and no turn of the loop fans out more than one 64 KB read of
+    it, so the other tasks get the loop between reads (receive livelock); every message is either
+    fanned out or counted as shed."""
+    hub = Hub(ring_size=5_000)
+    task = asyncio.create_task(MqttSource(hub, SourceSettings(port=broker.port)).run(), name="test.source")
+    publisher = await RawClient.open(broker.port)
+    payload = json.dumps({"pad": "x" * 260}).encode()  # a 300-byte PUBLISH packet
+    per_read = 65536 // 300 + 1
+    try:
+        await wait_until(lambda: hub.broker_connected, "the source to connect")
+        await publisher.connect("test-publisher")
+        fanned: list[int] = []
+        async with asyncio.timeout(10):
+            for _ in range(2_000):
+                publisher.publish("fleet/dev-1/telemetry", payload, qos=0)
+            while hub.events_in < 2_000:
+                before = hub.events_in - hub.shed_total
+                await asyncio.sleep(0)
+                fanned.append(hub.events_in - hub.shed_total - before)
+        assert hub.events_in == 2_000
+        assert max(fanned) <= per_read, f"{max(fanned)} messages fanned out in one turn"
+    finally:
+        await publisher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
