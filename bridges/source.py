@@ -16,7 +16,9 @@ because each consumer's writer wakes once for all the messages of one turn of th
 It fans out what one read of the kernel's socket brings per turn of the loop, so that the
 consumers' writers get the loop between reads however fast the broker sends. When, after it, more
 than `_BEHIND_BYTES` still wait in the kernel, the bridge has no CPU left to fan out what arrives:
-it reads on in the same turn, and sheds what it reads (`Hub.shed`: counted in
+it reads on in the same turn, and sheds what it reads. It sheds the turn's first read too when more
+than 64 KB wait behind it while half of the consumers' queues are at least half full (the writers
+do not keep up either). Shed messages are counted (`Hub.shed`: in
 `fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
 less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
 """
@@ -125,7 +127,8 @@ class _BufferedSocket:
     It reads the kernel's socket once per turn of the event loop for messages to fan out: after that,
     a `recv` that finds its buffer empty raises BlockingIOError (paho keeps a partial packet for the
     next read), unless more than `_BEHIND_BYTES` still wait in the kernel: then the loop has no CPU
-    left for them, and it reads on with `intake.behind` set, so that what it reads is shed. aiomqtt's
+    left for them, and it reads on with `intake.behind` set, so that what it reads is shed. The
+    first read of a turn is shed too while the hub is `overflowing()` and more than one read waits. aiomqtt's
     reader goes on while `pending()` is not zero, and paho reads the rest of a packet that straddles
     the buffer's end, so without this bound one readable event could go on fanning out one 64 KB
     buffer after another for as long as the broker keeps the socket full, and the consumers' writers
@@ -147,7 +150,9 @@ class _BufferedSocket:
             sock, intake = self._sock, self.intake
             if not self._reads:
                 self._loop.call_soon(self._next_turn)
-                intake.behind = intake.hub.overflowing()
+                # Queues that overflow while the loop keeps up with the socket are slow clients,
+                # which their queue policy handles; with the socket behind too, it is the bridge.
+                intake.behind = intake.hub.overflowing() and _unread_bytes(sock) > _READ_SIZE
             elif self._reads < _SHED_READS and _unread_bytes(sock) > _BEHIND_BYTES:
                 intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
             else:
