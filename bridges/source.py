@@ -34,6 +34,7 @@ import ssl
 import struct
 import termios
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,52 +121,101 @@ class _Intake:
         self.reads = 0
 
 
+def _frame(buf: bytearray, shed: Callable[[str], None] | None) -> tuple[int, bytes]:
+    """Where the whole MQTT packets at the head of `buf` end, and their bytes, less the QoS 0
+    PUBLISH packets handed to `shed` (by topic) when it is given."""
+    kept: list[bytes] = []
+    start = i = 0
+    n = len(buf)
+    while i + 1 < n:
+        length, shift, j = 0, 0, i + 1
+        while j < n and shift <= 21:
+            byte = buf[j]
+            length |= (byte & 0x7F) << shift
+            j += 1
+            if byte < 0x80:
+                break
+            shift += 7
+        else:
+            if shift > 21:  # malformed: paho reports it
+                return n, bytes(buf[start:])
+            break  # the remaining length is not all here yet
+        end = j + length
+        if end > n:
+            break
+        if shed is not None and buf[i] & 0xF6 == 0x30 and length >= 2:  # PUBLISH, QoS 0
+            if start < i:
+                kept.append(bytes(buf[start:i]))
+            topic_end = j + 2 + (buf[j] << 8 | buf[j + 1])
+            shed(buf[j + 2 : topic_end].decode("utf-8", "replace"))
+            start = end
+        i = end
+    if start < i:
+        kept.append(bytes(buf[start:i]))
+    return i, b"".join(kept)
+
+
 class _BufferedSocket:
-    """A TCP socket whose `recv` reads up to 64 KB from the kernel and hands it out in the sizes
-    asked for; `pending()` is what is still buffered. Everything else is the socket's own.
+    """A TCP socket whose `recv` reads up to 64 KB from the kernel and hands out the whole MQTT
+    packets in it in the sizes asked for; `pending()` is what is still buffered. Everything else is
+    the socket's own.
 
     It reads the kernel's socket once per turn of the event loop for messages to fan out: after that,
-    a `recv` that finds its buffer empty raises BlockingIOError (paho keeps a partial packet for the
-    next read), unless more than `_BEHIND_BYTES` still wait in the kernel: then the loop has no CPU
-    left for them, and it reads on with `intake.behind` set, so that what it reads is shed. The
-    first read of a turn is shed too while the hub is `overflowing()` and more than one read waits. aiomqtt's
-    reader goes on while `pending()` is not zero, and paho reads the rest of a packet that straddles
-    the buffer's end, so without this bound one readable event could go on fanning out one 64 KB
-    buffer after another for as long as the broker keeps the socket full, and the consumers' writers
-    would get no turn at all (receive livelock)."""
+    a `recv` that finds its buffer empty raises BlockingIOError (paho has read a whole packet and
+    stops), unless more than `_BEHIND_BYTES` still wait in the kernel: then the loop has no CPU left
+    for them, and it reads on with `intake.behind` set, so that what it reads is shed: the QoS 0
+    PUBLISH packets here, before paho parses them (which costs far more), the others by the hub's
+    hand-off. The first read of a turn is shed too while the hub is `overflowing()` and more than
+    one read waits. aiomqtt's reader goes on while `pending()` is not zero, and paho reads the rest
+    of a packet that straddles the buffer's end, so without this bound one readable event could go
+    on fanning out one 64 KB buffer after another for as long as the broker keeps the socket full,
+    and the consumers' writers would get no turn at all (receive livelock)."""
 
-    __slots__ = ("_data", "_loop", "_pos", "_reads", "_sock", "intake")
+    __slots__ = ("_data", "_eof", "_loop", "_partial", "_pos", "_reads", "_sock", "intake")
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, intake: _Intake) -> None:
         self._sock = sock
         self._loop = loop
         self.intake = intake
-        self._data = b""
+        self._data = b""  # whole packets, for paho
         self._pos = 0
+        self._partial = bytearray()  # the head of a packet not all received yet
+        self._eof = False
         self._reads = 0  # of the kernel's socket in this turn of the loop
 
     def recv(self, size: int) -> bytes:
-        data, pos = self._data, self._pos
-        if pos >= len(data):
-            sock, intake = self._sock, self.intake
-            if not self._reads:
-                self._loop.call_soon(self._next_turn)
-                # Queues that overflow while the loop keeps up with the socket are slow clients,
-                # which their queue policy handles; with the socket behind too, it is the bridge.
-                intake.behind = intake.hub.overflowing() and _unread_bytes(sock) > _READ_SIZE
-            elif self._reads < _SHED_READS and _unread_bytes(sock) > _BEHIND_BYTES:
-                intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
-            else:
-                raise BlockingIOError  # the rest waits for the next turn
-            self._reads += 1
-            data = sock.recv(_READ_SIZE)  # BlockingIOError when nothing is there
-            intake.reads += 1
-            if len(data) <= size:
-                return data
-            pos = 0
-            self._data = data
+        while self._pos >= len(self._data):
+            if self._eof:
+                return b""
+            self._fill()
+        pos = self._pos
         self._pos = pos + size
-        return data[pos : pos + size]
+        return self._data[pos : pos + size]
+
+    def _fill(self) -> None:
+        """Read the kernel's socket once; BlockingIOError when nothing is there, or when this turn
+        of the loop may read no more."""
+        sock, intake = self._sock, self.intake
+        if not self._reads:
+            self._loop.call_soon(self._next_turn)
+            # Queues that overflow while the loop keeps up with the socket are slow clients, which
+            # their queue policy handles; with the socket behind too, it is the bridge.
+            intake.behind = intake.hub.overflowing() and _unread_bytes(sock) > _READ_SIZE
+        elif self._reads < _SHED_READS and _unread_bytes(sock) > _BEHIND_BYTES:
+            intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
+        else:
+            raise BlockingIOError  # the rest waits for the next turn
+        self._reads += 1
+        data = sock.recv(_READ_SIZE)
+        intake.reads += 1
+        if not data:
+            self._eof = True
+            return
+        partial = self._partial
+        partial += data
+        end, self._data = _frame(partial, intake.hub.shed if intake.behind else None)
+        self._pos = 0
+        del partial[:end]
 
     def _next_turn(self) -> None:
         self._reads = 0

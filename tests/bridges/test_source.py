@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridges.hub import Hub
-from bridges.source import MqttSource, SourceSettings
+from bridges.source import MqttSource, SourceSettings, _frame
 from broker.server import Broker
 from fleet.errors import TopicError
 from tests.bridges.conftest import wait_until
@@ -113,3 +113,22 @@ async def test_the_intake_fans_out_one_read_of_the_socket_per_turn_of_the_loop(b
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def _publish(topic: str, payload: bytes, qos: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic.encode() + (b"\x00\x01" if qos else b"") + payload
+    assert len(body) < 128
+    return bytes([0x30 | qos << 1, len(body)]) + body
+
+
+def test_the_intake_frames_whole_packets_and_sheds_qos0_publishes_before_paho_parses_them() -> None:
+    """The intake hands paho whole packets only, keeping a partial one for the next read; while it
+    sheds, the QoS 0 PUBLISH packets go to the shedder by topic, and the others stay for paho."""
+    qos0, qos1 = _publish("fleet/a/telemetry", b"{}", 0), _publish("fleet/b/cmd", b"{}", 1)
+    ping = b"\xd0\x00"
+    buf = bytearray(qos0 + qos1 + ping + qos0[:5])
+    end, data = _frame(buf, None)
+    assert (end, data) == (len(qos0 + qos1 + ping), qos0 + qos1 + ping)
+    shed: list[str] = []
+    end, data = _frame(buf, shed.append)
+    assert (end, data, shed) == (len(qos0 + qos1 + ping), qos1 + ping, ["fleet/a/telemetry"])
