@@ -14,11 +14,12 @@ one readable event now takes every whole packet received. Under load that also b
 because each consumer's writer wakes once for all the messages of one turn of the event loop.
 
 It fans out what one read of the kernel's socket brings per turn of the loop, so that the
-consumers' writers get the loop between reads however fast the broker sends. When, after it, more
-than `_BEHIND_BYTES` still wait in the kernel, the bridge has no CPU left to fan out what arrives:
-it reads on in the same turn, and sheds what it reads. It sheds the turn's first read too when more
-than 64 KB wait behind it while half of the consumers' queues are at least half full (the writers
-do not keep up either). Shed messages are counted (`Hub.shed`: in
+consumers' writers get the loop between reads however fast the broker sends. When more than one
+read has waited in the kernel for `_LATE_AFTER` seconds (longer than a burst lasts), the bridge
+has no CPU left to fan out what arrives: while more than `_BEHIND_BYTES` wait after a read, it reads
+on in the same turn and sheds what it reads, and it sheds the turn's first read too while half of
+the consumers' queues are at least half full (the writers do not keep up either). Shed messages are
+counted (`Hub.shed`: in
 `fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
 less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
 """
@@ -103,6 +104,9 @@ _READ_SIZE = 65536
 _BEHIND_BYTES = 4 * _READ_SIZE
 # Reads of the kernel's socket in one turn of the loop, at most: one to fan out, the others to shed.
 _SHED_READS = 16
+# A backlog in the kernel for less than this many seconds is a burst, fanned out in full, not shed
+# (tests/bridges/test_limits.py publishes 24 MB at once).
+_LATE_AFTER = 2.0
 
 
 def _unread_bytes(sock: socket.socket) -> int:
@@ -110,15 +114,33 @@ def _unread_bytes(sock: socket.socket) -> int:
 
 
 class _Intake:
-    """The hub fed, whether the messages being read now are to be shed (`behind`), and how many
-    kernel reads."""
+    """The hub fed; whether the messages being read now are to be shed (`behind`); since when the
+    intake has been late (`late_since`); and how many kernel reads."""
 
-    __slots__ = ("behind", "hub", "reads")
+    __slots__ = ("_behind_since", "behind", "hub", "late_since", "reads")
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.behind = False
         self.reads = 0
+        self._behind_since: float | None = None  # more than one read has waited in the kernel since
+        self.late_since: float | None = None  # ... and for at least `_LATE_AFTER` seconds
+
+    def late(self, unread: int, now: float) -> bool:
+        """Whether, with `unread` bytes waiting at the start of a turn, the intake is late: more
+        than one read has waited for `_LATE_AFTER` seconds, so this is no burst but a bridge
+        without CPU left for what arrives."""
+        if unread <= _READ_SIZE:
+            self._behind_since = self.late_since = None
+            return False
+        if self._behind_since is None:
+            self._behind_since = now
+        if self.late_since is None and now - self._behind_since >= _LATE_AFTER:
+            self.late_since = now
+        return self.late_since is not None
+
+    def is_late(self) -> bool:
+        return self.late_since is not None
 
 
 def _frame(buf: bytearray, shed: Callable[[str], None] | None) -> tuple[int, bytes]:
@@ -162,14 +184,15 @@ class _BufferedSocket:
 
     It reads the kernel's socket once per turn of the event loop for messages to fan out: after that,
     a `recv` that finds its buffer empty raises BlockingIOError (paho has read a whole packet and
-    stops), unless more than `_BEHIND_BYTES` still wait in the kernel: then the loop has no CPU left
-    for them, and it reads on with `intake.behind` set, so that what it reads is shed: the QoS 0
-    PUBLISH packets here, before paho parses them (which costs far more), the others by the hub's
-    hand-off. The first read of a turn is shed too while the hub is `overflowing()` and more than
-    one read waits. aiomqtt's reader goes on while `pending()` is not zero, and paho reads the rest
-    of a packet that straddles the buffer's end, so without this bound one readable event could go
-    on fanning out one 64 KB buffer after another for as long as the broker keeps the socket full,
-    and the consumers' writers would get no turn at all (receive livelock)."""
+    stops), unless the intake is late (`_Intake.late`) and more than `_BEHIND_BYTES` still wait in
+    the kernel: then the loop has no CPU left for them, and it reads on with `intake.behind` set,
+    so that what it reads is shed: the QoS 0 PUBLISH packets here, before paho parses them (which
+    costs far more), the others by the hub's hand-off. The first read of a turn is shed too while
+    the intake is late and the hub is `overflowing()`. aiomqtt's reader goes on while `pending()`
+    is not zero, and paho reads the rest of a packet that straddles the buffer's end, so without
+    this bound one readable event could go on fanning out one 64 KB buffer after another for as long
+    as the broker keeps the socket full, and the consumers' writers would get no turn at all
+    (receive livelock)."""
 
     __slots__ = ("_data", "_eof", "_loop", "_partial", "_pos", "_reads", "_sock", "intake")
 
@@ -198,10 +221,12 @@ class _BufferedSocket:
         sock, intake = self._sock, self.intake
         if not self._reads:
             self._loop.call_soon(self._next_turn)
-            # Queues that overflow while the loop keeps up with the socket are slow clients, which
-            # their queue policy handles; with the socket behind too, it is the bridge.
-            intake.behind = intake.hub.overflowing() and _unread_bytes(sock) > _READ_SIZE
-        elif self._reads < _SHED_READS and _unread_bytes(sock) > _BEHIND_BYTES:
+            intake.behind = intake.late(_unread_bytes(sock), self._loop.time()) and intake.hub.overflowing()
+        elif (
+            self._reads < _SHED_READS
+            and intake.late_since is not None
+            and _unread_bytes(sock) > _BEHIND_BYTES
+        ):
             intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
         else:
             raise BlockingIOError  # the rest waits for the next turn
