@@ -261,6 +261,15 @@ class Consumer:
         self.queued_bytes += size
         self._wake()
 
+    def lose(self, count: int) -> None:
+        """`count` events for this consumer were shed before they were queued: count them as drops,
+        and tell the consumer as for a queue overflow."""
+        if self.closed is None:
+            self._pending_drops += count
+            self.dropped += count
+            self.hub.count_drop(self, count)
+            self._wake()
+
     def _head_dropped(self) -> bool:
         """Whether the oldest queued item is an event that the replay ring no longer holds."""
         head = self._queue[0] if self._queue else None
@@ -357,6 +366,8 @@ class Hub:
         self.queue_bytes = queue_bytes
         self.max_event_bytes = max_event_bytes
         self.oversized = 0  # messages not bridged for their size
+        self.shed_total = 0  # messages the intake shed (`shed`)
+        self._shed_topics: dict[str, int] = {}  # this turn's, counted as drops at its end
         self.prefix = prefix
         self.consumers: set[Consumer] = set()
         self._routes: SubscriptionTree[Consumer] = SubscriptionTree()
@@ -461,6 +472,34 @@ class Hub:
             self.deliveries[consumer.transport] = self.deliveries.get(consumer.transport, 0) + 1
         return event
 
+    def shed(self, topic: str) -> None:
+        """The intake has no CPU left for this message: count it as received and shed, and as a drop
+        for every consumer it was for, which is told as for a queue overflow. It gets no id and no
+        place in the ring, and its topic's retained entry, which it may have replaced, is forgotten.
+
+        The drops are counted once per topic at the end of the loop's turn, so that shedding a
+        message costs far less than fanning it out."""
+        self.events_in += 1
+        self.shed_total += 1
+        shed = self._shed_topics
+        if not shed:
+            asyncio.get_running_loop().call_soon(self._count_shed)
+        shed[topic] = shed.get(topic, 0) + 1
+
+    def _count_shed(self) -> None:
+        shed, self._shed_topics = self._shed_topics, {}
+        for topic, count in shed.items():
+            self.retained.forget(topic)
+            for consumer in self._routes.match(topic):
+                consumer.lose(count)
+
+    def overflowing(self) -> bool:
+        """Whether at least half of the consumers have queues at least half full: their writers do
+        not keep up with what is fanned out, so the bridge has no CPU left for more."""
+        consumers = self.consumers
+        full = sum(1 for consumer in consumers if 2 * len(consumer._queue) >= consumer.size)
+        return bool(consumers) and 2 * full >= len(consumers)
+
     def _oversized(self, topic: str, size: int) -> Event:
         self.oversized += 1
         self.retained.forget(topic)
@@ -501,8 +540,8 @@ class Hub:
         for consumer in list(self.consumers):
             consumer.offer(event)
 
-    def count_drop(self, consumer: Consumer) -> None:
-        self.drops[consumer.transport] = self.drops.get(consumer.transport, 0) + 1
+    def count_drop(self, consumer: Consumer, count: int = 1) -> None:
+        self.drops[consumer.transport] = self.drops.get(consumer.transport, 0) + count
 
     def count_send_timeout(self, transport: str) -> None:
         """A consumer of `transport` was cut because a send to it waited longer than the send timeout."""

@@ -84,6 +84,11 @@ class HubCollector:
             f"{PREFIX}_oversized",
             "MQTT messages not bridged because their payload was larger than max_event_bytes.",
         )
+        shed = CounterMetricFamily(
+            f"{PREFIX}_shed",
+            "MQTT messages the intake received but shed, with no CPU left to fan them out (in events_in "
+            "too, and a drop for each consumer they were for).",
+        )
         retained = GaugeMetricFamily(
             f"{PREFIX}_retained_messages", "Retained messages kept for new consumers, one per topic."
         )
@@ -97,6 +102,7 @@ class HubCollector:
         if sampled:
             events_in.add_metric([], hub.events_in)
             oversized.add_metric([], hub.oversized)
+            shed.add_metric([], hub.shed_total)
             retained.add_metric([], len(hub.retained))
             retained_bytes.add_metric([], hub.retained.bytes)
             retained_evicted.add_metric([], hub.retained.evicted)
@@ -125,6 +131,7 @@ class HubCollector:
         yield from (
             events_in,
             oversized,
+            shed,
             deliveries,
             drops,
             send_timeouts,

@@ -12,16 +12,30 @@ and one for the rest. Over plain TCP, `_BufferedSocket` reads up to 64 KB at onc
 how much it holds through `pending()`, which aiomqtt's reader already drains (it does so for TLS):
 one readable event now takes every whole packet received. Under load that also batches the fan-out,
 because each consumer's writer wakes once for all the messages of one turn of the event loop.
+
+It fans out what one read of the kernel's socket brings per turn of the loop, so that the
+consumers' writers get the loop between reads however fast the broker sends. When more than one
+read has waited in the kernel for `_LATE_AFTER` seconds (longer than a burst lasts), the bridge
+has no CPU left to fan out what arrives: while more than `_BEHIND_BYTES` wait after a read, it reads
+on in the same turn and sheds what it reads, and it sheds the turn's first read too while half of
+the consumers' queues are at least half full (the writers do not keep up either). Shed messages are
+counted (`Hub.shed`: in
+`fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
+less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import random
 import socket
 import ssl
+import struct
+import termios
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,29 +99,151 @@ class SourceSettings:
 
 
 _READ_SIZE = 65536
+# After a read, more than this many bytes still waiting in the kernel means the intake is behind:
+# the loop has no CPU left to fan out what arrives, and what it reads meanwhile is shed.
+_BEHIND_BYTES = 4 * _READ_SIZE
+# Reads of the kernel's socket in one turn of the loop, at most: one to fan out, the others to shed.
+_SHED_READS = 16
+# A backlog in the kernel for less than this many seconds is a burst, fanned out in full, not shed
+# (tests/bridges/test_limits.py publishes 24 MB at once).
+_LATE_AFTER = 2.0
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+class _Intake:
+    """The hub fed; whether the messages being read now are to be shed (`behind`); since when the
+    intake has been late (`late_since`); and how many kernel reads."""
+
+    __slots__ = ("_behind_since", "behind", "hub", "late_since", "reads")
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.behind = False
+        self.reads = 0
+        self._behind_since: float | None = None  # more than one read has waited in the kernel since
+        self.late_since: float | None = None  # ... and for at least `_LATE_AFTER` seconds
+
+    def late(self, unread: int, now: float) -> bool:
+        """Whether, with `unread` bytes waiting at the start of a turn, the intake is late: more
+        than one read has waited for `_LATE_AFTER` seconds, so this is no burst but a bridge
+        without CPU left for what arrives."""
+        if unread <= _READ_SIZE:
+            self._behind_since = self.late_since = None
+            return False
+        if self._behind_since is None:
+            self._behind_since = now
+        if self.late_since is None and now - self._behind_since >= _LATE_AFTER:
+            self.late_since = now
+        return self.late_since is not None
+
+    def is_late(self) -> bool:
+        return self.late_since is not None
+
+
+def _frame(buf: bytearray, shed: Callable[[str], None] | None) -> tuple[int, bytes]:
+    """Where the whole MQTT packets at the head of `buf` end, and their bytes, less the QoS 0
+    PUBLISH packets handed to `shed` (by topic) when it is given."""
+    kept: list[bytes] = []
+    start = i = 0
+    n = len(buf)
+    while i + 1 < n:
+        length, shift, j = 0, 0, i + 1
+        while j < n and shift <= 21:
+            byte = buf[j]
+            length |= (byte & 0x7F) << shift
+            j += 1
+            if byte < 0x80:
+                break
+            shift += 7
+        else:
+            if shift > 21:  # malformed: paho reports it
+                return n, bytes(buf[start:])
+            break  # the remaining length is not all here yet
+        end = j + length
+        if end > n:
+            break
+        if shed is not None and buf[i] & 0xF6 == 0x30 and length >= 2:  # PUBLISH, QoS 0
+            if start < i:
+                kept.append(bytes(buf[start:i]))
+            topic_end = j + 2 + (buf[j] << 8 | buf[j + 1])
+            shed(buf[j + 2 : topic_end].decode("utf-8", "replace"))
+            start = end
+        i = end
+    if start < i:
+        kept.append(bytes(buf[start:i]))
+    return i, b"".join(kept)
 
 
 class _BufferedSocket:
-    """A TCP socket whose `recv` reads up to 64 KB from the kernel and hands it out in the sizes
-    asked for; `pending()` is what is still buffered. Everything else is the socket's own."""
+    """A TCP socket whose `recv` reads up to 64 KB from the kernel and hands out the whole MQTT
+    packets in it in the sizes asked for; `pending()` is what is still buffered. Everything else is
+    the socket's own.
 
-    __slots__ = ("_data", "_pos", "_sock")
+    It reads the kernel's socket once per turn of the event loop for messages to fan out: after that,
+    a `recv` that finds its buffer empty raises BlockingIOError (paho has read a whole packet and
+    stops), unless the intake is late (`_Intake.late`) and more than `_BEHIND_BYTES` still wait in
+    the kernel: then the loop has no CPU left for them, and it reads on with `intake.behind` set,
+    so that what it reads is shed: the QoS 0 PUBLISH packets here, before paho parses them (which
+    costs far more), the others by the hub's hand-off. The first read of a turn is shed too while
+    the intake is late and the hub is `overflowing()`. aiomqtt's reader goes on while `pending()`
+    is not zero, and paho reads the rest of a packet that straddles the buffer's end, so without
+    this bound one readable event could go on fanning out one 64 KB buffer after another for as long
+    as the broker keeps the socket full, and the consumers' writers would get no turn at all
+    (receive livelock)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("_data", "_eof", "_loop", "_partial", "_pos", "_reads", "_sock", "intake")
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, intake: _Intake) -> None:
         self._sock = sock
-        self._data = b""
+        self._loop = loop
+        self.intake = intake
+        self._data = b""  # whole packets, for paho
         self._pos = 0
+        self._partial = bytearray()  # the head of a packet not all received yet
+        self._eof = False
+        self._reads = 0  # of the kernel's socket in this turn of the loop
 
     def recv(self, size: int) -> bytes:
-        data, pos = self._data, self._pos
-        if pos >= len(data):
-            data = self._sock.recv(_READ_SIZE)  # BlockingIOError when nothing is there
-            if len(data) <= size:
-                return data
-            pos = 0
-            self._data = data
+        while self._pos >= len(self._data):
+            if self._eof:
+                return b""
+            self._fill()
+        pos = self._pos
         self._pos = pos + size
-        return data[pos : pos + size]
+        return self._data[pos : pos + size]
+
+    def _fill(self) -> None:
+        """Read the kernel's socket once; BlockingIOError when nothing is there, or when this turn
+        of the loop may read no more."""
+        sock, intake = self._sock, self.intake
+        if not self._reads:
+            self._loop.call_soon(self._next_turn)
+            intake.behind = intake.late(_unread_bytes(sock), self._loop.time()) and intake.hub.overflowing()
+        elif (
+            self._reads < _SHED_READS
+            and intake.late_since is not None
+            and _unread_bytes(sock) > _BEHIND_BYTES
+        ):
+            intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
+        else:
+            raise BlockingIOError  # the rest waits for the next turn
+        self._reads += 1
+        data = sock.recv(_READ_SIZE)
+        intake.reads += 1
+        if not data:
+            self._eof = True
+            return
+        partial = self._partial
+        partial += data
+        end, self._data = _frame(partial, intake.hub.shed if intake.behind else None)
+        self._pos = 0
+        del partial[:end]
+
+    def _next_turn(self) -> None:
+        self._reads = 0
 
     def pending(self) -> int:
         return len(self._data) - self._pos
@@ -122,18 +258,24 @@ class _Client(aiomqtt.Client):
     It hooks aiomqtt's socket-open callback and replaces paho's socket before the first read: both
     are internals of the exactly pinned aiomqtt and paho-mqtt."""
 
+    intake: _Intake | None = None  # the source sets its own on each client
+
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        if type(sock) is socket.socket:
-            sock = _BufferedSocket(sock)
+        if type(sock) is socket.socket and self.intake is not None:
+            sock = _BufferedSocket(sock, self._loop, self.intake)
             client._sock = sock
         super()._on_socket_open(client, userdata, sock)
 
 
-def _handing_to(hub: Hub) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """A queue class for aiomqtt's `queue_type` that hands every message to `hub` instead of keeping it."""
+def _handing_to(hub: Hub, intake: _Intake) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A queue class for aiomqtt's `queue_type` that hands every message to `hub` instead of keeping
+    it, or sheds it while the intake is behind."""
 
     class HandOff(asyncio.Queue[aiomqtt.Message]):
         def put_nowait(self, item: aiomqtt.Message) -> None:
+            if intake.behind:
+                hub.shed(item.topic.value)
+                return
             payload = item.payload
             data = payload if isinstance(payload, bytes) else str(payload).encode()
             hub.ingest(item.topic.value, data, qos=item.qos, retain=item.retain)
@@ -148,7 +290,8 @@ class MqttSource:
         self.hub = hub
         self.settings = settings
         self._client: aiomqtt.Client | None = None
-        self._queue_type = _handing_to(hub)
+        self.intake = _Intake(hub)
+        self._queue_type = _handing_to(hub, self.intake)
         self.identifier = f"fleet-bridge-{uuid.uuid4().hex[:12]}"
 
     async def run(self) -> None:
@@ -168,6 +311,7 @@ class MqttSource:
                 keepalive=15,
                 queue_type=self._queue_type,
             )
+            client.intake = self.intake
             try:
                 async with client:
                     for topic_filter in settings.subscriptions:

@@ -9,8 +9,11 @@ message every several turns (bench/README.md, "Fairness under overload").
 So the writers with a backlog take turns in rounds, as a barrier: in each round each of them sends
 one burst, at most `BURST` events, then waits in `Turns.next()` until every other writer of the
 round has finished its own. A write that completes later (a gRPC write) `join`s the round first,
-so that the round waits for it. A writer whose burst outlasts `patience` seconds (its client
-stopped reading) stops holding the round back; the send watchdogs cut that client later.
+so that the round waits for it. A writer whose burst outlasts both `patience` seconds and
+`patience_turns` turns of the loop (its client stopped reading) stops holding the round back; the
+send watchdogs cut that client later. The bound in turns is what keeps gRPC's share on a slow
+machine: bounded by seconds alone, a round whose turns each take longer than a tenth of `patience`
+went on without the gRPC writes still completing, and gRPC got one burst every few rounds, or none.
 
     turns.join(stream)            # before a write that completes after some turns of the loop
     ...
@@ -25,13 +28,16 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-__all__ = ["BURST", "PATIENCE", "Turns"]
+__all__ = ["BURST", "PATIENCE", "PATIENCE_TURNS", "Turns"]
 
 # Events a writer with a backlog sends in one round: one write for SSE and gRPC, a frame each for
 # WebSocket.
 BURST: Final = 64
-# Seconds a send in flight may hold a round back.
+# A send in flight holds a round back for at most this many seconds and turns of the loop, whichever
+# is later: a gRPC write completes two or three turns after it starts, and a turn of a saturated loop
+# on a slow machine can take longer than the seconds (bench/bridge_profile.py shows both).
 PATIENCE: Final = 0.1
+PATIENCE_TURNS: Final = 32
 
 
 class Turns:
@@ -39,14 +45,20 @@ class Turns:
 
     A writer is any hashable object that stands for one consumer's sending task."""
 
-    def __init__(self, patience: float = PATIENCE) -> None:
+    def __init__(self, patience: float = PATIENCE, patience_turns: int = PATIENCE_TURNS) -> None:
         if patience <= 0:
             raise ValueError(f"patience must be > 0, got {patience}")
+        if patience_turns < 1:
+            raise ValueError(f"patience_turns must be >= 1, got {patience_turns}")
         self.patience = patience
+        self.patience_turns = patience_turns
         self.rounds = 0
-        self._pending: dict[object, float] = {}  # writers of this round still sending -> since when
+        self.turns = 0  # turns of the loop counted while writers waited for a round
+        # Writers of this round still sending -> since when (loop time, and self.turns).
+        self._pending: dict[object, tuple[float, int]] = {}
         self._waiters: dict[object, asyncio.Future[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._ticking = False
 
     @property
     def pending(self) -> int:
@@ -61,7 +73,7 @@ class Turns:
     def join(self, writer: object) -> None:
         """`writer` starts a burst that completes after some turns of the loop: the round waits for it."""
         if writer not in self._pending:
-            self._pending[writer] = asyncio.get_running_loop().time()
+            self._pending[writer] = (asyncio.get_running_loop().time(), self.turns)
 
     def leave(self, writer: object) -> None:
         """`writer` has nothing left to send, or has ended: the round no longer waits for it."""
@@ -75,13 +87,16 @@ class Turns:
         loop = asyncio.get_running_loop()
         if not self._pending:
             self._next_round()
-            self._pending[writer] = loop.time()
+            self._pending[writer] = (loop.time(), self.turns)
             await asyncio.sleep(0)  # the writers just released run before this one sends again
             return
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters[writer] = waiter
         if self._timer is None:
             self._arm(loop)
+        if not self._ticking:
+            self._ticking = True
+            loop.call_soon(self._tick)
         try:
             await waiter
         finally:
@@ -89,19 +104,43 @@ class Turns:
                 del self._waiters[writer]
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._timer = loop.call_at(min(self._pending.values()) + self.patience, self._expire)
+        since = min(t for t, _ in self._pending.values())
+        self._timer = loop.call_at(since + self.patience, self._expire)
+
+    def _tick(self) -> None:
+        """One turn of the loop while writers wait; stops once every pending writer has had its
+        `patience_turns` (the timer alone then ends its patience)."""
+        self.turns += 1
+        if self._waiters and self._pending:
+            oldest = min(turn for _, turn in self._pending.values())
+            if self.turns - oldest < self.patience_turns:
+                asyncio.get_running_loop().call_soon(self._tick)
+                return
+            self._ticking = False
+            self._expire()
+            return
+        self._ticking = False
 
     def _expire(self) -> None:
-        self._timer = None
+        """Let the round go on without the writers out of patience: sending for `patience` seconds
+        and for `patience_turns` turns of the loop (a slow loop cannot starve a writer whose sends
+        complete a few turns later, and a client that stopped reading holds nobody back for long)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() - self.patience
-        for writer, since in list(self._pending.items()):
-            if since <= deadline:
+        deadline, last_turn = loop.time() - self.patience, self.turns - self.patience_turns
+        for writer, (since, turn) in list(self._pending.items()):
+            if since <= deadline and turn <= last_turn:
                 del self._pending[writer]  # its client is slow: the round goes on without it
-        if self._pending:
-            self._arm(loop)
-        else:
+        if not self._pending:
             self._next_round()
+        elif self._waiters:
+            if any(since > deadline for since, _ in self._pending.values()):
+                self._arm(loop)
+            if not self._ticking and any(turn > last_turn for _, turn in self._pending.values()):
+                self._ticking = True
+                loop.call_soon(self._tick)
 
     def _next_round(self) -> None:
         """Release the waiting writers into a new round."""
@@ -114,4 +153,4 @@ class Turns:
         for writer, waiter in waiters.items():
             if not waiter.done():
                 waiter.set_result(None)
-                self._pending[writer] = now
+                self._pending[writer] = (now, self.turns)

@@ -145,3 +145,33 @@ async def test_a_disconnect_consumer_overflowed_by_its_replay_is_not_registered(
     consumer = hub.add(["#"], transport="test", policy="disconnect", size=2, after_id=ids[0] - 1)
     assert consumer.closed is not None
     assert consumer not in hub.consumers
+
+
+async def test_a_shed_message_is_counted_and_told_as_a_drop_to_each_consumer_it_was_for() -> None:
+    """A message the intake sheds counts as received and shed, and as a drop told to each consumer
+    whose filters match it, at the end of the loop's turn; it takes no id and no place in the ring."""
+    hub = Hub()
+    fleet = hub.add(["fleet/#"], transport="test")
+    other = hub.add(["other/#"], transport="test")
+    for _ in range(3):
+        hub.shed("fleet/d/telemetry")
+    await asyncio.sleep(0)
+    assert (hub.events_in, hub.shed_total, hub.drops, len(hub.ring)) == (3, 3, {"test": 3}, 0)
+    assert await fleet.get() == Dropped(3, 3)
+    assert (fleet.queued, other.queued) == (0, 0)
+
+
+def test_the_hub_is_overflowing_when_half_of_its_consumers_have_half_full_queues() -> None:
+    """overflowing() is the intake's sign that the writers do not keep up: half of the consumers'
+    queues at least half full."""
+    hub = Hub(queue_size=4)
+    behind = [hub.add([f"slow/{n}"], transport="test") for n in range(2)]
+    hub.add(["quiet/#"], transport="test")
+    hub.add(["quiet/#"], transport="test")
+    hub.ingest("slow/0", b"1", qos=0, retain=False)
+    hub.ingest("slow/0", b"2", qos=0, retain=False)
+    assert not hub.overflowing()
+    hub.ingest("slow/1", b"1", qos=0, retain=False)
+    hub.ingest("slow/1", b"2", qos=0, retain=False)
+    assert hub.overflowing()
+    assert [c.queued for c in behind] == [2, 2]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridges.hub import Hub
-from bridges.source import MqttSource, SourceSettings
+from bridges.source import MqttSource, SourceSettings, _frame
 from broker.server import Broker
 from fleet.errors import TopicError
 from tests.bridges.conftest import wait_until
@@ -84,3 +84,51 @@ def test_a_bridge_that_allows_no_publishing_says_so() -> None:
     source = MqttSource(Hub(), SourceSettings(publish_allowed=()))
     with pytest.raises(TopicError, match=r"allowed: nothing \(publish_allowed is empty\)"):
         source.check_publish("fleet/d/cmd")
+
+
+async def test_the_intake_fans_out_one_read_of_the_socket_per_turn_of_the_loop(broker: Broker) -> None:
+    """A burst of 600 KB arrives whole, and no turn of the loop fans out more than one 64 KB read of
+    it, so the other tasks get the loop between reads (receive livelock); every message is either
+    fanned out or counted as shed."""
+    hub = Hub(ring_size=5_000)
+    task = asyncio.create_task(MqttSource(hub, SourceSettings(port=broker.port)).run(), name="test.source")
+    publisher = await RawClient.open(broker.port)
+    payload = json.dumps({"pad": "x" * 260}).encode()  # a 300-byte PUBLISH packet
+    per_read = 65536 // 300 + 1
+    try:
+        await wait_until(lambda: hub.broker_connected, "the source to connect")
+        await publisher.connect("test-publisher")
+        fanned: list[int] = []
+        async with asyncio.timeout(10):
+            for _ in range(2_000):
+                publisher.publish("fleet/dev-1/telemetry", payload, qos=0)
+            while hub.events_in < 2_000:
+                before = hub.events_in - hub.shed_total
+                await asyncio.sleep(0)
+                fanned.append(hub.events_in - hub.shed_total - before)
+        assert hub.events_in == 2_000
+        assert max(fanned) <= per_read, f"{max(fanned)} messages fanned out in one turn"
+    finally:
+        await publisher.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _publish(topic: str, payload: bytes, qos: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic.encode() + (b"\x00\x01" if qos else b"") + payload
+    assert len(body) < 128
+    return bytes([0x30 | qos << 1, len(body)]) + body
+
+
+def test_the_intake_frames_whole_packets_and_sheds_qos0_publishes_before_paho_parses_them() -> None:
+    """The intake hands paho whole packets only, keeping a partial one for the next read; while it
+    sheds, the QoS 0 PUBLISH packets go to the shedder by topic, and the others stay for paho."""
+    qos0, qos1 = _publish("fleet/a/telemetry", b"{}", 0), _publish("fleet/b/cmd", b"{}", 1)
+    ping = b"\xd0\x00"
+    buf = bytearray(qos0 + qos1 + ping + qos0[:5])
+    end, data = _frame(buf, None)
+    assert (end, data) == (len(qos0 + qos1 + ping), qos0 + qos1 + ping)
+    shed: list[str] = []
+    end, data = _frame(buf, shed.append)
+    assert (end, data, shed) == (len(qos0 + qos1 + ping), qos1 + ping, ["fleet/a/telemetry"])

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bridges.hub import Consumer, Hub
-from bridges.turns import BURST, Turns
+from bridges.turns import BURST, PATIENCE_TURNS, Turns
 
 TIMEOUT = 5.0
 
@@ -88,3 +88,61 @@ async def test_a_backlog_on_a_transport_with_instant_sends_cannot_take_more_than
     assert sent == {"websocket": 40 * BURST, "grpc": 40 * BURST}
     assert max(ahead) <= 2 * BURST  # one burst of its own round, one from before the other joined
     assert hub.turns.rounds >= 39
+
+
+async def _share(turns_per_write: int, patience_turns: int) -> tuple[dict[str, int], list[int]]:
+    """Two writers with a backlog of 40 bursts each, one whose writes complete at once, one whose
+    every write completes `turns_per_write` turns of the loop later; a patience of a nanosecond, as
+    on a machine whose every turn outlasts `PATIENCE`."""
+    hub = Hub(queue_size=100_000)
+    hub.turns = Turns(patience=1e-9, patience_turns=patience_turns)
+    instant = hub.add(["#"], transport="websocket")
+    delayed = hub.add(["#"], transport="grpc")
+    for n in range(40 * BURST):
+        hub.ingest(f"fleet/d{n % 10}/telemetry", b"{}", qos=0, retain=False)
+    sent = {"websocket": 0, "grpc": 0}
+    ahead: list[int] = []
+
+    async def write(consumer: Consumer, turns_per_write: int) -> None:
+        while consumer.queued:
+            sent[consumer.transport] += len(await consumer.get_batch(BURST))
+            ahead.append(sent["websocket"] - sent["grpc"])
+            if turns_per_write:
+                hub.turns.join(consumer)
+                for _ in range(turns_per_write):
+                    await asyncio.sleep(0)
+            if consumer.queued:
+                await hub.turns.next(consumer)
+        hub.turns.leave(consumer)
+
+    async with asyncio.timeout(TIMEOUT), asyncio.TaskGroup() as writers:
+        writers.create_task(write(instant, 0))
+        writers.create_task(write(delayed, turns_per_write))
+    return sent, ahead
+
+
+async def test_a_slow_loop_cannot_starve_a_writer_whose_writes_complete_turns_later() -> None:
+    """A gRPC writer whose writes complete 10 turns later keeps its share even when every turn
+    outlasts the patience in seconds: the round waits for it up to PATIENCE_TURNS turns."""
+    sent, ahead = await _share(turns_per_write=10, patience_turns=PATIENCE_TURNS)
+    assert sent == {"websocket": 40 * BURST, "grpc": 40 * BURST}
+    assert max(ahead) <= 2 * BURST
+
+
+async def test_bounded_by_seconds_alone_a_slow_loop_starves_the_delayed_writer() -> None:
+    """The same writers with a patience of one turn: the instant writer runs ahead by many bursts
+    (the starvation that the bound in turns prevents)."""
+    sent, ahead = await _share(turns_per_write=10, patience_turns=1)
+    assert sent == {"websocket": 40 * BURST, "grpc": 40 * BURST}
+    assert max(ahead) >= 10 * BURST
+
+
+async def test_a_write_that_never_completes_holds_the_others_back_for_patience_turns_only() -> None:
+    """A writer whose client stopped reading never finishes its burst; a writer with a backlog still
+    gets a round once the stalled one has held it for PATIENCE_TURNS turns (and the seconds)."""
+    turns = Turns(patience=1e-9, patience_turns=PATIENCE_TURNS)
+    turns.join("stalled stream")
+    await asyncio.wait_for(turns.next("websocket"), TIMEOUT)
+    assert turns.rounds == 1
+    assert turns.turns >= PATIENCE_TURNS
+    assert (turns.pending, turns.waiting) == (1, 0)  # the websocket writer, in its new round
