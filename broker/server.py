@@ -341,12 +341,17 @@ class Broker:
             session = self.sessions.get(client_id)
         if session is not None:
             session.cancel_timers()
-            # A reconnect within the Will Delay Interval publishes no will [MQTT-3.1.3-9].
-            session.pending_will = None
+            will_due, session.pending_will = session.pending_will, None
             if clean:
+                # Clean Start 1 ends the session [MQTT-3.1.2-4], and a will still waiting for its
+                # Will Delay Interval is due when its session ends [MQTT-3.1.2-8].
                 self._discard(session)
                 session = None
+                if will_due is not None:
+                    self._publish_will(client_id, will_due)
             else:
+                # The session goes on: a reconnect within the Will Delay Interval publishes no will
+                # [MQTT-3.1.3-9].
                 present = True
         if session is None:
             session = Session(client_id, expiry=expiry, limits=self.limits, stats=self.stats)
@@ -411,8 +416,9 @@ class Broker:
         """A second CONNECT with the same client id closes the first connection [MQTT-3.1.4-2]; an
         MQTT 5 client is told so with DISCONNECT 0x8E [MQTT-3.1.4-3].
 
-        The old connection ended without DISCONNECT, so its will is due now (or after its Will Delay
-        Interval, which the new connection then cancels), before the new connection's CONNACK.
+        The old connection ended without DISCONNECT, so its will is due now, or after its Will Delay
+        Interval: a new connection with Clean Start 0 continues the session and cancels it, one with
+        Clean Start 1 ends the session and publishes it at once; either way before the new CONNACK.
         """
         log.info("client %r took over its session from %s", clip(previous.client_id), previous.peer)
         self.connection_closed(previous)
