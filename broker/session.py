@@ -34,7 +34,8 @@ NEVER = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_inflight: int
+    """A session's bounds; its in-flight window is its connection's (`Outlet.window`)."""
+
     max_queued: int
 
 
@@ -61,7 +62,10 @@ class Outlet(Protocol):
     def paused(self) -> bool: ...
 
     @property
-    def receive_maximum(self) -> int: ...
+    def window(self) -> int:
+        """The most QoS 1/2 deliveries in flight to the client: the smaller of the broker's
+        `max_inflight` and the client's Receive Maximum [MQTT-3.3.4-9]."""
+        ...
 
     def congested(self) -> bool: ...
 
@@ -194,15 +198,7 @@ class Session:
                 self.stats.messages_sent += 1
             return
         entry = Entry(message, qos, retain, sub_ids, group)
-        inflight = len(self.inflight)
-        if (
-            outlet is not None
-            and not outlet.paused
-            and not self.queue
-            # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
-            and inflight < self.limits.max_inflight
-            and inflight < outlet.receive_maximum
-        ):
+        if outlet is not None and not outlet.paused and not self.queue and len(self.inflight) < outlet.window:
             if self.store is not None:
                 self.store.entry_added(self.client_id, entry)
             self._send_new(outlet, entry)
@@ -250,8 +246,7 @@ class Session:
         queue = self.queue
         if outlet is None or not queue:
             return
-        # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
-        window = min(self.limits.max_inflight, outlet.receive_maximum)
+        window = outlet.window
         while queue and not outlet.paused and len(self.inflight) < window:
             self._send_new(outlet, queue.popleft())
 
