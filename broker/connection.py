@@ -317,15 +317,22 @@ class Connection(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         """Write the queued packets now; with sync "always", once what they acknowledge is durable."""
-        self.write_out(self.broker.durable())
+        if self.broker.durable():
+            self.write_out()
+        else:
+            self.drop_out()
 
-    def write_out(self, durable: bool) -> None:
-        """Write the queued packets in one system call; drop them when what they acknowledge could
-        not be made durable (the broker is then stopping)."""
+    def write_out(self) -> None:
+        """Write the queued packets in one system call (the caller made what they acknowledge durable)."""
         out, self._out = self._out, None
         transport = self.transport
-        if out and durable and transport is not None and not transport.is_closing():
+        if out and transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def drop_out(self) -> None:
+        """Drop the queued packets: what they acknowledge could not be made durable (the broker is
+        then stopping)."""
+        self._out = None
 
     # Closing
 

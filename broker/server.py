@@ -101,9 +101,12 @@ class Broker:
     def _flush(self) -> None:
         unflushed, self._unflushed = self._unflushed, []
         # One durability check (with sync "always", one commit) covers every packet of this turn.
-        durable = self.durable()
-        for connection in unflushed:
-            connection.write_out(durable)
+        if self.store is None or self.durable():
+            for connection in unflushed:
+                connection.write_out()
+        else:
+            for connection in unflushed:
+                connection.drop_out()
 
     def durable(self) -> bool:
         """With sync "always", commit the store before any packet leaves: one commit (one fsync) per
@@ -435,9 +438,8 @@ class Broker:
     def handle_publish(self, session: Session, packet: Publish) -> None:
         """Route one MQTT 3.1.1 PUBLISH from a client (its acknowledgement carries no reason)."""
         topic = packet.topic
-        acl = self.acl
         if topic.startswith("$SYS") or (
-            acl is not None and not acl.can_publish(session.client_id, session.username, topic)
+            self.acl is not None and not self.acl.can_publish(session.client_id, session.username, topic)
         ):
             self._refuse_publish(session, topic)
             return

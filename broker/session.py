@@ -198,14 +198,23 @@ class Session:
                 self.stats.messages_sent += 1
             return
         entry = Entry(message, qos, retain, sub_ids, group)
+        store = self.store
         if outlet is not None and not outlet.paused and not self.queue and len(self.inflight) < outlet.window:
-            if self.store is not None:
-                self.store.entry_added(self.client_id, entry)
-            self._send_new(outlet, entry)
+            # `_send_new` written out: this is every QoS 1/2 delivery's path.
+            packet_id = self._allocate_packet_id()
+            if store is not None:
+                store.entry_added(self.client_id, entry)
+            if outlet.send_publish(message, qos, retain, packet_id, False, sub_ids):
+                self.inflight[packet_id] = entry
+                self.stats.messages_sent += 1
+                if store is not None:
+                    store.entry_changed(entry, packet_id)
+            elif store is not None:
+                store.entry_done(entry)
         elif len(self.queue) < self.limits.max_queued:
             self.queue.append(entry)
-            if self.store is not None:
-                self.store.entry_added(self.client_id, entry)
+            if store is not None:
+                store.entry_added(self.client_id, entry)
         else:
             self._drop(message, f"its queue holds {self.limits.max_queued} messages")
 
@@ -266,15 +275,15 @@ class Session:
                     self.store.entry_done(entry)
         self.pump()
 
-    def acknowledge(self, packet_id: int) -> bool:
+    def acknowledge(self, packet_id: int) -> None:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered; the window moves on."""
         entry = self.inflight.pop(packet_id, None)
         if entry is None:
-            return False
+            return
         if self.store is not None:
             self.store.entry_done(entry)
-        self.pump()
-        return True
+        if self.queue:
+            self.pump()
 
     def received(self, packet_id: int) -> bool:
         """PUBREC: mark a QoS 2 message released; return whether the PUBREL must be sent."""
