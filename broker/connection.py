@@ -269,7 +269,7 @@ class Connection(asyncio.BufferedProtocol):
         self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
     ) -> bool:
         expires = message.expires
-        # The time left in whole seconds, rounded up; 0 for a redelivery past its expiry.
+        # The time left in whole seconds, rounded up; 0 once none is left (a redelivery past its expiry).
         expiry = None if expires is None else max(0, math.ceil(expires - time.monotonic()))
         topic = message.topic_bytes
         alias = new_alias = None
