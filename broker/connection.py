@@ -16,7 +16,6 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker.logs import clip
@@ -66,8 +65,8 @@ READ_BUDGET = 4 * 1024
 # The buffer every connection of a thread's event loop reads into: its bytes are consumed before
 # the next read, so one per thread serves every connection without costing memory per connection.
 _read_buffers = threading.local()
-
-Decoder = Callable[[int, int, bytes], object]
+# The encoding of no properties: most MQTT 5 PUBLISH packets have none.
+_NO_PROPERTIES = encode_properties(EMPTY)
 
 
 def _read_buffer() -> memoryview:
@@ -89,7 +88,6 @@ def _connect_level(body: bytes) -> int:
 class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_buffer",
-        "_decode",
         "_frames",
         "_last_heard",
         "_out",
@@ -105,7 +103,6 @@ class Connection(asyncio.BufferedProtocol):
         "password",
         "paused",
         "peer",
-        "receive_maximum",
         "session",
         "topic_alias_maximum",
         "transport",
@@ -113,6 +110,7 @@ class Connection(asyncio.BufferedProtocol):
         "version",
         "will",
         "will_delay",
+        "window",
     )
 
     def __init__(self, broker: Broker) -> None:
@@ -120,7 +118,6 @@ class Connection(asyncio.BufferedProtocol):
         self.transport: asyncio.WriteTransport | None = None
         self._frames = FrameReader(broker.settings.max_packet_size)
         self._buffer = _read_buffer()
-        self._decode: Decoder = decode_client_packet
         self.session: Session | None = None
         self.client_id = ""
         # The credentials of CONNECT, kept to check them again when the password file is reloaded.
@@ -138,7 +135,7 @@ class Connection(asyncio.BufferedProtocol):
         self.will_delay = 0
         self.version = 4
         # What an MQTT 5 client announced in CONNECT; 3.1.1 clients get the defaults.
-        self.receive_maximum = 65535
+        self.window = broker.settings.max_inflight
         self.max_outgoing: int | None = None
         self.topic_alias_maximum = 0
         self.aliases_in: dict[int, str] = {}
@@ -161,26 +158,26 @@ class Connection(asyncio.BufferedProtocol):
         return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        # The frame reader copies the bytes out before the next read reuses the buffer.
-        self.data_received(self._buffer[:nbytes])
-
-    def data_received(self, data: bytes | memoryview) -> None:
-        """Bytes from the client (TCP and TLS through `buffer_updated`, WebSocket frames directly)."""
+        """`nbytes` from the client are in the read buffer (TCP and TLS; WebSocket: `data_received`)."""
         if self.closing:
             return
         self._last_heard = asyncio.get_running_loop().time()
         try:
-            for kind, flags, body in self._frames.feed(data):
-                if not self.connected and kind == 1 and _connect_level(body) == 5:
-                    self.version = 5
-                    self._decode = v5.decode_client_packet
-                packet = self._decode(kind, flags, body)
-                if self.version == 5:
-                    self._dispatch5(packet)
-                else:
-                    self._dispatch(packet)
-                if self.closing:
-                    return
+            # The frame reader copies the bytes out before the next read reuses the buffer.
+            frames = self._frames.feed(self._buffer[:nbytes])
+            if not self.connected:
+                frames = self._handshake(frames)
+            # The protocol version is settled by CONNECT, so it is checked once per read, not per packet.
+            if self.version == 5:
+                for kind, flags, body in frames:
+                    self._dispatch5(v5.decode_client_packet(kind, flags, body))
+                    if self.closing:
+                        return
+            else:
+                for kind, flags, body in frames:
+                    self._dispatch(decode_client_packet(kind, flags, body))
+                    if self.closing:
+                        return
         except UnsupportedProtocol as exc:
             self.broker.noise.refused.add(
                 self.peer, "", f"{clip(str(exc))}: mqtt-fleet's broker speaks MQTT 3.1, 3.1.1 and 5"
@@ -189,6 +186,30 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
         except ProtocolError as exc:
             self.violation(str(exc), exc.reason)
+
+    def _handshake(self, frames: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+        """Dispatch the first frame, which must be CONNECT; its protocol level picks the codec.
+        Return the frames after it, or none once the connection is closing."""
+        if not frames:
+            return frames
+        kind, flags, body = frames[0]
+        if kind == 1 and _connect_level(body) == 5:
+            self.version = 5
+            self._dispatch5(v5.decode_client_packet(kind, flags, body))
+        else:
+            self._dispatch(decode_client_packet(kind, flags, body))
+        return [] if self.closing else frames[1:]
+
+    def data_received(self, data: bytes) -> None:
+        """A WebSocket frame's bytes: they go through the read buffer as a TCP read's do."""
+        view = memoryview(data)
+        buffer = self._buffer
+        size = len(buffer)
+        while view and not self.closing:
+            chunk = view[:size]
+            buffer[: len(chunk)] = chunk
+            self.buffer_updated(len(chunk))
+            view = view[size:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -230,14 +251,10 @@ class Connection(asyncio.BufferedProtocol):
         A `dup` re-sends a message whose delivery had started, so its expiry no longer deletes it
         [MQTT 5.0 3.3.2.3.3]: it goes out with the time left, 0 once none is.
         """
-        expiry: int | None = None
-        if message.expires is not None:
-            remaining = message.expires - time.monotonic()
-            if remaining <= 0 and not dup:
-                # An expired message is never delivered [MQTT-3.3.2-5].
-                self.broker.stats.messages_expired += 1
-                return False
-            expiry = max(0, math.ceil(remaining))
+        if message.expires is not None and not dup and message.expires <= time.monotonic():
+            # An expired message is never delivered [MQTT-3.3.2-5].
+            self.broker.stats.messages_expired += 1
+            return False
         if self.version != 5:
             # Properties are dropped toward MQTT 3.1.1 clients, which announce no Maximum Packet Size.
             self.send(
@@ -246,6 +263,14 @@ class Connection(asyncio.BufferedProtocol):
                 )
             )
             return True
+        return self._send_publish5(message, qos, retain, packet_id, dup, sub_ids)
+
+    def _send_publish5(
+        self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
+    ) -> bool:
+        expires = message.expires
+        # The time left in whole seconds, rounded up; 0 once none is left (a redelivery past its expiry).
+        expiry = None if expires is None else max(0, math.ceil(expires - time.monotonic()))
         topic = message.topic_bytes
         alias = new_alias = None
         if self.topic_alias_maximum:
@@ -254,18 +279,22 @@ class Connection(asyncio.BufferedProtocol):
                 topic = b""
             elif len(self.aliases_out) < self.topic_alias_maximum:
                 alias = new_alias = len(self.aliases_out) + 1
-        properties = message.encoded_properties
+        properties = message.properties
         if expiry is not None or alias is not None or sub_ids:
-            properties = encode_properties(
-                dataclasses.replace(
-                    message.properties,
-                    message_expiry_interval=expiry,
-                    topic_alias=alias,
-                    subscription_identifiers=sub_ids,
-                )
+            properties = dataclasses.replace(
+                properties,
+                message_expiry_interval=expiry,
+                topic_alias=alias,
+                subscription_identifiers=sub_ids,
             )
         data = v5.encode_publish(
-            topic, message.payload, qos, retain=retain, dup=dup, packet_id=packet_id, properties=properties
+            topic,
+            message.payload,
+            qos,
+            retain=retain,
+            dup=dup,
+            packet_id=packet_id,
+            properties=_NO_PROPERTIES if properties is EMPTY else encode_properties(properties),
         )
         if not self._send_sized(data, message):
             return False
@@ -287,17 +316,23 @@ class Connection(asyncio.BufferedProtocol):
         return True
 
     def flush(self) -> None:
+        """Write the queued packets now; with sync "always", once what they acknowledge is durable."""
+        if self.broker.durable():
+            self.write_out()
+        else:
+            self.drop_out()
+
+    def write_out(self) -> None:
+        """Write the queued packets in one system call (the caller made what they acknowledge durable)."""
         out, self._out = self._out, None
         transport = self.transport
-        broker = self.broker
-        # With sync "always", what these packets acknowledge is made durable first.
-        if (
-            out
-            and transport is not None
-            and not transport.is_closing()
-            and (broker.store is None or broker.durable())
-        ):
+        if out and transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def drop_out(self) -> None:
+        """Drop the queued packets: what they acknowledge could not be made durable (the broker is
+        then stopping)."""
+        self._out = None
 
     # Closing
 
@@ -408,10 +443,10 @@ class Connection(asyncio.BufferedProtocol):
             assert packet_id is not None
             if packet_id not in session.awaiting_release:
                 session.hold(packet_id)
-                self.broker.handle_publish(self, session, packet.topic, packet)
+                self.broker.handle_publish(session, packet)
             self.send(pubrec(packet_id))
             return
-        self.broker.handle_publish(self, session, packet.topic, packet)
+        self.broker.handle_publish(session, packet)
         if packet_id is not None:
             self.send(puback(packet_id))
 
@@ -507,14 +542,14 @@ class Connection(asyncio.BufferedProtocol):
                     "unreleased [MQTT-3.3.4-8]",
                     reasons.RECEIVE_MAXIMUM_EXCEEDED,
                 )
-            code = self.broker.handle_publish(self, session, topic, packet)
+            code = self.broker.handle_publish5(self, session, topic, packet)
             if code == reasons.PAYLOAD_FORMAT_INVALID and self.closing:
                 return
             if code < 0x80:
                 session.hold(packet_id)
             self.send(v5.encode_ack(PUBREC, packet_id, code))
             return
-        code = self.broker.handle_publish(self, session, topic, packet)
+        code = self.broker.handle_publish5(self, session, topic, packet)
         if packet_id is not None and not self.closing:
             self.send(v5.encode_ack(PUBACK, packet_id, code))
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fleet.mqtt.properties import EMPTY, Properties, encode_properties
+from fleet.mqtt.properties import EMPTY, Properties
 
 __all__ = ["Message"]
-
-# The encoding of no properties: a 3.1.1 PUBLISH, most MQTT 5 ones too.
-NONE = encode_properties(EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +24,6 @@ class Message:
     expires: float | None = None
     sender: str | None = None
     topic_bytes: bytes = field(init=False, repr=False, compare=False)
-    encoded_properties: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topic_bytes", self.topic.encode("utf-8"))
-        properties = self.properties
-        object.__setattr__(
-            self, "encoded_properties", NONE if properties is EMPTY else encode_properties(properties)
-        )

@@ -47,7 +47,7 @@ class BrokerSample:
             connections=len(broker.connections),
             connections_maximum=stats.clients_maximum,
             sessions=len(broker.sessions),
-            subscriptions=len(broker.subscriptions),
+            subscriptions=broker.subscription_count(),
             retained_messages=len(broker.retained),
             queued_messages=sum(len(s.queue) + len(s.inflight) for s in broker.sessions.values()),
             connections_total=stats.connections_total,

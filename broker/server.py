@@ -68,10 +68,13 @@ class Broker:
         self.stats = Stats()
         self.sessions: dict[str, Session] = {}
         self.connections: set[Connection] = set()
-        self.subscriptions: SubscriptionTree[Session | SharedGroup] = SubscriptionTree()
+        self.subscriptions: SubscriptionTree[Session] = SubscriptionTree()
+        # Shared subscriptions: each group by (name, filter), and the groups' filters in a tree of their
+        # own, so that routing to sessions never has to tell a group apart from a session.
         self.shared: dict[tuple[str, str], SharedGroup] = {}
+        self.group_filters: SubscriptionTree[SharedGroup] = SubscriptionTree()
         self.retained = RetainedStore()
-        self.limits = Limits(max_inflight=settings.max_inflight, max_queued=settings.max_queued)
+        self.limits = Limits(max_queued=settings.max_queued)
         self.passwords = PasswordFile.load(settings.password_file) if settings.password_file else None
         self.acl = AclFile.load(settings.acl_file) if settings.acl_file else None
         self.urls: list[str] = []
@@ -97,8 +100,13 @@ class Broker:
 
     def _flush(self) -> None:
         unflushed, self._unflushed = self._unflushed, []
-        for connection in unflushed:
-            connection.flush()
+        # One durability check (with sync "always", one commit) covers every packet of this turn.
+        if self.store is None or self.durable():
+            for connection in unflushed:
+                connection.write_out()
+        else:
+            for connection in unflushed:
+                connection.drop_out()
 
     def durable(self) -> bool:
         """With sync "always", commit the store before any packet leaves: one commit (one fsync) per
@@ -341,12 +349,17 @@ class Broker:
             session = self.sessions.get(client_id)
         if session is not None:
             session.cancel_timers()
-            # A reconnect within the Will Delay Interval publishes no will [MQTT-3.1.3-9].
-            session.pending_will = None
+            will_due, session.pending_will = session.pending_will, None
             if clean:
+                # Clean Start 1 ends the session [MQTT-3.1.2-4], and a will still waiting for its
+                # Will Delay Interval is due when its session ends [MQTT-3.1.2-8].
                 self._discard(session)
                 session = None
+                if will_due is not None:
+                    self._publish_will(client_id, will_due)
             else:
+                # The session goes on: a reconnect within the Will Delay Interval publishes no will
+                # [MQTT-3.1.3-9].
                 present = True
         if session is None:
             session = Session(client_id, expiry=expiry, limits=self.limits, stats=self.stats)
@@ -368,7 +381,8 @@ class Broker:
             assert isinstance(packet, v5.Connect)
             delay = will.properties.will_delay_interval if isinstance(will, v5.Will) else None
             connection.will_delay = delay or 0
-            connection.receive_maximum = properties.receive_maximum or 65535
+            # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
+            connection.window = min(settings.max_inflight, properties.receive_maximum or 65535)
             connection.max_outgoing = properties.maximum_packet_size
             connection.topic_alias_maximum = properties.topic_alias_maximum or 0
             server_keepalive = None
@@ -411,8 +425,9 @@ class Broker:
         """A second CONNECT with the same client id closes the first connection [MQTT-3.1.4-2]; an
         MQTT 5 client is told so with DISCONNECT 0x8E [MQTT-3.1.4-3].
 
-        The old connection ended without DISCONNECT, so its will is due now (or after its Will Delay
-        Interval, which the new connection then cancels), before the new connection's CONNACK.
+        The old connection ended without DISCONNECT, so its will is due now, or after its Will Delay
+        Interval: a new connection with Clean Start 0 continues the session and cancels it, one with
+        Clean Start 1 ends the session and publishes it at once; either way before the new CONNACK.
         """
         log.info("client %r took over its session from %s", clip(previous.client_id), previous.peer)
         self.connection_closed(previous)
@@ -420,26 +435,36 @@ class Broker:
 
     # Messages
 
-    def handle_publish(
-        self, connection: Connection, session: Session, topic: str, packet: Publish | v5.Publish
-    ) -> int:
-        """Route one PUBLISH from a client; return the MQTT 5 reason code for its acknowledgement."""
+    def handle_publish(self, session: Session, packet: Publish) -> None:
+        """Route one MQTT 3.1.1 PUBLISH from a client (its acknowledgement carries no reason)."""
+        topic = packet.topic
+        if topic.startswith("$SYS") or (
+            self.acl is not None and not self.acl.can_publish(session.client_id, session.username, topic)
+        ):
+            self._refuse_publish(session, topic)
+            return
+        self.publish(Message(topic, packet.payload, packet.qos, packet.retain, sender=session.client_id))
+
+    def _refuse_publish(self, session: Session, topic: str) -> int:
+        """Log a PUBLISH the broker does not route; return the MQTT 5 reason code for its acknowledgement."""
         if topic.startswith("$SYS"):
             self.noise.denied.add(
                 f"ignored a PUBLISH to {clip(topic)!r} from client {clip(session.client_id)!r}: "
                 "$SYS is the broker's"
             )
             return reasons.TOPIC_NAME_INVALID
-        if self.acl is not None and not self.acl.can_publish(session.client_id, session.username, topic):
-            self.noise.denied.add(
-                f"ACL denied client {clip(session.client_id)!r} publishing to {clip(topic)!r}"
-            )
-            return reasons.NOT_AUTHORIZED
-        if isinstance(packet, Publish):
-            routed = self.publish(
-                Message(topic, packet.payload, packet.qos, packet.retain, sender=session.client_id)
-            )
-            return reasons.SUCCESS if routed else reasons.NO_MATCHING_SUBSCRIBERS
+        self.noise.denied.add(f"ACL denied client {clip(session.client_id)!r} publishing to {clip(topic)!r}")
+        return reasons.NOT_AUTHORIZED
+
+    def handle_publish5(
+        self, connection: Connection, session: Session, topic: str, packet: v5.Publish
+    ) -> int:
+        """Route one MQTT 5 PUBLISH from a client; return the reason code for its acknowledgement."""
+        acl = self.acl
+        if topic.startswith("$SYS") or (
+            acl is not None and not acl.can_publish(session.client_id, session.username, topic)
+        ):
+            return self._refuse_publish(session, topic)
         properties = packet.properties
         if properties.payload_format_indicator == 1:
             try:
@@ -478,29 +503,29 @@ class Broker:
     def _route(self, message: Message) -> int:
         acl = self.acl
         qos = message.qos
-        topic = message.topic
-        count = 0
-        for subscriber, granted in self.subscriptions.match(topic).items():
-            if type(subscriber) is not Session:
-                count += self._route_shared(subscriber, message)
-                continue
-            session = subscriber
-            if acl is not None and not acl.can_read(session.client_id, session.username, topic):
+        matched = self.subscriptions.match(message.topic)
+        # Every match counts as a delivery unless it is skipped: skips are rare, deliveries are not.
+        count = len(matched)
+        for session, granted in matched.items():
+            if acl is not None and not acl.can_read(session.client_id, session.username, message.topic):
+                count -= 1
                 continue
             if session.options:
                 options = session.route_options(message, qos)
                 if options is None:
+                    count -= 1
                     continue
                 delivered_qos, retain, ids = options
                 session.deliver(message, delivered_qos, retain=retain, sub_ids=ids)
             else:
                 session.deliver(message, granted if granted < qos else qos)
-            count += 1
+        if self.shared:
+            for group in self.group_filters.match(message.topic):
+                count += self._route_shared(group, message)
         return count
 
-    def _route_shared(self, group: Session | SharedGroup, message: Message) -> int:
+    def _route_shared(self, group: SharedGroup, message: Message) -> int:
         """Deliver `message` to one member of a shared subscription's group; return 1 if one took it."""
-        assert isinstance(group, SharedGroup)
         picked = group.pick()
         if picked is None:
             return 0
@@ -595,7 +620,7 @@ class Broker:
             group = self.shared.get(key)
             if group is None:
                 group = self.shared[key] = SharedGroup(group_name, inner)
-                self.subscriptions.add(inner, group, 2)
+                self.group_filters.add(inner, group, 2)
             group.members[session] = sub
         else:
             self.subscriptions.add(topic_filter, session, sub.qos)
@@ -614,8 +639,12 @@ class Broker:
             return False
         if not group.members:
             del self.shared[key]
-            self.subscriptions.remove(group.topic_filter, group)
+            self.group_filters.remove(group.topic_filter, group)
         return True
+
+    def subscription_count(self) -> int:
+        """Subscriptions in force, a shared group counting as one."""
+        return len(self.subscriptions) + len(self.group_filters)
 
     def remove_subscription(self, session: Session, topic_filter: str) -> bool:
         """End one subscription of `session`; False if it had none on `topic_filter`."""
@@ -663,7 +692,7 @@ class Broker:
             "$SYS/broker/publish/messages/expired": str(stats.messages_expired),
             "$SYS/broker/publish/messages/oversize": str(stats.messages_oversize),
             "$SYS/broker/store/messages/count": str(queued),
-            "$SYS/broker/subscriptions/count": str(len(self.subscriptions)),
+            "$SYS/broker/subscriptions/count": str(self.subscription_count()),
             "$SYS/broker/retained messages/count": str(len(self.retained)),
             "$SYS/broker/wills/published": str(stats.wills_published),
             "$SYS/broker/protocol/errors": str(stats.protocol_errors),

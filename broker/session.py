@@ -34,7 +34,8 @@ NEVER = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_inflight: int
+    """A session's bounds; its in-flight window is its connection's (`Outlet.window`)."""
+
     max_queued: int
 
 
@@ -61,7 +62,10 @@ class Outlet(Protocol):
     def paused(self) -> bool: ...
 
     @property
-    def receive_maximum(self) -> int: ...
+    def window(self) -> int:
+        """The most QoS 1/2 deliveries in flight to the client: the smaller of the broker's
+        `max_inflight` and the client's Receive Maximum [MQTT-3.3.4-9]."""
+        ...
 
     def congested(self) -> bool: ...
 
@@ -194,22 +198,23 @@ class Session:
                 self.stats.messages_sent += 1
             return
         entry = Entry(message, qos, retain, sub_ids, group)
-        inflight = len(self.inflight)
-        if (
-            outlet is not None
-            and not outlet.paused
-            and not self.queue
-            # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
-            and inflight < self.limits.max_inflight
-            and inflight < outlet.receive_maximum
-        ):
-            if self.store is not None:
-                self.store.entry_added(self.client_id, entry)
-            self._send_new(outlet, entry)
+        store = self.store
+        if outlet is not None and not outlet.paused and not self.queue and len(self.inflight) < outlet.window:
+            # `_send_new` written out: this is every QoS 1/2 delivery's path.
+            packet_id = self._allocate_packet_id()
+            if store is not None:
+                store.entry_added(self.client_id, entry)
+            if outlet.send_publish(message, qos, retain, packet_id, False, sub_ids):
+                self.inflight[packet_id] = entry
+                self.stats.messages_sent += 1
+                if store is not None:
+                    store.entry_changed(entry, packet_id)
+            elif store is not None:
+                store.entry_done(entry)
         elif len(self.queue) < self.limits.max_queued:
             self.queue.append(entry)
-            if self.store is not None:
-                self.store.entry_added(self.client_id, entry)
+            if store is not None:
+                store.entry_added(self.client_id, entry)
         else:
             self._drop(message, f"its queue holds {self.limits.max_queued} messages")
 
@@ -250,8 +255,7 @@ class Session:
         queue = self.queue
         if outlet is None or not queue:
             return
-        # The client's Receive Maximum caps the broker's in-flight window [MQTT-3.3.4-9].
-        window = min(self.limits.max_inflight, outlet.receive_maximum)
+        window = outlet.window
         while queue and not outlet.paused and len(self.inflight) < window:
             self._send_new(outlet, queue.popleft())
 
@@ -271,15 +275,15 @@ class Session:
                     self.store.entry_done(entry)
         self.pump()
 
-    def acknowledge(self, packet_id: int) -> bool:
+    def acknowledge(self, packet_id: int) -> None:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2): the message is delivered; the window moves on."""
         entry = self.inflight.pop(packet_id, None)
         if entry is None:
-            return False
+            return
         if self.store is not None:
             self.store.entry_done(entry)
-        self.pump()
-        return True
+        if self.queue:
+            self.pump()
 
     def received(self, packet_id: int) -> bool:
         """PUBREC: mark a QoS 2 message released; return whether the PUBREL must be sent."""

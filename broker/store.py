@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.message import Message
 from fleet.errors import StoreError
-from fleet.mqtt.properties import EMPTY, decode_properties
+from fleet.mqtt.properties import EMPTY, decode_properties, encode_properties
 
 if TYPE_CHECKING:
     from broker.session import Entry, Session, Subscription
@@ -348,7 +348,7 @@ class Store:
             message.topic,
             message.payload,
             message.qos,
-            message.encoded_properties,
+            encode_properties(message.properties),
             _wall(message.expires),
             message.sender,
         )
@@ -460,7 +460,7 @@ def _entry_row(key: int, client_id: str, entry: Entry, packet_id: int | None) ->
         message.topic,
         message.payload,
         message.qos,
-        message.encoded_properties,
+        encode_properties(message.properties),
         _wall(message.expires),
         message.sender,
     )

@@ -232,6 +232,66 @@ async def test_mqtt_3_1_2_8_will_is_published_at_session_end_if_that_comes_first
     assert (await watcher.read_publish()).topic == "will/end"
 
 
+@pytest.mark.parametrize("delay", [0, 60])
+async def test_mqtt_3_1_2_8_takeover_with_clean_start_1_ends_the_session_and_publishes_the_will(
+    open5: Open, delay: int
+) -> None:
+    """A takeover with Clean Start 1 ends the old session, so its will (delayed or not) is published."""
+    watcher = await open5()
+    await watcher.connect(f"will-watch-clean-{delay}")
+    await watcher.subscribe(Sub("will/clean", 1))
+    device = await open5()
+    await device.connect(
+        "clean-twin", will=_will("will/clean", delay), properties=Properties(session_expiry_interval=60)
+    )
+    twin = await open5()
+    connack = await twin.connect("clean-twin", clean=True, properties=Properties(session_expiry_interval=60))
+    assert not connack.session_present
+    assert await device.read_disconnect() == 0x8E
+    message = await watcher.read_publish()
+    assert (message.topic, message.payload) == ("will/clean", b"gone")
+
+
+async def test_mqtt_3_1_3_9_takeover_with_clean_start_0_within_the_will_delay_publishes_no_will(
+    open5: Open,
+) -> None:
+    """A takeover with Clean Start 0 continues the session: no will within its delay, and 0x8E to the old."""
+    watcher = await open5()
+    await watcher.connect("will-watch-resume")
+    await watcher.subscribe(Sub("will/resume", 1), Sub("after/resume", 1))
+    device = await open5()
+    await device.connect(
+        "resume-twin", will=_will("will/resume", 60), properties=Properties(session_expiry_interval=60)
+    )
+    twin = await open5()
+    connack = await twin.connect(
+        "resume-twin", clean=False, properties=Properties(session_expiry_interval=60)
+    )
+    assert connack.session_present
+    assert await device.read_disconnect() == 0x8E
+    # A will would have been routed during the takeover, so before this marker.
+    assert await twin.publish_acked("after/resume", b"marker", 1) == 0
+    assert (await watcher.read_publish()).topic == "after/resume"
+
+
+async def test_mqtt_3_1_2_8_clean_start_1_ends_an_offline_session_and_publishes_its_delayed_will(
+    open5: Open,
+) -> None:
+    """A will waiting for its delay is published when a Clean Start 1 connection ends its session."""
+    watcher = await open5()
+    await watcher.connect("will-watch-offline")
+    await watcher.subscribe(Sub("will/offline", 1))
+    device = await open5()
+    await device.connect(
+        "offline-twin", will=_will("will/offline", 60), properties=Properties(session_expiry_interval=60)
+    )
+    device.abort()
+    back = await open5()
+    assert not (await back.connect("offline-twin", clean=True)).session_present
+    message = await watcher.read_publish()
+    assert (message.topic, message.payload) == ("will/offline", b"gone")
+
+
 async def test_mqtt_3_14_4_3_disconnect_with_reason_0x04_publishes_the_will(open5: Open) -> None:
     """DISCONNECT 0x04 (disconnect with will message) publishes the will; a normal one does not."""
     watcher = await open5()
