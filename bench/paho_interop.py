@@ -3,7 +3,8 @@
 The suite (eclipse/paho.mqtt.testing, `interoperability/`) is not part of this repository: clone it
 and point --suite at its `interoperability` folder. Each test runs in its own process with a
 timeout, because the suite hangs on some failures. The broker must already listen on --port, with
-an ACL that denies subscriptions to `test/nosubscribe`:
+an ACL that denies subscriptions to `test/nosubscribe`, and, for the MQTT 5 suite, with
+`--max-keepalive 60` (its `test_server_keep_alive` expects Server Keep Alive 60):
 
     .venv/bin/python bench/paho_interop.py --suite ../paho.mqtt.testing/interoperability \\
         --port 1883 --version 5
