@@ -73,6 +73,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
             subscriptions=config.subscriptions,
             publish_allowed=config.publish_allowed,
             max_publish_bytes=config.max_publish_bytes,
+            protocol=config.protocol,
         ),
     )
     app = create_app(

@@ -24,6 +24,9 @@ class BridgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     broker: str = Field(default="mqtt://127.0.0.1:1883", description="the broker to bridge from")
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description='MQTT version of the broker link; "5" brings the messages\' properties'
+    )
     username: str | None = None
     password: str | None = None
     host: str = "127.0.0.1"

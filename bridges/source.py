@@ -37,12 +37,15 @@ import termios
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.properties import Properties as PahoProperties
 
 from bridges.hub import Hub
 from fleet.errors import FleetError, TopicError
+from fleet.mqtt.properties import EMPTY, Properties
 from fleet.topics import matches, validate_topic
 
 __all__ = [
@@ -96,6 +99,8 @@ class SourceSettings:
     max_publish_bytes: int = MAX_PUBLISH_BYTES
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
+    # "5": subscribe with MQTT 5, so that the messages' properties reach the envelope.
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
 
 
 _READ_SIZE = 65536
@@ -267,6 +272,22 @@ class _Client(aiomqtt.Client):
         super()._on_socket_open(client, userdata, sock)
 
 
+def _properties(properties: PahoProperties) -> Properties:
+    """The properties of an MQTT 5 PUBLISH that paho received, as the envelope shows them; EMPTY for
+    none. Subscription Identifiers are the bridge's own, not the publisher's: left out."""
+    given = vars(properties)
+    correlation = given.get("CorrelationData")
+    shown = Properties(
+        payload_format_indicator=given.get("PayloadFormatIndicator"),
+        message_expiry_interval=given.get("MessageExpiryInterval"),
+        content_type=given.get("ContentType"),
+        response_topic=given.get("ResponseTopic"),
+        correlation_data=None if correlation is None else bytes(correlation),
+        user_properties=tuple((str(key), str(value)) for key, value in given.get("UserProperty", ())),
+    )
+    return EMPTY if shown == EMPTY else shown
+
+
 def _handing_to(hub: Hub, intake: _Intake) -> type[asyncio.Queue[aiomqtt.Message]]:
     """A queue class for aiomqtt's `queue_type` that hands every message to `hub` instead of keeping
     it, or sheds it while the intake is behind."""
@@ -278,7 +299,8 @@ def _handing_to(hub: Hub, intake: _Intake) -> type[asyncio.Queue[aiomqtt.Message
                 return
             payload = item.payload
             data = payload if isinstance(payload, bytes) else str(payload).encode()
-            hub.ingest(item.topic.value, data, qos=item.qos, retain=item.retain)
+            properties = EMPTY if item.properties is None else _properties(item.properties)
+            hub.ingest(item.topic.value, data, qos=item.qos, retain=item.retain, properties=properties)
 
     return HandOff
 
@@ -298,16 +320,19 @@ class MqttSource:
         settings = self.settings
         attempt = 0
         while True:
+            mqtt5 = settings.protocol == "5"
             client = _Client(
                 settings.host,
                 settings.port,
                 identifier=self.identifier,
                 username=settings.username,
                 password=settings.password,
+                protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
                 transport=settings.transport,  # type: ignore[arg-type]
                 websocket_path=settings.websocket_path,
                 tls_context=settings.tls,
-                clean_session=True,
+                clean_session=None if mqtt5 else True,
+                clean_start=True if mqtt5 else MQTT_CLEAN_START_FIRST_ONLY,  # paho: True is for MQTT 5 only
                 keepalive=15,
                 queue_type=self._queue_type,
             )
