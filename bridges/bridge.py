@@ -73,6 +73,9 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
             subscriptions=config.subscriptions,
             publish_allowed=config.publish_allowed,
             max_publish_bytes=config.max_publish_bytes,
+            protocol=config.protocol,
+            shared_group=config.shared_group,
+            retained_topics=config.retained_topics,
         ),
     )
     app = create_app(

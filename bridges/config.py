@@ -24,6 +24,14 @@ class BridgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     broker: str = Field(default="mqtt://127.0.0.1:1883", description="the broker to bridge from")
+    protocol: Literal["3.1.1", "5"] = Field(
+        default="3.1.1", description='MQTT version of the broker link; "5" brings the messages\' properties'
+    )
+    shared_group: str | None = Field(
+        default=None,
+        min_length=1,
+        description="subscribe through $share/NAME/…: bridges of one group split the messages (protocol 5)",
+    )
     username: str | None = None
     password: str | None = None
     host: str = "127.0.0.1"
@@ -91,6 +99,11 @@ class BridgeConfig(BaseModel):
             raise ValueError("tls_key: tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca: client certificates need tls_cert and tls_key")
+        if self.shared_group is not None and self.protocol != "5":
+            raise ValueError(
+                'shared_group: needs protocol = "5": the bridge tells the messages of its own retained-topic '
+                "subscription from those of the shared one by their Subscription Identifiers"
+            )
         if self.tokens_file is not None and self.no_auth:
             raise ValueError("no_auth: contradicts tokens_file: give one of them")
         if not is_loopback(self.host) and self.tokens_file is None and not self.no_auth:
@@ -100,6 +113,13 @@ class BridgeConfig(BaseModel):
                 "without authentication"
             )
         return self
+
+    @field_validator("shared_group")
+    @classmethod
+    def _share_name(cls, value: str | None) -> str | None:
+        if value is not None and any(char in value for char in "/+#"):
+            raise ValueError(f"{value!r}: a share name holds no '/', '+' or '#' [MQTT-4.8.2-2]")
+        return value
 
     @field_validator("broker")
     @classmethod

@@ -13,6 +13,16 @@ A JSON payload is encoded once, compact, as `Event.payload_json`, and spliced in
 those very bytes: the gRPC bridge carries the same bytes, so integers stay integers and keys keep
 their order on every transport. Text that UTF-8 cannot hold (a lone surrogate, from a `\\ud800`
 escape) is written with `\\u` escapes instead.
+
+A message with MQTT 5 properties has a `properties` object last, as `fleet tail` prints it
+(`fleet.mqtt.properties.envelope_properties`): user properties as ordered `[key, value]` pairs,
+duplicate keys kept, and Correlation Data in base64:
+
+    {..., "payload": {"device": "thermo-0007"}, "properties": {"content_type": "application/json",
+     "correlation_data": "YWJj", "user_properties": [["tenant", "a"], ["tenant", "b"]]}}
+
+A message without properties (every MQTT 3.1.1 message) has no `properties` key. The encoded object
+is kept as `Event.properties_json`, which the gRPC bridge carries as those very bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fleet.mqtt.properties import EMPTY, Properties, envelope_properties
 from fleet.topics import classify
 
 __all__ = ["BRIDGE_TOPIC", "OVERSIZED_TOPIC", "Event", "Kind", "classify", "make_event"]
@@ -45,6 +56,8 @@ class Event:
     raw: bytes  # the payload as received
     json: bytes  # the envelope, encoded once for every consumer
     size: int  # the bytes it holds (envelope, payload, payload as JSON): what byte limits count
+    properties: Properties  # the MQTT 5 properties shown; EMPTY for none
+    properties_json: bytes | None  # the envelope's `properties` object; None when it has none
 
     @property
     def payload(self) -> Any:
@@ -74,6 +87,7 @@ def make_event(
     received_at: float,
     prefix: str = "fleet",
     kind: Kind | None = None,
+    properties: Properties = EMPTY,
 ) -> Event:
     device, classified = classify(topic, prefix)
     kind = kind or classified
@@ -88,13 +102,19 @@ def make_event(
             "received_at": round(received_at, 6),
         }
     )[:-1]  # without its closing brace: the payload follows
+    shown = envelope_properties(properties) if properties is not EMPTY else None
+    properties_json = _compact(shown) if shown else None
+    tail = b"}" if properties_json is None else b',"properties":%b}' % properties_json
     payload_json: bytes | None
     try:
         payload_json = _compact(json.loads(raw, parse_constant=_not_json))
     except (ValueError, RecursionError):  # ValueError: UnicodeDecodeError, JSONDecodeError; nesting too deep
         payload_json = None
-        data = b'%b,"payload":null,"payload_base64":"%b"}' % (head, base64.b64encode(raw))
+        data = b'%b,"payload":null,"payload_base64":"%b"%b' % (head, base64.b64encode(raw), tail)
     else:
-        data = b'%b,"payload":%b}' % (head, payload_json)
+        data = b'%b,"payload":%b%b' % (head, payload_json, tail)
     size = len(data) + len(raw) + (len(payload_json) if payload_json is not None else 0)
-    return Event(event_id, topic, device, kind, qos, retain, received_at, payload_json, raw, data, size)
+    return Event(
+        event_id, topic, device, kind, qos, retain, received_at, payload_json, raw, data, size,
+        properties if properties_json is not None else EMPTY, properties_json,
+    )  # fmt: skip

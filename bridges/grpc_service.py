@@ -130,6 +130,8 @@ def event_message(event: Event) -> pb.Event:
         message.json_text = event.payload_json.decode()
     else:
         message.raw = event.raw
+    if event.properties_json is not None:
+        message.properties_json = event.properties_json.decode()
     return message
 
 

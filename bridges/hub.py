@@ -31,6 +31,7 @@ from typing import Final, Literal
 from bridges.envelope import BRIDGE_TOPIC, OVERSIZED_TOPIC, Event, make_event
 from bridges.turns import Turns
 from fleet.errors import TopicError
+from fleet.mqtt.properties import EMPTY, Properties
 from fleet.routing import SubscriptionTree
 from fleet.topics import matches, validate_filter
 
@@ -140,7 +141,7 @@ class RetainedCache:
         if not event.retain:
             event = make_event(
                 event.id, topic, event.raw, qos=event.qos, retain=True, received_at=event.received_at,
-                prefix=self.prefix, kind=event.kind,
+                prefix=self.prefix, kind=event.kind, properties=event.properties,
             )  # fmt: skip
         size = event.size
         if size > self.limit:
@@ -455,15 +456,19 @@ class Hub:
             for topic_filter in consumer.filters:
                 self._routes.remove(topic_filter, consumer)
 
-    def ingest(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> Event:
-        """Turn one MQTT message into an event and offer it to every matching consumer; one larger
-        than `max_event_bytes` becomes a notice of its topic and size instead."""
+    def ingest(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, properties: Properties = EMPTY
+    ) -> Event:
+        """Turn one MQTT message, with its MQTT 5 `properties`, into an event and offer it to every
+        matching consumer; one larger than `max_event_bytes` becomes a notice of its topic and size
+        instead."""
         self.events_in += 1
         if len(payload) > self.max_event_bytes:
             return self._oversized(topic, len(payload))
         event = make_event(
-            self._next_id, topic, payload, qos=qos, retain=retain, received_at=time.time(), prefix=self.prefix
-        )
+            self._next_id, topic, payload, qos=qos, retain=retain, received_at=time.time(),
+            prefix=self.prefix, properties=properties,
+        )  # fmt: skip
         self._next_id += 1
         self._keep(event)
         self.retained.update(event)

@@ -37,12 +37,16 @@ import termios
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties as PahoProperties
 
 from bridges.hub import Hub
 from fleet.errors import FleetError, TopicError
+from fleet.mqtt.properties import EMPTY, Properties
 from fleet.topics import matches, validate_topic
 
 __all__ = [
@@ -96,6 +100,19 @@ class SourceSettings:
     max_publish_bytes: int = MAX_PUBLISH_BYTES
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
+    # "5": subscribe with MQTT 5, so that the messages' properties reach the envelope.
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # Subscribe through `$share/{shared_group}/{filter}` (MQTT 5), so that bridges of one group split
+    # the messages; the `retained_topics` filters that a subscription covers are also subscribed on
+    # their own, for their retained messages (a shared subscription gets none) and all their updates.
+    shared_group: str | None = None
+    retained_topics: tuple[str, ...] = ()
+
+
+# The Subscription Identifiers of a bridge in a shared group: of its shared subscriptions, and of its
+# own subscriptions to the retained topics, whose messages it takes only from the latter.
+_SHARED_ID = 1
+_OWN_ID = 2
 
 
 _READ_SIZE = 65536
@@ -267,20 +284,65 @@ class _Client(aiomqtt.Client):
         super()._on_socket_open(client, userdata, sock)
 
 
-def _handing_to(hub: Hub, intake: _Intake) -> type[asyncio.Queue[aiomqtt.Message]]:
+def _properties(properties: PahoProperties) -> Properties:
+    """The properties of an MQTT 5 PUBLISH that paho received, as the envelope shows them; EMPTY for
+    none. Subscription Identifiers are the bridge's own, not the publisher's: left out."""
+    given = vars(properties)
+    correlation = given.get("CorrelationData")
+    shown = Properties(
+        payload_format_indicator=given.get("PayloadFormatIndicator"),
+        message_expiry_interval=given.get("MessageExpiryInterval"),
+        content_type=given.get("ContentType"),
+        response_topic=given.get("ResponseTopic"),
+        correlation_data=None if correlation is None else bytes(correlation),
+        user_properties=tuple((str(key), str(value)) for key, value in given.get("UserProperty", ())),
+    )
+    return EMPTY if shown == EMPTY else shown
+
+
+def _subscribe_properties(identifier: int) -> PahoProperties:
+    properties = PahoProperties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]  # paho has no hints here
+    properties.SubscriptionIdentifier = identifier
+    return properties
+
+
+def _handing_to(hub: Hub, intake: _Intake, own: tuple[str, ...] = ()) -> type[asyncio.Queue[aiomqtt.Message]]:
     """A queue class for aiomqtt's `queue_type` that hands every message to `hub` instead of keeping
-    it, or sheds it while the intake is behind."""
+    it, or sheds it while the intake is behind. A message on a topic of the `own` filters that came
+    only through a shared subscription is left out: the bridge's own subscription brings it too."""
 
     class HandOff(asyncio.Queue[aiomqtt.Message]):
         def put_nowait(self, item: aiomqtt.Message) -> None:
             if intake.behind:
                 hub.shed(item.topic.value)
                 return
+            if (
+                own
+                and item.properties is not None
+                and getattr(item.properties, "SubscriptionIdentifier", None) == [_SHARED_ID]
+                and any(matches(topic_filter, item.topic.value) for topic_filter in own)
+            ):
+                return
             payload = item.payload
             data = payload if isinstance(payload, bytes) else str(payload).encode()
-            hub.ingest(item.topic.value, data, qos=item.qos, retain=item.retain)
+            properties = EMPTY if item.properties is None else _properties(item.properties)
+            hub.ingest(item.topic.value, data, qos=item.qos, retain=item.retain, properties=properties)
 
     return HandOff
+
+
+def _subscriptions(settings: SourceSettings) -> tuple[tuple[str, int | None], ...]:
+    """The filters the bridge subscribes to, with their Subscription Identifiers (None: none)."""
+    group = settings.shared_group
+    if group is None:
+        return tuple((topic_filter, None) for topic_filter in settings.subscriptions)
+    shared = tuple((f"$share/{group}/{topic_filter}", _SHARED_ID) for topic_filter in settings.subscriptions)
+    own = tuple(
+        (retained, _OWN_ID)
+        for retained in settings.retained_topics
+        if any(matches(topic_filter, retained) for topic_filter in settings.subscriptions)
+    )
+    return shared + own
 
 
 class MqttSource:
@@ -291,31 +353,37 @@ class MqttSource:
         self.settings = settings
         self._client: aiomqtt.Client | None = None
         self.intake = _Intake(hub)
-        self._queue_type = _handing_to(hub, self.intake)
+        self.subscriptions = _subscriptions(settings)
+        own = tuple(topic_filter for topic_filter, identifier in self.subscriptions if identifier == _OWN_ID)
+        self._queue_type = _handing_to(hub, self.intake, own)
         self.identifier = f"fleet-bridge-{uuid.uuid4().hex[:12]}"
 
     async def run(self) -> None:
         settings = self.settings
         attempt = 0
         while True:
+            mqtt5 = settings.protocol == "5"
             client = _Client(
                 settings.host,
                 settings.port,
                 identifier=self.identifier,
                 username=settings.username,
                 password=settings.password,
+                protocol=aiomqtt.ProtocolVersion.V5 if mqtt5 else aiomqtt.ProtocolVersion.V311,
                 transport=settings.transport,  # type: ignore[arg-type]
                 websocket_path=settings.websocket_path,
                 tls_context=settings.tls,
-                clean_session=True,
+                clean_session=None if mqtt5 else True,
+                clean_start=True if mqtt5 else MQTT_CLEAN_START_FIRST_ONLY,  # paho: True is for MQTT 5 only
                 keepalive=15,
                 queue_type=self._queue_type,
             )
             client.intake = self.intake
             try:
                 async with client:
-                    for topic_filter in settings.subscriptions:
-                        await client.subscribe(topic_filter, qos=settings.qos)
+                    for topic_filter, identifier in self.subscriptions:
+                        properties = None if identifier is None else _subscribe_properties(identifier)
+                        await client.subscribe(topic_filter, qos=settings.qos, properties=properties)
                     self._client = client
                     attempt = 0
                     log.info("bridge connected to %s:%d", settings.host, settings.port)

@@ -811,6 +811,7 @@ async def _run_app(app: Any, stop: asyncio.Event) -> None:
 @cli.command("bridge")
 @click.option("--config", type=click.Path(path_type=Path), help="TOML file; its [bridge] table")
 @click.option("--broker", help="broker URL to bridge from  [default: mqtt://127.0.0.1:1883]")
+@_protocol_option("MQTT version of the link to the broker  [default: the config's protocol, else mqttv311]")
 @click.option("--host", help="address to listen on  [default: 127.0.0.1]")
 @click.option("--http-port", type=int, help="SSE, WebSocket, /metrics; 0 picks a free port  [default: 8080]")
 @click.option("--grpc-port", type=int, help="gRPC; 0 picks a free port  [default: 50051]")
@@ -841,6 +842,8 @@ def bridge_command(config: Path | None, **options: Any) -> None:
     --no-auth is given."""
     from bridges.config import load_bridge_config
 
+    version = options.pop("protocol_version")
+    options["protocol"] = None if version is None else {5: "5", 4: "3.1.1"}[version]
     # Unset options, and flags not given, leave the config's value.
     overrides = {
         key: value

@@ -6,6 +6,7 @@ User properties keep their order and duplicate keys [MQTT-3.3.2-18].
 
 from __future__ import annotations
 
+import base64
 import struct
 from dataclasses import dataclass, fields
 from typing import Any
@@ -22,6 +23,7 @@ __all__ = [
     "encode_properties",
     "encode_property_body",
     "encode_variable_int",
+    "envelope_properties",
 ]
 
 MAX_VARIABLE_BYTE_INTEGER = 268_435_455
@@ -64,6 +66,29 @@ class Properties:
 
 
 EMPTY = Properties()
+
+
+def envelope_properties(properties: Properties) -> dict[str, Any]:
+    """The `properties` object of an MQTT 5 message's envelope: the properties it carried, by their
+    names in the spec in snake case; user properties as ordered [key, value] pairs with duplicate keys
+    kept, Correlation Data in base64. Empty for a message without properties (and for MQTT 3.1.1)."""
+    shown: dict[str, Any] = {}
+    if properties.payload_format_indicator is not None:
+        shown["payload_format_indicator"] = properties.payload_format_indicator
+    if properties.message_expiry_interval is not None:
+        shown["message_expiry_interval"] = properties.message_expiry_interval
+    if properties.content_type is not None:
+        shown["content_type"] = properties.content_type
+    if properties.response_topic is not None:
+        shown["response_topic"] = properties.response_topic
+    if properties.correlation_data is not None:
+        shown["correlation_data"] = base64.b64encode(properties.correlation_data).decode()
+    if properties.subscription_identifiers:
+        shown["subscription_identifiers"] = list(properties.subscription_identifiers)
+    if properties.user_properties:
+        shown["user_properties"] = [list(pair) for pair in properties.user_properties]
+    return shown
+
 
 _BYTE, _TWO, _FOUR, _VBI, _TEXT, _BINARY, _PAIR = range(7)
 _PUBLISH_ACKS = (4, 5, 6, 7)

@@ -43,7 +43,7 @@ from fleet.errors import (
     TopicError,
     TransportError,
 )
-from fleet.mqtt.properties import Properties
+from fleet.mqtt.properties import Properties, envelope_properties
 from fleet.topics import matches, validate_filter
 
 if TYPE_CHECKING:
@@ -392,28 +392,6 @@ def _paths_hint(url: str) -> str:
     )
 
 
-def envelope_properties(properties: Properties) -> dict[str, Any]:
-    """The `properties` object of an MQTT 5 message's envelope: the properties it carried, by their
-    names in the spec in snake case; user properties as ordered [key, value] pairs with duplicate keys
-    kept, Correlation Data in base64. Empty for a message without properties (and for MQTT 3.1.1)."""
-    shown: dict[str, Any] = {}
-    if properties.payload_format_indicator is not None:
-        shown["payload_format_indicator"] = properties.payload_format_indicator
-    if properties.message_expiry_interval is not None:
-        shown["message_expiry_interval"] = properties.message_expiry_interval
-    if properties.content_type is not None:
-        shown["content_type"] = properties.content_type
-    if properties.response_topic is not None:
-        shown["response_topic"] = properties.response_topic
-    if properties.correlation_data is not None:
-        shown["correlation_data"] = base64.b64encode(properties.correlation_data).decode()
-    if properties.subscription_identifiers:
-        shown["subscription_identifiers"] = list(properties.subscription_identifiers)
-    if properties.user_properties:
-        shown["user_properties"] = [list(pair) for pair in properties.user_properties]
-    return shown
-
-
 @contextlib.asynccontextmanager
 async def _mqtt(
     url: str, filters: Sequence[str], credentials: Credentials, version: int
@@ -459,11 +437,10 @@ async def _mqtt(
                 qos=message.qos,
                 retain=message.retain,
                 received_at=time.time(),
+                properties=message.properties if isinstance(message, v5.Publish) else EMPTY,
             )
             envelope = json.loads(event.json)
             del envelope["id"]  # ids belong to a bridge
-            if isinstance(message, v5.Publish) and message.properties is not EMPTY:
-                envelope["properties"] = envelope_properties(message.properties)
             yield envelope
         error = link.closed.result()
         if error is not None:
@@ -625,6 +602,8 @@ def _grpc_envelope(event: bridge_pb2.Event) -> dict[str, Any]:
     }
     if event.HasField("raw"):
         data["payload_base64"] = base64.b64encode(event.raw).decode()
+    if event.HasField("properties_json"):
+        data["properties"] = json.loads(event.properties_json)
     return data
 
 

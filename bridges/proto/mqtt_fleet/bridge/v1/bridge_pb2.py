@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/bridges/proto/mqtt_fleet/bridge/v1/bridge.proto\x12\x14mqtt_fleet.bridge.v1\"U\n\x10SubscribeRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\x12\x1c\n\x0fresume_after_id\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_resume_after_id\"\xbc\x01\n\x11SubscribeResponse\x12\x32\n\x06\x65vents\x18\x04 \x01(\x0b\x32 .mqtt_fleet.bridge.v1.EventBatchH\x00\x12\x30\n\x07\x64ropped\x18\x02 \x01(\x0b\x32\x1d.mqtt_fleet.bridge.v1.DroppedH\x00\x12,\n\x05reset\x18\x03 \x01(\x0b\x32\x1b.mqtt_fleet.bridge.v1.ResetH\x00\x42\x06\n\x04itemJ\x04\x08\x01\x10\x02R\x05\x65vent\"9\n\nEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.mqtt_fleet.bridge.v1.Event\"\xd9\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x13\n\x06\x64\x65vice\x18\x03 \x01(\tH\x01\x88\x01\x01\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.mqtt_fleet.bridge.v1.Kind\x12\x0b\n\x03qos\x18\x05 \x01(\r\x12\x0e\n\x06retain\x18\x06 \x01(\x08\x12\x13\n\x0breceived_at\x18\x07 \x01(\x01\x12\x13\n\tjson_text\x18\n \x01(\tH\x00\x12\r\n\x03raw\x18\t \x01(\x0cH\x00\x42\t\n\x07payloadB\t\n\x07_deviceJ\x04\x08\x08\x10\tR\x04json\"\'\n\x07\x44ropped\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\",\n\x05Reset\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x04\x12\x11\n\toldest_id\x18\x02 \x01(\x04\"=\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0b\n\x03qos\x18\x03 \x01(\r\"\x11\n\x0fPublishResponse*n\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_TELEMETRY\x10\x01\x12\x0f\n\x0bKIND_STATUS\x10\x02\x12\x0c\n\x08KIND_ACK\x10\x03\x12\x0c\n\x08KIND_RAW\x10\x04\x12\x0f\n\x0bKIND_BRIDGE\x10\x05\x32\xcc\x01\n\x12\x46leetBridgeService\x12^\n\tSubscribe\x12&.mqtt_fleet.bridge.v1.SubscribeRequest\x1a\'.mqtt_fleet.bridge.v1.SubscribeResponse0\x01\x12V\n\x07Publish\x12$.mqtt_fleet.bridge.v1.PublishRequest\x1a%.mqtt_fleet.bridge.v1.PublishResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/bridges/proto/mqtt_fleet/bridge/v1/bridge.proto\x12\x14mqtt_fleet.bridge.v1\"U\n\x10SubscribeRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\x12\x1c\n\x0fresume_after_id\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x12\n\x10_resume_after_id\"\xbc\x01\n\x11SubscribeResponse\x12\x32\n\x06\x65vents\x18\x04 \x01(\x0b\x32 .mqtt_fleet.bridge.v1.EventBatchH\x00\x12\x30\n\x07\x64ropped\x18\x02 \x01(\x0b\x32\x1d.mqtt_fleet.bridge.v1.DroppedH\x00\x12,\n\x05reset\x18\x03 \x01(\x0b\x32\x1b.mqtt_fleet.bridge.v1.ResetH\x00\x42\x06\n\x04itemJ\x04\x08\x01\x10\x02R\x05\x65vent\"9\n\nEventBatch\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.mqtt_fleet.bridge.v1.Event\"\x8b\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x13\n\x06\x64\x65vice\x18\x03 \x01(\tH\x01\x88\x01\x01\x12(\n\x04kind\x18\x04 \x01(\x0e\x32\x1a.mqtt_fleet.bridge.v1.Kind\x12\x0b\n\x03qos\x18\x05 \x01(\r\x12\x0e\n\x06retain\x18\x06 \x01(\x08\x12\x13\n\x0breceived_at\x18\x07 \x01(\x01\x12\x13\n\tjson_text\x18\n \x01(\tH\x00\x12\r\n\x03raw\x18\t \x01(\x0cH\x00\x12\x1c\n\x0fproperties_json\x18\x0b \x01(\tH\x02\x88\x01\x01\x42\t\n\x07payloadB\t\n\x07_deviceB\x12\n\x10_properties_jsonJ\x04\x08\x08\x10\tR\x04json\"\'\n\x07\x44ropped\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\",\n\x05Reset\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x04\x12\x11\n\toldest_id\x18\x02 \x01(\x04\"=\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0b\n\x03qos\x18\x03 \x01(\r\"\x11\n\x0fPublishResponse*n\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eKIND_TELEMETRY\x10\x01\x12\x0f\n\x0bKIND_STATUS\x10\x02\x12\x0c\n\x08KIND_ACK\x10\x03\x12\x0c\n\x08KIND_RAW\x10\x04\x12\x0f\n\x0bKIND_BRIDGE\x10\x05\x32\xcc\x01\n\x12\x46leetBridgeService\x12^\n\tSubscribe\x12&.mqtt_fleet.bridge.v1.SubscribeRequest\x1a\'.mqtt_fleet.bridge.v1.SubscribeResponse0\x01\x12V\n\x07Publish\x12$.mqtt_fleet.bridge.v1.PublishRequest\x1a%.mqtt_fleet.bridge.v1.PublishResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridges.proto.mqtt_fleet.bridge.v1.bridge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=799
-  _globals['_KIND']._serialized_end=909
+  _globals['_KIND']._serialized_start=849
+  _globals['_KIND']._serialized_end=959
   _globals['_SUBSCRIBEREQUEST']._serialized_start=73
   _globals['_SUBSCRIBEREQUEST']._serialized_end=158
   _globals['_SUBSCRIBERESPONSE']._serialized_start=161
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTBATCH']._serialized_start=351
   _globals['_EVENTBATCH']._serialized_end=408
   _globals['_EVENT']._serialized_start=411
-  _globals['_EVENT']._serialized_end=628
-  _globals['_DROPPED']._serialized_start=630
-  _globals['_DROPPED']._serialized_end=669
-  _globals['_RESET']._serialized_start=671
-  _globals['_RESET']._serialized_end=715
-  _globals['_PUBLISHREQUEST']._serialized_start=717
-  _globals['_PUBLISHREQUEST']._serialized_end=778
-  _globals['_PUBLISHRESPONSE']._serialized_start=780
-  _globals['_PUBLISHRESPONSE']._serialized_end=797
-  _globals['_FLEETBRIDGESERVICE']._serialized_start=912
-  _globals['_FLEETBRIDGESERVICE']._serialized_end=1116
+  _globals['_EVENT']._serialized_end=678
+  _globals['_DROPPED']._serialized_start=680
+  _globals['_DROPPED']._serialized_end=719
+  _globals['_RESET']._serialized_start=721
+  _globals['_RESET']._serialized_end=765
+  _globals['_PUBLISHREQUEST']._serialized_start=767
+  _globals['_PUBLISHREQUEST']._serialized_end=828
+  _globals['_PUBLISHRESPONSE']._serialized_start=830
+  _globals['_PUBLISHRESPONSE']._serialized_end=847
+  _globals['_FLEETBRIDGESERVICE']._serialized_start=962
+  _globals['_FLEETBRIDGESERVICE']._serialized_end=1166
 # @@protoc_insertion_point(module_scope)

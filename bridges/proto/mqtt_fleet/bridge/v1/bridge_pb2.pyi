@@ -159,6 +159,7 @@ class Event(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _builtins.int
     JSON_TEXT_FIELD_NUMBER: _builtins.int
     RAW_FIELD_NUMBER: _builtins.int
+    PROPERTIES_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Monotonic per bridge process; the resume point (`resume_after_id`)."""
     topic: _builtins.str
@@ -176,6 +177,11 @@ class Event(_message.Message):
     """
     raw: _builtins.bytes
     """A payload that is not JSON (nor JSON with NaN or Infinity): the bytes as received."""
+    properties_json: _builtins.str
+    """The MQTT 5 properties the message carried, as the JSON envelope's `properties` object: its exact
+    text (compact, UTF-8), with user properties as ordered [key, value] pairs (duplicate keys kept)
+    and Correlation Data in base64. Absent for a message without properties, and for MQTT 3.1.1.
+    """
     def __init__(
         self,
         *,
@@ -188,17 +194,22 @@ class Event(_message.Message):
         received_at: _builtins.float = ...,
         json_text: _builtins.str = ...,
         raw: _builtins.bytes = ...,
+        properties_json: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "device", b"device", "json_text", b"json_text", "payload", b"payload", "raw", b"raw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "_properties_json", b"_properties_json", "device", b"device", "json_text", b"json_text", "payload", b"payload", "properties_json", b"properties_json", "raw", b"raw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "device", b"device", "id", b"id", "json_text", b"json_text", "kind", b"kind", "payload", b"payload", "qos", b"qos", "raw", b"raw", "received_at", b"received_at", "retain", b"retain", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_device", b"_device", "_properties_json", b"_properties_json", "device", b"device", "id", b"id", "json_text", b"json_text", "kind", b"kind", "payload", b"payload", "properties_json", b"properties_json", "qos", b"qos", "raw", b"raw", "received_at", b"received_at", "retain", b"retain", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__device: _TypeAlias = _typing.Literal["device"]  # noqa: Y015
     _WhichOneofArgType__device: _TypeAlias = _typing.Literal["_device", b"_device"]  # noqa: Y015
+    _WhichOneofReturnType__properties_json: _TypeAlias = _typing.Literal["properties_json"]  # noqa: Y015
+    _WhichOneofArgType__properties_json: _TypeAlias = _typing.Literal["_properties_json", b"_properties_json"]  # noqa: Y015
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["json_text", "raw"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__device) -> _WhichOneofReturnType__device | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__properties_json) -> _WhichOneofReturnType__properties_json | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
