@@ -10,7 +10,10 @@ notice on `$bridge/oversized` instead. A consumer's queue has a stated overflow 
   it lost (a `Dropped` item before its next event), and the drop is counted in metrics;
 - `disconnect`: the consumer is closed with a reason, and its transport ends the connection.
 
-A slow consumer never stalls the others: offering an event never waits.
+A slow consumer never stalls the others: offering an event never waits. A consumer whose writer
+waits with nothing queued may have a `sink`, set by its transport: the first event of each turn of
+the loop is then written through it at once, without waking the writer (a task wake per event cost
+more than the write), and the events after it in the turn are queued, as is one the sink refuses.
 
 The hub also keeps the latest retained message of each topic (`RetainedCache`, bounded in bytes),
 and a new consumer gets the entries its filters match (`Retained` items) before any live event, as
