@@ -498,8 +498,9 @@ def _ws_sink(scope: Scope) -> Callable[[bytes], bool] | None:
 
 def _http_sink(scope: Scope) -> Callable[[bytes], bool] | None:
     """A synchronous write of one chunk of a streaming response, for `Consumer.sink`: what uvicorn's
-    h11 `send` does for `http.response.body` with `more_body` while its flow control lets it write,
-    as the same `_ws_sink` is to WebSocket. Internals of the exactly pinned uvicorn and h11."""
+    h11 `send` does for `http.response.body` with `more_body` while its flow control lets it write.
+    As for `_ws_sink`, False where `send` would wait or fail. Internals of the exactly pinned uvicorn
+    and h11; None under any other server."""
     cycle = scope.get(_OWNER)
     if not isinstance(cycle, RequestResponseCycle) or scope.get("method") != "GET":
         return None
@@ -509,7 +510,11 @@ def _http_sink(scope: Scope) -> Callable[[bytes], bool] | None:
             return False
         if not cycle.response_started:
             return False
-        cycle.transport.write(cycle.conn.send(h11.Data(data=body)))
+        try:
+            data = cycle.conn.send(h11.Data(data=body))
+        except h11.LocalProtocolError:
+            return False
+        cycle.transport.write(data)
         return True
 
     return write
