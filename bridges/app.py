@@ -61,12 +61,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.event import ServerSentEvent
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError
@@ -78,6 +79,9 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
@@ -132,8 +136,9 @@ _RESUBSCRIBED = "resubscribed"
 _CLOSE_GOING_AWAY = 1001
 _CLOSE_POLICY = 1008
 DASHBOARD = Path(__file__).with_name("dashboard")
-# Where `_BridgeApp` puts the connection's transport in the ASGI scope.
+# Where `_BridgeApp` puts the connection's transport, and the object that owns it, in the ASGI scope.
 _TRANSPORT = "fleet.bridge.transport"
+_OWNER = "fleet.bridge.owner"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -462,6 +467,59 @@ def _abort_connection(scope: Scope) -> None:
         transport.abort()
 
 
+def _ws_sink(scope: Scope) -> Callable[[bytes], bool] | None:
+    """A synchronous write of one text frame to this WebSocket, for `Consumer.sink`: what uvicorn's
+    `send` does for `websocket.send` once its `writable` event is set, which it then does without
+    waiting. It returns False where `send` would wait or fail: the caller queues instead, and the
+    writer's `send` (with its watchdog) takes over. Internals of the exactly pinned uvicorn and
+    websockets; None under any other server."""
+    protocol = scope.get(_OWNER)
+    if not isinstance(protocol, WebSocketsSansIOProtocol):
+        return None
+
+    def write(text: bytes) -> bool:
+        if (
+            protocol.close_sent
+            or protocol.disconnected
+            or not protocol.handshake_complete
+            or protocol.initial_response is not None
+            or not protocol.writable.is_set()
+        ):
+            return False
+        try:
+            protocol.conn.send_text(text)
+        except InvalidState:
+            return False
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        return True
+
+    return write
+
+
+def _http_sink(scope: Scope) -> Callable[[bytes], bool] | None:
+    """A synchronous write of one chunk of a streaming response, for `Consumer.sink`: what uvicorn's
+    h11 `send` does for `http.response.body` with `more_body` while its flow control lets it write.
+    As for `_ws_sink`, False where `send` would wait or fail. Internals of the exactly pinned uvicorn
+    and h11; None under any other server."""
+    cycle = scope.get(_OWNER)
+    if not isinstance(cycle, RequestResponseCycle) or scope.get("method") != "GET":
+        return None
+
+    def write(body: bytes) -> bool:
+        if cycle.flow.write_paused or cycle.disconnected or cycle.response_complete:
+            return False
+        if not cycle.response_started:
+            return False
+        try:
+            data = cycle.conn.send(h11.Data(data=body))
+        except h11.LocalProtocolError:
+            return False
+        cycle.transport.write(data)
+        return True
+
+    return write
+
+
 class _SendWatch:
     """Sends in flight on one connection, and since when some send has been in flight.
 
@@ -522,6 +580,7 @@ class _WebSocketSession:
         self._dropped = 0
         self._closing: str | None = None
         self._sends = _SendWatch(state.settings.send_timeout)
+        self._sink = _ws_sink(websocket.scope)
 
     # Filters
 
@@ -537,6 +596,8 @@ class _WebSocketSession:
             new = self.state.hub.add(
                 filters, transport=WS_TRANSPORT, policy=self.policy, size=self.size, retained_for=added
             )
+            if self._sink is not None:
+                new.sink = self._write_now
         self.filters, self.consumer = filters, new
         if old is not None:
             if old.queued and old.closed is None:
@@ -545,6 +606,11 @@ class _WebSocketSession:
             else:
                 old.close(_RESUBSCRIBED)
         self._changed.set()
+
+    def _write_now(self, event: Event) -> bool:
+        """The consumer's sink: its writer waits for an event, and no retired consumer's are left."""
+        assert self._sink is not None
+        return not self._retiring and self._closing is None and self._sink(event.json)
 
     def _wanted(self, item: Item) -> bool:
         """Whether the current filters want `item`, a retired consumer's item: notices always."""
@@ -837,6 +903,9 @@ class _EventStream(EventSourceResponse):
                 turns.leave(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sink = _http_sink(scope)
+        if sink is not None:
+            self._consumer.sink = lambda event: sink(_sse_frame(event))
         try:
             async with asyncio.TaskGroup() as tasks:
                 watchdog = tasks.create_task(self._watch_sends(), name="bridges.sse.watchdog")
@@ -864,9 +933,11 @@ class _BridgeApp(Starlette):
     the key out, and cut clients are then closed the ordinary way."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        owner = getattr(send, "__self__", None)
+        transport = getattr(owner, "transport", None)
         if isinstance(transport, asyncio.WriteTransport):
             scope[_TRANSPORT] = transport
+            scope[_OWNER] = owner
         await super().__call__(scope, receive, send)
 
 

@@ -10,7 +10,10 @@ notice on `$bridge/oversized` instead. A consumer's queue has a stated overflow 
   it lost (a `Dropped` item before its next event), and the drop is counted in metrics;
 - `disconnect`: the consumer is closed with a reason, and its transport ends the connection.
 
-A slow consumer never stalls the others: offering an event never waits.
+A slow consumer never stalls the others: offering an event never waits. A consumer whose writer
+waits with nothing queued may have a `sink`, set by its transport: the first event of each turn of
+the loop is then written through it at once, without waking the writer (a task wake per event cost
+more than the write), and the events after it in the turn are queued, as is one the sink refuses.
 
 The hub also keeps the latest retained message of each topic (`RetainedCache`, bounded in bytes),
 and a new consumer gets the entries its filters match (`Retained` items) before any live event, as
@@ -24,7 +27,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -187,6 +190,7 @@ class Consumer:
     """One subscriber of the hub (a WebSocket, an SSE stream or a gRPC stream)."""
 
     __slots__ = (
+        "_direct_turn",
         "_pending_drops",
         "_queue",
         "_retained",
@@ -199,6 +203,7 @@ class Consumer:
         "overflowed",
         "policy",
         "queued_bytes",
+        "sink",
         "size",
         "transport",
     )
@@ -229,6 +234,10 @@ class Consumer:
         self.dropped = 0
         self.closed: str | None = None
         self.overflowed = False  # closed because its queue was full (policy: disconnect)
+        # Set by the transport: writes an event to the client at once, without waiting, or returns
+        # False (its connection cannot take a write now). Used only while the writer waits in `get`.
+        self.sink: Callable[[Event], bool] | None = None
+        self._direct_turn = -1  # the hub's turn of the last event written through `sink`
 
     def offer(self, item: Item) -> None:
         """Queue `item` without waiting; apply the overflow policy when the queue is full: at
@@ -240,6 +249,15 @@ class Consumer:
         asks for 10,000 events), and what it alone keeps alive stays within `max_bytes`."""
         if self.closed is not None:
             return
+        waiter, sink = self._waiter, self.sink
+        # The writer waits with nothing queued: write from here, and it sleeps on (a task wake and
+        # a write per event cost several times the write alone). Once per turn of the loop: the
+        # events after it in the same turn are queued, and the writer sends them in one batch.
+        idle = waiter is not None and not waiter.done()
+        if idle and sink is not None and type(item) is Event and self._direct_turn != self.hub.turn():
+            self._direct_turn = self.hub.turn()
+            if sink(item):
+                return
         queue = self._queue
         size = item.size if type(item) is Event else 0
         if len(queue) >= self.size or (self.queued_bytes + size > self.max_bytes and self._head_dropped()):
@@ -382,6 +400,19 @@ class Hub:
         self.drops: dict[str, int] = {}
         self.send_timeouts: dict[str, int] = {}
         self.turns = Turns()  # the consumers' writers take turns under a backlog
+        self._turn = 0  # counts the loop's turns in which a consumer's sink wrote, to the next such
+        self._turn_counted = False
+
+    def turn(self) -> int:
+        """A number that stays the same for the rest of this turn of the event loop."""
+        if not self._turn_counted:
+            self._turn_counted = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        return self._turn
+
+    def _next_turn(self) -> None:
+        self._turn += 1
+        self._turn_counted = False
 
     @staticmethod
     def validate_filters(filters: Iterable[str]) -> tuple[str, ...]:

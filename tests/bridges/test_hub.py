@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bridges.envelope import classify
+from bridges.envelope import Event, classify
 from bridges.hub import ConsumerClosed, Dropped, Hub, Reset
 from fleet.errors import TopicError
 
@@ -175,3 +175,32 @@ def test_the_hub_is_overflowing_when_half_of_its_consumers_have_half_full_queues
     hub.ingest("slow/1", b"2", qos=0, retain=False)
     assert hub.overflowing()
     assert [c.queued for c in behind] == [2, 2]
+
+
+async def test_a_waiting_writer_gets_the_first_event_of_a_turn_through_its_sink_the_rest_queued() -> None:
+    """While its writer waits, a consumer's first event of a loop turn goes to its sink, not the
+    queue; later events of that turn, and any the sink refuses, are queued in order."""
+    hub = Hub()
+    consumer = hub.add(["fleet/#"], transport="test")
+    written: list[int] = []
+    accept = True
+
+    def sink(event: Event) -> bool:
+        if accept:
+            written.append(event.payload["seq"])
+        return accept
+
+    consumer.sink = sink
+    getting = asyncio.create_task(consumer.get_batch(10))
+    await asyncio.sleep(0)  # the writer now waits in get
+    for seq in range(3):
+        hub.ingest("fleet/d/telemetry", json.dumps({"seq": seq}).encode(), qos=0, retain=False)
+    assert written == [0]
+    assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [1, 2]
+
+    getting = asyncio.create_task(consumer.get_batch(10))
+    await asyncio.sleep(0)  # a new turn, and the writer waits again
+    accept = False
+    hub.ingest("fleet/d/telemetry", b'{"seq": 3}', qos=0, retain=False)
+    assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [3]
+    assert written == [0]
