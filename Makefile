@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a machine with python3 (3.11+), make and git:
 #   make demo   the all-in-one demo (`fleet up`) on the embedded broker
-#   make test   lint, type-check, build the docs and run the whole test suite
+#   make test   lint, type-check, build the docs and run the whole test suite on 4 workers
 #   make docs   serve the docs site (docs/, mkdocs.yml) on http://127.0.0.1:8000/
 # Both create .venv when it is missing. `make test` also installs the Debian packages the
 # interop tests need (Mosquitto and its clients, openssl), the dashboard tests need (chromium) and
@@ -62,8 +62,12 @@ lint: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
+# The suite on 4 pytest-xdist workers: its tests mostly wait on sockets and child processes, so 4 keep
+# 2 cores busy. loadgroup runs the tests marked xdist_group("heavy") one at a time, on one worker.
+# The tests marked alone time the machine's responsiveness: they run afterwards, with none beside them.
 test: $(STAMP) deps node-deps lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadgroup -m "not alone"
+	$(BIN)/pytest -m alone
 
 bench: $(STAMP) deps
 	$(BIN)/python bench/broker_scale.py

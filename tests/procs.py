@@ -39,8 +39,11 @@ needs_mosquitto_clients = pytest.mark.skipif(
 )
 
 # Children run without PYTHONUNBUFFERED, as under systemd or in a container: a `fleet` line a test waits
-# for must be flushed by the command itself.
-CHILD_ENV = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+# for must be flushed by the command itself. They run without COLUMNS and LINES too, as in a pipe: the
+# workers of pytest-xdist (`make test`) have them set (80 and 24), and rich would wrap the tables tests read.
+CHILD_ENV = {
+    key: value for key, value in os.environ.items() if key not in {"PYTHONUNBUFFERED", "COLUMNS", "LINES"}
+}
 
 LISTENING = re.compile(
     r"^fleet broker: listening on (?P<scheme>mqtts?|ws)://127\.0\.0\.1:(?P<port>\d+)(?P<path>/\S*)?$"

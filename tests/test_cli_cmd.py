@@ -141,7 +141,9 @@ def test_run_shows_what_the_mqtt5_options_did(fleet_broker_process: FleetBroker,
     """`fleet run configs/mqtt5-fleet.toml` against a broker reports the bytes its topic aliases saved."""
     report = tmp_path / "report.json"
     url = f"mqtt://127.0.0.1:{fleet_broker_process.port}"
-    result = run([*fleet_argv("run", CONFIG, "--broker", url, "--duration", "5", "--report", report)])
+    result = run(
+        [*fleet_argv("run", CONFIG, "--broker", url, "--duration", "5", "--report", report)], timeout=TIMEOUT
+    )
     assert result.returncode == 0, result.stderr
     assert "topic alias bytes saved" in result.stdout
     groups = json.loads(report.read_text())["groups"]

@@ -24,10 +24,14 @@ PROMETHEUS = shutil.which("prometheus") or (
     "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
 )
 # CI installs prometheus (.ci/run): there, a missing one fails the test instead of skipping it.
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None and not os.environ.get("CI"),
-    reason="prometheus not installed (apt-get install prometheus)",
-)
+# Six processes and Prometheus: `make test` runs the heavy tests one at a time, on one worker.
+pytestmark = [
+    pytest.mark.skipif(
+        PROMETHEUS is None and not os.environ.get("CI"),
+        reason="prometheus not installed (apt-get install prometheus)",
+    ),
+    pytest.mark.xdist_group("heavy"),
+]
 
 SHARDS = 4
 # FLEET_REHEARSAL_DEVICES=16000 rehearses a bigger fleet by hand; CI runs the small default.

@@ -399,6 +399,7 @@ async def test_screenshot_of_the_demo_fleet(
         await page.screenshot(path=path, full_page=True)
 
 
+@pytest.mark.alone  # it times the page: `make test` runs it after the others, with none beside it
 async def test_the_page_stays_responsive_with_the_10k_fleet(bridge: RunningBridge, page: Page) -> None:
     """The 10,000 devices of configs/fleet-10k.toml at their rate (10,000 telemetry messages/s) all show,
     while the page keeps drawing frames and answers a click within a second."""
