@@ -111,6 +111,10 @@ class Signals:
         self._running = (loop, stop, task)
         self._started = True
         try:
+            # A signal after `run`'s check and before `_started` was kept as pending: nothing has
+            # started yet, so it stops the command here, as one before `run` does.
+            if self._pending is not None:
+                raise Interrupted(self._pending, "before the command started its work")
             return await command(stop)
         finally:
             self._running = None
