@@ -11,7 +11,8 @@ message is one delivery per consumer.  The processes and instruments are in ``be
 
 Phases (``--phases``), each run for every bridge of ``--bridges`` (the stall phase: ``fleet`` only):
 
-1. ``mixed``: 100 consumers, 34 WebSocket + 33 SSE (one process) and 33 gRPC (another).
+1. ``mixed``: ``--consumers`` (100), a third per transport: 34 WebSocket + 33 SSE (one process) and 33
+   gRPC (another).
    - The ascent offers ``--rates`` in turn.  The *carried* rate of a step is its deliveries per second
      over the consumers (at most the offered rate).  The **ceiling** is the highest carried rate of
      a step at which the bridge's pinned core was >= 95 % busy while the load generator's core stayed
@@ -81,7 +82,15 @@ SHORT = {"websocket": "ws", "sse": "sse", "grpc": "grpc"}
 BRIDGE_CORE, CLIENT_CORE = 0, 1
 OTHER_CPU_WARN = 25.0
 STALL_SETTLE = 1.0  # s after the stall before the others' latency window opens
-MIXED = [{"ws": 34, "sse": 33}, {"grpc": 33}]
+
+
+def mixed_layout(consumers: int) -> list[dict[str, int]]:
+    """The mixed phase's consumers, a third per transport (WebSocket takes the remainder): WebSocket and
+    SSE in one process, gRPC in another. 100 gives 34 / 33 / 33."""
+    third = consumers // 3
+    return [{"ws": consumers - 2 * third, "sse": third}, {"grpc": third}]
+
+
 CARRIED_SHARE = 0.95  # a saturated bridge that carries less than this share of the offered rate: stop
 
 # Acceptance targets (bench/README.md, "bridge scale"): ratios to the machine and to the naive bridge.
@@ -115,6 +124,10 @@ def sources_fingerprint() -> dict[str, str]:
     if head is not None:
         out["git_head"] = head
     return out
+
+
+def listed(consumers: dict[str, int]) -> str:
+    return ", ".join(f"{n} {SHORT[t]}" for t, n in consumers.items() if n)
 
 
 def consumers_of(layout: list[dict[str, int]]) -> dict[str, int]:
@@ -233,8 +246,10 @@ async def run_sweep(
     rates: list[float],
 ) -> Sweep:
     sweep = Sweep(phase, bridge, consumers_of(layout))
-    shown = ", ".join(f"{n} {SHORT[t]}" for t, n in sweep.consumers.items() if n)
-    print(f"\n- {phase}, {bridge} bridge: {shown} consumers; offered up to {rates} msg/s", flush=True)
+    print(
+        f"\n- {phase}, {bridge} bridge: {listed(sweep.consumers)} consumers; offered up to {rates} msg/s",
+        flush=True,
+    )
     rig = Rig(args, workdir, f"{phase}-{bridge}", bridge)
     try:
         await rig.start(layout)
@@ -294,16 +309,17 @@ def drift_of(st: Step, window_s: float) -> dict[str, Drift]:
 
 
 async def run_mixed(args: argparse.Namespace, workdir: Path, bridge: str) -> Mixed:
-    sweep = Sweep("mixed", bridge, consumers_of(MIXED))
+    layout = mixed_layout(args.consumers)
+    sweep = Sweep("mixed", bridge, consumers_of(layout))
     res = Mixed(sweep)
     print(
-        f"\n- mixed, {bridge} bridge: 34 ws, 33 sse, 33 grpc consumers; ascent over {args.rates} msg/s, then "
-        f"{HALF:.0%} and {NINETY:.0%} of the ceiling, then {args.overload} x the ceiling",
+        f"\n- mixed, {bridge} bridge: {listed(sweep.consumers)} consumers; ascent over {args.rates} msg/s, "
+        f"then {HALF:.0%} and {NINETY:.0%} of the ceiling, then {args.overload} x the ceiling",
         flush=True,
     )
     rig = Rig(args, workdir, f"mixed-{bridge}", bridge)
     try:
-        await rig.start(MIXED)
+        await rig.start(layout)
         await ascend(rig, sweep, args.rates)
         await finish(rig, sweep)
     except BenchError as exc:
@@ -323,7 +339,7 @@ async def run_mixed(args: argparse.Namespace, workdir: Path, bridge: str) -> Mix
     )
     rig = Rig(args, workdir, f"mixed-{bridge}-2", bridge)
     try:
-        await rig.start(MIXED)
+        await rig.start(layout)
         res.half = await rig.measure(
             "mixed 50%", HALF * ceiling, sweep.consumers, seconds=args.latency_seconds, latency=True
         )
@@ -391,15 +407,16 @@ async def run_stall(args: argparse.Namespace, workdir: Path, rate: float) -> Sta
     res = StallResult(rate, args.send_timeout)
     config = workdir / "bridge-stall.toml"
     config.write_text(f"[bridge]\nsend_timeout = {float(args.send_timeout)}\n")
-    consumers = consumers_of(MIXED)
+    layout = mixed_layout(args.consumers)
+    consumers = consumers_of(layout)
     print(
-        f"\n- stall, fleet bridge: 34 ws, 33 sse, 33 grpc consumers, {rate:,.0f} msg/s; then one more per "
+        f"\n- stall, fleet bridge: {listed(consumers)} consumers, {rate:,.0f} msg/s; then one more per "
         f"transport that stops reading, [bridge] send_timeout = {args.send_timeout:g}",
         flush=True,
     )
     rig = Rig(args, workdir, "stall", "fleet", config)
     try:
-        await rig.start(MIXED)
+        await rig.start(layout)
         res.baseline = await rig.measure(
             "stall baseline", rate, consumers, seconds=args.stall_seconds, latency=True
         )
@@ -973,6 +990,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {','.join(PHASES)}")
     p.add_argument("--bridges", default=",".join(BRIDGES), help="comma-separated, of fleet,naive")
+    p.add_argument(
+        "--consumers",
+        type=int,
+        default=100,
+        help="mixed and stall: consumers, a third per transport (fewer if they fill the load generator)",
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window of each ascent step (s)")
     p.add_argument("--warmup", type=float, default=2.0, help="load before each window opens (s)")
     p.add_argument(
