@@ -59,6 +59,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         ring_bytes=config.ring_bytes,
         queue_bytes=config.queue_bytes,
         max_event_bytes=config.max_event_bytes,
+        max_lag=config.max_lag,
     )
     source = MqttSource(
         hub,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridges.auth import is_loopback
-from bridges.hub import MAX_EVENT_BYTES, QUEUE_BYTES, RETAINED_BYTES, RETAINED_TOPICS, RING_BYTES
+from bridges.hub import MAX_EVENT_BYTES, MAX_LAG, QUEUE_BYTES, RETAINED_BYTES, RETAINED_TOPICS, RING_BYTES
 from bridges.server import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from bridges.source import MAX_PUBLISH_BYTES
 from fleet.config import load_table, validated
@@ -47,6 +47,9 @@ class BridgeConfig(BaseModel):
     )
     ring_size: int = Field(default=10_000, ge=1, description="events kept for SSE and gRPC resume")
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
+    max_lag: float = Field(
+        default=MAX_LAG, gt=0, description="seconds a consumer's queue may fall behind before it drops"
+    )
     ring_bytes: int = Field(default=RING_BYTES, ge=1, description="bytes the replay ring's events may hold")
     queue_bytes: int = Field(
         default=QUEUE_BYTES, ge=1, description="bytes of queued events the ring no longer holds, per consumer"

@@ -97,6 +97,9 @@ QUEUE_BYTES: Final = 512 * 1024
 MAX_FILTERS: Final = 64
 # A payload larger than this is not bridged; its event would hold up to about three times as much.
 MAX_EVENT_BYTES: Final = 64 * 1024
+# A consumer whose oldest queued live event is this many seconds older than the newest is behind:
+# it loses the old events (and is told), or is cut, instead of falling further behind.
+MAX_LAG: Final = 1.0
 # The device scheme publishes every status retained (birth, will, clean offline).
 RETAINED_TOPICS: Final = ("fleet/+/status",)
 
@@ -191,6 +194,7 @@ class Consumer:
 
     __slots__ = (
         "_direct_turn",
+        "_live_from",
         "_pending_drops",
         "_queue",
         "_retained",
@@ -238,6 +242,8 @@ class Consumer:
         # False (its connection cannot take a write now). Used only while the writer waits in `get`.
         self.sink: Callable[[Event], bool] | None = None
         self._direct_turn = -1  # the hub's turn of the last event written through `sink`
+        # Events from this id on are live; older ones were replayed on request and may be old.
+        self._live_from = hub.next_id
 
     def offer(self, item: Item) -> None:
         """Queue `item` without waiting; apply the overflow policy when the queue is full: at
@@ -260,6 +266,12 @@ class Consumer:
                 return
         queue = self._queue
         size = item.size if type(item) is Event else 0
+        if queue and type(item) is Event:
+            head = queue[0]
+            if type(head) is Event and item.received_at - head.received_at > self.hub.max_lag:
+                self._behind(item.received_at - self.hub.max_lag)
+                if self.closed is not None:
+                    return
         if len(queue) >= self.size or (self.queued_bytes + size > self.max_bytes and self._head_dropped()):
             if self.policy == "disconnect":
                 self.hub.count_drop(self)
@@ -279,6 +291,26 @@ class Consumer:
         queue.append(item)
         self.queued_bytes += size
         self._wake()
+
+    def _behind(self, cutoff: float) -> None:
+        """The oldest queued live event waited more than the hub's `max_lag` behind the newest: drop
+        the live events received before `cutoff`, as the overflow policy drops (and tells), or, with
+        policy disconnect, cut the consumer. Replayed events (asked for) do not count."""
+        queue = self._queue
+        if self.policy == "disconnect":
+            self.hub.count_drop(self)
+            self.overflowed = True
+            self.close(f"too slow: over {self.hub.max_lag:g} s behind (policy: disconnect)")
+            return
+        live_from = self._live_from
+        while queue:
+            head = queue[0]
+            if type(head) is not Event or head.received_at >= cutoff or head.id < live_from:
+                break
+            self._pop()
+            self._pending_drops += 1
+            self.dropped += 1
+            self.hub.count_drop(self)
 
     def lose(self, count: int) -> None:
         """`count` events for this consumer were shed before they were queued: count them as drops,
@@ -371,6 +403,7 @@ class Hub:
         ring_bytes: int = RING_BYTES,
         queue_bytes: int = QUEUE_BYTES,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        max_lag: float = MAX_LAG,
     ) -> None:
         if ring_size < 1 or queue_size < 1:
             raise ValueError("ring_size and queue_size must be at least 1")
@@ -384,6 +417,9 @@ class Hub:
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         self.max_event_bytes = max_event_bytes
+        if max_lag <= 0:
+            raise ValueError("max_lag must be positive")
+        self.max_lag = max_lag  # seconds a live event may wait in a queue behind the newest
         self.oversized = 0  # messages not bridged for their size
         self.shed_total = 0  # messages the intake shed (`shed`)
         self._shed_topics: dict[str, int] = {}  # this turn's, counted as drops at its end
@@ -402,6 +438,11 @@ class Hub:
         self.turns = Turns()  # the consumers' writers take turns under a backlog
         self._turn = 0  # counts the loop's turns in which a consumer's sink wrote, to the next such
         self._turn_counted = False
+
+    @property
+    def next_id(self) -> int:
+        """The id the next event will get."""
+        return self._next_id
 
     def turn(self) -> int:
         """A number that stays the same for the rest of this turn of the event loop."""

@@ -204,3 +204,39 @@ async def test_a_waiting_writer_gets_the_first_event_of_a_turn_through_its_sink_
     hub.ingest("fleet/d/telemetry", b'{"seq": 3}', qos=0, retain=False)
     assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [3]
     assert written == [0]
+
+
+async def test_a_consumer_that_falls_behind_by_max_lag_loses_the_old_events_and_is_told() -> None:
+    """A queued live event older than max_lag behind the newest is dropped and told, not sent late."""
+    hub = Hub(max_lag=0.05)
+    slow = hub.add(["#"], transport="test")
+    hub.ingest("t", b"0", qos=0, retain=False)
+    hub.ingest("t", b"1", qos=0, retain=False)
+    await asyncio.sleep(0.1)  # the queued events are now more than max_lag older than the next
+    hub.ingest("t", b"2", qos=0, retain=False)
+    assert await slow.get() == Dropped(2, 2)
+    assert getattr(await slow.get(), "payload", None) == 2
+    assert hub.drops == {"test": 2}
+
+
+async def test_under_the_disconnect_policy_a_consumer_behind_by_max_lag_is_cut() -> None:
+    """With policy disconnect, a consumer max_lag behind is closed with a reason, and counted."""
+    hub = Hub(max_lag=0.05)
+    slow = hub.add(["#"], transport="test", policy="disconnect")
+    hub.ingest("t", b"0", qos=0, retain=False)
+    await asyncio.sleep(0.1)
+    hub.ingest("t", b"1", qos=0, retain=False)
+    with pytest.raises(ConsumerClosed, match="behind"):
+        await slow.get()
+    assert slow not in hub.consumers
+    assert hub.drops == {"test": 1}
+
+
+async def test_replayed_events_are_not_dropped_for_their_age() -> None:
+    """Events a consumer asked to replay are old by design: a live event behind them drops none."""
+    hub = Hub(max_lag=0.05)
+    ids = [hub.ingest("t", str(i).encode(), qos=0, retain=False).id for i in range(3)]
+    await asyncio.sleep(0.1)
+    resumed = hub.add(["#"], transport="test", after_id=ids[0])
+    live = hub.ingest("t", b"3", qos=0, retain=False)
+    assert [getattr(await resumed.get(), "id", None) for _ in range(3)] == [*ids[1:], live.id]
