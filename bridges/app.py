@@ -240,6 +240,8 @@ class BridgeState:
         self.access = access
         self.registry = registry_for(hub)
         self.streams: set[_Stream] = set()
+        self.idle = asyncio.Event()  # set while no stream is open
+        self.idle.set()
         self.closing: str | None = None
 
     def close(self, reason: str = SHUTDOWN_REASON) -> None:
@@ -250,6 +252,15 @@ class BridgeState:
         self.closing = reason
         for stream in list(self.streams):
             stream.close(reason)
+
+    def opened(self, stream: _Stream) -> None:
+        self.streams.add(stream)
+        self.idle.clear()
+
+    def ended(self, stream: _Stream) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self.idle.set()
 
     # Plain HTTP
 
@@ -396,7 +407,7 @@ class BridgeState:
         if options.filters:
             # Subscribed before the handshake completes: once the client is connected, nothing is missed.
             session.resubscribe(options.filters)
-        self.streams.add(session)
+        self.opened(session)
         try:
             try:
                 await websocket.accept()
@@ -404,7 +415,7 @@ class BridgeState:
                 return
             await session.run()
         finally:
-            self.streams.discard(session)
+            self.ended(session)
             session.release()
 
 
@@ -870,7 +881,7 @@ class _EventStream(EventSourceResponse):
             sep="\n",
             ping_message_factory=lambda: ServerSentEvent(comment="keepalive", sep="\n"),
         )
-        state.streams.add(consumer)
+        state.opened(consumer)
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         # sse-starlette sends every event and keep-alive through here.
@@ -919,7 +930,7 @@ class _EventStream(EventSourceResponse):
             _abort_connection(scope)
         finally:
             consumer = self._consumer
-            self._state.streams.discard(consumer)
+            self._state.ended(consumer)
             consumer.close("stream ended")
             self._state.hub.turns.leave(self)
             self._state.hub.remove(consumer)  # also one that the hub closed while adding it

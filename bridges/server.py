@@ -128,8 +128,9 @@ async def serve_http(
     previous response) is disconnected.
 
     A port in use raises OSError here, before anything runs. On exit the app's streams are ended
-    (`BridgeState.close`), uvicorn stops, and connections still open after `shutdown_timeout`
-    seconds have their tasks cancelled. With `tls`, it serves HTTPS and WSS (and asks for client
+    (`BridgeState.close`) and given up to `shutdown_timeout` seconds to close themselves, uvicorn
+    stops, and connections still open after `shutdown_timeout` seconds more have their tasks
+    cancelled. With `tls`, it serves HTTPS and WSS (and asks for client
     certificates when `tls.client_ca` is set)."""
     state = getattr(app.state, "bridge", None)
     ping = state.settings.ws_ping_interval if isinstance(state, BridgeState) else 20.0
@@ -170,6 +171,11 @@ async def serve_http(
     finally:
         if isinstance(state, BridgeState):
             state.close()
+            # Let the streams close themselves (WebSocket code 1001) before uvicorn closes what is
+            # left (1012): on a busy machine their writers may not have run yet.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(shutdown_timeout):
+                    await state.idle.wait()
         server.should_exit = True
         try:
             await task
