@@ -11,7 +11,7 @@ import json
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from bridges.hub import Hub
 from bridges.server import serve_http
 from bridges.source import MqttSource, SourceSettings
 from broker.server import Broker
+from tests.procs import Proc, fleet_argv
 
 TIMEOUT = 5.0
 
@@ -244,3 +245,20 @@ class Curl:
             while not (line := await self.line()).startswith(prefix):
                 pass
         return line
+
+
+@pytest.fixture
+def bridge_proc() -> Iterator[Callable[..., Proc]]:
+    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
+    started: list[Proc] = []
+
+    def start(*args: str | int) -> Proc:
+        proc = Proc(fleet_argv("bridge", *args))
+        started.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()

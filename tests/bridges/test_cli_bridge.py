@@ -5,28 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from tests.procs import MOSQUITTO_PUB, FleetBroker, Proc, fleet_argv, mosquitto, run
-
-
-@pytest.fixture
-def bridge_proc() -> Iterator[Callable[..., Proc]]:
-    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
-    started: list[Proc] = []
-
-    def start(*args: str | int) -> Proc:
-        proc = Proc(fleet_argv("bridge", *args))
-        started.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 def test_fleet_bridge_serves_sse_and_health_and_stops_cleanly(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from fleet.errors import ConfigError
 from fleet.mqtt.properties import Properties
 from fleet.testing.streams import Stream, Transport, open_stream
 from tests.bridges.conftest import wait_until
-from tests.procs import MOSQUITTO_PUB, FleetBroker, Proc, fleet_argv, run
+from tests.procs import MOSQUITTO_PUB, FleetBroker, Proc, run
 
 TIMEOUT = 5.0
 TOPIC = "fleet/thermo-0001/telemetry"
@@ -160,23 +160,6 @@ def test_the_bridge_protocol_is_3_1_1_or_5_with_a_field_path_error(tmp_path: Pat
     path.write_text("[bridge]\nprotocol = 5\n")
     with pytest.raises(ConfigError, match=r"bridge\.protocol"):
         load_bridge_config(path, {})
-
-
-@pytest.fixture
-def bridge_proc() -> Iterator[Callable[..., Proc]]:
-    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
-    started: list[Proc] = []
-
-    def start(*args: str | int) -> Proc:
-        proc = Proc(fleet_argv("bridge", *args))
-        started.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 def test_fleet_bridge_protocol_version_mqttv5_bridges_the_properties(

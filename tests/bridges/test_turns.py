@@ -62,40 +62,18 @@ async def test_a_cancelled_waiter_leaves_the_round() -> None:
 async def test_a_backlog_on_a_transport_with_instant_sends_cannot_take_more_than_its_share() -> None:
     """Under a backlog, a writer whose sends never suspend stays within two bursts of one whose every
     write takes ten turns of the loop (a gRPC stream); yielding one turn per burst, it would get ten."""
-    hub = Hub(queue_size=100_000)
-    instant = hub.add(["#"], transport="websocket")
-    delayed = hub.add(["#"], transport="grpc")
-    for n in range(40 * BURST):
-        hub.ingest(f"fleet/d{n % 10}/telemetry", b"{}", qos=0, retain=False)
-    sent = {"websocket": 0, "grpc": 0}
-    ahead: list[int] = []
-
-    async def write(consumer: Consumer, turns_per_write: int) -> None:
-        while consumer.queued:
-            sent[consumer.transport] += len(await consumer.get_batch(BURST))
-            ahead.append(sent["websocket"] - sent["grpc"])
-            if turns_per_write:
-                hub.turns.join(consumer)
-                for _ in range(turns_per_write):
-                    await asyncio.sleep(0)
-            if consumer.queued:
-                await hub.turns.next(consumer)
-        hub.turns.leave(consumer)
-
-    async with asyncio.timeout(TIMEOUT), asyncio.TaskGroup() as writers:
-        writers.create_task(write(instant, 0))
-        writers.create_task(write(delayed, 10))
+    turns = Turns()
+    sent, ahead = await _share(turns_per_write=10, turns=turns)
     assert sent == {"websocket": 40 * BURST, "grpc": 40 * BURST}
     assert max(ahead) <= 2 * BURST  # one burst of its own round, one from before the other joined
-    assert hub.turns.rounds >= 39
+    assert turns.rounds >= 39
 
 
-async def _share(turns_per_write: int, patience_turns: int) -> tuple[dict[str, int], list[int]]:
-    """Two writers with a backlog of 40 bursts each, one whose writes complete at once, one whose
-    every write completes `turns_per_write` turns of the loop later; a patience of a nanosecond, as
-    on a machine whose every turn outlasts `PATIENCE`."""
+async def _share(turns_per_write: int, turns: Turns) -> tuple[dict[str, int], list[int]]:
+    """Two writers taking `turns` with a backlog of 40 bursts each, one whose writes complete at
+    once, one whose every write completes `turns_per_write` turns of the loop later."""
     hub = Hub(queue_size=100_000)
-    hub.turns = Turns(patience=1e-9, patience_turns=patience_turns)
+    hub.turns = turns
     instant = hub.add(["#"], transport="websocket")
     delayed = hub.add(["#"], transport="grpc")
     for n in range(40 * BURST):
@@ -124,7 +102,8 @@ async def _share(turns_per_write: int, patience_turns: int) -> tuple[dict[str, i
 async def test_a_slow_loop_cannot_starve_a_writer_whose_writes_complete_turns_later() -> None:
     """A gRPC writer whose writes complete 10 turns later keeps its share even when every turn
     outlasts the patience in seconds: the round waits for it up to PATIENCE_TURNS turns."""
-    sent, ahead = await _share(turns_per_write=10, patience_turns=PATIENCE_TURNS)
+    # A patience of a nanosecond, as on a machine whose every turn outlasts `PATIENCE`.
+    sent, ahead = await _share(turns_per_write=10, turns=Turns(patience=1e-9, patience_turns=PATIENCE_TURNS))
     assert sent == {"websocket": 40 * BURST, "grpc": 40 * BURST}
     assert max(ahead) <= 2 * BURST
 
@@ -132,7 +111,7 @@ async def test_a_slow_loop_cannot_starve_a_writer_whose_writes_complete_turns_la
 async def test_bounded_by_seconds_alone_a_slow_loop_starves_the_delayed_writer() -> None:
     """The same writers with a patience of one turn: the instant writer runs ahead by many bursts
     (the starvation that the bound in turns prevents)."""
-    sent, ahead = await _share(turns_per_write=10, patience_turns=1)
+    sent, ahead = await _share(turns_per_write=10, turns=Turns(patience=1e-9, patience_turns=1))
     assert sent == {"websocket": 40 * BURST, "grpc": 40 * BURST}
     assert max(ahead) >= 10 * BURST
 
