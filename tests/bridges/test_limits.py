@@ -7,7 +7,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -28,27 +28,10 @@ from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
 from bridges.server import MAX_WS_MESSAGE
 from broker.server import Broker
 from tests.bridges.conftest import BridgeFactory, SseReader, recv_json, server_connections, wait_until
-from tests.procs import FleetBroker, Paho, Proc, fleet_argv
+from tests.procs import FleetBroker, Paho, Proc
 
 TIMEOUT = 5.0
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def bridge_proc() -> Iterator[Callable[..., Proc]]:
-    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
-    started: list[Proc] = []
-
-    def start(*args: str | int) -> Proc:
-        proc = Proc(fleet_argv("bridge", *args))
-        started.append(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.stop()
 
 
 def _bridge_config(broker: FleetBroker, **settings: Any) -> BridgeConfig:
