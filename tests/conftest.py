@@ -33,6 +33,16 @@ def broker_factory() -> BrokerFactory:
     return factory
 
 
+@pytest.fixture(params=["embedded", "mosquitto"])
+async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
+    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
+    if request.param == "mosquitto":
+        yield request.getfixturevalue("mosquitto_broker").port
+        return
+    async with broker_factory() as broker:
+        yield broker.port
+
+
 @pytest.fixture
 async def broker(broker_factory: BrokerFactory) -> AsyncIterator[Broker]:
     """A broker with default settings on a free port."""

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from broker.auth import set_password
 from fleet.credentials import Credentials
@@ -24,16 +21,6 @@ from tests.procs import CHILD_ENV, FleetBroker, fleet_argv, run
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "mqtt5-fleet.toml"
 TIMEOUT = 30.0
-
-
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
-    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
-    if request.param == "mosquitto":
-        yield request.getfixturevalue("mosquitto_broker").port
-        return
-    async with broker_factory() as broker:
-        yield broker.port
 
 
 async def fleet_cmd(port: int, *args: str) -> tuple[int, str, str]:

@@ -29,16 +29,6 @@ from tests.procs import MOSQUITTO, Proc, free_port
 TIMEOUT = 10.0
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
-    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
-    if request.param == "mosquitto":
-        yield request.getfixturevalue("mosquitto_broker").port
-        return
-    async with broker_factory() as broker:
-        yield broker.port
-
-
 @dataclass(frozen=True)
 class Seen5:
     topic: str

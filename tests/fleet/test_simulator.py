@@ -30,16 +30,6 @@ TIMEOUT = 10.0  # the bound on every wait; a passing test waits far less
 # Brokers
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
-    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
-    if request.param == "mosquitto":
-        yield request.getfixturevalue("mosquitto_broker").port
-        return
-    async with broker_factory() as broker:
-        yield broker.port
-
-
 @pytest.fixture
 async def embedded_port(broker_factory: BrokerFactory) -> AsyncIterator[int]:
     """The embedded broker only, for tests of the simulator itself rather than of broker behaviour."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,16 +28,6 @@ PROPERTIES = (
     *("-D", "publish", "payload-format-indicator", "1"),
     *("-D", "publish", "message-expiry-interval", "3600"),
 )
-
-
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
-    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
-    if request.param == "mosquitto":
-        yield request.getfixturevalue("mosquitto_broker").port
-        return
-    async with broker_factory() as broker:
-        yield broker.port
 
 
 async def publish_v5(port: int, topic: str, payload: str, *properties: str) -> None:

@@ -138,16 +138,6 @@ async def test_on_mosquitto_more_retained_statuses_than_its_queue_all_arrive_and
         await inbox.wait(lambda: statuses() == 2 * count, f"{count} retained statuses again")
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
-async def port(request: pytest.FixtureRequest, broker_factory: BrokerFactory) -> AsyncIterator[int]:
-    """The MQTT/TCP port of each real broker in turn: the embedded broker, then Mosquitto (both fresh)."""
-    if request.param == "mosquitto":
-        yield request.getfixturevalue("mosquitto_broker").port
-        return
-    async with broker_factory() as broker:
-        yield broker.port
-
-
 @needs_mosquitto_clients
 async def test_over_mqtt5_each_message_comes_with_its_properties(port: int) -> None:
     """With version=5, a message published by `mosquitto_pub -V mqttv5 -D publish ...` arrives with
