@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.procs import FleetBroker, Paho, Proc, fleet_argv
 
 # From before the interpreter runs `main` to a fleet connecting, reconnecting and publishing.
@@ -70,6 +72,9 @@ def wills_after_exit(observer: Paho, tag: str) -> int:
             wills += 1
 
 
+# Alone: beside the parallel run, twice in about eight runs a SIGINT sent as `fleet run` started was
+# never acted on (the fleet ran on); never in a run by itself. Not understood yet (see the issue notes).
+@pytest.mark.alone
 def test_sigint_at_any_moment_stops_the_fleet_with_only_the_expected_wills(
     tmp_path: Path,
     start_fleet_broker: Callable[..., FleetBroker],
