@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import grpc
 import pytest
+from playwright.async_api import Browser, expect
 from websockets.asyncio.client import connect
 
 from bridges.bridge import Bridge, running
@@ -21,6 +22,7 @@ from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
 from fleet.testing.streams import open_stream
 from tests.bridges.conftest import recv_json, wait_until
+from tests.bridges.test_dashboard import cell
 from tests.fleet.test_mqtt5_devices import v5_group
 from tests.fleet.test_simulator import fleet, ids
 from tests.fleet.test_simulator import running as simulating
@@ -150,6 +152,30 @@ async def test_in_a_shared_group_the_reply_comes_back_to_the_bridge_that_sent_th
             reply = await command_over_websocket(bridge, device, f"c-{index}")
             check_response(reply, device, f"c-{index}")
             assert reply["topic"] == f"fleet/{device}/cmd/response/{bridge.source.response_token}"
+
+
+async def test_a_command_from_the_dashboard_to_a_v5_device_shows_the_reply_as_its_ack(
+    broker_port: int, browser: Browser
+) -> None:
+    """Over a v5 bridge, the dashboard's command to a v5 device is a request, and the device's reply
+    on the response topic (the only way back: the bridge subscribes to statuses and its response
+    topics) shows as the command's ack."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        async with bridge_and_device(broker_port, "5", "5", ("fleet/+/status",)) as (bridge, device):
+            await page.goto(f"http://127.0.0.1:{bridge.http_port}/?transport=ws")
+            await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+            await cell(page, device).click()
+            await expect(page.locator('#command-form input[name="device"]')).to_have_value(device)
+            await page.click('#command-form button[type="submit"]')
+            row = page.locator("#command-table tbody tr").first
+            await expect(row).to_have_attribute("data-state", "ack")
+            await expect(row.locator("td").last).to_have_text("ack: ok")
+    finally:
+        await page.close()
+    assert not errors, f"the page raised: {errors}"
 
 
 async def publish_grpc(bridge: Bridge, topic: str, payload: bytes) -> None:
