@@ -159,6 +159,10 @@ class RetainedCache:
             self._remove(next(iter(self._entries)))
             self.evicted += 1
 
+    def get(self, topic: str) -> Event | None:
+        """`topic`'s entry; None when the cache has none."""
+        return self._entries.get(topic)
+
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0

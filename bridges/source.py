@@ -22,14 +22,25 @@ the consumers' queues are at least half full (the writers do not keep up either)
 counted (`Hub.shed`: in
 `fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
 less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
+
+Commands over MQTT 5 are requests (as `fleet cmd` sends them): when the bridge speaks MQTT 5 and a
+consumer publishes to `{prefix}/{device}/cmd` for a device whose retained birth in the hub's cache
+says `"protocol": 5`, the PUBLISH carries the Response Topic `{prefix}/{device}/cmd/response/{token}`
+(`token` is this bridge's own) and, when the payload is a JSON object with a string `id`, that id as
+its Correlation Data. The bridge subscribes to `{prefix}/+/cmd/response/{token}` unless one of its
+subscriptions already covers it, so the device's reply reaches the hub as an ordinary event (device
+set, kind `raw`), with the correlation data in the envelope's `properties` (base64) and the command
+id in its payload. Over MQTT 3.1.1, or for any other device, a command goes out as it came.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import random
+import secrets
 import socket
 import ssl
 import struct
@@ -47,7 +58,7 @@ from paho.mqtt.properties import Properties as PahoProperties
 from bridges.hub import Hub
 from fleet.errors import FleetError, TopicError
 from fleet.mqtt.properties import EMPTY, Properties
-from fleet.topics import matches, validate_topic
+from fleet.topics import classify, matches, validate_topic
 
 __all__ = [
     "MAX_PUBLISH_BYTES",
@@ -75,9 +86,10 @@ class PublishTooLarge(FleetError, ValueError):
 MAX_PUBLISH_BYTES = 128 * 1024
 
 
-def publish_size(topic: str, payload: bytes, qos: int) -> int:
-    """The bytes of the MQTT PUBLISH packet that carries `payload` to `topic`, fixed header included."""
-    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
+def publish_size(topic: str, payload: bytes, qos: int, properties: int = 0) -> int:
+    """The bytes of the MQTT PUBLISH packet that carries `payload` to `topic`, fixed header included,
+    with `properties` bytes of MQTT 5 properties (their length's bytes included)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + properties + len(payload)
     length_bytes = 1 + (remaining > 127) + (remaining > 16_383) + (remaining > 2_097_151)
     return 1 + length_bytes + remaining
 
@@ -353,10 +365,46 @@ class MqttSource:
         self.settings = settings
         self._client: aiomqtt.Client | None = None
         self.intake = _Intake(hub)
-        self.subscriptions = _subscriptions(settings)
+        # The topics where the v5 devices answer this bridge's requests (see the module docstring).
+        self.response_token = secrets.token_hex(6)
+        self.response_filter = f"{hub.prefix}/+/cmd/response/{self.response_token}"
+        self.subscriptions = _subscriptions(settings) + self._response_subscriptions()
         own = tuple(topic_filter for topic_filter, identifier in self.subscriptions if identifier == _OWN_ID)
         self._queue_type = _handing_to(hub, self.intake, own)
         self.identifier = f"fleet-bridge-{uuid.uuid4().hex[:12]}"
+
+    def _response_subscriptions(self) -> tuple[tuple[str, int | None], ...]:
+        """The response topics' filter, unless the bridge speaks 3.1.1 or subscribes to it already;
+        in a shared group, always its own (a shared subscription may hand the reply to another bridge)."""
+        settings, topic_filter = self.settings, self.response_filter
+        if settings.protocol != "5":
+            return ()
+        if settings.shared_group is not None:
+            return ((topic_filter, _OWN_ID),)
+        if any(matches(subscribed, topic_filter) for subscribed in settings.subscriptions):
+            return ()
+        return ((topic_filter, None),)
+
+    def request_properties(self, topic: str, payload: bytes) -> PahoProperties | None:
+        """The Response Topic and Correlation Data of a command to a v5 device, when the bridge
+        speaks MQTT 5; None for anything to go out as it came."""
+        prefix = self.hub.prefix
+        device, _ = classify(topic, prefix)
+        if self.settings.protocol != "5" or device is None or topic != f"{prefix}/{device}/cmd":
+            return None
+        birth = self.hub.retained.get(f"{prefix}/{device}/status")
+        status = None if birth is None else birth.payload
+        if not isinstance(status, dict) or status.get("protocol") != 5:
+            return None
+        properties = PahoProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no hints here
+        properties.ResponseTopic = f"{prefix}/{device}/cmd/response/{self.response_token}"
+        try:
+            command = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            command = None
+        if isinstance(command, dict) and isinstance(command.get("id"), str):
+            properties.CorrelationData = command["id"].encode()
+        return properties
 
     async def run(self) -> None:
         settings = self.settings
@@ -410,12 +458,15 @@ class MqttSource:
             raise TopicError(f"publishing to {topic!r} is not allowed; allowed: {allowed}")
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Publish for a consumer; raises TopicError for a forbidden topic, PublishTooLarge past
-        `max_publish_bytes`, BrokerUnavailable when down. A refused publish never reaches the broker."""
+        """Publish for a consumer, a command to a v5 device as a request (`request_properties`); raises
+        TopicError for a forbidden topic, PublishTooLarge past `max_publish_bytes`, BrokerUnavailable
+        when down. A refused publish never reaches the broker."""
         self.check_publish(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"qos must be 0, 1 or 2, not {qos}")
-        size, limit = publish_size(topic, payload, qos), self.settings.max_publish_bytes
+        properties = self.request_properties(topic, payload)
+        extra = 0 if properties is None else len(properties.pack())  # type: ignore[no-untyped-call]
+        size, limit = publish_size(topic, payload, qos, extra), self.settings.max_publish_bytes
         if size > limit:
             raise PublishTooLarge(
                 f"the publish to {topic!r} would be a {size}-byte MQTT packet; the bridge sends at most "
@@ -425,6 +476,6 @@ class MqttSource:
         if client is None:
             raise BrokerUnavailable("the bridge is not connected to its broker")
         try:
-            await client.publish(topic, payload, qos=qos)
+            await client.publish(topic, payload, qos=qos, properties=properties)
         except aiomqtt.MqttError as exc:
             raise BrokerUnavailable(f"publish failed: {exc}") from exc

@@ -26,7 +26,13 @@ from fleet.simulator import Target
 from fleet.topics import validate_topic
 from fleet.transport import ClientSession, Link
 
-__all__ = ["Reply", "Request", "send_command"]
+__all__ = ["Reply", "Request", "send_command", "speaks_v5"]
+
+
+def speaks_v5(status: dict[str, Any] | None) -> bool:
+    """Whether a device's status (its retained birth) says it speaks MQTT 5, so that a command to
+    it may be a request."""
+    return status is not None and status.get("protocol") == 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,6 +70,21 @@ class Request:
             body["value"] = self.value
         return json.dumps(body, separators=(",", ":")).encode()
 
+    def properties(self) -> bytes:
+        """The encoded MQTT 5 properties that make the command a request: its Response Topic, and
+        the command id as Correlation Data."""
+        return encode_property_body(
+            Properties(response_topic=self.response_topic, correlation_data=self.id.encode())
+        )
+
+    def answered_by(self, topic: str, body: dict[str, Any], correlation: bytes | None) -> bool:
+        """Whether a message on `topic`, with the JSON object `body` and the Correlation Data
+        `correlation` (None: none), is the device's ack: on the response topic with the command id
+        as its correlation data, or on cmd/ack with the command id in its body."""
+        if topic == self.response_topic:
+            return correlation == self.id.encode()
+        return topic == self.ack_topic and body.get("id") == self.id
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -98,11 +119,9 @@ class _Inbox:
             return
         if message.topic == request.status_topic:
             self.status = body
-        elif message.topic == request.response_topic:
-            correlation = message.properties.correlation_data if isinstance(message, v5.Publish) else None
-            if correlation == request.id.encode() and not self.reply.done():
-                self.reply.set_result((body, message.topic))
-        elif message.topic == request.ack_topic and body.get("id") == request.id and not self.reply.done():
+            return
+        correlation = message.properties.correlation_data if isinstance(message, v5.Publish) else None
+        if request.answered_by(message.topic, body, correlation) and not self.reply.done():
             self.reply.set_result((body, message.topic))
 
 
@@ -120,18 +139,14 @@ async def send_command(
                 if version is None:
                     await link.subscribe([(request.status_topic, 1)])
                 await link.subscribe([(request.ack_topic, 1)])  # after the retained status, if any
-                if version is None and inbox.status is not None and inbox.status.get("protocol") == 5:
+                if version is None and speaks_v5(inbox.status):
                     await link.disconnect()
                     link = await _open(target, 5, inbox)
                     await link.subscribe([(request.ack_topic, 1)])
                 properties = b""
                 if link.version == 5:
                     await link.subscribe([(request.response_topic, 1)])
-                    properties = encode_property_body(
-                        Properties(
-                            response_topic=request.response_topic, correlation_data=request.id.encode()
-                        )
-                    )
+                    properties = request.properties()
                 sent = link.publish(request.command_topic, request.payload(), 1, False, properties)
                 assert sent is not None
                 await sent

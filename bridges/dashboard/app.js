@@ -6,7 +6,9 @@
 "use strict";
 
 (() => {
-  const FILTERS = ["fleet/+/telemetry", "fleet/+/status", "fleet/+/cmd/ack"];
+  // cmd/response/+: a v5 device's answer to a command that a bridge on MQTT 5 sent as a request.
+  const FILTERS = ["fleet/+/telemetry", "fleet/+/status", "fleet/+/cmd/ack", "fleet/+/cmd/response/+"];
+  const RESPONSE_TOPIC = /^fleet\/[^/]+\/cmd\/response\/[^/]+$/;
   const RENDER_EVERY_MS = 200;
   const REORDER_EVERY_MS = 1000; // new devices join the sorted grid at most this often
   const HISTORY = 60; // samples per chart
@@ -101,7 +103,8 @@
         }
         break;
       default:
-        log("raw", envelope.topic, at);
+        if (RESPONSE_TOPIC.test(envelope.topic)) onAck(envelope.device, payload, at);
+        else log("raw", envelope.topic, at);
     }
   }
 

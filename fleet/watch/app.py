@@ -49,6 +49,7 @@ from textual.widgets import (
 )
 from textual_plotext import PlotextPlot
 
+from fleet.command import Request
 from fleet.device import KNOWN_OPS
 from fleet.errors import FleetError, PublishRefused
 from fleet.mqtt.properties import EMPTY, Properties
@@ -826,27 +827,42 @@ class WatchApp(App[None]):
     # Commands
 
     def send_command(self, device: str, command: dict[str, Any]) -> str:
-        """Publish `{"id", "op", "value"}` to the device's command topic; return the command id."""
+        """Publish `{"id", "op", "value"}` to the device's command topic; return the command id.
+
+        When the source speaks MQTT 5 and the device's birth says `"protocol": 5`, it is a request,
+        as `fleet cmd` sends it (`fleet.command.Request`): the reply on its response topic is the
+        ack, as one on cmd/ack is."""
         self._commands += 1
-        command_id = f"w{self._commands}"
-        body = {"id": command_id, **command}
-        self._publish(device, f"{self.model.prefix}/{device}/cmd", body)
-        return command_id
+        request = Request(
+            device=device,
+            op=command["op"],
+            value=command.get("value"),
+            prefix=self.model.prefix,
+            id=f"w{self._commands}",
+        )
+        state = self.model.devices.get(device)
+        self._publish(device, request, self.source.version == 5 and state is not None and state.v5)
+        return request.id
 
     @work(group="commands")
-    async def _publish(self, device: str, topic: str, body: dict[str, Any]) -> None:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+    async def _publish(self, device: str, request: Request, as_request: bool) -> None:
+        payload = request.payload()
+        properties = b""
+        if as_request:
+            properties = request.properties()
+            self.model.expect(request)
         try:
-            await self.source.publish(topic, payload)
+            await self.source.publish(request.command_topic, payload, properties=properties)
         except PublishRefused as exc:
             name = reason_name(exc.reason_code, 4)
-            reason = Reason(self.clock(), exc.reason_code, name, f"command {body['id']} (PUBACK)")
+            reason = Reason(self.clock(), exc.reason_code, name, f"command {request.id} (PUBACK)")
             self.model.refused(self.clock(), device, reason)
             return
         except FleetError as exc:
-            self.model.note(self.clock(), "error", f"command {body['id']} not sent: {exc}", device)
+            self.model.note(self.clock(), "error", f"command {request.id} not sent: {exc}", device)
             return
-        self.model.note(self.clock(), "command", f"sent {body['id']}: {payload.decode()}", device)
+        what = f"sent {request.id}{' as an MQTT 5 request' if as_request else ''}: {payload.decode()}"
+        self.model.note(self.clock(), "command", what, device)
 
     @contextlib.contextmanager
     def logs_in_event_log(self, level: int = logging.WARNING) -> Iterator[None]:

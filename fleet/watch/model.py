@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fleet.command import Request, speaks_v5
 from fleet.mqtt.properties import EMPTY, Properties
 from fleet.testing.streams import envelope_properties
 from fleet.topics import classify
@@ -186,6 +187,7 @@ class DeviceState:
         "reconnects",
         "seq_next",
         "series",
+        "v5",
         "values",
     )
 
@@ -209,6 +211,7 @@ class DeviceState:
         # ("telemetry", "status", "cmd", "cmd/ack", "cmd/response").
         self.properties: dict[str, Properties] = {}
         self.reasons: deque[Reason] = deque(maxlen=REASONS_KEPT)
+        self.v5 = False  # its latest birth says `"protocol": 5`: commands to it may be requests
 
     @property
     def status(self) -> str:
@@ -284,6 +287,8 @@ class FleetModel:
         # The topic on show in the topic view, and the numbers of its recent messages.
         self._followed: str | None = None
         self.followed: deque[tuple[float, dict[str, float]]] = deque(maxlen=FOLLOWED_POINTS)
+        # The watcher's MQTT 5 requests not answered on their response topic yet, by that topic.
+        self._requests: dict[str, Request] = {}
 
     # Ingest
 
@@ -330,6 +335,9 @@ class FleetModel:
                 # An MQTT 5 request to a known device, or its response: shown with the device.
                 known.raw.append(received)
                 known.properties[_under(topic)] = properties
+            request = self._requests.get(topic)
+            if known is not None and request is not None:
+                self._response(known, request, payload, properties, now)
             return
         device = self.devices.get(device_id)
         if device is None:
@@ -384,6 +392,8 @@ class FleetModel:
             return
         was, was_status = device.online, device.status
         reason = body.get("reason")
+        if online:
+            device.v5 = speaks_v5(body)
         device.online = online
         device.offline_reason = None if online else str(reason) if reason is not None else None
         self._online += (online is True) - (was is True)
@@ -409,6 +419,20 @@ class FleetModel:
         else:
             self._log(now, "offline", device.id, f"offline ({body.get('reason', 'no reason')})")
 
+    def _response(
+        self, device: DeviceState, request: Request, payload: bytes, properties: Properties, now: float
+    ) -> None:
+        """A message on `request`'s response topic: its ack when `request.answered_by` says so."""
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            body = None
+        if isinstance(body, dict) and request.answered_by(
+            request.response_topic, body, properties.correlation_data
+        ):
+            del self._requests[request.response_topic]
+            self._ack(device, body, now)
+
     def _ack(self, device: DeviceState, body: dict[str, Any], now: float) -> None:
         command_id = str(body.get("id"))
         device.acks[command_id] = body
@@ -429,6 +453,11 @@ class FleetModel:
             state = self.devices[device] = DeviceState(device)
         state.reasons.append(reason)
         self._log(now, "error", device, f"{reason.what}: reason code {reason.code:#04x} {reason.name}")
+
+    def expect(self, request: Request) -> None:
+        """The watcher sent `request` as an MQTT 5 request: its reply on the response topic is its
+        ack (as one on cmd/ack is)."""
+        self._requests[request.response_topic] = request
 
     def note(self, now: float, kind: EventKind, text: str, device: str | None = None) -> None:
         """Log what the watcher itself did or saw: a command sent, the broker connection, an error."""

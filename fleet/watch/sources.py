@@ -104,8 +104,15 @@ class Source(Protocol):
     async def run(self, deliver: Deliver, notify: Notify) -> None:
         """Deliver messages until cancelled."""
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish a message (a device command, or any message); raises FleetError when it cannot."""
+    @property
+    def version(self) -> int:
+        """The MQTT version the source speaks: 4 (3.1.1) or 5, when a publish may carry properties."""
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, properties: bytes = b""
+    ) -> None:
+        """Publish a message (a device command, or any message), with the encoded MQTT 5
+        `properties` (b"": none) when the source speaks MQTT 5; raises FleetError when it cannot."""
 
     async def resync(self) -> None:
         """Read every retained message under the prefix again; raises FleetError when it cannot."""
@@ -141,7 +148,13 @@ class ListSource:
             deliver(message.topic, message.payload, message.retain, message.qos, message.properties)
         await asyncio.Event().wait()
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    @property
+    def version(self) -> int:
+        return 4  # recorded messages: nothing is published as MQTT 5, so `properties` stay b""
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, properties: bytes = b""
+    ) -> None:
         self.published.append((topic, payload, qos, retain))
 
     async def resync(self) -> None:
@@ -252,11 +265,13 @@ class MqttSource:
             notify(Attachment(state="retrying", detail=reason, retry_in=delay))
             await asyncio.sleep(delay)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, properties: bytes = b""
+    ) -> None:
         link = self._link
         if link is None or not link.connected:
             raise TransportError(f"not attached to {self.endpoint}")
-        future = link.publish(topic, payload, qos=qos, retain=retain)
+        future = link.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if future is None:  # QoS 0: written, nothing to wait for
             return
         try:
