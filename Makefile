@@ -64,8 +64,7 @@ docs: $(STAMP)
 
 # The suite on 4 pytest-xdist workers: its tests mostly wait on sockets and child processes, so 4 keep
 # 2 cores busy. loadgroup runs the tests marked xdist_group("heavy") one at a time, on one worker.
-# The tests marked alone time the machine's responsiveness, or failed beside others: they run
-# afterwards, with none beside them.
+# The tests marked alone time the machine's responsiveness: they run afterwards, with none beside them.
 test: $(STAMP) deps node-deps lint
 	$(BIN)/pytest -n 4 --dist loadgroup -m "not alone"
 	$(BIN)/pytest -m alone
