@@ -28,7 +28,7 @@ from bridges.hub import Hub
 from bridges.server import serve_http
 from bridges.source import MqttSource, SourceSettings
 from broker.server import Broker
-from tests.procs import Proc, fleet_argv
+from tests.procs import Proc, fleet_argv, run
 
 TIMEOUT = 5.0
 
@@ -262,3 +262,17 @@ def bridge_proc() -> Iterator[Callable[..., Proc]]:
     finally:
         for proc in started:
             proc.stop()
+
+
+def bridge_events_url(proc: Proc) -> str:
+    """The SSE URL `fleet bridge` prints, once its /healthz says the broker is connected."""
+    index = proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
+    events_url = proc.stdout.lines[index].removeprefix("fleet bridge: serving ")
+    health_url = events_url.replace("/events", "/healthz")
+    for _ in range(50):  # bounded: the bridge connects to its broker within a few hundred ms
+        health = json.loads(run(["curl", "-s", "--max-time", "2", health_url]).stdout or "{}")
+        if health.get("broker_connected"):
+            break
+        time.sleep(0.1)
+    assert health["broker_connected"] is True, health
+    return events_url

@@ -30,14 +30,6 @@ from tests.fleet.test_simulator import running as simulating
 TIMEOUT = 5.0
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
-def broker_port(request: pytest.FixtureRequest) -> int:
-    """The port of a real broker: ours, in this process, or a Mosquitto process."""
-    name = "broker" if request.param == "embedded" else "mosquitto_broker"
-    port: int = request.getfixturevalue(name).port
-    return port
-
-
 # "#" covers the response topics; with only the statuses, the bridge subscribes to them itself.
 @pytest.fixture(params=[("#",), ("fleet/+/status",)], ids=["all", "statuses"])
 def subscriptions(request: pytest.FixtureRequest) -> tuple[str, ...]:
@@ -97,20 +89,20 @@ def check_response(event: dict[str, Any], device: str, command_id: str) -> None:
 
 
 async def test_a_websocket_command_to_a_v5_device_is_a_request_whose_reply_reaches_the_consumer(
-    broker_port: int, subscriptions: tuple[str, ...]
+    port: int, subscriptions: tuple[str, ...]
 ) -> None:
     """Over a v5 bridge, a WebSocket command to a v5 device is answered on the bridge's response topic."""
-    async with bridge_and_device(broker_port, "5", "5", subscriptions) as (bridge, device):
+    async with bridge_and_device(port, "5", "5", subscriptions) as (bridge, device):
         reply = await command_over_websocket(bridge, device, "c-ws")
     check_response(reply, device, "c-ws")
 
 
 async def test_a_grpc_command_to_a_v5_device_is_a_request_whose_reply_reaches_the_consumer(
-    broker_port: int, subscriptions: tuple[str, ...]
+    port: int, subscriptions: tuple[str, ...]
 ) -> None:
     """Over a v5 bridge, a gRPC Publish to a v5 device is answered on the bridge's response topic,
     which a gRPC Subscribe stream receives."""
-    async with bridge_and_device(broker_port, "5", "5", subscriptions) as (bridge, device):
+    async with bridge_and_device(port, "5", "5", subscriptions) as (bridge, device):
         target = f"grpc://127.0.0.1:{bridge.grpc_port}"
         async with open_stream("grpc", target, [f"fleet/{device}/cmd/#"]) as stream:
             await publish_grpc(bridge, f"fleet/{device}/cmd", b'{"id":"c-grpc","op":"ping"}')
@@ -120,10 +112,10 @@ async def test_a_grpc_command_to_a_v5_device_is_a_request_whose_reply_reaches_th
 
 @pytest.mark.parametrize(("protocol", "device_protocol"), [("5", "3.1.1"), ("3.1.1", "5")])
 async def test_a_command_without_v5_at_both_ends_is_acked_on_cmd_ack(
-    broker_port: int, protocol: Literal["3.1.1", "5"], device_protocol: str
+    port: int, protocol: Literal["3.1.1", "5"], device_protocol: str
 ) -> None:
     """A 3.1.1 device, or a 3.1.1 bridge, gets the command as it came, and the ack is on cmd/ack."""
-    async with bridge_and_device(broker_port, protocol, device_protocol) as (bridge, device):
+    async with bridge_and_device(port, protocol, device_protocol) as (bridge, device):
         reply = await command_over_websocket(bridge, device, "c-plain")
     assert reply["topic"] == f"fleet/{device}/cmd/ack"
     assert reply["kind"] == "ack"
@@ -131,12 +123,12 @@ async def test_a_command_without_v5_at_both_ends_is_acked_on_cmd_ack(
 
 
 async def test_in_a_shared_group_the_reply_comes_back_to_the_bridge_that_sent_the_command(
-    broker_port: int,
+    port: int,
 ) -> None:
     """Each of two bridges of one shared_group gets the reply to its own command, whichever bridge
     the shared subscription would have given it to."""
     config = BridgeConfig(
-        broker=f"mqtt://127.0.0.1:{broker_port}", http_port=0, grpc_port=0, protocol="5", shared_group="g"
+        broker=f"mqtt://127.0.0.1:{port}", http_port=0, grpc_port=0, protocol="5", shared_group="g"
     )
     devices = fleet(v5_group("r"))
     (device,) = ids(devices)
@@ -144,7 +136,7 @@ async def test_in_a_shared_group_the_reply_comes_back_to_the_bridge_that_sent_th
     async with contextlib.AsyncExitStack() as stack:
         bridges = [await stack.enter_async_context(running(config)) for _ in range(2)]
         await wait_until(lambda: all(b.hub.broker_connected for b in bridges), "the bridges to connect")
-        await stack.enter_async_context(simulating(devices, broker_port))
+        await stack.enter_async_context(simulating(devices, port))
         await wait_until(
             lambda: all(b.hub.retained.get(status) for b in bridges), "each bridge to see the birth"
         )
@@ -155,7 +147,7 @@ async def test_in_a_shared_group_the_reply_comes_back_to_the_bridge_that_sent_th
 
 
 async def test_a_command_from_the_dashboard_to_a_v5_device_shows_the_reply_as_its_ack(
-    broker_port: int, browser: Browser
+    port: int, browser: Browser
 ) -> None:
     """Over a v5 bridge, the dashboard's command to a v5 device is a request, and the device's reply
     on the response topic (the only way back: the bridge subscribes to statuses and its response
@@ -164,7 +156,7 @@ async def test_a_command_from_the_dashboard_to_a_v5_device_shows_the_reply_as_it
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
-        async with bridge_and_device(broker_port, "5", "5", ("fleet/+/status",)) as (bridge, device):
+        async with bridge_and_device(port, "5", "5", ("fleet/+/status",)) as (bridge, device):
             await page.goto(f"http://127.0.0.1:{bridge.http_port}/?transport=ws")
             await expect(page.locator("#connection")).to_have_attribute("data-state", "live")
             await cell(page, device).click()

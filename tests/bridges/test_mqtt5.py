@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from bridges.envelope import make_event
 from fleet.errors import ConfigError
 from fleet.mqtt.properties import Properties
 from fleet.testing.streams import Stream, Transport, open_stream
-from tests.bridges.conftest import wait_until
+from tests.bridges.conftest import bridge_events_url, wait_until
 from tests.procs import MOSQUITTO_PUB, FleetBroker, Proc, run
 
 TIMEOUT = 5.0
@@ -36,14 +35,6 @@ PUBLISH_PROPERTIES = (
     "-D", "publish", "correlation-data", "abc",
     "-D", "publish", "content-type", "application/json",
 )  # fmt: skip
-
-
-@pytest.fixture(params=["embedded", "mosquitto"])
-def broker_port(request: pytest.FixtureRequest) -> int:
-    """The port of a real broker: ours, in this process, or a Mosquitto process."""
-    name = "broker" if request.param == "embedded" else "mosquitto_broker"
-    port: int = request.getfixturevalue(name).port
-    return port
 
 
 async def mosquitto_pub(port: int, *args: str) -> None:
@@ -64,9 +55,9 @@ async def mosquitto_pub(port: int, *args: str) -> None:
 
 
 @pytest.fixture
-async def bridge5(broker_port: int) -> AsyncIterator[Bridge]:
+async def bridge5(port: int) -> AsyncIterator[Bridge]:
     """A whole bridge (HTTP and gRPC) with `protocol = "5"`, connected to the broker."""
-    config = BridgeConfig(broker=f"mqtt://127.0.0.1:{broker_port}", http_port=0, grpc_port=0, protocol="5")
+    config = BridgeConfig(broker=f"mqtt://127.0.0.1:{port}", http_port=0, grpc_port=0, protocol="5")
     async with running(config) as bridge:
         await wait_until(lambda: bridge.hub.broker_connected, "the bridge to connect to the broker")
         yield bridge
@@ -88,7 +79,7 @@ async def _three_streams(bridge: Bridge, stack: Any) -> dict[Transport, Stream]:
 
 
 async def test_a_v5_publish_s_properties_reach_websocket_sse_and_grpc_as_one_properties_object(
-    bridge5: Bridge, broker_port: int
+    bridge5: Bridge, port: int
 ) -> None:
     """User properties (in order, duplicate keys kept), Correlation Data (base64) and Content Type of
     an MQTT 5 publish arrive as the same `properties` object on WebSocket, SSE and gRPC."""
@@ -96,8 +87,8 @@ async def test_a_v5_publish_s_properties_reach_websocket_sse_and_grpc_as_one_pro
 
     async with contextlib.AsyncExitStack() as stack:
         streams = await _three_streams(bridge5, stack)
-        await mosquitto_pub(broker_port, "-t", TOPIC, "-m", '{"seq":1}', *PUBLISH_PROPERTIES)
-        await mosquitto_pub(broker_port, "-t", TOPIC, "-m", '{"seq":2}')
+        await mosquitto_pub(port, "-t", TOPIC, "-m", '{"seq":1}', *PUBLISH_PROPERTIES)
+        await mosquitto_pub(port, "-t", TOPIC, "-m", '{"seq":2}')
         for transport, stream in streams.items():
             first = await stream.expect(TOPIC, {"seq": 1}, within=TIMEOUT)
             assert first.data["properties"] == PROPERTIES, transport
@@ -106,10 +97,10 @@ async def test_a_v5_publish_s_properties_reach_websocket_sse_and_grpc_as_one_pro
             assert "properties" not in second.data, (transport, second.data)
 
 
-async def test_the_retained_copy_of_a_status_keeps_its_properties(bridge5: Bridge, broker_port: int) -> None:
+async def test_the_retained_copy_of_a_status_keeps_its_properties(bridge5: Bridge, port: int) -> None:
     """A new consumer's retained status carries the properties of the message it copies."""
     await mosquitto_pub(
-        broker_port, "-t", "fleet/thermo-0001/status", "-r", "-m", '{"online":true}', *PUBLISH_PROPERTIES
+        port, "-t", "fleet/thermo-0001/status", "-r", "-m", '{"online":true}', *PUBLISH_PROPERTIES
     )
     await wait_until(lambda: len(bridge5.hub.retained) == 1, "the bridge to keep the retained status")
     for transport in ("ws", "sse", "grpc"):
@@ -119,13 +110,13 @@ async def test_the_retained_copy_of_a_status_keeps_its_properties(bridge5: Bridg
             assert event.data["properties"] == PROPERTIES, transport
 
 
-async def test_a_3_1_1_bridge_delivers_a_v5_publish_without_properties(broker_port: int) -> None:
+async def test_a_3_1_1_bridge_delivers_a_v5_publish_without_properties(port: int) -> None:
     """With the default protocol the bridge speaks MQTT 3.1.1: no `properties` key, as before."""
-    config = BridgeConfig(broker=f"mqtt://127.0.0.1:{broker_port}", http_port=0, grpc_port=0)
+    config = BridgeConfig(broker=f"mqtt://127.0.0.1:{port}", http_port=0, grpc_port=0)
     async with running(config) as bridge:
         await wait_until(lambda: bridge.hub.broker_connected, "the bridge to connect to the broker")
         async with open_stream("ws", stream_url(bridge, "ws"), [TOPIC]) as stream:
-            await mosquitto_pub(broker_port, "-t", TOPIC, "-m", '{"seq":1}', *PUBLISH_PROPERTIES)
+            await mosquitto_pub(port, "-t", TOPIC, "-m", '{"seq":1}', *PUBLISH_PROPERTIES)
             event = await stream.expect(TOPIC, {"seq": 1}, within=TIMEOUT)
     assert "properties" not in event.data
 
@@ -170,15 +161,7 @@ def test_fleet_bridge_protocol_version_mqttv5_bridges_the_properties(
     proc = bridge_proc(
         "-V", "mqttv5", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--http-port", 0, "--grpc-port", 0
     )
-    index = proc.stdout.wait_for(lambda line: line.startswith("fleet bridge: serving http://"))
-    events_url = proc.stdout.lines[index].removeprefix("fleet bridge: serving ")
-    health_url = events_url.replace("/events", "/healthz")
-    for _ in range(50):  # bounded: the bridge connects to its broker within a few hundred ms
-        health = json.loads(run(["curl", "-s", "--max-time", "2", health_url]).stdout or "{}")
-        if health.get("broker_connected"):
-            break
-        time.sleep(0.1)
-    assert health["broker_connected"] is True, health
+    events_url = bridge_events_url(proc)
     assert MOSQUITTO_PUB is not None
     published = run(
         [MOSQUITTO_PUB, "-V", "mqttv5", "-p", str(broker.port), "-h", "127.0.0.1", "-q", "1", "-t", TOPIC,

@@ -19,14 +19,6 @@ from tests.bridges.conftest import wait_until
 MESSAGES = 60
 
 
-@pytest.fixture(params=["embedded", "mosquitto"])
-def broker_port(request: pytest.FixtureRequest) -> int:
-    """The port of a real broker: ours, in this process, or a Mosquitto process."""
-    name = "broker" if request.param == "embedded" else "mosquitto_broker"
-    port: int = request.getfixturevalue(name).port
-    return port
-
-
 def topics(bridge: Bridge, kind: str) -> list[str]:
     """The topic and payload `seq` of each event of `kind` the bridge has ingested, from its ring."""
     return [
@@ -35,14 +27,14 @@ def topics(bridge: Bridge, kind: str) -> list[str]:
 
 
 async def test_two_bridges_of_one_shared_group_split_the_telemetry_and_each_gets_every_status(
-    broker_port: int,
+    port: int,
 ) -> None:
     """Two bridges with one shared_group each get a share of the telemetry, together all of it and
     none twice; each gets the retained statuses and every live status, once."""
-    async with aiomqtt.Client("127.0.0.1", broker_port, identifier="test-shared-publisher") as publisher:
+    async with aiomqtt.Client("127.0.0.1", port, identifier="test-shared-publisher") as publisher:
         await publisher.publish("fleet/d0/status", b'{"online":true,"seq":0}', qos=1, retain=True)
         config = BridgeConfig(
-            broker=f"mqtt://127.0.0.1:{broker_port}", http_port=0, grpc_port=0, protocol="5", shared_group="g"
+            broker=f"mqtt://127.0.0.1:{port}", http_port=0, grpc_port=0, protocol="5", shared_group="g"
         )
         async with contextlib.AsyncExitStack() as stack:
             bridges = [await stack.enter_async_context(running(config)) for _ in range(2)]
