@@ -56,6 +56,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
 from bridges.hub import Hub
+from fleet.device import speaks_v5
 from fleet.errors import FleetError, TopicError
 from fleet.mqtt.properties import EMPTY, Properties
 from fleet.topics import classify, matches, validate_topic
@@ -393,8 +394,7 @@ class MqttSource:
         if self.settings.protocol != "5" or device is None or topic != f"{prefix}/{device}/cmd":
             return None
         birth = self.hub.retained.get(f"{prefix}/{device}/status")
-        status = None if birth is None else birth.payload
-        if not isinstance(status, dict) or status.get("protocol") != 5:
+        if birth is None or not speaks_v5(birth.payload):
             return None
         properties = PahoProperties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho has no hints here
         properties.ResponseTopic = f"{prefix}/{device}/cmd/response/{self.response_token}"

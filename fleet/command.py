@@ -19,6 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleet.device import speaks_v5
 from fleet.mqtt import v5
 from fleet.mqtt.properties import Properties, encode_property_body
 from fleet.packets import Connect, Publish
@@ -26,13 +27,7 @@ from fleet.simulator import Target
 from fleet.topics import validate_topic
 from fleet.transport import ClientSession, Link
 
-__all__ = ["Reply", "Request", "send_command", "speaks_v5"]
-
-
-def speaks_v5(status: dict[str, Any] | None) -> bool:
-    """Whether a device's status (its retained birth) says it speaks MQTT 5, so that a command to
-    it may be a request."""
-    return status is not None and status.get("protocol") == 5
+__all__ = ["Reply", "Request", "send_command"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,11 +24,17 @@ from fleet.mqtt.properties import EMPTY, Properties, encode_property_body
 from fleet.packets import Connect, Will
 from fleet.schema import Duration, Exponential, Fixed, Group, Normal, Uniform
 
-__all__ = ["KNOWN_OPS", "Command", "Device", "DeviceTopics", "EndKind", "draw_duration"]
+__all__ = ["KNOWN_OPS", "Command", "Device", "DeviceTopics", "EndKind", "draw_duration", "speaks_v5"]
 
 EndKind = Literal["clean", "abrupt", "silent"]
 KNOWN_OPS = frozenset({"set_interval", "reboot", "go_offline", "ping"})
 _END_KINDS: tuple[EndKind, ...] = ("clean", "abrupt", "silent")
+
+
+def speaks_v5(status: Any) -> bool:
+    """Whether a device's status (its retained birth, decoded) says it speaks MQTT 5, as
+    `Device.status` marks it, so that a command to it may be a request."""
+    return isinstance(status, dict) and status.get("protocol") == 5
 
 
 @dataclass(frozen=True, slots=True)

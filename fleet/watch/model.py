@@ -18,7 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fleet.command import Request, speaks_v5
+from fleet.command import Request
+from fleet.device import speaks_v5
 from fleet.mqtt.properties import EMPTY, Properties
 from fleet.testing.streams import envelope_properties
 from fleet.topics import classify
