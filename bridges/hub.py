@@ -278,20 +278,13 @@ class Consumer:
                     return
         if len(queue) >= self.size or (self.queued_bytes + size > self.max_bytes and self._head_dropped()):
             if self.policy == "disconnect":
-                self.hub.count_drop(self)
-                self.overflowed = True
-                self.close(
-                    f"too slow: {len(queue)} events, {self.queued_bytes} bytes queued (policy: disconnect)"
-                )
+                self._cut(f"{len(queue)} events, {self.queued_bytes} bytes queued")
                 return
             while queue and (
                 len(queue) >= self.size
                 or (self.queued_bytes + size > self.max_bytes and self._head_dropped())
             ):
-                self._pop()
-                self._pending_drops += 1
-                self.dropped += 1
-                self.hub.count_drop(self)
+                self._drop_oldest()
         queue.append(item)
         self.queued_bytes += size
         self._wake()
@@ -302,19 +295,27 @@ class Consumer:
         policy disconnect, cut the consumer. Replayed events (asked for) do not count."""
         queue = self._queue
         if self.policy == "disconnect":
-            self.hub.count_drop(self)
-            self.overflowed = True
-            self.close(f"too slow: over {self.hub.max_lag:g} s behind (policy: disconnect)")
+            self._cut(f"over {self.hub.max_lag:g} s behind")
             return
         live_from = self._live_from
         while queue:
             head = queue[0]
             if type(head) is not Event or head.received_at >= cutoff or head.id < live_from:
                 break
-            self._pop()
-            self._pending_drops += 1
-            self.dropped += 1
-            self.hub.count_drop(self)
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        """Drop the oldest queued item, count it, and tell the consumer before its next event."""
+        self._pop()
+        self._pending_drops += 1
+        self.dropped += 1
+        self.hub.count_drop(self)
+
+    def _cut(self, why: str) -> None:
+        """Close a consumer too slow for its queue (policy disconnect), counting the event it lost."""
+        self.hub.count_drop(self)
+        self.overflowed = True
+        self.close(f"too slow: {why} (policy: disconnect)")
 
     def lose(self, count: int) -> None:
         """`count` events for this consumer were shed before they were queued: count them as drops,
