@@ -20,9 +20,10 @@ wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`
     open. A message larger than the server's limit (`bridges.server.MAX_WS_MESSAGE`) closes it
     with code 1009. A consumer cut under `policy=disconnect` is
     closed with code 1008 and the reason; at shutdown the code is 1001. A client that stops reading
-    for `send_timeout` seconds, or that does not complete a close within a second, has its
-    connection aborted: a close handshake with a peer that reads nothing would hold the socket and
-    its buffers forever. Pings are uvicorn's (see `bridges.server`).
+    (a send to it has waited `send_timeout` seconds, or, on Linux, bytes have waited for it that
+    long and its TCP has acknowledged none, however they were written), or that does not complete
+    a close within a second, has its connection aborted: a close handshake with a peer that reads
+    nothing would hold the socket and its buffers forever. Pings are uvicorn's (see `bridges.server`).
 
 `GET /events` (text/event-stream)
     Query: `filter` (repeatable, required), `policy`, `queue`, and `last_event_id` (or the
@@ -32,7 +33,7 @@ wildcard, as users type `?filter=fleet/+/status`), not a space: a space is `%20`
     `data:` (the envelope). `dropped` and `reset` events carry no id, so the resume point stays on
     the last real event. A bad query
     is a 400 with the reason as text. The stream starts with a `retry:` hint, sends a comment every
-    `keepalive` seconds, and a client that does not take a write within `send_timeout` is cut: its
+    `keepalive` seconds, and a client that stops reading is cut as on `/ws` (`send_timeout`): its
     connection is aborted.
 
 `GET /` is the dashboard page, with its scripts and styles under `/dashboard/` (bridges/dashboard/:
@@ -59,6 +60,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -531,12 +534,83 @@ def _http_sink(scope: Scope) -> Callable[[bytes], bool] | None:
     return write
 
 
+# Linux's `struct tcp_info` (linux/tcp.h), read by offset: the kernel only appends fields to it.
+# tcpi_unacked (segments sent and not yet acknowledged) at 24, tcpi_bytes_acked at 120 (Linux 4.1),
+# tcpi_notsent_bytes (written, not yet sent) at 144 (Linux 4.6).
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_TCP_INFO_BYTES = 148
+_TCPI_UNACKED = struct.Struct("=I")
+_TCPI_BYTES_ACKED = struct.Struct("=Q")
+_TCPI_NOTSENT = struct.Struct("=I")
+
+
+class _Peer:
+    """Whether the peer of one TCP connection takes what is written to it, as its kernel sees it.
+
+    The bytes written for a client wait in the transport's buffer, then in the kernel's send buffer,
+    which Linux grows to hundreds of KB and more for a peer that has stopped reading; a send waits
+    only once both are full, which at a modest event rate takes minutes, or never comes when the
+    events stop. So the peer is judged by what its TCP acknowledges instead: stuck while bytes wait
+    for it and it acknowledges none, whichever path wrote them (a send, the fan-out's direct write, a
+    ping). Linux only (`TCP_INFO`); `of` is None elsewhere, and only sends are watched."""
+
+    __slots__ = ("_acked_then", "_socket", "_transport")
+
+    def __init__(self, transport: asyncio.WriteTransport, sock: socket.socket) -> None:
+        self._transport = transport
+        self._socket = sock
+        self._acked_then: int | None = None  # bytes acknowledged at the last look, if bytes waited then
+
+    @classmethod
+    def of(cls, scope: Scope) -> _Peer | None:
+        """The peer of the connection of `scope`, under uvicorn on Linux; None elsewhere."""
+        transport = scope.get(_TRANSPORT)
+        if _TCP_INFO is None or not isinstance(transport, asyncio.WriteTransport):
+            return None
+        sock = transport.get_extra_info("socket")
+        if (
+            sock is None
+            or sock.type != socket.SOCK_STREAM
+            or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        ):
+            return None
+        peer = cls(transport, sock)
+        return peer if peer._look() is not None else None
+
+    def _look(self) -> tuple[int, bool] | None:
+        """The bytes the peer has acknowledged so far, and whether bytes wait for it; None when the
+        kernel cannot tell (too old, or the connection is gone)."""
+        assert _TCP_INFO is not None
+        try:
+            info = self._socket.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_BYTES)
+        except OSError:
+            return None
+        if len(info) < _TCP_INFO_BYTES:
+            return None
+        (acked,) = _TCPI_BYTES_ACKED.unpack_from(info, 120)
+        (unacked,) = _TCPI_UNACKED.unpack_from(info, 24)
+        (notsent,) = _TCPI_NOTSENT.unpack_from(info, 144)
+        return acked, bool(unacked or notsent or self._transport.get_write_buffer_size())
+
+    def stuck(self) -> bool:
+        """Whether bytes waited for the peer at the previous look and still wait, and it has
+        acknowledged none since."""
+        look = self._look()
+        if look is None:
+            self._acked_then = None
+            return False
+        acked, waiting = look
+        then, self._acked_then = self._acked_then, acked if waiting else None
+        return waiting and acked == then
+
+
 class _SendWatch:
     """Sends in flight on one connection, and since when some send has been in flight.
 
     A watchdog (`expired`) instead of a timeout around every send: a send to a healthy client does
     not wait, and arming a timer (or an anyio cancel scope) per send would cost about as much as the
-    send itself. A send that waits `timeout` seconds is detected within 1.5 times that."""
+    send itself. It looks every `timeout / 2` seconds, so a send that waits `timeout` seconds, or a
+    peer that takes no byte for `timeout` seconds (`_Peer`), is detected within 1.5 times that."""
 
     __slots__ = ("_count", "_since", "timeout")
 
@@ -553,12 +627,18 @@ class _SendWatch:
     def end(self) -> None:
         self._count -= 1
 
-    async def expired(self) -> str:
-        """Return, with the reason, once a send has been waiting for `timeout` seconds."""
+    async def expired(self, peer: _Peer | None) -> str:
+        """Return, with the reason, once a send has been waiting for `timeout` seconds, or once `peer`
+        has had bytes waiting for it and acknowledged none for `timeout` seconds: at three looks in
+        a row, half a timeout apart."""
+        stuck = 0  # looks in a row at which the peer was stuck since the look before
         while True:
             await asyncio.sleep(self.timeout / 2)
             if self._count and time.monotonic() - self._since > self.timeout:
                 return f"send timed out after {self.timeout:g}s: the client is not reading"
+            stuck = stuck + 1 if peer is not None and peer.stuck() else 0
+            if stuck >= 2:
+                return f"the client took no byte waiting for it in {self.timeout:g}s: it is not reading"
 
 
 class _Close(Exception):
@@ -681,7 +761,7 @@ class _WebSocketSession:
             self._sends.end()
 
     async def _watch_sends(self) -> None:
-        reason = await self._sends.expired()
+        reason = await self._sends.expired(_Peer.of(self.websocket.scope))
         self.state.hub.count_send_timeout(WS_TRANSPORT)
         raise _Close(_CLOSE_POLICY, reason, abort=True)
 
@@ -891,8 +971,8 @@ class _EventStream(EventSourceResponse):
         finally:
             self._sends.end()
 
-    async def _watch_sends(self) -> None:
-        reason = await self._sends.expired()
+    async def _watch_sends(self, scope: Scope) -> None:
+        reason = await self._sends.expired(_Peer.of(scope))
         raise SendTimeoutError(reason)
 
     async def _frames(self) -> AsyncIterator[bytes]:
@@ -919,7 +999,7 @@ class _EventStream(EventSourceResponse):
             self._consumer.sink = lambda event: sink(_sse_frame(event))
         try:
             async with asyncio.TaskGroup() as tasks:
-                watchdog = tasks.create_task(self._watch_sends(), name="bridges.sse.watchdog")
+                watchdog = tasks.create_task(self._watch_sends(scope), name="bridges.sse.watchdog")
                 try:
                     await super().__call__(scope, receive, send)
                 finally:

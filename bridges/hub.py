@@ -626,7 +626,8 @@ class Hub:
         self.drops[consumer.transport] = self.drops.get(consumer.transport, 0) + count
 
     def count_send_timeout(self, transport: str) -> None:
-        """A consumer of `transport` was cut because a send to it waited longer than the send timeout."""
+        """A consumer of `transport` was cut for not reading: a send to it, or on WebSocket and SSE the
+        bytes written for it, waited longer than the send timeout."""
         self.send_timeouts[transport] = self.send_timeouts.get(transport, 0) + 1
 
     def close(self, reason: str) -> None:

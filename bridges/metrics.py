@@ -55,7 +55,7 @@ class HubCollector:
         )
         send_timeouts = CounterMetricFamily(
             f"{PREFIX}_send_timeouts",
-            "Consumers cut because a send to them waited longer than the send timeout, by transport.",
+            "Consumers cut for not reading within the send timeout, by transport.",
             labels=["transport"],
         )
         consumers = GaugeMetricFamily(

@@ -31,6 +31,13 @@ from broker.server import Broker
 from tests.procs import Proc, fleet_argv, run
 
 TIMEOUT = 5.0
+# The receive buffer of a client that will stop reading (the kernel doubles it).
+SMALL_RCVBUF = 4096
+# How long a test waits for the bridge to cut such a client: generous, as the machine may be busy.
+STALL_TIMEOUT = 20.0
+# A burst for such a client: many times its receive buffer, and less than the 64 KiB past which
+# uvicorn pauses writing (so no send to it ever waits).
+QUIET_BURST = [("fleet/quiet/telemetry", {"seq": seq, "blob": "x" * 1000}) for seq in range(40)]
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
@@ -136,6 +143,20 @@ async def publish_and_wait(
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await client.publish(topic, data, qos=qos)
     await wait_until(lambda: hub.events_in >= target, f"the hub to ingest {len(messages)} messages")
+
+
+async def small_window_socket(port: int) -> socket.socket:
+    """A non-blocking TCP socket connected to 127.0.0.1:`port` with a receive buffer of a few KB: once
+    its owner stops reading, the peer's window closes after a few KB, and the rest waits at the bridge."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_RCVBUF)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def free_port() -> int:

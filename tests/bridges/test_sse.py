@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiomqtt
@@ -11,6 +12,8 @@ from httpx_sse import aconnect_sse
 
 from bridges.hub import Hub
 from tests.bridges.conftest import (
+    QUIET_BURST,
+    STALL_TIMEOUT,
     BridgeFactory,
     Curl,
     RunningBridge,
@@ -18,6 +21,7 @@ from tests.bridges.conftest import (
     consumers,
     publish_and_wait,
     server_connections,
+    small_window_socket,
     wait_until,
 )
 
@@ -247,6 +251,47 @@ async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: Bridg
         assert await flood_until_cut(), "the stalled stream was never cut"
         await wait_until(lambda: bridge.hub.send_timeouts == {"sse": 1}, "the cut to be counted")
         await wait_until(lambda: server_connections(bridge.port) == 0, "the connection to be aborted")
+
+
+async def test_a_client_that_stops_reading_is_cut_though_no_write_to_it_waits(
+    bridge_factory: BridgeFactory, mqtt: aiomqtt.Client
+) -> None:
+    """A client that stops reading is cut once it has taken none of the bytes waiting for it for
+    send_timeout, though they wait in the kernel and no write to it waits; another client reads on."""
+    async with (
+        bridge_factory(send_timeout=0.5) as bridge,
+        httpx.AsyncClient(base_url=bridge.http) as client,
+        aconnect_sse(client, "GET", "/events", params={"filter": "fleet/#"}) as source,
+    ):
+        reader = SseReader(source)
+        loop = asyncio.get_running_loop()
+        stalled = await small_window_socket(bridge.port)
+        try:
+            request = (
+                b"GET /events?filter=fleet/quiet/%%23 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % bridge.port
+            )
+            await loop.sock_sendall(stalled, request)
+            await wait_until(lambda: consumers(bridge.hub, "sse") == 2, "the stream that will stall to open")
+            # From here on the stalled client reads nothing.
+            await publish_and_wait(mqtt, bridge.hub, QUIET_BURST)
+            for seq in range(len(QUIET_BURST)):
+                assert json.loads((await reader.next()).data)["payload"]["seq"] == seq
+            seq = 0
+            try:
+                async with asyncio.timeout(STALL_TIMEOUT):
+                    while consumers(bridge.hub, "sse") == 2:
+                        await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
+                        assert json.loads((await reader.next()).data)["payload"] == {"seq": seq}
+                        seq += 1
+                        await asyncio.sleep(0.02)  # a trickle, not a flood
+            except TimeoutError:
+                pytest.fail("the client that stopped reading was never cut")
+            assert bridge.hub.send_timeouts == {"sse": 1}
+            await wait_until(lambda: server_connections(bridge.port) == 1, "its connection to be aborted")
+            await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
+            assert json.loads((await reader.next()).data)["payload"] == {"seq": seq}
+        finally:
+            stalled.close()
 
 
 def _drained(hub: Hub) -> bool:

@@ -13,6 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Origin
 
 from tests.bridges.conftest import (
+    QUIET_BURST,
+    STALL_TIMEOUT,
     TIMEOUT,
     BridgeFactory,
     RunningBridge,
@@ -23,6 +25,7 @@ from tests.bridges.conftest import (
     recv_text,
     running_bridge,
     server_connections,
+    small_window_socket,
     wait_until,
 )
 
@@ -288,6 +291,39 @@ async def test_a_stalled_client_is_cut_by_the_send_timeout(bridge_factory: Bridg
             await wait_until(lambda: server_connections(bridge.port) == 0, "the connection to be aborted")
         finally:
             ws.transport.abort()
+
+
+async def test_a_client_that_stops_reading_is_cut_though_no_send_to_it_waits(
+    bridge_factory: BridgeFactory, mqtt: aiomqtt.Client
+) -> None:
+    """A client that stops reading is cut once it has taken none of the bytes waiting for it for
+    send_timeout, though they wait in the kernel and no send to it waits; another client reads on."""
+    async with bridge_factory(send_timeout=0.5) as bridge:
+        stalled = await connect(
+            bridge.ws(filter="fleet/quiet/#"), sock=await small_window_socket(bridge.port)
+        )
+        try:
+            async with connect(bridge.ws(filter="fleet/#")) as reader:
+                stalled.transport.pause_reading()
+                await publish_and_wait(mqtt, bridge.hub, QUIET_BURST)
+                for seq in range(len(QUIET_BURST)):
+                    assert (await recv_json(reader))["payload"]["seq"] == seq
+                seq = 0
+                try:
+                    async with asyncio.timeout(STALL_TIMEOUT):
+                        while consumers(bridge.hub, "websocket") == 2:
+                            await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
+                            assert (await recv_json(reader))["payload"] == {"seq": seq}
+                            seq += 1
+                            await asyncio.sleep(0.02)  # a trickle, not a flood
+                except TimeoutError:
+                    pytest.fail("the client that stopped reading was never cut")
+                assert bridge.hub.send_timeouts == {"websocket": 1}
+                await wait_until(lambda: server_connections(bridge.port) == 1, "its connection to be aborted")
+                await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
+                assert (await recv_json(reader))["payload"] == {"seq": seq}
+        finally:
+            stalled.transport.abort()
 
 
 async def test_a_peer_that_stops_answering_pings_is_cut(bridge_factory: BridgeFactory) -> None:
