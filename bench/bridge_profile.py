@@ -148,7 +148,7 @@ def instrument(counters: Counters) -> None:
     """Patch asyncio's loop, the gRPC Subscribe handler, the Hub and the MQTT socket with counters."""
     from asyncio import base_events
 
-    from bridges import source
+    from bridges import grpc_service, source
     from bridges.grpc_service import FleetBridgeServicer
     from bridges.hub import Hub
 
@@ -241,19 +241,27 @@ def instrument(counters: Counters) -> None:
 
     FleetBridgeServicer.Subscribe = timed_subscribe  # type: ignore[method-assign,assignment]
 
-    # The fan-out's writes (absent from commits before it wrote to gRPC streams: this script can
-    # profile those too, with PYTHONPATH pointing at their tree).
+    # The fan-out's writes, timed from `_sink` to `_written` without a callback of their own (absent
+    # from commits before the fan-out wrote to gRPC streams: this script can profile those too, with
+    # PYTHONPATH pointing at their tree).
     sink = getattr(FleetBridgeServicer, "_sink", None)
     if sink is not None:
+        started: dict[int, tuple[int, float]] = {}  # by id of the stream
+        done = grpc_service._written
 
         def timed_sink(self: Any, stream: Any, event: Any) -> bool:
             if not sink(self, stream, event):
                 return False
-            turn, t = counters.turns, time.perf_counter()
-            stream.written.add_done_callback(lambda _: written(turn, t))
+            started[id(stream)] = (counters.turns, time.perf_counter())
             return True
 
+        def timed_written(stream: Any, write: Any, future: Any) -> None:
+            done(stream, write, future)
+            if (start := started.pop(id(stream), None)) is not None:
+                written(*start)
+
         FleetBridgeServicer._sink = timed_sink  # type: ignore[method-assign]
+        grpc_service._written = timed_written
 
 
 def serve(stats: Path, cprofile: Path | None, bridge_args: list[str]) -> int:
