@@ -10,7 +10,8 @@ consumers of `bench/bridge_scale.py` (`bench/bridge_rig.py`) on core 1, offers e
   callbacks took (the lag that a callback made ready in one turn waits before the next runs);
 - **idle %**: the share of the window the loop spent waiting in its selector;
 - **gRPC write p50/p99/max (turns, ms)**: from the moment a `Subscribe` stream hands grpc a message
-  to the moment grpc asks for the next one: the completion delay of a gRPC write, in loop turns and ms;
+  to the moment grpc asks for the next one, or from the fan-out's write (`_sink`) to its completion:
+  the completion delay of a gRPC write, in loop turns and ms;
 - **wake-up bytes**: bytes left unread in grpc.aio's completion-queue wake-up socket at the start of a
   turn (mean and max): each is one more `_handle_events` call on a later turn;
 - **ingest/turn max, reads/turn max**: the most MQTT messages ingested, and reads of the MQTT

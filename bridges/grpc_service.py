@@ -15,8 +15,8 @@ A stream whose handler waits for an event with nothing queued is written to from
 (`Consumer.sink`, as WebSocket and SSE are): the event goes to grpc as the hub offers it, without
 waking the handler, and the next one waits in the queue while that write is in flight. grpc.aio's
 poller thread runs under `SCHED_BATCH`, so that grpc does not switch to it at each write: it takes
-the completions of a turn together once the loop waits. At 50 msg/s to 90 streams this took a
-delivery from about 70 to about 35 µs of bridge CPU (`bench/bridge_profile.py`, bench/README.md).
+the completions of a turn together once the loop waits. At 50 msg/s to 90 streams this cut the
+bridge's CPU per delivery by about 40 % (bench/README.md, "gRPC at low load").
 
 Each event is serialized once, not once per consumer: Subscribe is registered with no response
 serializer, so it yields bytes that grpc sends as they are. The bytes of recent events are cached by
