@@ -495,6 +495,41 @@ async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) ->
         steady.cancel()
 
 
+async def test_a_stalled_write_from_the_fan_out_is_cut_after_the_send_timeout(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that the fan-out started to an idle stream, and that its client never takes, is cut once
+    it waits send_timeout, as a write of the stream's handler is."""
+    streams: list[Any] = []
+    sink = FleetBridgeServicer._sink
+
+    def spy(self: FleetBridgeServicer, stream: Any, event: Any) -> bool:
+        streams.append(stream)
+        return sink(self, stream, event)
+
+    monkeypatch.setattr(FleetBridgeServicer, "_sink", spy)
+    hub = Hub()
+    source = MqttSource(hub, SourceSettings(port=broker.port))
+    # bdp_probe 0 keeps the stream's flow-control window at its initial 64 KB: two such events overfill it.
+    stalled_options = [("grpc.http2.bdp_probe", 0)]
+    async with (
+        grpc_server(hub, source, send_timeout=0.3) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=stalled_options) as channel,
+    ):
+        stalled = await subscribe(Stub(channel), "fleet/#")
+        (consumer,) = hub.consumers
+        await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
+        blob = json.dumps({"blob": "x" * 60_000}).encode()
+        hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+        await wait_until(lambda: streams[-1].written is None, "the first write to complete")
+        hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+        assert consumer.queued == 0  # the fan-out's write, in flight
+        assert streams[-1].written is not None
+        await wait_until(lambda: hub.send_timeouts == {"grpc": 1}, "the stalled stream to be cut")
+        assert not hub.consumers
+        stalled.cancel()
+
+
 async def _read_ten(subscription: Subscription) -> None:
     for _ in range(10):
         await subscription.item()
