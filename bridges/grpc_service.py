@@ -488,15 +488,19 @@ def defer_completion_poller() -> bool:
     A completion waits at most the scheduler's time slice more while the loop is busy.
 
     Finds the thread by its target, `PollerCompletionQueue._poll_wrapper`: an internal of the
-    pinned grpcio (see pyproject.toml). Elsewhere, or without `SCHED_BATCH`, nothing changes."""
+    pinned grpcio (see pyproject.toml). Elsewhere, without `SCHED_BATCH`, or where the system refuses
+    it, nothing changes."""
     batch = getattr(os, "SCHED_BATCH", None)
     if batch is None:
         return False
     for thread in threading.enumerate():
         target = getattr(thread, "_target", None)
         if getattr(target, "__name__", "") == "_poll_wrapper" and thread.native_id is not None:
-            if os.sched_getscheduler(thread.native_id) != batch:
-                os.sched_setscheduler(thread.native_id, batch, os.sched_param(0))
+            try:
+                if os.sched_getscheduler(thread.native_id) != batch:
+                    os.sched_setscheduler(thread.native_id, batch, os.sched_param(0))
+            except OSError:  # a sandbox that forbids it (seccomp), or the thread just ended
+                return False
             return True
     return False
 

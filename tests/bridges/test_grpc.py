@@ -466,6 +466,24 @@ def test_grpc_poller_thread_runs_under_sched_batch(channel: grpc.aio.Channel) ->
     assert os.sched_getscheduler(poller.native_id) == os.SCHED_BATCH
 
 
+async def test_a_bridge_serves_where_sched_batch_is_refused(
+    hub: Hub, source: MqttSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system refuses SCHED_BATCH (a seccomp sandbox, say), the gRPC bridge starts and
+    delivers with grpc's poller thread as it was."""
+
+    def refuse(*args: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_getscheduler", lambda tid: os.SCHED_OTHER)
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    async with serving(hub, source) as channel:
+        subscription = await subscribe(Stub(channel), "fleet/#")
+        event = hub.ingest("fleet/dev-1/telemetry", b"{}", qos=0, retain=False)
+        assert (await subscription.event()).id == event.id
+        subscription.cancel()
+
+
 async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) -> None:
     """A client that stops reading is cut once a write waits send_timeout: its consumer leaves, the cut
     is counted, another stream goes on, and the client gets RESOURCE_EXHAUSTED after the data it had."""
