@@ -10,7 +10,8 @@ consumers of `bench/bridge_scale.py` (`bench/bridge_rig.py`) on core 1, offers e
   callbacks took (the lag that a callback made ready in one turn waits before the next runs);
 - **idle %**: the share of the window the loop spent waiting in its selector;
 - **gRPC write p50/p99/max (turns, ms)**: from the moment a `Subscribe` stream hands grpc a message
-  to the moment grpc asks for the next one: the completion delay of a gRPC write, in loop turns and ms;
+  to the moment grpc asks for the next one, or from the fan-out's write (`_sink`) to its completion:
+  the completion delay of a gRPC write, in loop turns and ms;
 - **wake-up bytes**: bytes left unread in grpc.aio's completion-queue wake-up socket at the start of a
   turn (mean and max): each is one more `_handle_events` call on a later turn;
 - **ingest/turn max, reads/turn max**: the most MQTT messages ingested, and reads of the MQTT
@@ -19,6 +20,12 @@ consumers of `bench/bridge_scale.py` (`bench/bridge_rig.py`) on core 1, offers e
 
     .venv/bin/python bench/bridge_profile.py [--rates 300,1500,6000] [--seconds 5] [--json FILE]
     .venv/bin/python bench/bridge_profile.py --layout grpc=100 --cprofile /tmp/bridge.prof
+    .venv/bin/python bench/bridge_profile.py --layout grpc=90 --rates 50 --syscalls
+
+`--syscalls` also counts, with `perf stat` over each window, the system calls and context switches
+of each of the bridge's threads per delivery: the loop's, grpc.aio's poller thread (which waits on
+grpc's completion queue and writes a wake-up byte per completion) and grpc's own threads. It needs
+`perf` and access to the kernel's syscall tracepoints (root, or a low `perf_event_paranoid`).
 
 `--cprofile FILE` also runs cProfile on the bridge's event-loop thread and writes its stats to FILE
 (read them with `python -m pstats FILE`, then `sort tottime`, `stats 30`). The instruments themselves
@@ -26,7 +33,8 @@ cost about 1 µs a turn and a few per gRPC write: compare µs/deliv between runs
 with `bench/bridge_scale.py` for absolute figures.
 
 Internally the same script is the bridge (`serve`): it patches the loop's `_run_once` and the
-selector's `select`, wraps `FleetBridgeServicer.Subscribe`, counts `Hub.ingest` and the MQTT socket's
+selector's `select`, wraps `FleetBridgeServicer.Subscribe` and `_sink` (a write from the fan-out),
+counts `Hub.ingest` and the MQTT socket's
 reads, then runs `fleet bridge`; a thread writes the counters to a JSON file every 0.2 s.
 """
 
@@ -102,8 +110,19 @@ class Counters:
         return {
             "t": time.perf_counter(),
             "cpu": time.process_time(),
+            "threads": _thread_roles(),
             **{k: (list(v) if isinstance(v, list) else v) for k, v in vars(self).items() if k[0] != "_"},
         }
+
+
+def _thread_roles() -> dict[str, str]:
+    """The native ids of the loop's thread and of grpc.aio's poller thread (its target is
+    `PollerCompletionQueue._poll_wrapper`, an internal of the pinned grpcio), by role."""
+    roles = {str(threading.main_thread().native_id): "loop"}
+    for thread in threading.enumerate():
+        if getattr(getattr(thread, "_target", None), "__name__", "") == "_poll_wrapper":
+            roles[str(thread.native_id)] = "grpc poller"
+    return roles
 
 
 def _wakeup_fd(loop: asyncio.AbstractEventLoop) -> int | None:
@@ -130,7 +149,7 @@ def instrument(counters: Counters) -> None:
     """Patch asyncio's loop, the gRPC Subscribe handler, the Hub and the MQTT socket with counters."""
     from asyncio import base_events
 
-    from bridges import source
+    from bridges import grpc_service, source
     from bridges.grpc_service import FleetBridgeServicer
     from bridges.hub import Hub
 
@@ -199,25 +218,51 @@ def instrument(counters: Counters) -> None:
 
     buffered.recv = counted_recv  # type: ignore[method-assign]
 
+    def written(turn: int, t: float) -> None:
+        """A gRPC write handed to grpc at `turn` and time `t` has completed."""
+        c = counters
+        turns, us = c.turns - turn, (time.perf_counter() - t) * 1e6
+        c.writes += 1
+        c.write_turns[_bucket(turns)] += 1
+        c.write_us[_bucket(us)] += 1
+        c.write_max_turns = max(c.write_max_turns, turns)
+        c.write_max_us = max(c.write_max_us, us)
+
     subscribe = FleetBridgeServicer.Subscribe
 
     async def timed_subscribe(self: Any, request: Any, context: Any) -> AsyncIterator[bytes]:
         responses = subscribe(self, request, context)
-        c = counters
         try:
             async for data in responses:
-                turn, t = c.turns, time.perf_counter()
+                turn, t = counters.turns, time.perf_counter()
                 yield data
-                turns, us = c.turns - turn, (time.perf_counter() - t) * 1e6
-                c.writes += 1
-                c.write_turns[_bucket(turns)] += 1
-                c.write_us[_bucket(us)] += 1
-                c.write_max_turns = max(c.write_max_turns, turns)
-                c.write_max_us = max(c.write_max_us, us)
+                written(turn, t)
         finally:
             await responses.aclose()
 
     FleetBridgeServicer.Subscribe = timed_subscribe  # type: ignore[method-assign,assignment]
+
+    # The fan-out's writes, timed from `_sink` to `_written` without a callback of their own (absent
+    # from commits before the fan-out wrote to gRPC streams: this script can profile those too, with
+    # PYTHONPATH pointing at their tree).
+    sink = getattr(FleetBridgeServicer, "_sink", None)
+    if sink is not None:
+        started: dict[int, tuple[int, float]] = {}  # by id of the stream
+        done = grpc_service._written
+
+        def timed_sink(self: Any, stream: Any, event: Any) -> bool:
+            if not sink(self, stream, event):
+                return False
+            started[id(stream)] = (counters.turns, time.perf_counter())
+            return True
+
+        def timed_written(stream: Any, write: Any, future: Any) -> None:
+            done(stream, write, future)
+            if (start := started.pop(id(stream), None)) is not None:
+                written(*start)
+
+        FleetBridgeServicer._sink = timed_sink  # type: ignore[method-assign]
+        grpc_service._written = timed_written
 
 
 def serve(stats: Path, cprofile: Path | None, bridge_args: list[str]) -> int:
@@ -282,6 +327,71 @@ def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What `--syscalls` counts per thread.
+_PERF_EVENTS = (
+    "context-switches",
+    *(
+        f"syscalls:sys_enter_{name}"
+        for name in (
+            "write",
+            "read",
+            "sendmsg",
+            "sendto",
+            "recvmsg",
+            "recvfrom",
+            "epoll_wait",
+            "futex",
+            "getpid",
+        )
+    ),
+)
+
+
+async def _count_syscalls(pid: int, seconds: float, out: Path) -> dict[str, dict[str, int]]:
+    """`perf stat`'s counts of `_PERF_EVENTS` for each thread of `pid` over `seconds`, by "comm-tid"."""
+    perf = await asyncio.create_subprocess_exec(
+        "perf", "stat", "--per-thread", "-x", ",", "-o", str(out), "-e", ",".join(_PERF_EVENTS),
+        "-p", str(pid), "--", "sleep", f"{seconds:g}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    if await perf.wait() != 0:
+        raise RuntimeError(f"perf stat failed (exit {perf.returncode}); is perf installed and allowed?")
+    return _perf_counts(out)
+
+
+def _perf_counts(out: Path) -> dict[str, dict[str, int]]:
+    """The counts of `perf stat --per-thread -x ,` output, by thread ("comm-tid") and event."""
+    counts: dict[str, dict[str, int]] = {}
+    for line in out.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 3 and fields[1].isdigit():
+            event = fields[3].removeprefix("syscalls:sys_enter_")
+            counts.setdefault(fields[0], {})[event] = int(fields[1])
+    return counts
+
+
+def _per_delivery(
+    counts: dict[str, dict[str, int]], roles: dict[str, str], deliveries: float
+) -> dict[str, dict[str, float]]:
+    """Counts per delivery, summed by role: "loop", "grpc poller", or "other threads"."""
+    out: dict[str, dict[str, float]] = {}
+    for thread, events in counts.items():
+        role = roles.get(thread.rpartition("-")[2], "other threads")
+        into = out.setdefault(role, {})
+        for event, n in events.items():
+            into[event] = into.get(event, 0.0) + n / deliveries
+    return out
+
+
+def _syscalls_text(per: dict[str, dict[str, float]]) -> str:
+    lines = []
+    for role in ("loop", "grpc poller", "other threads"):
+        events = per.get(role, {})
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in events.items() if v >= 0.005)
+        lines.append(f"    per delivery, {role}: {shown or '-'}")
+    return "\n".join(lines)
+
+
 def _layout(text: str) -> list[dict[str, int]]:
     counts = dict.fromkeys(("ws", "sse", "grpc"), 0)
     for part in text.split(","):
@@ -320,6 +430,11 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                 await rig.sleep(args.warmup)
                 before = json.loads(stats.read_text())
                 m0 = await rig.bridge.metrics()
+                counting = None
+                if args.syscalls and rig.bridge.proc is not None:
+                    counting = asyncio.create_task(
+                        _count_syscalls(rig.bridge.proc.pid, args.warmup + args.seconds, workdir / "perf.csv")
+                    )
                 st = await rig.measure("profile", rate, consumers, seconds=args.seconds)
                 m1 = await rig.bridge.metrics()
                 after = json.loads(stats.read_text())
@@ -335,8 +450,13 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "shed_per_s": (m1.get(SHED, 0) - m0.get(SHED, 0)) / window,
                     **_delta(before, after),
                 }
+                if counting is not None:
+                    deliveries = delivered * (args.warmup + args.seconds)
+                    row["syscalls"] = _per_delivery(await counting, after["threads"], deliveries)
                 rows.append(row)
                 print(_row_text(row), flush=True)
+                if "syscalls" in row:
+                    print(_syscalls_text(row["syscalls"]), flush=True)
             if args.cprofile is not None and rig.bridge.proc is not None:
                 rig.bridge.proc.send_signal(signal.SIGUSR1)
                 for _ in range(100):
@@ -390,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0, help="load before each window opens (s)")
     p.add_argument("--prefill", type=int, default=2000, help="messages published before consumers join")
     p.add_argument("--cprofile", type=Path, help="also profile the bridge's loop thread into this file")
+    p.add_argument("--syscalls", action="store_true", help="also count syscalls per thread (perf stat)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     p.add_argument("--log-dir", type=Path, help="keep the logs here (default: a temp dir)")
     args = p.parse_args(argv)

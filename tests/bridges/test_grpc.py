@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -255,26 +257,34 @@ async def test_subscribe_without_resume_starts_live(broker: Broker) -> None:
 
 
 async def test_a_slow_stream_sees_dropped_counts(broker: Broker) -> None:
-    """Under drop-oldest, a stream that falls behind gets a Dropped item, then the newest events."""
+    """Under drop-oldest, a stream that falls behind gets its first event (written at once, as its
+    handler waited), a Dropped item, then the newest events."""
     hub = Hub()
     async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port)), queue_size=2) as channel:
         call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
+        (consumer,) = hub.consumers
+        await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
         ids = ingest(hub, 5)  # all at once: the server gets no chance to send in between
-        first = await call.item()
-        assert isinstance(first, pb.Dropped), first
-        assert (first.count, first.total) == (3, 3)
+        assert (await call.event()).id == ids[0]
+        dropped = await call.item()
+        assert isinstance(dropped, pb.Dropped), dropped
+        assert (dropped.count, dropped.total) == (2, 2)
         assert [(await call.event()).id for _ in range(2)] == ids[3:]
         call.cancel()
-    assert hub.drops == {"grpc": 3}
+    assert hub.drops == {"grpc": 2}
 
 
 async def test_a_slow_stream_is_cut_under_the_disconnect_policy(broker: Broker) -> None:
-    """Under the disconnect policy, overflowing the queue ends the stream with RESOURCE_EXHAUSTED."""
+    """Under the disconnect policy, overflowing the queue ends the stream with RESOURCE_EXHAUSTED, after
+    the event written before the overflow."""
     hub = Hub()
     source = MqttSource(hub, SourceSettings(port=broker.port))
     async with serving(hub, source, policy="disconnect", queue_size=2) as channel:
         call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
-        ingest(hub, 3)
+        (consumer,) = hub.consumers
+        await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
+        ids = ingest(hub, 4)  # the first is written at once, the third queued overflows
+        assert (await call.event()).id == ids[0]
         error = await rpc_error(call.read())
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too slow" in (error.details() or "")
@@ -423,6 +433,57 @@ def test_waiting_events_go_out_in_batches_encoded_once(hub: Hub, broker: Broker)
     assert sizes == [3, 1]
 
 
+async def test_an_idle_stream_is_written_from_the_fan_out_and_keeps_order(
+    stub: Stub, hub: Hub, publisher: RawClient
+) -> None:
+    """The first event of a turn for a stream that waits goes to grpc from `Hub.ingest` itself, not
+    through the queue; the events after it queue behind that write, and the client reads all in order."""
+    subscription = await subscribe(stub, "fleet/#")
+    (consumer,) = [c for c in hub.consumers if c.transport == "grpc"]
+    await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
+
+    first = hub.ingest("fleet/dev-1/telemetry", b'{"seq": 0}', qos=0, retain=False)
+    assert consumer.queued == 0  # written, not queued
+    rest = [hub.ingest("fleet/dev-1/telemetry", b'{"seq": %d}' % n, qos=0, retain=False) for n in (1, 2)]
+    assert consumer.queued == 2  # the same turn: queued behind the write in flight
+    ids = [first.id, *(e.id for e in rest)]
+    for n in range(3, 40):  # one event a turn: through the sink, or queued while a write is in flight
+        await asyncio.sleep(0)
+        ids.append(hub.ingest("fleet/dev-1/telemetry", b'{"seq": %d}' % n, qos=0, retain=False).id)
+    assert [(await subscription.event()).id for _ in ids] == ids
+    subscription.cancel()
+
+
+def test_grpc_poller_thread_runs_under_sched_batch(channel: grpc.aio.Channel) -> None:
+    """A running gRPC bridge has put grpc.aio's poller thread under SCHED_BATCH, so that it does not
+    preempt the event loop at each write."""
+    (poller,) = [
+        t
+        for t in threading.enumerate()
+        if getattr(getattr(t, "_target", None), "__name__", "") == "_poll_wrapper"
+    ]
+    assert poller.native_id is not None
+    assert os.sched_getscheduler(poller.native_id) == os.SCHED_BATCH
+
+
+async def test_a_bridge_serves_where_sched_batch_is_refused(
+    hub: Hub, source: MqttSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system refuses SCHED_BATCH (a seccomp sandbox, say), the gRPC bridge starts and
+    delivers with grpc's poller thread as it was."""
+
+    def refuse(*args: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_getscheduler", lambda tid: os.SCHED_OTHER)
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    async with serving(hub, source) as channel:
+        subscription = await subscribe(Stub(channel), "fleet/#")
+        event = hub.ingest("fleet/dev-1/telemetry", b"{}", qos=0, retain=False)
+        assert (await subscription.event()).id == event.id
+        subscription.cancel()
+
+
 async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) -> None:
     """A client that stops reading is cut once a write waits send_timeout: its consumer leaves, the cut
     is counted, another stream goes on, and the client gets RESOURCE_EXHAUSTED after the data it had."""
@@ -450,6 +511,41 @@ async def test_a_stalled_stream_is_cut_after_the_send_timeout(broker: Broker) ->
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "send timed out after 0.3s" in (error.details() or "")
         steady.cancel()
+
+
+async def test_a_stalled_write_from_the_fan_out_is_cut_after_the_send_timeout(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that the fan-out started to an idle stream, and that its client never takes, is cut once
+    it waits send_timeout, as a write of the stream's handler is."""
+    streams: list[Any] = []
+    sink = FleetBridgeServicer._sink
+
+    def spy(self: FleetBridgeServicer, stream: Any, event: Any) -> bool:
+        streams.append(stream)
+        return sink(self, stream, event)
+
+    monkeypatch.setattr(FleetBridgeServicer, "_sink", spy)
+    hub = Hub()
+    source = MqttSource(hub, SourceSettings(port=broker.port))
+    # bdp_probe 0 keeps the stream's flow-control window at its initial 64 KB: two such events overfill it.
+    stalled_options = [("grpc.http2.bdp_probe", 0)]
+    async with (
+        grpc_server(hub, source, send_timeout=0.3) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=stalled_options) as channel,
+    ):
+        stalled = await subscribe(Stub(channel), "fleet/#")
+        (consumer,) = hub.consumers
+        await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
+        blob = json.dumps({"blob": "x" * 60_000}).encode()
+        hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+        await wait_until(lambda: streams[-1].written is None, "the first write to complete")
+        hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+        assert consumer.queued == 0  # the fan-out's write, in flight
+        assert streams[-1].written is not None
+        await wait_until(lambda: hub.send_timeouts == {"grpc": 1}, "the stalled stream to be cut")
+        assert not hub.consumers
+        stalled.cancel()
 
 
 async def _read_ten(subscription: Subscription) -> None:
