@@ -332,6 +332,8 @@ class FleetBridgeServicer:
         write = stream.context.write(b"%b%b%b" % (_EVENTS_TAG, _varint(len(data)), data))
         try:
             written = write.send(None)
+        except StopIteration:  # written without waiting for grpc
+            return True
         except Exception:  # the call has ended: the handler finds out
             return False
         stream.written = written
