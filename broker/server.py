@@ -443,7 +443,9 @@ class Broker:
         ):
             self._refuse_publish(session, topic)
             return
-        self.publish(Message(topic, packet.payload, packet.qos, packet.retain, sender=session.client_id))
+        self.publish(
+            Message(topic, packet.payload, packet.qos, packet.retain, EMPTY, None, session.client_id)
+        )
 
     def _refuse_publish(self, session: Session, topic: str) -> int:
         """Log a PUBLISH the broker does not route; return the MQTT 5 reason code for its acknowledgement."""
