@@ -345,6 +345,11 @@ def _decode_reason_packet(kind: int, body: bytes) -> _ReasonPacket:
 
 
 def _decode_ack(kind: int, body: bytes) -> Ack:
+    if len(body) == 2:
+        # The short form, reason 0 and no properties: most acknowledgements.
+        (packet_id,) = _U16.unpack(body)
+        if packet_id:
+            return Ack(kind, packet_id)
     cursor = _Cursor(body, _NAMES[kind])
     packet_id = cursor.packet_id()
     if not cursor.remaining():
@@ -479,7 +484,15 @@ def encode_publish(
     if qos:
         variable += _U16.pack(packet_id)
     variable += properties
-    return bytes((first,)) + encode_variable_int(len(variable) + len(payload)) + variable + payload
+    # The fixed header in one `bytes`: a Remaining Length under 16 KiB takes one or two bytes.
+    length = len(variable) + len(payload)
+    if length < 0x80:
+        header = bytes((first, length))
+    elif length < 0x4000:
+        header = bytes((first, length & 0x7F | 0x80, length >> 7))
+    else:
+        header = bytes((first,)) + encode_variable_int(length)
+    return header + variable + payload
 
 
 def encode_connect(connect: Connect) -> bytes:
