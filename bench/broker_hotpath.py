@@ -1,5 +1,7 @@
 """The embedded broker's own CPU per MQTT 3.1.1 delivery, without the network: this checkout against
 another one (``--base-worktree``), interleaved, so that a 5 % difference shows on a shared machine.
+``--protocol 5`` makes this side's clients MQTT 5 ones: with ``--base-worktree .`` that is the cost
+of an MQTT 5 delivery against a 3.1.1 one in the same checkout.
 
 Why: ``broker_scale.py`` measures broker CPU per delivery end to end, over loopback, with a load
 generator beside the broker on a 2-core machine. There the figure also moves with the scheduler:
@@ -21,6 +23,7 @@ Usage::
 
     .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 [--rounds 8]
     .venv/bin/python bench/broker_hotpath.py --base-worktree .      # A/A: the noise floor
+    .venv/bin/python bench/broker_hotpath.py --base-worktree . --protocol 5    # MQTT 5 / 3.1.1
     .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 --opcodes --messages 2000
     .venv/bin/python bench/broker_hotpath.py --checkout DIR --base-worktree /work/wt/base-c42ada3
     .venv/bin/python bench/broker_hotpath.py --base-worktree /work/wt/base-c42ada3 --ccalls --messages 2000
@@ -79,9 +82,12 @@ def _text(s: str) -> bytes:
     return _U16.pack(len(raw)) + raw
 
 
-def _connect(client_id: str) -> bytes:
-    # MQTT 3.1.1, clean session, no keepalive: no timer fires during a slow, traced run.
-    return _packet(0x10, _text("MQTT") + b"\x04\x02" + _U16.pack(0) + _text(client_id))
+def _connect(client_id: str, protocol: int) -> bytes:
+    # Clean session, no keepalive: no timer fires during a slow, traced run. MQTT 5: no properties.
+    level = b"\x05\x02" if protocol == 5 else b"\x04\x02"
+    return _packet(
+        0x10, _text("MQTT") + level + _U16.pack(0) + (b"\x00" if protocol == 5 else b"") + _text(client_id)
+    )
 
 
 def _topic(i: int) -> str:
@@ -166,19 +172,21 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     from broker.server import Broker
 
     broker = Broker(BrokerSettings())
+    # An MQTT 5 SUBSCRIBE and PUBLISH carry a property length (0 here); a PUBACK of reason 0 need not.
+    no_properties = b"\x00" if args.protocol == 5 else b""
     rng = random.Random(1)
     devices = []
     for i in range(args.clients):
         conn = Connection(broker)
         transport = Transport(10000 + i)
         conn.connection_made(transport)
-        _feed(conn, _connect(f"dev-{i}"))
-        _feed(conn, _packet(0x82, _U16.pack(1) + _text(_topic(i)) + b"\x01"))
+        _feed(conn, _connect(f"dev-{i}", args.protocol))
+        _feed(conn, _packet(0x82, _U16.pack(1) + no_properties + _text(_topic(i)) + b"\x01"))
         devices.append((conn, transport))
     pub = Connection(broker)
     pub_transport = Transport(9999)
     pub.connection_made(pub_transport)
-    _feed(pub, _connect("bench-pub"))
+    _feed(pub, _connect("bench-pub", args.protocol))
     await asyncio.sleep(0)
     prefixes = [_text(_topic(i)) for i in range(args.clients)]
     clock = time.process_time_ns
@@ -190,7 +198,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
         parts = []
         for _ in range(args.batch):
             next_id = next_id % 65535 + 1
-            body = prefixes[rng.randrange(args.clients)] + _U16.pack(next_id) + PAYLOAD
+            body = prefixes[rng.randrange(args.clients)] + _U16.pack(next_id) + no_properties + PAYLOAD
             parts.append(_packet(0x32, body))
         return b"".join(parts)
 
@@ -312,12 +320,14 @@ def _child(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_child(root: Path, args: argparse.Namespace, wrapper: list[str] | None = None) -> dict[str, Any]:
+def _run_child(
+    root: Path, args: argparse.Namespace, protocol: int, wrapper: list[str] | None = None
+) -> dict[str, Any]:
     modes = [f"--{mode}" for mode in ("opcodes", "ccalls", "instructions") if getattr(args, mode)]
     argv = [
         *(wrapper or []), sys.executable, __file__, "--child", str(root), "--clients", str(args.clients),
         "--batch", str(args.batch), "--messages", str(args.messages), "--warmup", str(args.warmup),
-        "--repeat", str(args.repeat), *modes,
+        "--repeat", str(args.repeat), "--protocol", str(protocol), *modes,
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout, check=False, cwd=root)
     if done.returncode != 0:
@@ -335,9 +345,12 @@ def _diff_rows(a: dict[str, float], b: dict[str, float], spec: str = "8.1f") -> 
 
 def _opcodes(this: Path, base: Path, args: argparse.Namespace) -> int:
     """Bytecodes the interpreter runs per delivery in each checkout: no noise, so one run says it."""
-    got = {"this": _run_child(this, args), "base": _run_child(base, args)}
+    got = {"this": _run_child(this, args, args.protocol), "base": _run_child(base, args, args.base_protocol)}
     a, b = got["this"]["by_function"], got["base"]["by_function"]
-    print(f"\nPython bytecodes per 3.1.1 delivery (asyncio's included), {args.messages} deliveries traced:")
+    print(
+        f"\nPython bytecodes per delivery ({_versions(args)}; asyncio's included), "
+        f"{args.messages} deliveries traced:"
+    )
     print(
         f"  this {got['this']['opcodes']:.1f}, base {got['base']['opcodes']:.1f}, "
         f"this/base {got['this']['opcodes'] / got['base']['opcodes']:.3f}"
@@ -349,9 +362,12 @@ def _opcodes(this: Path, base: Path, args: argparse.Namespace) -> int:
 
 def _ccalls(this: Path, base: Path, args: argparse.Namespace) -> int:
     """Calls of C functions (builtins, methods of C types) per delivery, by the Python caller."""
-    got = {"this": _run_child(this, args), "base": _run_child(base, args)}
+    got = {"this": _run_child(this, args, args.protocol), "base": _run_child(base, args, args.base_protocol)}
     a, b = got["this"]["by_call"], got["base"]["by_call"]
-    print(f"\nC function calls per 3.1.1 delivery (sys.setprofile c_call), {args.messages} deliveries:")
+    print(
+        f"\nC function calls per delivery ({_versions(args)}; sys.setprofile c_call), "
+        f"{args.messages} deliveries:"
+    )
     print(
         f"  this {got['this']['ccalls']:.2f}, base {got['base']['ccalls']:.2f}, "
         f"this/base {got['this']['ccalls'] / got['base']['ccalls']:.3f}"
@@ -414,7 +430,7 @@ def _instructions(this: Path, base: Path, args: argparse.Namespace) -> int:
         raise SystemExit("broker_hotpath --instructions: needs valgrind (Debian: apt-get install valgrind)")
     got = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, root in (("this", this), ("base", base)):
+        for name, root, protocol in (("this", this, args.protocol), ("base", base, args.base_protocol)):
             runs = []
             for messages in (args.messages, 2 * args.messages):
                 out = Path(tmp) / f"{name}-{messages}.callgrind"
@@ -423,7 +439,7 @@ def _instructions(this: Path, base: Path, args: argparse.Namespace) -> int:
                     f"--callgrind-out-file={out}",
                 ]  # fmt: skip
                 run_args = argparse.Namespace(**{**vars(args), "messages": messages})
-                runs.append((_run_child(root, run_args, wrapper)["deliveries"], *_callgrind(out)))
+                runs.append((_run_child(root, run_args, protocol, wrapper)["deliveries"], *_callgrind(out)))
             (n1, _, _, calls1), (n2, total, own, calls2) = runs
             got[name] = (
                 total / n2,
@@ -433,7 +449,7 @@ def _instructions(this: Path, base: Path, args: argparse.Namespace) -> int:
     (ti, town, tcalls), (bi, bown, bcalls) = got["this"], got["base"]
     ta, ba = (sum(calls.get(f, 0) for f in _ALLOCATORS) for calls in (tcalls, bcalls))
     to, bo = (calls.get("_Py_NewReference", 0) for calls in (tcalls, bcalls))
-    print(f"\nper 3.1.1 delivery under callgrind, {2 * args.messages} deliveries:")
+    print(f"\nper delivery ({_versions(args)}) under callgrind, {2 * args.messages} deliveries:")
     print(f"  instructions, the broker's calls only: this {ti:,.0f}, base {bi:,.0f}, this/base {ti / bi:.3f}")
     print(f"  objects made (_Py_NewReference), harness included: this {to:.2f}, base {bo:.2f}")
     print(f"  allocator calls ({', '.join(_ALLOCATORS)}), harness included: this {ta:.2f}, base {ba:.2f}")
@@ -442,6 +458,11 @@ def _instructions(this: Path, base: Path, args: argparse.Namespace) -> int:
     print("  calls received by each C function, harness included, the largest differences (this - base):")
     _diff_rows(tcalls, bcalls, "8.2f")
     return 0
+
+
+def _versions(args: argparse.Namespace) -> str:
+    name = {4: "3.1.1", 5: "MQTT 5"}
+    return f"this {name[args.protocol]}, base {name[args.base_protocol]}"
 
 
 def _spread(values: list[float], spec: str) -> str:
@@ -478,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         help="count machine instructions and allocations per delivery of the broker's calls alone "
         "(valgrind's callgrind: slow, deterministic)",
     )
+    p.add_argument(
+        "--protocol", type=int, choices=(4, 5), default=4, help="the MQTT version of every client, this side"
+    )
+    p.add_argument("--base-protocol", type=int, choices=(4, 5), default=4, help="the same on the base side")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -508,10 +533,10 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, list[float]] = {"this": [], "base": []}
     ratios = []
     for r in range(args.rounds):
-        order = [("this", this), ("base", base)]
+        order = [("this", this, args.protocol), ("base", base, args.base_protocol)]
         if r % 2:
             order.reverse()
-        got = {name: float(_run_child(root, args)["us_per_delivery"]) for name, root in order}
+        got = {name: float(_run_child(root, args, v)["us_per_delivery"]) for name, root, v in order}
         for name, value in got.items():
             figures[name].append(value)
         ratios.append(got["this"] / got["base"])
@@ -519,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  round {r + 1}: this {got['this']:.2f} us, base {got['base']:.2f} us, ratio {ratios[-1]:.3f}",
             flush=True,
         )
-    print("\nbroker CPU per 3.1.1 delivery, in process (median [min-max] over the rounds):")
+    print(f"\nbroker CPU per delivery ({_versions(args)}), in process (median [min-max] over the rounds):")
     for name, values in figures.items():
         print(f"  {name}: {_spread(values, '.2f')} us")
     print(f"  this/base per round: {_spread(ratios, '.3f')}")
