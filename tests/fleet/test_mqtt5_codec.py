@@ -117,3 +117,12 @@ def test_short_acks_decode_and_a_zero_packet_identifier_is_refused() -> None:
     assert _decode(bytes((0x40, 2, 0, 0x2A))) == v5.Ack(4, 42)
     with pytest.raises(ProtocolError, match=r"PUBACK packet identifier must be non-zero \[MQTT-2.2.1-3\]"):
         _decode(bytes((0x40, 2, 0, 0)))
+
+
+def test_publish_without_properties_and_a_cut_packet_identifier() -> None:
+    """A PUBLISH whose property length is 0 has no properties; one cut inside its packet id is refused."""
+    assert _decode(bytes((0x32, 7, 0, 1)) + b"a" + bytes((0, 9, 0)) + b"x") == v5.Publish(
+        "a", b"x", 1, False, False, 9
+    )
+    with pytest.raises(ProtocolError, match=r"PUBLISH too short: packet identifier is missing"):
+        _decode(bytes((0x32, 4, 0, 1)) + b"a" + bytes((0,)))
