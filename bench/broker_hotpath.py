@@ -381,13 +381,28 @@ def _ccalls(this: Path, base: Path, args: argparse.Namespace) -> int:
 _ALLOCATORS = ("_PyObject_Malloc", "_PyObject_Calloc", "_PyObject_Realloc")
 
 
-def _callgrind(path: Path) -> tuple[int, Counter[str], Counter[str]]:
-    """Instructions (Ir) in a callgrind output file, the instructions spent in each C function itself
-    and the calls each C function received."""
+# callgrind's names of the simulated cache's events (--cache-sim=yes); LL is the last-level cache.
+_CACHE_EVENTS = {
+    "Dr": "data reads",
+    "Dw": "data writes",
+    "I1mr": "L1 instruction cache misses",
+    "D1mr": "L1 data cache read misses",
+    "D1mw": "L1 data cache write misses",
+    "ILmr": "LL instruction misses",
+    "DLmr": "LL data read misses",
+    "DLmw": "LL data write misses",
+}
+
+
+def _callgrind(path: Path) -> tuple[dict[str, int], Counter[str], Counter[str]]:
+    """The totals of a callgrind output file by event (Ir: instructions; with --cache, also the
+    simulated cache misses I1mr, D1mr, D1mw...), the instructions spent in each C function itself and
+    the calls each C function received."""
     names: dict[str, str] = {}
     own: Counter[str] = Counter()
     calls: Counter[str] = Counter()
-    total = 0
+    events: list[str] = []
+    total: dict[str, int] = {}
     fn = callee = ""
     after_calls = False
 
@@ -406,8 +421,10 @@ def _callgrind(path: Path) -> tuple[int, Counter[str], Counter[str]]:
         elif line.startswith("calls="):
             calls[callee] += int(line[6:].split()[0])
             after_calls = True
+        elif line.startswith("events:"):
+            events = line.split()[1:]
         elif line.startswith("summary:") or line.startswith("totals:"):
-            total = int(line.split()[1])
+            total = dict(zip(events, map(int, line.split()[1:]), strict=False))
         elif line[:1].isdigit() or line[:1] in "+-*":
             parts = line.split()
             if after_calls:
@@ -436,23 +453,26 @@ def _instructions(this: Path, base: Path, args: argparse.Namespace) -> int:
                 out = Path(tmp) / f"{name}-{messages}.callgrind"
                 wrapper = [
                     "valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=ffi_call",
-                    f"--callgrind-out-file={out}",
+                    f"--callgrind-out-file={out}", *(["--cache-sim=yes"] if args.cache else []),
                 ]  # fmt: skip
                 run_args = argparse.Namespace(**{**vars(args), "messages": messages})
                 runs.append((_run_child(root, run_args, protocol, wrapper)["deliveries"], *_callgrind(out)))
             (n1, _, _, calls1), (n2, total, own, calls2) = runs
             got[name] = (
-                total / n2,
+                {event: count / n2 for event, count in total.items()},
                 {k: v / n2 for k, v in own.items()},
                 {k: (calls2[k] - calls1[k]) / (n2 - n1) for k in calls2},
             )
-    (ti, town, tcalls), (bi, bown, bcalls) = got["this"], got["base"]
+    (tev, town, tcalls), (bev, bown, bcalls) = got["this"], got["base"]
+    ti, bi = tev["Ir"], bev["Ir"]
     ta, ba = (sum(calls.get(f, 0) for f in _ALLOCATORS) for calls in (tcalls, bcalls))
     to, bo = (calls.get("_Py_NewReference", 0) for calls in (tcalls, bcalls))
     print(f"\nper delivery ({_versions(args)}) under callgrind, {2 * args.messages} deliveries:")
     print(f"  instructions, the broker's calls only: this {ti:,.0f}, base {bi:,.0f}, this/base {ti / bi:.3f}")
     print(f"  objects made (_Py_NewReference), harness included: this {to:.2f}, base {bo:.2f}")
     print(f"  allocator calls ({', '.join(_ALLOCATORS)}), harness included: this {ta:.2f}, base {ba:.2f}")
+    for event in (e for e in tev if e != "Ir"):
+        print(f"  {_CACHE_EVENTS.get(event, event)}: this {tev[event]:.1f}, base {bev[event]:.1f}")
     print("  instructions in each C function itself, the largest differences (this - base):")
     _diff_rows(town, bown, "8.0f")
     print("  calls received by each C function, harness included, the largest differences (this - base):")
@@ -503,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         "--protocol", type=int, choices=(4, 5), default=4, help="the MQTT version of every client, this side"
     )
     p.add_argument("--base-protocol", type=int, choices=(4, 5), default=4, help="the same on the base side")
+    p.add_argument(
+        "--cache",
+        action="store_true",
+        help="with --instructions: also the cache misses per delivery callgrind simulates (slower)",
+    )
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
