@@ -329,7 +329,12 @@ def _run_child(
         "--batch", str(args.batch), "--messages", str(args.messages), "--warmup", str(args.warmup),
         "--repeat", str(args.repeat), "--protocol", str(protocol), *modes,
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=args.timeout, check=False, cwd=root)
+    # One hash seed for every process: the layout of dicts and sets, and so the instructions that
+    # look things up in them, is then the same from run to run.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=args.timeout, check=False, cwd=root, env=env
+    )
     if done.returncode != 0:
         raise SystemExit(f"broker_hotpath: the run of {root} failed (exit {done.returncode}):\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
