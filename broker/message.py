@@ -18,7 +18,8 @@ class Message:
     A value: its attributes are set once, here, and never changed (mypy holds every one `Final`).
     It is a `__slots__` class rather than a frozen dataclass because the broker makes one per PUBLISH
     routed: a frozen dataclass sets each of its eight attributes through `object.__setattr__`, which
-    cost about 5 % of the broker's CPU per MQTT 3.1.1 delivery (bench/README.md, "Third pass").
+    cost about a tenth of the machine instructions of an MQTT 3.1.1 delivery (bench/README.md,
+    "Third pass").
     Equality, hashing and repr are a dataclass's, `topic_bytes` left out.
     """
 
