@@ -263,11 +263,7 @@ class Connection(asyncio.BufferedProtocol):
                 )
             )
             return True
-        return self._send_publish5(message, qos, retain, packet_id, dup, sub_ids)
-
-    def _send_publish5(
-        self, message: Message, qos: int, retain: bool, packet_id: int, dup: bool, sub_ids: tuple[int, ...]
-    ) -> bool:
+        # MQTT 5, written out here rather than in a method of its own: one call less per delivery.
         expires = message.expires
         # The time left in whole seconds, rounded up; 0 once none is left (a redelivery past its expiry).
         expiry = None if expires is None else max(0, math.ceil(expires - time.monotonic()))
@@ -296,24 +292,22 @@ class Connection(asyncio.BufferedProtocol):
             packet_id=packet_id,
             properties=_NO_PROPERTIES if properties is EMPTY else encode_properties(properties),
         )
-        if not self._send_sized(data, message):
+        if self.max_outgoing is not None and len(data) > self.max_outgoing:
+            self._drop_oversize(len(data), message)
             return False
+        self.send(data)
         if new_alias is not None:
             self.aliases_out[message.topic] = new_alias
         return True
 
-    def _send_sized(self, data: bytes, message: Message) -> bool:
-        if self.max_outgoing is not None and len(data) > self.max_outgoing:
-            stats = self.broker.stats
-            stats.messages_oversize += 1
-            stats.messages_dropped += 1
-            self.broker.noise.denied.add(
-                f"dropped a message on {clip(message.topic)!r} for client {clip(self.client_id)!r}: "
-                f"{len(data)} bytes exceed its Maximum Packet Size {self.max_outgoing}"
-            )
-            return False
-        self.send(data)
-        return True
+    def _drop_oversize(self, size: int, message: Message) -> None:
+        stats = self.broker.stats
+        stats.messages_oversize += 1
+        stats.messages_dropped += 1
+        self.broker.noise.denied.add(
+            f"dropped a message on {clip(message.topic)!r} for client {clip(self.client_id)!r}: "
+            f"{size} bytes exceed its Maximum Packet Size {self.max_outgoing}"
+        )
 
     def flush(self) -> None:
         """Write the queued packets now; with sync "always", once what they acknowledge is durable."""
@@ -509,9 +503,9 @@ class Connection(asyncio.BufferedProtocol):
         self.close()
 
     def _resolve_topic(self, packet: v5.Publish) -> str:
+        """The topic of a PUBLISH that has a Topic Alias."""
         alias = packet.properties.topic_alias
-        if alias is None:
-            return packet.topic
+        assert alias is not None
         if alias > self.broker.settings.max_topic_alias:
             raise ProtocolError(
                 f"Topic Alias {alias} exceeds the Topic Alias Maximum "
@@ -529,7 +523,7 @@ class Connection(asyncio.BufferedProtocol):
         return topic
 
     def _on_publish5(self, session: Session, packet: v5.Publish) -> None:
-        topic = self._resolve_topic(packet)
+        topic = packet.topic if packet.properties.topic_alias is None else self._resolve_topic(packet)
         packet_id = packet.packet_id
         if packet.qos == 2:
             assert packet_id is not None

@@ -443,7 +443,9 @@ class Broker:
         ):
             self._refuse_publish(session, topic)
             return
-        self.publish(Message(topic, packet.payload, packet.qos, packet.retain, sender=session.client_id))
+        self.publish(
+            Message(topic, packet.payload, packet.qos, packet.retain, EMPTY, None, session.client_id)
+        )
 
     def _refuse_publish(self, session: Session, topic: str) -> int:
         """Log a PUBLISH the broker does not route; return the MQTT 5 reason code for its acknowledgement."""
@@ -466,6 +468,12 @@ class Broker:
         ):
             return self._refuse_publish(session, topic)
         properties = packet.properties
+        if properties is EMPTY:
+            # Most PUBLISH packets have no properties: nothing to check, forward or time.
+            message = Message(
+                topic, packet.payload, packet.qos, packet.retain, EMPTY, None, session.client_id
+            )
+            return reasons.SUCCESS if self.publish(message) else reasons.NO_MATCHING_SUBSCRIBERS
         if properties.payload_format_indicator == 1:
             try:
                 packet.payload.decode("utf-8")

@@ -257,7 +257,13 @@ class Cursor:
 
 
 def _packet_id(cursor: Cursor, what: str) -> int:
-    value = cursor.u16(f"{what} packet identifier")
+    # Cursor.u16 written out, so that the field's name is only put together for an error.
+    data, pos = cursor.data, cursor.pos
+    if pos + 2 > len(data):
+        raise ProtocolError(f"{cursor.where} too short: {what} packet identifier is missing")
+    value: int
+    (value,) = _U16.unpack_from(data, pos)
+    cursor.pos = pos + 2
     if value == 0:
         raise ProtocolError(f"{what} packet identifier must be non-zero [MQTT-2.3.1-1]")
     return value
@@ -436,7 +442,15 @@ def encode_publish(
     variable = _U16.pack(len(topic)) + topic
     if qos:
         variable += _U16.pack(packet_id)
-    return bytes((first,)) + _remaining_length(len(variable) + len(payload)) + variable + payload
+    # The fixed header in one `bytes`: a Remaining Length under 16 KiB takes one or two bytes.
+    length = len(variable) + len(payload)
+    if length < 0x80:
+        header = bytes((first, length))
+    elif length < 0x4000:
+        header = bytes((first, length & 0x7F | 0x80, length >> 7))
+    else:
+        header = bytes((first,)) + _remaining_length(length)
+    return header + variable + payload
 
 
 def _text(value: str) -> bytes:

@@ -207,7 +207,13 @@ class _Cursor(Cursor):
         return properties
 
     def packet_id(self) -> int:
-        value = self.u16("packet identifier")
+        # Cursor.u16 written out: every PUBLISH at QoS 1 or 2 and every acknowledgement has one.
+        data, pos = self.data, self.pos
+        if pos + 2 > len(data):
+            raise ProtocolError(f"{self.where} too short: packet identifier is missing")
+        value: int
+        (value,) = _U16.unpack_from(data, pos)
+        self.pos = pos + 2
         if value == 0:
             raise ProtocolError(f"{self.where} packet identifier must be non-zero [MQTT-2.2.1-3]")
         return value
@@ -253,7 +259,8 @@ def decode_client_packet(kind: int, flags: int, body: bytes) -> ClientPacket:
         raise ProtocolError(f"packet type {kind} may not be sent by a client [MQTT 5.0 2.1.2]")
     if kind == PUBLISH:
         return _decode_publish(flags, body, from_client=True)
-    _check_flags(kind, flags)
+    if flags != _REQUIRED_FLAGS[kind]:
+        _check_flags(kind, flags)
     if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
         return _decode_ack(kind, body)
     if kind == PINGREQ:
@@ -345,6 +352,11 @@ def _decode_reason_packet(kind: int, body: bytes) -> _ReasonPacket:
 
 
 def _decode_ack(kind: int, body: bytes) -> Ack:
+    if len(body) == 2:
+        # The short form, reason 0 and no properties: most acknowledgements.
+        (packet_id,) = _U16.unpack(body)
+        if packet_id:
+            return Ack(kind, packet_id)
     cursor = _Cursor(body, _NAMES[kind])
     packet_id = cursor.packet_id()
     if not cursor.remaining():
@@ -365,7 +377,13 @@ def _decode_publish(flags: int, body: bytes, *, from_client: bool) -> Publish:
     cursor = _Cursor(body, "PUBLISH")
     topic = cursor.text("topic name")
     packet_id = cursor.packet_id() if qos else None
-    properties = cursor.properties(PUBLISH)
+    pos = cursor.pos
+    if pos < len(body) and not body[pos]:
+        # No properties, as most PUBLISH packets have: one byte, and no call to decode them.
+        properties = EMPTY
+        cursor.pos = pos + 1
+    else:
+        properties = cursor.properties(PUBLISH)
     if topic:
         try:
             validate_topic(topic)
@@ -479,7 +497,15 @@ def encode_publish(
     if qos:
         variable += _U16.pack(packet_id)
     variable += properties
-    return bytes((first,)) + encode_variable_int(len(variable) + len(payload)) + variable + payload
+    # The fixed header in one `bytes`: a Remaining Length under 16 KiB takes one or two bytes.
+    length = len(variable) + len(payload)
+    if length < 0x80:
+        header = bytes((first, length))
+    elif length < 0x4000:
+        header = bytes((first, length & 0x7F | 0x80, length >> 7))
+    else:
+        header = bytes((first,)) + encode_variable_int(length)
+    return header + variable + payload
 
 
 def encode_connect(connect: Connect) -> bytes:

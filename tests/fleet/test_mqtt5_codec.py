@@ -92,3 +92,37 @@ def test_malformed_mqtt5_packets_raise_protocol_error_naming_the_statement(name:
 
     with pytest.raises(ProtocolError, match=r"MQTT|\[\d"):
         decode_all()
+
+
+# Remaining Lengths at each edge of the one-, two- and three-byte encodings [MQTT 5.0 1.5.5].
+_LENGTH_EDGES = (6, 127, 128, 16_383, 16_384)
+
+
+@pytest.mark.parametrize("length", _LENGTH_EDGES)
+def test_publish_remaining_length_takes_the_fewest_bytes_at_each_edge(length: int) -> None:
+    """A PUBLISH of any Remaining Length has the shortest Variable Byte Integer and decodes whole."""
+    overhead = 2 + 1 + 2 + 1  # topic length, topic "t", packet id, properties length
+    payload = b"p" * (length - overhead)
+    wire = v5.encode_publish(b"t", payload, 1, packet_id=3)
+    remaining = overhead + len(payload)
+    size = 1 if remaining < 128 else 2 if remaining < 16_384 else 3
+    assert wire[1 : 1 + size] == v5.encode_variable_int(remaining)
+    assert len(wire) == 1 + size + remaining
+    assert _decode(wire) == v5.Publish("t", payload, 1, False, False, 3)
+
+
+def test_short_acks_decode_and_a_zero_packet_identifier_is_refused() -> None:
+    """A PUBACK of two bytes is reason 0 without properties; packet identifier 0 is a protocol error."""
+    assert _decode(v5.encode_ack(4, 5)) == v5.Ack(4, 5)
+    assert _decode(bytes((0x40, 2, 0, 0x2A))) == v5.Ack(4, 42)
+    with pytest.raises(ProtocolError, match=r"PUBACK packet identifier must be non-zero \[MQTT-2.2.1-3\]"):
+        _decode(bytes((0x40, 2, 0, 0)))
+
+
+def test_publish_without_properties_and_a_cut_packet_identifier() -> None:
+    """A PUBLISH whose property length is 0 has no properties; one cut inside its packet id is refused."""
+    assert _decode(bytes((0x32, 7, 0, 1)) + b"a" + bytes((0, 9, 0)) + b"x") == v5.Publish(
+        "a", b"x", 1, False, False, 9
+    )
+    with pytest.raises(ProtocolError, match=r"PUBLISH too short: packet identifier is missing"):
+        _decode(bytes((0x32, 4, 0, 1)) + b"a" + bytes((0,)))

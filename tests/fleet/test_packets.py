@@ -115,6 +115,8 @@ def test_frames_split_at_any_boundary_come_out_whole(cuts: list[int]) -> None:
         (b"\x36\x04\x00\x01a\x00", "QoS 3"),
         (b"\x38\x04\x00\x01ab", "DUP set at QoS 0"),
         (b"\x32\x05\x00\x01a\x00\x00", "non-zero"),
+        (b"\x32\x04\x00\x01a\x00", "packet too short: PUBLISH packet identifier is missing"),
+        (b"\x82\x01\x00", "packet too short: SUBSCRIBE packet identifier is missing"),
         (b"\x82\x06\x00\x01\x00\x01a\x03", "not 0, 1 or 2"),
         (b"\x80\x06\x00\x01\x00\x01a\x00", "reserved flags"),
         (b"\x82\x02\x00\x01", "without any topic filter"),
@@ -143,3 +145,16 @@ def test_oversized_and_overlong_lengths_are_refused_before_buffering() -> None:
         FrameReader(1024).feed(b"\x30\x80\x10")
     with pytest.raises(ProtocolError, match="more than 4 bytes"):
         FrameReader(1024).feed(b"\x30\xff\xff\xff\xff\x01")
+
+
+@pytest.mark.parametrize("length", [4, 127, 128, 16_383, 16_384, 70_000])
+def test_publish_remaining_length_takes_the_fewest_bytes_at_each_edge(length: int) -> None:
+    """A PUBLISH of any Remaining Length has the shortest encoding of it and decodes whole."""
+    payload = b"p" * (length - 3)  # after the topic's length and the topic "t"
+    wire = encode_publish(b"t", payload, 0)
+    size = 1 if length < 128 else 2 if length < 16_384 else 3
+    assert len(wire) == 1 + size + length
+    assert _decode_one(wire) == Publish("t", payload, 0, False, False, None)
+    publish = _amqtt_decode(wire)
+    assert isinstance(publish, PublishPacket)
+    assert publish.data == payload
