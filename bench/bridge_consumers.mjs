@@ -2,7 +2,7 @@
 // speaking the protocol of `bench/bridge_consumers.py` and measuring the same things, for less CPU a
 // delivery (so that the bridge's core, not the load generator's, fills first).
 //
-//   node --expose-gc bench/bridge_consumers.mjs --http-port P --grpc-port G --ws N --sse N --grpc N
+//   node bench/bridge_consumers.mjs --http-port P --grpc-port G --ws N --sse N --grpc N
 //        [--connect-timeout S] [--child-deadline S]
 //
 // Commands on stdin, one a line: `snap`, `record [EVERY]` (the latency of one delivery in EVERY),
@@ -21,6 +21,10 @@
 // A delivery is counted when a consumer has read the event. Latency is the payload's `ts` (the
 // publisher's wall clock, in µs) to the read, split at the envelope's `received_at` (the bridge's
 // intake); the read time is `performance.timeOrigin + performance.now()`, the wall clock in µs.
+// No explicit collection between windows, unlike the Python child: V8 cannot turn its collector off,
+// and a full `gc()` stopped this process for 26-45 ms (a PerformanceObserver on "gc", load average 3),
+// which the deliveries read just after it carried as latency; V8's own major collections mark
+// concurrently and pause for a few ms.
 // The packages resolve from tests/node (`npm ci --prefix tests/node`).
 
 import net from "node:net";
@@ -561,11 +565,6 @@ async function main() {
     clearTimeout(timer);
   }
   emit("ready", { connect_s: (performance.now() - t0) / 1000, consumers: owner.conns.length });
-
-  // This process is the measuring instrument: a full collection between windows (at each command),
-  // as the Python child does, so that fewer fall inside them.
-  const collect = globalThis.gc ?? (() => {});
-  collect();
   setTimeout(() => quit(0), args["child-deadline"] * 1000);
   const lines = readline.createInterface({ input: process.stdin });
   lines.on("close", () => quit(0));
@@ -575,9 +574,7 @@ async function main() {
       quit(0);
     } else if (command === "snap") {
       emit("snap", owner.snapshot());
-      collect();
     } else if (command.startsWith("record")) {
-      collect();
       owner.resetLatency(Number.parseInt(command.slice("record".length).trim() || "1", 10));
       emit("recording");
     } else if (command === "unrecord") {

@@ -725,7 +725,7 @@ class Rig:
         if args.load == "node" and NODE_BIN is not None and not any(counts.get(k) for k in stalls):
             for key in ("ws", "sse", "grpc"):
                 cmd += [f"--{key}", str(counts.get(key, 0))]
-            return pinned(args.client_core, [NODE_BIN, "--expose-gc", str(NODE_CONSUMERS), *cmd])
+            return pinned(args.client_core, [NODE_BIN, str(NODE_CONSUMERS), *cmd])
         if args.client_core is not None:
             cmd += ["--pin-child", str(args.client_core)]
         for key in ("ws", "sse", "grpc", *stalls):

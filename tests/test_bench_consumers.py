@@ -140,7 +140,7 @@ async def test_node_and_python_consumers_read_and_sample_the_same_deliveries(
     layout = ["--http-port", ports["http"], "--grpc-port", ports["grpc"], "--ws", EACH, "--sse", EACH]
     layout += ["--grpc", EACH, "--connect-timeout", TIMEOUT]
     python = [sys.executable, ROOT / "bench" / "bridge_consumers.py"]
-    node = [NODE, "--expose-gc", ROOT / "bench" / "bridge_consumers.mjs"]
+    node = [NODE, ROOT / "bench" / "bridge_consumers.mjs"]
     children = {"python": start_child(*python, *layout), "node": start_child(*node, *layout)}
     for child in children.values():
         ready = await child.event()
