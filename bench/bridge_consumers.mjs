@@ -22,9 +22,8 @@
 // publisher's wall clock, in µs) to the read, split at the envelope's `received_at` (the bridge's
 // intake); the read time is `performance.timeOrigin + performance.now()`, the wall clock in µs.
 // No explicit collection between windows, unlike the Python child: V8 cannot turn its collector off,
-// and a full `gc()` stopped this process for 26-45 ms (a PerformanceObserver on "gc", load average 3),
-// which the deliveries read just after it carried as latency; V8's own major collections mark
-// concurrently and pause for a few ms.
+// and a full `gc()` stops this process for longer than a window's p99 at low load, which the
+// deliveries read just after it carried as latency; V8's own major collections mark concurrently.
 // The packages resolve from tests/node (`npm ci --prefix tests/node`).
 
 import net from "node:net";
