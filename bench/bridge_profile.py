@@ -21,6 +21,7 @@ consumers of `bench/bridge_scale.py` (`bench/bridge_rig.py`) on core 1, offers e
     .venv/bin/python bench/bridge_profile.py [--rates 300,1500,6000] [--seconds 5] [--json FILE]
     .venv/bin/python bench/bridge_profile.py --layout grpc=100 --cprofile /tmp/bridge.prof
     .venv/bin/python bench/bridge_profile.py --layout grpc=90 --rates 50 --syscalls
+    .venv/bin/python bench/bridge_profile.py --load python   # the consumers in Python, as before
 
 `--syscalls` also counts, with `perf stat` over each window, the system calls and context switches
 of each of the bridge's threads per delivery: the loop's, grpc.aio's poller thread (which waits on
@@ -407,8 +408,11 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
     import bridge_scale
     from bridge_rig import Rig, pinned
 
-    scale = bridge_scale.parse_args(["--prefill", str(args.prefill), "--warmup", str(args.warmup)])
+    scale = bridge_scale.parse_args(
+        ["--prefill", str(args.prefill), "--warmup", str(args.warmup), "--load", args.load]
+    )
     scale.seconds = args.seconds
+    print(f"load generator: {bridge_scale.load_generator(scale)['text']}", flush=True)
     layout = _layout(args.layout)
     consumers = bridge_scale.consumers_of(layout)
     rows: list[dict[str, Any]] = []
@@ -513,6 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--syscalls", action="store_true", help="also count syscalls per thread (perf stat)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     p.add_argument("--log-dir", type=Path, help="keep the logs here (default: a temp dir)")
+    p.add_argument(
+        "--load",
+        choices=("auto", "node", "python"),
+        default="auto",
+        help="the consumers' runtime, as bench/bridge_scale.py's --load (the figures in bench/README.md "
+        "before the Node.js consumers: python)",
+    )
     args = p.parse_args(argv)
     args.rates = [float(x) for x in args.rates.split(",") if x.strip()]
     if args.cprofile is not None:

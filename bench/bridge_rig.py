@@ -1,5 +1,6 @@
 """The processes and the instruments of `bench/bridge_scale.py`: Mosquitto, a bridge (`fleet bridge`
-or the naive one), the consumer children, the publisher, and one measured window (`Step`).
+or the naive one), the consumer children (`bench/bridge_consumers.mjs` or `bench/bridge_consumers.py`,
+by `--load`), the publisher, and one measured window (`Step`).
 
 Every process runs in its own session and is stopped by its own PID (SIGTERM, then SIGKILL).
 """
@@ -26,6 +27,11 @@ from support import BenchError, Proc, cpu_seconds, free_port, host_busy_seconds,
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSUMERS = Path(__file__).resolve().parent / "bridge_consumers.py"
+NODE_CONSUMERS = Path(__file__).resolve().parent / "bridge_consumers.mjs"
+NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
+NODE_PACKAGES = ("ws", "@grpc/grpc-js")  # what bridge_consumers.mjs requires from tests/node
+NODE_BIN = shutil.which("node")
+LOADS = ("node", "python")  # the runtimes of the consumer children
 NAIVE = Path(__file__).resolve().parent / "naive_bridge.py"
 MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TASKSET = shutil.which("taskset")
@@ -162,6 +168,29 @@ class Bridge(Proc):
         if status != 200:
             raise BenchError(f"/metrics answered {status}")
         return parse_metrics(body.decode())
+
+
+def node_version() -> str | None:
+    """`node --version` (such as "v20.20.2"), or None without a working node on PATH."""
+    if NODE_BIN is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([NODE_BIN, "--version"], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    return None
+
+
+def node_missing(version: str | None) -> str | None:
+    """Why the Node.js consumers (`bench/bridge_consumers.mjs`) cannot run; None when they can."""
+    if version is None:
+        return "no working `node` on PATH"
+    major = version.lstrip("v").split(".")[0]
+    if not major.isdigit() or int(major) < 20:
+        return f"node {version} is older than 20"
+    missing = [name for name in NODE_PACKAGES if not (NODE_MODULES / name / "package.json").is_file()]
+    if missing:
+        return f"{', '.join(missing)} not installed in tests/node (make node-deps)"
+    return None
 
 
 class Child(Proc):
@@ -490,6 +519,7 @@ class Step:
     deliveries_per_cpu_s: float | None = None
     bridge_cpu_pct: float = 0.0
     consumers_cpu_pct: float = 0.0
+    consumers_us_per_delivery: float | None = None  # the consumer children's CPU µs per delivery read
     mosquitto_cpu_pct: float = 0.0
     bench_cpu_pct: float = 0.0
     client_core_pct: float = 0.0
@@ -582,9 +612,11 @@ def step_from(
         st.fairness = min(rates) / max(rates)
     st.deliveries_per_s = sum(st.received_per_s.values())
     cpu = b.bridge_cpu - a.bridge_cpu
-    st.deliveries_per_cpu_s = sum(rb[t] - ra[t] for t in TRANSPORTS) / cpu if cpu > 0 else None
+    read = sum(rb[t] - ra[t] for t in TRANSPORTS)
+    st.deliveries_per_cpu_s = read / cpu if cpu > 0 else None
     st.bridge_cpu_pct = 100 * cpu / dt
     st.consumers_cpu_pct = 100 * (b.children_cpu - a.children_cpu) / dt
+    st.consumers_us_per_delivery = 1e6 * (b.children_cpu - a.children_cpu) / read if read else None
     st.mosquitto_cpu_pct = 100 * (b.mosquitto_cpu - a.mosquitto_cpu) / dt
     st.bench_cpu_pct = 100 * (b.own_cpu - a.own_cpu) / dt
     st.client_core_pct = st.consumers_cpu_pct + st.mosquitto_cpu_pct + st.bench_cpu_pct
@@ -666,23 +698,9 @@ class Rig:
         added: list[Child] = []
         for counts in layout:
             i = len(self.children)
-            cmd = [
-                sys.executable,
-                str(CONSUMERS),
-                "--http-port",
-                str(self.bridge.http_port),
-                "--grpc-port",
-                str(self.bridge.grpc_port),
-                "--connect-timeout",
-                str(args.connect_timeout),
-                "--child-deadline",
-                str(args.child_deadline),
-            ]
-            if args.client_core is not None:
-                cmd += ["--pin-child", str(args.client_core)]
-            for key in ("ws", "sse", "grpc", "stall_ws", "stall_sse", "stall_grpc"):
-                cmd += [f"--{key.replace('_', '-')}", str(counts.get(key, 0))]
-            child = Child(f"consumers-{i}", cmd, self.workdir / f"consumers-{self.tag}-{i}.log")
+            child = Child(
+                f"consumers-{i}", self.child_cmd(counts), self.workdir / f"consumers-{self.tag}-{i}.log"
+            )
             child.start()
             await child.attach()
             self.children.append(child)
@@ -696,6 +714,23 @@ class Rig:
                 self.want[t] += counts.get(k, 0) + counts.get(f"stall_{k}", 0)
         await self.wait_consumers(self.want, 10.0)
         return added
+
+    def child_cmd(self, counts: dict[str, int]) -> list[str]:
+        """The command of a consumer child: in the runtime of --load, except that consumers that will
+        stall always live in a Python child (Node cannot shrink a socket's receive buffer)."""
+        args = self.args
+        cmd = ["--http-port", str(self.bridge.http_port), "--grpc-port", str(self.bridge.grpc_port)]
+        cmd += ["--connect-timeout", str(args.connect_timeout), "--child-deadline", str(args.child_deadline)]
+        stalls = ("stall_ws", "stall_sse", "stall_grpc")
+        if args.load == "node" and NODE_BIN is not None and not any(counts.get(k) for k in stalls):
+            for key in ("ws", "sse", "grpc"):
+                cmd += [f"--{key}", str(counts.get(key, 0))]
+            return pinned(args.client_core, [NODE_BIN, str(NODE_CONSUMERS), *cmd])
+        if args.client_core is not None:
+            cmd += ["--pin-child", str(args.client_core)]
+        for key in ("ws", "sse", "grpc", *stalls):
+            cmd += [f"--{key.replace('_', '-')}", str(counts.get(key, 0))]
+        return [sys.executable, str(CONSUMERS), *cmd]
 
     async def prefill(self, count: int) -> None:
         """Publish `count` messages before any consumer connects, so that the bridge's replay ring

@@ -6,8 +6,12 @@ machine (the ceiling measured in the same run) and to the naive bridge.
 Every phase gets a fresh Mosquitto and a fresh bridge, started with ``taskset -c 0``.  The publisher
 (this process) sends QoS 0, 140-byte JSON payloads to ``fleet/dev-NNN/telemetry`` (100 devices) at a
 paced rate; each payload starts with ``{"ts":<microseconds since the epoch>``.  The consumers live in
-child processes (``bench/bridge_consumers.py``), asyncio each, and subscribe to ``#``: one published
-message is one delivery per consumer.  The processes and instruments are in ``bench/bridge_rig.py``.
+child processes and subscribe to ``#``: one published message is one delivery per consumer.  The
+children are Node.js (``bench/bridge_consumers.mjs``) or Python asyncio (``bench/bridge_consumers.py``)
+by ``--load``: a run is valid only while the load generator's core stays under 80 %, and a Node
+consumer costs a fraction of a Python one's CPU a delivery, so that on a 2-core machine the bridge's
+core can fill first.  Consumers that stall (the stall phase) are Python in any case.  The
+processes and instruments are in ``bench/bridge_rig.py``.
 
 Phases (``--phases``), each run for every bridge of ``--bridges`` (the stall phase: ``fleet`` only):
 
@@ -63,6 +67,7 @@ from bridge_rig import (
     CLIENT_BOUND_PCT,
     DEVICES,
     HEALTHZ_CAP_S,
+    LOADS,
     MOSQUITTO_BIN,
     OVERLOAD_SHARE,
     PAYLOAD_BYTES,
@@ -72,6 +77,8 @@ from bridge_rig import (
     Sample,
     Step,
     _sum,
+    node_missing,
+    node_version,
     sample_every,
     step_from,
 )
@@ -504,7 +511,8 @@ def step_line(st: Step) -> str:
         f"delivered {st.deliveries_per_s:,.0f}/s (per consumer {rec}), "
         f"dropped {sum(st.drops_per_s.values()):,.0f}/s, bridge {st.bridge_cpu_pct:.0f} % "
         f"(its core {st.bridge_core_busy_pct:.0f} %), {fmt(st.deliveries_per_cpu_s, ',.0f')} per CPU-s, load "
-        f"generator {st.client_core_pct:.0f} % (its core {st.loadgen_core_busy_pct:.0f} %), other "
+        f"generator {st.client_core_pct:.0f} % (its core {st.loadgen_core_busy_pct:.0f} %; consumers "
+        f"{fmt(st.consumers_us_per_delivery, '.1f')} µs a delivery), other "
         f"{st.other_cpu_pct:.0f} %, RSS {st.bridge_rss_mb:.0f} MB{health}{marks}"
     )
 
@@ -856,8 +864,21 @@ def stall_verdicts(stall: StallResult) -> list[Verdict]:
     return out
 
 
+def load_generator(args: argparse.Namespace) -> dict[str, str | None]:
+    """Which consumer children the run used, and why (the report and the JSON say it)."""
+    if args.load == "node":
+        text = (
+            f"consumers in Node.js {args.node_version} (bench/bridge_consumers.mjs; {args.load_why}), "
+            "the stall phase's stalling ones in Python"
+        )
+    else:
+        text = f"consumers in Python (bench/bridge_consumers.py; {args.load_why})"
+    return {"runtime": args.load, "node": args.node_version, "why": args.load_why, "text": text}
+
+
 @dataclass
 class Results:
+    load: dict[str, str | None] = field(default_factory=dict)  # load_generator()
     calibration: list[dict[str, float]] = field(default_factory=list)
     mixed: dict[str, Mixed] = field(default_factory=dict)
     sweeps: dict[str, dict[str, Sweep]] = field(default_factory=dict)  # phase -> bridge -> sweep
@@ -918,6 +939,8 @@ def report(res: Results) -> str:
         for bridge, sw in by.items():
             if sw.steps:
                 out += [f"\n{phase}, {bridge} bridge", steps_table(sw.steps)]
+    if res.load:
+        out.append(f"\nload generator: {res.load['text']}")
     cal = res.calibration
     if cal:
         out.append(
@@ -1029,6 +1052,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=sys.executable,
         help="interpreter that runs the bridges (e.g. a venv with uvloop/httptools, to measure them)",
     )
+    p.add_argument(
+        "--load",
+        choices=("auto", *LOADS),
+        default="auto",
+        help="the consumer children's runtime: node (bench/bridge_consumers.mjs, cheaper a delivery, so "
+        "that the bridge's core fills first) or python (bench/bridge_consumers.py); auto: node when it "
+        "and tests/node's packages are installed. Consumers that stall are Python in any case",
+    )
     p.add_argument("--log-dir", type=Path, help="keep logs and configs here (default: a temp dir)")
     p.add_argument(
         "--judge-by",
@@ -1074,6 +1105,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if not Path(MOSQUITTO_BIN).exists():
         p.error(f"mosquitto not found at {MOSQUITTO_BIN} (apt-get install mosquitto)")
+    args.node_version = node_version() if args.load != "python" else None
+    missing = node_missing(args.node_version) if args.load != "python" else None
+    if missing and args.load == "node":
+        p.error(f"--load node: {missing}")
+    if missing:
+        args.load_why = f"--load auto, and {missing}"
+    elif args.load == "auto":
+        args.load_why = "--load auto: node and tests/node's packages are installed"
+    else:
+        args.load_why = f"--load {args.load}"
+    args.load = "python" if args.load == "python" or missing else "node"
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
     args.bridge_core = BRIDGE_CORE if pin else None
     args.client_core = CLIENT_CORE if pin else None
@@ -1124,6 +1166,7 @@ def to_json(
     return {
         **support.run_record(started, command, args),
         "source": source,
+        "load_generator": res.load,
         "calibration": res.calibration,
         "load_average": {"before": res.load_before, "after": res.load_after},
         "targets": {
@@ -1160,7 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
         [".venv/bin/python", "bench/bridge_scale.py", *(argv if argv is not None else sys.argv[1:])]
     )
     source = sources_fingerprint()
-    res = Results(load_before=[round(x, 2) for x in os.getloadavg()])
+    res = Results(load=load_generator(args), load_before=[round(x, 2) for x in os.getloadavg()])
     res.calibration.append(support.calibrate())
     print(f"bridge_scale {started:%Y-%m-%d %H:%M} UTC: {command}")
     pins = (
@@ -1177,6 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(f"{x:.2f}" for x in res.load_before)
     )
     print(f"  bridges sha256 {source['bridges_sha256']}, git {source.get('git_head', '?')}")
+    print(f"  load generator: {res.load['text']}")
     try:
         asyncio.run(amain(args, res))
     except (KeyboardInterrupt, asyncio.CancelledError):
