@@ -210,6 +210,8 @@ class Consumer:
         "max_bytes",
         "overflowed",
         "policy",
+        "queue_drops",
+        "queue_drops_seen",
         "queued_bytes",
         "sink",
         "size",
@@ -240,6 +242,9 @@ class Consumer:
         self._waiter: asyncio.Future[None] | None = None
         self._pending_drops = 0
         self.dropped = 0
+        # Of them, dropped from the queue (not shed by the intake); and at the hub's last look.
+        self.queue_drops = 0
+        self.queue_drops_seen = 0
         self.closed: str | None = None
         self.overflowed = False  # closed because its queue was full (policy: disconnect)
         # Set by the transport: writes an event to the client at once, without waiting, or returns
@@ -309,6 +314,7 @@ class Consumer:
         self._pop()
         self._pending_drops += 1
         self.dropped += 1
+        self.queue_drops += 1
         self.hub.count_drop(self)
 
     def _cut(self, why: str) -> None:
@@ -576,11 +582,18 @@ class Hub:
                 consumer.lose(count)
 
     def overflowing(self) -> bool:
-        """Whether at least half of the consumers have queues at least half full: their writers do
-        not keep up with what is fanned out, so the bridge has no CPU left for more."""
+        """Whether at least half of the consumers do not keep up with what is fanned out: each has a
+        queue at least half full, or has dropped events from its queue since the last call (a writer
+        that takes its whole queue each turn may leave it empty at any one moment). Events the intake
+        shed do not count: they were never offered."""
         consumers = self.consumers
-        full = sum(1 for consumer in consumers if 2 * len(consumer._queue) >= consumer.size)
-        return bool(consumers) and 2 * full >= len(consumers)
+        behind = 0
+        for consumer in consumers:
+            drops = consumer.queue_drops
+            if 2 * len(consumer._queue) >= consumer.size or drops != consumer.queue_drops_seen:
+                behind += 1
+            consumer.queue_drops_seen = drops
+        return bool(consumers) and 2 * behind >= len(consumers)
 
     def _oversized(self, topic: str, size: int) -> Event:
         self.oversized += 1

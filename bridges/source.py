@@ -18,8 +18,13 @@ consumers' writers get the loop between reads however fast the broker sends. Whe
 read has waited in the kernel for `_LATE_AFTER` seconds (longer than a burst lasts), the bridge
 has no CPU left to fan out what arrives: while more than `_BEHIND_BYTES` wait after a read, it reads
 on in the same turn and sheds what it reads, and it sheds the turn's first read too while half of
-the consumers' queues are at least half full (the writers do not keep up either). Shed messages are
-counted (`Hub.shed`: in
+the consumers do not keep up either (`Hub.overflowing`). The intake may
+keep up while the fan-out does not: each message is then offered to every consumer only to be
+dropped from its full queue, which costs as much as a delivery, so the deliveries fall as the
+offered rate rises. So the turn's first read is also shed while half of the consumers do not keep
+up, once that has held for `_LATE_AFTER` seconds since a turn of the loop lasted `_BUSY_TURN` or
+more (no CPU to spare; `_Intake.pressed`); consumers that are slow on their own, on a loop with time
+to spare, never make the bridge shed for the others. Shed messages are counted (`Hub.shed`: in
 `fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
 less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
 
@@ -39,6 +44,7 @@ import asyncio
 import fcntl
 import json
 import logging
+import math
 import random
 import secrets
 import socket
@@ -137,6 +143,9 @@ _SHED_READS = 16
 # A backlog in the kernel for less than this many seconds is a burst, fanned out in full, not shed
 # (tests/bridges/test_limits.py publishes 24 MB at once).
 _LATE_AFTER = 2.0
+# A read whose turn of the loop lasts this long or more (from the read to the next turn): the loop
+# has no CPU to spare.
+_BUSY_TURN = 0.01
 
 
 def _unread_bytes(sock: socket.socket) -> int:
@@ -147,7 +156,16 @@ class _Intake:
     """The hub fed; whether the messages being read now are to be shed (`behind`); since when the
     intake has been late (`late_since`); and how many kernel reads."""
 
-    __slots__ = ("_behind_since", "behind", "hub", "late_since", "reads")
+    __slots__ = (
+        "_behind_since",
+        "_busy_at",
+        "_calm_since",
+        "_pressed_since",
+        "behind",
+        "hub",
+        "late_since",
+        "reads",
+    )
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -155,6 +173,34 @@ class _Intake:
         self.reads = 0
         self._behind_since: float | None = None  # more than one read has waited in the kernel since
         self.late_since: float | None = None  # ... and for at least `_LATE_AFTER` seconds
+        self._pressed_since: float | None = None  # the fan-out has not kept up since (see `pressed`)
+        self._calm_since: float | None = None  # ... and has kept up since
+        self._busy_at = -math.inf  # the last busy turn while it did not keep up
+
+    def pressed(self, overflowing: bool, busy: bool, now: float) -> bool:
+        """Whether the turn's first read is to be shed because the fan-out does not keep up: the hub
+        is `overflowing` now, it has been since a turn that was `busy` (the last read's turn of the
+        loop lasted `_BUSY_TURN` or more) `_LATE_AFTER` seconds ago or longer, with no calm of
+        `_LATE_AFTER` seconds between (a burst is fanned out in full), and a turn was busy within
+        the last `_LATE_AFTER` seconds (slow consumers alone, on a loop with time to spare, never
+        make the intake shed for the others). A shed read's turn is short, so the next read is
+        shed too while the consumers still drop what they are given."""
+        if not overflowing:
+            if self._calm_since is None:
+                self._calm_since = now
+            elif now - self._calm_since >= _LATE_AFTER:
+                self._pressed_since = None
+            return False
+        self._calm_since = None
+        if busy:
+            self._busy_at = now
+            if self._pressed_since is None:
+                self._pressed_since = now
+        return (
+            self._pressed_since is not None
+            and now - self._pressed_since >= _LATE_AFTER
+            and now - self._busy_at <= _LATE_AFTER
+        )
 
     def late(self, unread: int, now: float) -> bool:
         """Whether, with `unread` bytes waiting at the start of a turn, the intake is late: more
@@ -224,7 +270,18 @@ class _BufferedSocket:
     as the broker keeps the socket full, and the consumers' writers would get no turn at all
     (receive livelock)."""
 
-    __slots__ = ("_data", "_eof", "_loop", "_partial", "_pos", "_reads", "_sock", "intake")
+    __slots__ = (
+        "_data",
+        "_eof",
+        "_loop",
+        "_partial",
+        "_pos",
+        "_read_at",
+        "_reads",
+        "_sock",
+        "_turn",
+        "intake",
+    )
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, intake: _Intake) -> None:
         self._sock = sock
@@ -235,6 +292,8 @@ class _BufferedSocket:
         self._partial = bytearray()  # the head of a packet not all received yet
         self._eof = False
         self._reads = 0  # of the kernel's socket in this turn of the loop
+        self._read_at = 0.0  # when the first of them was made
+        self._turn = 0.0  # seconds from the last turn's first read to the next turn
 
     def recv(self, size: int) -> bytes:
         while self._pos >= len(self._data):
@@ -251,7 +310,11 @@ class _BufferedSocket:
         sock, intake = self._sock, self.intake
         if not self._reads:
             self._loop.call_soon(self._next_turn)
-            intake.behind = intake.late(_unread_bytes(sock), self._loop.time()) and intake.hub.overflowing()
+            now = self._read_at = self._loop.time()
+            overflowing = intake.hub.overflowing()
+            late = intake.late(_unread_bytes(sock), now)
+            pressed = intake.pressed(overflowing, self._turn >= _BUSY_TURN, now)
+            intake.behind = pressed or (late and overflowing)
         elif (
             self._reads < _SHED_READS
             and intake.late_since is not None
@@ -274,6 +337,7 @@ class _BufferedSocket:
 
     def _next_turn(self) -> None:
         self._reads = 0
+        self._turn = self._loop.time() - self._read_at
 
     def pending(self) -> int:
         return len(self._data) - self._pos

@@ -177,6 +177,22 @@ def test_the_hub_is_overflowing_when_half_of_its_consumers_have_half_full_queues
     assert [c.queued for c in behind] == [2, 2]
 
 
+async def test_a_consumer_that_dropped_events_since_the_last_look_counts_as_overflowing() -> None:
+    """A writer that takes its whole queue each turn may leave it empty at any moment: a consumer
+    that dropped events since the hub's last look counts as not keeping up, once."""
+    hub = Hub(queue_size=2)
+    slow = hub.add(["slow/#"], transport="test")
+    hub.add(["quiet/#"], transport="test")
+    for n in range(3):
+        hub.ingest("slow/0", str(n).encode(), qos=0, retain=False)
+    assert len(await slow.get_batch(10)) == 3  # the drop notice and the two newest
+    assert slow.queued == 0
+    assert hub.overflowing()
+    assert not hub.overflowing()
+    slow.lose(5)  # shed by the intake: never offered, so no sign of a writer behind
+    assert not hub.overflowing()
+
+
 async def test_a_waiting_writer_gets_the_first_event_of_a_turn_through_its_sink_the_rest_queued() -> None:
     """While its writer waits, a consumer's first event of a loop turn goes to its sink, not the
     queue; later events of that turn, and any the sink refuses, are queued in order."""

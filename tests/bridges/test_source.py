@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from bridges.hub import Hub
-from bridges.source import MqttSource, SourceSettings, _frame
+from bridges.source import MqttSource, SourceSettings, _frame, _Intake
 from broker.server import Broker
 from fleet.errors import TopicError
 from tests.bridges.conftest import wait_until
@@ -132,3 +132,21 @@ def test_the_intake_frames_whole_packets_and_sheds_qos0_publishes_before_paho_pa
     shed: list[str] = []
     end, data = _frame(buf, shed.append)
     assert (end, data, shed) == (len(qos0 + qos1 + ping), qos1 + ping, ["fleet/a/telemetry"])
+
+
+def test_the_intake_sheds_once_the_fan_out_has_not_kept_up_on_a_busy_loop_for_two_seconds() -> None:
+    """While the consumers overflow on a busy loop, the turn's first read is shed once that has held
+    for 2 s (a burst is fanned out), also on the short turns that shedding makes, as long as a turn
+    was busy within 2 s; calm gaps shorter than 2 s do not start the count again, 2 s of calm do;
+    slow consumers on a loop with time to spare never make it shed."""
+    intake = _Intake(Hub())
+    assert [intake.pressed(True, False, t) for t in (0.0, 1.0, 2.5, 5.0)] == [False] * 4  # not busy
+    assert [intake.pressed(True, True, t) for t in (20.0, 21.0, 21.9, 22.0)] == [False] * 3 + [True]
+    assert intake.pressed(True, False, 22.1)  # a short turn of a shed read: still shed
+    assert not intake.pressed(False, False, 22.2)  # the consumers keep up: fanned out
+    assert intake.pressed(True, True, 23.0)  # 0.8 s of calm: still pressed
+    assert intake.pressed(True, False, 24.9)
+    assert not intake.pressed(True, False, 25.1)  # no busy turn for 2 s: slow consumers alone
+    assert not intake.pressed(False, False, 26.0)
+    assert not intake.pressed(False, False, 28.0)  # 2 s of calm: the count starts again
+    assert [intake.pressed(True, True, t) for t in (29.0, 30.0, 31.0)] == [False, False, True]
