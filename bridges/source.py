@@ -22,9 +22,9 @@ the consumers do not keep up either (`Hub.overflowing`). The intake may
 keep up while the fan-out does not: each message is then offered to every consumer only to be
 dropped from its full queue, which costs as much as a delivery, so the deliveries fall as the
 offered rate rises. So the turn's first read is also shed while half of the consumers do not keep
-up, once that has held for `_LATE_AFTER` seconds since a turn of the loop lasted `_BUSY_TURN` or
-more (no CPU to spare; `_Intake.pressed`); consumers that are slow on their own, on a loop with time
-to spare, never make the bridge shed for the others. Shed messages are counted (`Hub.shed`: in
+up, once that has held for `_LATE_AFTER` seconds since the bridge had no CPU to spare (its process
+used 95 % of a core; `_Intake.pressed`); consumers that are slow on their own, on a bridge with CPU
+to spare, never make it shed for the others. Shed messages are counted (`Hub.shed`: in
 `fleet_bridge_shed_total`, and as a drop for each consumer the message was for), which costs far
 less than fanning it out, so the intake keeps up and never leaves the loss in the broker, unseen.
 
@@ -51,6 +51,7 @@ import socket
 import ssl
 import struct
 import termios
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,9 +144,10 @@ _SHED_READS = 16
 # A backlog in the kernel for less than this many seconds is a burst, fanned out in full, not shed
 # (tests/bridges/test_limits.py publishes 24 MB at once).
 _LATE_AFTER = 2.0
-# A read whose turn of the loop lasts this long or more (from the read to the next turn): the loop
-# has no CPU to spare.
-_BUSY_TURN = 0.01
+# The bridge has no CPU to spare when its process has used this share of a core or more over the
+# last `_BUSY_WINDOW` seconds (bench/bridge_scale.py calls a bridge saturated at 95 % of its core).
+_BUSY_SHARE = 0.95
+_BUSY_WINDOW = 0.5
 
 
 def _unread_bytes(sock: socket.socket) -> int:
@@ -158,9 +160,11 @@ class _Intake:
 
     __slots__ = (
         "_behind_since",
-        "_busy_at",
+        "_busy",
         "_calm_since",
+        "_cpu_at",
         "_pressed_since",
+        "_window_at",
         "behind",
         "hub",
         "late_since",
@@ -175,16 +179,26 @@ class _Intake:
         self.late_since: float | None = None  # ... and for at least `_LATE_AFTER` seconds
         self._pressed_since: float | None = None  # the fan-out has not kept up since (see `pressed`)
         self._calm_since: float | None = None  # ... and has kept up since
-        self._busy_at = -math.inf  # the last busy turn while it did not keep up
+        self._busy = False  # the process used `_BUSY_SHARE` of a core in the last window
+        self._window_at = -math.inf  # when that window began, and the process's CPU time then
+        self._cpu_at = 0.0
+
+    def busy(self, now: float, cpu: float) -> bool:
+        """Whether the process has used `_BUSY_SHARE` of a core or more in its last window of at least
+        `_BUSY_WINDOW` seconds, `cpu` being its CPU time (`time.process_time()`) at `now`."""
+        elapsed = now - self._window_at
+        if elapsed >= _BUSY_WINDOW:
+            self._busy = elapsed != math.inf and cpu - self._cpu_at >= _BUSY_SHARE * elapsed
+            self._window_at, self._cpu_at = now, cpu
+        return self._busy
 
     def pressed(self, overflowing: bool, busy: bool, now: float) -> bool:
         """Whether the turn's first read is to be shed because the fan-out does not keep up: the hub
-        is `overflowing` now, it has been since a turn that was `busy` (the last read's turn of the
-        loop lasted `_BUSY_TURN` or more) `_LATE_AFTER` seconds ago or longer, with no calm of
-        `_LATE_AFTER` seconds between (a burst is fanned out in full), and a turn was busy within
-        the last `_LATE_AFTER` seconds (slow consumers alone, on a loop with time to spare, never
-        make the intake shed for the others). A shed read's turn is short, so the next read is
-        shed too while the consumers still drop what they are given."""
+        is `overflowing` and the bridge `busy` (no CPU to spare, `_Intake.busy`) now, and so they
+        have been since `_LATE_AFTER` seconds ago or longer, with no calm of `_LATE_AFTER` seconds
+        between (a burst is fanned out in full). Slow consumers alone, on a bridge with CPU to spare,
+        never make the intake shed for the others; and once shedding has freed CPU, the reads are
+        fanned out again."""
         if not overflowing:
             if self._calm_since is None:
                 self._calm_since = now
@@ -192,15 +206,11 @@ class _Intake:
                 self._pressed_since = None
             return False
         self._calm_since = None
-        if busy:
-            self._busy_at = now
-            if self._pressed_since is None:
-                self._pressed_since = now
-        return (
-            self._pressed_since is not None
-            and now - self._pressed_since >= _LATE_AFTER
-            and now - self._busy_at <= _LATE_AFTER
-        )
+        if not busy:
+            return False
+        if self._pressed_since is None:
+            self._pressed_since = now
+        return now - self._pressed_since >= _LATE_AFTER
 
     def late(self, unread: int, now: float) -> bool:
         """Whether, with `unread` bytes waiting at the start of a turn, the intake is late: more
@@ -276,10 +286,8 @@ class _BufferedSocket:
         "_loop",
         "_partial",
         "_pos",
-        "_read_at",
         "_reads",
         "_sock",
-        "_turn",
         "intake",
     )
 
@@ -292,8 +300,6 @@ class _BufferedSocket:
         self._partial = bytearray()  # the head of a packet not all received yet
         self._eof = False
         self._reads = 0  # of the kernel's socket in this turn of the loop
-        self._read_at = 0.0  # when the first of them was made
-        self._turn = 0.0  # seconds from the last turn's first read to the next turn
 
     def recv(self, size: int) -> bytes:
         while self._pos >= len(self._data):
@@ -310,10 +316,10 @@ class _BufferedSocket:
         sock, intake = self._sock, self.intake
         if not self._reads:
             self._loop.call_soon(self._next_turn)
-            now = self._read_at = self._loop.time()
+            now = self._loop.time()
             overflowing = intake.hub.overflowing()
             late = intake.late(_unread_bytes(sock), now)
-            pressed = intake.pressed(overflowing, self._turn >= _BUSY_TURN, now)
+            pressed = intake.pressed(overflowing, intake.busy(now, time.process_time()), now)
             intake.behind = pressed or (late and overflowing)
         elif (
             self._reads < _SHED_READS
@@ -337,7 +343,6 @@ class _BufferedSocket:
 
     def _next_turn(self) -> None:
         self._reads = 0
-        self._turn = self._loop.time() - self._read_at
 
     def pending(self) -> int:
         return len(self._data) - self._pos

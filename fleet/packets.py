@@ -442,15 +442,17 @@ def encode_publish(
     variable = _U16.pack(len(topic)) + topic
     if qos:
         variable += _U16.pack(packet_id)
-    # The fixed header in one `bytes`: a Remaining Length under 16 KiB takes one or two bytes.
-    length = len(variable) + len(payload)
+    return fixed_header(first, len(variable) + len(payload)) + variable + payload
+
+
+def fixed_header(first: int, length: int) -> bytes:
+    """A fixed header: the first byte and the Remaining Length `length`, made in one `bytes` (a
+    length under 16 KiB, as most PUBLISH packets have, takes one or two bytes)."""
     if length < 0x80:
-        header = bytes((first, length))
-    elif length < 0x4000:
-        header = bytes((first, length & 0x7F | 0x80, length >> 7))
-    else:
-        header = bytes((first,)) + _remaining_length(length)
-    return header + variable + payload
+        return bytes((first, length))
+    if length < 0x4000:
+        return bytes((first, length & 0x7F | 0x80, length >> 7))
+    return bytes((first,)) + _remaining_length(length)
 
 
 def _text(value: str) -> bytes:

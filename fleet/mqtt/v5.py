@@ -21,7 +21,7 @@ from fleet.mqtt.properties import (
     encode_properties,
     encode_variable_int,
 )
-from fleet.packets import Cursor
+from fleet.packets import Cursor, fixed_header
 from fleet.topics import validate_filter, validate_topic
 
 __all__ = [
@@ -497,15 +497,7 @@ def encode_publish(
     if qos:
         variable += _U16.pack(packet_id)
     variable += properties
-    # The fixed header in one `bytes`: a Remaining Length under 16 KiB takes one or two bytes.
-    length = len(variable) + len(payload)
-    if length < 0x80:
-        header = bytes((first, length))
-    elif length < 0x4000:
-        header = bytes((first, length & 0x7F | 0x80, length >> 7))
-    else:
-        header = bytes((first,)) + encode_variable_int(length)
-    return header + variable + payload
+    return fixed_header(first, len(variable) + len(payload)) + variable + payload
 
 
 def encode_connect(connect: Connect) -> bytes:

@@ -134,19 +134,28 @@ def test_the_intake_frames_whole_packets_and_sheds_qos0_publishes_before_paho_pa
     assert (end, data, shed) == (len(qos0 + qos1 + ping), qos1 + ping, ["fleet/a/telemetry"])
 
 
-def test_the_intake_sheds_once_the_fan_out_has_not_kept_up_on_a_busy_loop_for_two_seconds() -> None:
-    """While the consumers overflow on a busy loop, the turn's first read is shed once that has held
-    for 2 s (a burst is fanned out), also on the short turns that shedding makes, as long as a turn
-    was busy within 2 s; calm gaps shorter than 2 s do not start the count again, 2 s of calm do;
-    slow consumers on a loop with time to spare never make it shed."""
+def test_the_intake_sheds_once_the_fan_out_has_not_kept_up_on_a_busy_bridge_for_two_seconds() -> None:
+    """While the consumers overflow on a busy bridge, the turn's first read is shed once that has
+    held for 2 s (a burst is fanned out), and only while both hold; calm gaps shorter than 2 s do
+    not start the count again, 2 s of calm do; slow consumers on a bridge with CPU to spare never
+    make it shed."""
     intake = _Intake(Hub())
     assert [intake.pressed(True, False, t) for t in (0.0, 1.0, 2.5, 5.0)] == [False] * 4  # not busy
     assert [intake.pressed(True, True, t) for t in (20.0, 21.0, 21.9, 22.0)] == [False] * 3 + [True]
-    assert intake.pressed(True, False, 22.1)  # a short turn of a shed read: still shed
-    assert not intake.pressed(False, False, 22.2)  # the consumers keep up: fanned out
+    assert not intake.pressed(True, False, 22.1)  # shedding freed CPU: fanned out
+    assert not intake.pressed(False, True, 22.2)  # the consumers keep up: fanned out
     assert intake.pressed(True, True, 23.0)  # 0.8 s of calm: still pressed
-    assert intake.pressed(True, False, 24.9)
-    assert not intake.pressed(True, False, 25.1)  # no busy turn for 2 s: slow consumers alone
-    assert not intake.pressed(False, False, 26.0)
-    assert not intake.pressed(False, False, 28.0)  # 2 s of calm: the count starts again
-    assert [intake.pressed(True, True, t) for t in (29.0, 30.0, 31.0)] == [False, False, True]
+    assert not intake.pressed(False, False, 24.0)
+    assert not intake.pressed(False, False, 26.0)  # 2 s of calm: the count starts again
+    assert [intake.pressed(True, True, t) for t in (27.0, 28.0, 29.0)] == [False, False, True]
+
+
+def test_the_bridge_is_busy_when_its_process_used_95_percent_of_a_core_over_half_a_second() -> None:
+    """busy() judges the process's CPU time over windows of at least 0.5 s: 95 % of the window or
+    more is busy; a shorter look keeps the last window's answer."""
+    intake = _Intake(Hub())
+    assert not intake.busy(10.0, 100.0)  # the first look opens a window
+    assert not intake.busy(10.3, 100.3)  # 0.3 s: too short to judge
+    assert intake.busy(11.0, 100.96)
+    assert intake.busy(11.2, 101.0)  # within the window: as it was
+    assert not intake.busy(12.0, 101.9)  # 0.94 s of CPU in 1 s
