@@ -58,6 +58,31 @@ def consumers(hub: Hub, transport: str) -> int:
     return sum(1 for consumer in hub.consumers if consumer.transport == transport)
 
 
+async def trickle_until_cut(
+    bridge: RunningBridge, transport: str, mqtt: aiomqtt.Client, received: Callable[[], Any]
+) -> None:
+    """Publish one message at a time to the client that reads on, each read back with `received()`
+    (its payload), until the bridge has cut the other client of `transport`; then check that the cut
+    was counted, its connection aborted, and that the reading client still receives."""
+    seq = 0
+
+    async def one() -> None:
+        await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
+        assert await received() == {"seq": seq}
+
+    try:
+        async with asyncio.timeout(STALL_TIMEOUT):
+            while consumers(bridge.hub, transport) == 2:
+                await one()
+                seq += 1
+                await asyncio.sleep(0.02)  # a trickle, not a flood
+    except TimeoutError:
+        pytest.fail("the client that stopped reading was never cut")
+    assert bridge.hub.send_timeouts == {transport: 1}
+    await wait_until(lambda: server_connections(bridge.port) == 1, "its connection to be aborted")
+    await one()
+
+
 @dataclass
 class RunningBridge:
     hub: Hub

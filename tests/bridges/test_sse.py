@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -13,7 +14,6 @@ from httpx_sse import aconnect_sse
 from bridges.hub import Hub
 from tests.bridges.conftest import (
     QUIET_BURST,
-    STALL_TIMEOUT,
     BridgeFactory,
     Curl,
     RunningBridge,
@@ -22,6 +22,7 @@ from tests.bridges.conftest import (
     publish_and_wait,
     server_connections,
     small_window_socket,
+    trickle_until_cut,
     wait_until,
 )
 
@@ -276,20 +277,11 @@ async def test_a_client_that_stops_reading_is_cut_though_no_write_to_it_waits(
             await publish_and_wait(mqtt, bridge.hub, QUIET_BURST)
             for seq in range(len(QUIET_BURST)):
                 assert json.loads((await reader.next()).data)["payload"]["seq"] == seq
-            seq = 0
-            try:
-                async with asyncio.timeout(STALL_TIMEOUT):
-                    while consumers(bridge.hub, "sse") == 2:
-                        await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
-                        assert json.loads((await reader.next()).data)["payload"] == {"seq": seq}
-                        seq += 1
-                        await asyncio.sleep(0.02)  # a trickle, not a flood
-            except TimeoutError:
-                pytest.fail("the client that stopped reading was never cut")
-            assert bridge.hub.send_timeouts == {"sse": 1}
-            await wait_until(lambda: server_connections(bridge.port) == 1, "its connection to be aborted")
-            await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
-            assert json.loads((await reader.next()).data)["payload"] == {"seq": seq}
+
+            async def received() -> Any:
+                return json.loads((await reader.next()).data)["payload"]
+
+            await trickle_until_cut(bridge, "sse", mqtt, received)
         finally:
             stalled.close()
 

@@ -14,7 +14,6 @@ from websockets.typing import Origin
 
 from tests.bridges.conftest import (
     QUIET_BURST,
-    STALL_TIMEOUT,
     TIMEOUT,
     BridgeFactory,
     RunningBridge,
@@ -26,6 +25,7 @@ from tests.bridges.conftest import (
     running_bridge,
     server_connections,
     small_window_socket,
+    trickle_until_cut,
     wait_until,
 )
 
@@ -308,20 +308,11 @@ async def test_a_client_that_stops_reading_is_cut_though_no_send_to_it_waits(
                 await publish_and_wait(mqtt, bridge.hub, QUIET_BURST)
                 for seq in range(len(QUIET_BURST)):
                     assert (await recv_json(reader))["payload"]["seq"] == seq
-                seq = 0
-                try:
-                    async with asyncio.timeout(STALL_TIMEOUT):
-                        while consumers(bridge.hub, "websocket") == 2:
-                            await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
-                            assert (await recv_json(reader))["payload"] == {"seq": seq}
-                            seq += 1
-                            await asyncio.sleep(0.02)  # a trickle, not a flood
-                except TimeoutError:
-                    pytest.fail("the client that stopped reading was never cut")
-                assert bridge.hub.send_timeouts == {"websocket": 1}
-                await wait_until(lambda: server_connections(bridge.port) == 1, "its connection to be aborted")
-                await mqtt.publish("fleet/busy/telemetry", json.dumps({"seq": seq}).encode())
-                assert (await recv_json(reader))["payload"] == {"seq": seq}
+
+                async def received() -> Any:
+                    return (await recv_json(reader))["payload"]
+
+                await trickle_until_cut(bridge, "websocket", mqtt, received)
         finally:
             stalled.transport.abort()
 
