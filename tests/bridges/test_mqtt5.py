@@ -157,7 +157,7 @@ def test_fleet_bridge_protocol_version_mqttv5_bridges_the_properties(
     start_fleet_broker: Callable[..., FleetBroker], bridge_proc: Callable[..., Proc]
 ) -> None:
     """`fleet bridge -V mqttv5` subscribes with MQTT 5: SSE replays the message with its properties."""
-    broker = start_fleet_broker("--port", 0)
+    broker = start_fleet_broker("--port", 0, "--ws-port", 0)
     proc = bridge_proc(
         "-V", "mqttv5", "--broker", f"mqtt://127.0.0.1:{broker.port}", "--http-port", 0, "--grpc-port", 0
     )
