@@ -14,8 +14,9 @@ writers do not send a burst on every turn of the loop while the write is in flig
 A stream whose handler waits for an event with nothing queued is written to from the fan-out
 (`Consumer.sink`, as WebSocket and SSE are): the event goes to grpc as the hub offers it, without
 waking the handler, and the next one waits in the queue while that write is in flight. grpc.aio's
-poller thread runs under `SCHED_BATCH`, so that grpc does not switch to it at each write: it takes
-the completions of a turn together once the loop waits. At 50 msg/s to 90 streams this cut the
+poller thread runs under `SCHED_BATCH` while the bridge is not busy, so that grpc does not switch to
+it at each write: it takes the completions of a turn together once the loop waits
+(`PollerScheduling`). At 50 msg/s to 90 streams this cut the
 bridge's CPU per delivery by about 40 % (bench/README.md, "gRPC at low load").
 
 Each event is serialized once, not once per consumer: Subscribe is registered with no response
@@ -42,6 +43,7 @@ import socket
 import struct
 import termios
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Final, Protocol
 
@@ -50,6 +52,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from bridges.auth import Access, bearer
+from bridges.cpu import CpuShare
 from bridges.envelope import Event, Kind
 from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
@@ -63,6 +66,7 @@ __all__ = [
     "BATCH_EVENTS",
     "SERVICE_NAME",
     "FleetBridgeServicer",
+    "PollerScheduling",
     "Publisher",
     "event_message",
     "grpc_server",
@@ -477,9 +481,14 @@ def drain_completion_wakeups(loop: asyncio.AbstractEventLoop) -> bool:
     return False
 
 
-def defer_completion_poller() -> bool:
-    """Let grpc.aio's poller thread run only when the loop's thread yields the core or its time slice
-    ends, not each time grpc wakes it; True if done.
+# grpc.aio's poller thread runs under SCHED_BATCH while the process uses less than this share of a
+# core over each look, and as any thread above it (see `PollerScheduling`).
+_PROMPT_POLLER_SHARE = 0.8
+_POLLER_LOOK_S = 0.5
+
+
+class PollerScheduling:
+    """grpc.aio's poller thread's scheduling, set by the bridge's load.
 
     grpc's poller thread waits on the completion queue, and grpc wakes it (an eventfd write) for
     the first completion queued while it waits. A woken thread normally preempts the one running
@@ -487,24 +496,61 @@ def defer_completion_poller() -> bool:
     and the poller woke, took one completion and wrote one wake-up byte per write. Under
     `SCHED_BATCH` (Linux; no other priority or share changes) it does not preempt on wake-up: it
     runs once the loop waits in its selector, and takes every completion of the turn in one wake.
-    A completion waits at most the scheduler's time slice more while the loop is busy.
+    That cut a delivery's cost at low load by about a third; but on a busy loop, which rarely
+    waits, a completion then waits for the end of the loop's time slice, the writers' rounds
+    (`bridges.turns`) wait for it, and at 15,000 msg/s to 3 consumers the bridge delivered 29,000
+    a second instead of 42,000 (bench/README.md). So the thread is under `SCHED_BATCH` while the
+    process uses less than `_PROMPT_POLLER_SHARE` of a core, and runs as any thread above it.
 
     Finds the thread by its target, `PollerCompletionQueue._poll_wrapper`: an internal of the
     pinned grpcio (see pyproject.toml). Elsewhere, without `SCHED_BATCH`, or where the system refuses
     it, nothing changes."""
-    batch = getattr(os, "SCHED_BATCH", None)
-    if batch is None:
-        return False
-    for thread in threading.enumerate():
-        target = getattr(thread, "_target", None)
-        if getattr(target, "__name__", "") == "_poll_wrapper" and thread.native_id is not None:
-            try:
-                if os.sched_getscheduler(thread.native_id) != batch:
-                    os.sched_setscheduler(thread.native_id, batch, os.sched_param(0))
-            except OSError:  # a sandbox that forbids it (seccomp), or the thread just ended
-                return False
+
+    __slots__ = ("_batched", "_cpu", "_thread_id")
+
+    def __init__(self, thread_id: int) -> None:
+        self._thread_id = thread_id
+        self._batched: bool | None = None
+        self._cpu = CpuShare(_POLLER_LOOK_S)
+
+    @classmethod
+    def find(cls) -> PollerScheduling | None:
+        """The poller thread of grpc.aio, put under SCHED_BATCH; None where that cannot be done."""
+        if not hasattr(os, "SCHED_BATCH"):
+            return None
+        for thread in threading.enumerate():
+            target = getattr(thread, "_target", None)
+            if getattr(target, "__name__", "") == "_poll_wrapper" and thread.native_id is not None:
+                scheduling = cls(thread.native_id)
+                return scheduling if scheduling.batch(True) else None
+        return None
+
+    def batch(self, on: bool) -> bool:
+        """Put the thread under SCHED_BATCH, or back to SCHED_OTHER; False if the system refuses (a
+        seccomp sandbox, say) or the thread has ended."""
+        if on == self._batched:
             return True
-    return False
+        policy = os.SCHED_BATCH if on else os.SCHED_OTHER
+        try:
+            os.sched_setscheduler(self._thread_id, policy, os.sched_param(0))
+        except OSError:
+            return False
+        self._batched = on
+        return True
+
+    def follow(self, now: float, cpu: float) -> None:
+        """Batch the thread or not by the process's CPU share since the last look (`cpu`:
+        `time.process_time()` at the loop's time `now`)."""
+        share = self._cpu.update(now, cpu)
+        if share is not None:
+            self.batch(share < _PROMPT_POLLER_SHARE)
+
+    async def run(self) -> None:
+        """Follow the load every `_POLLER_LOOK_S` seconds, until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self.follow(loop.time(), time.process_time())
+            await asyncio.sleep(_POLLER_LOOK_S)
 
 
 def _raise_bind_error(host: str, port: int, address: str) -> None:
@@ -562,7 +608,8 @@ async def grpc_server(
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_calls)
     if not drain_completion_wakeups(asyncio.get_running_loop()):
         log.warning("grpc.aio's completion-queue reader not found: the loop may spin after bursts")
-    if not defer_completion_poller():
+    poller = PollerScheduling.find()
+    if poller is None:
         log.info("grpc.aio's poller thread left as it is: it may preempt the loop at each write")
     servicer = FleetBridgeServicer(
         hub, source, policy=policy, queue_size=queue_size, send_timeout=send_timeout, access=access
@@ -586,10 +633,13 @@ async def grpc_server(
     try:
         async with asyncio.TaskGroup() as tasks:
             watchdog = tasks.create_task(servicer.watch(), name="bridges.grpc.watchdog")
+            tuner = None if poller is None else tasks.create_task(poller.run(), name="bridges.grpc.poller")
             try:
                 yield bound
             finally:
                 watchdog.cancel()
+                if tuner is not None:
+                    tuner.cancel()
     finally:
         await health_servicer.enter_graceful_shutdown()
         servicer.shutdown()

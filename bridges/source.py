@@ -44,7 +44,6 @@ import asyncio
 import fcntl
 import json
 import logging
-import math
 import random
 import secrets
 import socket
@@ -62,6 +61,7 @@ from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties as PahoProperties
 
+from bridges.cpu import CpuShare
 from bridges.hub import Hub
 from fleet.device import speaks_v5
 from fleet.errors import FleetError, TopicError
@@ -162,9 +162,8 @@ class _Intake:
         "_behind_since",
         "_busy",
         "_calm_since",
-        "_cpu_at",
+        "_cpu",
         "_pressed_since",
-        "_window_at",
         "behind",
         "hub",
         "late_since",
@@ -180,16 +179,14 @@ class _Intake:
         self._pressed_since: float | None = None  # the fan-out has not kept up since (see `pressed`)
         self._calm_since: float | None = None  # ... and has kept up since
         self._busy = False  # the process used `_BUSY_SHARE` of a core in the last window
-        self._window_at = -math.inf  # when that window began, and the process's CPU time then
-        self._cpu_at = 0.0
+        self._cpu = CpuShare(_BUSY_WINDOW)
 
     def busy(self, now: float, cpu: float) -> bool:
         """Whether the process has used `_BUSY_SHARE` of a core or more in its last window of at least
         `_BUSY_WINDOW` seconds, `cpu` being its CPU time (`time.process_time()`) at `now`."""
-        elapsed = now - self._window_at
-        if elapsed >= _BUSY_WINDOW:
-            self._busy = elapsed != math.inf and cpu - self._cpu_at >= _BUSY_SHARE * elapsed
-            self._window_at, self._cpu_at = now, cpu
+        share = self._cpu.update(now, cpu)
+        if share is not None:
+            self._busy = share >= _BUSY_SHARE
         return self._busy
 
     def pressed(self, overflowing: bool, busy: bool, now: float) -> bool:

@@ -22,7 +22,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from bridges.bridge import running
 from bridges.config import BridgeConfig
 from bridges.envelope import Kind, make_event
-from bridges.grpc_service import BATCH_BYTES, SERVICE_NAME, FleetBridgeServicer, event_message, grpc_server
+from bridges.grpc_service import (
+    BATCH_BYTES,
+    SERVICE_NAME,
+    FleetBridgeServicer,
+    PollerScheduling,
+    event_message,
+    grpc_server,
+)
 from bridges.hub import Dropped, Hub, Policy
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2_grpc
@@ -463,6 +470,26 @@ def test_grpc_poller_thread_runs_under_sched_batch(channel: grpc.aio.Channel) ->
         if getattr(getattr(t, "_target", None), "__name__", "") == "_poll_wrapper"
     ]
     assert poller.native_id is not None
+    assert os.sched_getscheduler(poller.native_id) == os.SCHED_BATCH
+
+
+def test_grpc_poller_thread_runs_as_any_thread_while_the_bridge_is_busy(channel: grpc.aio.Channel) -> None:
+    """grpc.aio's poller thread leaves SCHED_BATCH once the process has used 80 % of a core over a
+    look (its completions must not wait for the loop's time slice), and returns to it below."""
+    scheduling = PollerScheduling.find()
+    assert scheduling is not None
+    (poller,) = [
+        t
+        for t in threading.enumerate()
+        if getattr(getattr(t, "_target", None), "__name__", "") == "_poll_wrapper"
+    ]
+    assert poller.native_id is not None
+    scheduling.follow(0.0, 0.0)  # opens the first look
+    scheduling.follow(1.0, 0.9)
+    assert os.sched_getscheduler(poller.native_id) == os.SCHED_OTHER
+    scheduling.follow(1.2, 1.1)  # too short a look: as it was
+    assert os.sched_getscheduler(poller.native_id) == os.SCHED_OTHER
+    scheduling.follow(2.0, 1.2)
     assert os.sched_getscheduler(poller.native_id) == os.SCHED_BATCH
 
 
