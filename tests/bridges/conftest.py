@@ -11,7 +11,7 @@ import json
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,20 +294,13 @@ class Curl:
 
 
 @pytest.fixture
-def bridge_proc() -> Iterator[Callable[..., Proc]]:
-    """Start `fleet bridge ARGS`; stopped by PID at teardown."""
-    started: list[Proc] = []
+def bridge_proc(procs: Callable[..., Proc]) -> Callable[..., Proc]:
+    """Start `fleet bridge ARGS` (`procs`: stopped by PID at teardown)."""
 
     def start(*args: str | int) -> Proc:
-        proc = Proc(fleet_argv("bridge", *args))
-        started.append(proc)
-        return proc
+        return procs(*fleet_argv("bridge", *args))
 
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.stop()
+    return start
 
 
 def bridge_events_url(proc: Proc) -> str:
