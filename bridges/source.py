@@ -285,6 +285,7 @@ class _BufferedSocket:
         "_pos",
         "_reads",
         "_sock",
+        "_turn",
         "intake",
     )
 
@@ -296,7 +297,8 @@ class _BufferedSocket:
         self._pos = 0
         self._partial = bytearray()  # the head of a packet not all received yet
         self._eof = False
-        self._reads = 0  # of the kernel's socket in this turn of the loop
+        self._reads = 0  # of the kernel's socket in the hub's turn `_turn` of the loop
+        self._turn = -1
 
     def recv(self, size: int) -> bytes:
         while self._pos >= len(self._data):
@@ -311,8 +313,10 @@ class _BufferedSocket:
         """Read the kernel's socket once; BlockingIOError when nothing is there, or when this turn
         of the loop may read no more."""
         sock, intake = self._sock, self.intake
+        turn = intake.hub.turn()
+        if turn != self._turn:
+            self._turn, self._reads = turn, 0
         if not self._reads:
-            self._loop.call_soon(self._next_turn)
             now = self._loop.time()
             overflowing = intake.hub.overflowing()
             late = intake.late(_unread_bytes(sock), now)
@@ -337,9 +341,6 @@ class _BufferedSocket:
         end, self._data = _frame(partial, intake.hub.shed if intake.behind else None)
         self._pos = 0
         del partial[:end]
-
-    def _next_turn(self) -> None:
-        self._reads = 0
 
     def pending(self) -> int:
         return len(self._data) - self._pos
