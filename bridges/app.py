@@ -84,7 +84,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 from uvicorn.protocols.http.h11_impl import RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import InvalidState
+from websockets.protocol import State
 
 from bridges.auth import COOKIE, QUERY_PARAMETER, Access, http_token
 from bridges.envelope import Event
@@ -481,33 +481,47 @@ def _abort_connection(scope: Scope) -> None:
         transport.abort()
 
 
-def _ws_sink(scope: Scope) -> Callable[[bytes], bool] | None:
-    """A synchronous write of one text frame to this WebSocket, for `Consumer.sink`: what uvicorn's
-    `send` does for `websocket.send` once its `writable` event is set, which it then does without
-    waiting. It returns False where `send` would wait or fail: the caller queues instead, and the
-    writer's `send` (with its watchdog) takes over. Internals of the exactly pinned uvicorn and
-    websockets; None under any other server."""
+def _ws_sink(scope: Scope) -> Callable[[list[bytes]], bool] | None:
+    """A synchronous write of text frames to this WebSocket, one for each payload and all in one
+    write to the connection: what uvicorn's `send` does for each `websocket.send` once its `writable`
+    event is set, which it then does without waiting. It returns False, having written nothing, where
+    `send` would wait or fail: the caller queues instead, and the writer's `send` (with its watchdog)
+    takes over. Internals of the exactly pinned uvicorn and websockets; None under any other server."""
     protocol = scope.get(_OWNER)
     if not isinstance(protocol, WebSocketsSansIOProtocol):
         return None
 
-    def write(text: bytes) -> bool:
+    def write(texts: list[bytes]) -> bool:
+        conn = protocol.conn
         if (
             protocol.close_sent
             or protocol.disconnected
             or not protocol.handshake_complete
             or protocol.initial_response is not None
             or not protocol.writable.is_set()
+            or conn.state is not State.OPEN
+            or conn.expect_continuation_frame
         ):
             return False
-        try:
-            protocol.conn.send_text(text)
-        except InvalidState:
-            return False
-        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        if conn.extensions:  # permessage-deflate: every frame goes through the connection's compressor
+            for text in texts:
+                conn.send_text(text)
+            data = b"".join(conn.data_to_send())
+        else:  # what websockets writes for a server's unfragmented text frame, without its Frame objects
+            data = b"".join([_text_frame_header(len(text)) + text for text in texts])
+        protocol.transport.write(data)
         return True
 
     return write
+
+
+def _text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final text frame carrying `length` bytes (RFC 6455 §5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
 
 
 def _http_sink(scope: Scope) -> Callable[[bytes], bool] | None:
@@ -698,10 +712,10 @@ class _WebSocketSession:
                 old.close(_RESUBSCRIBED)
         self._changed.set()
 
-    def _write_now(self, event: Event) -> bool:
-        """The consumer's sink: its writer waits for an event, and no retired consumer's are left."""
+    def _write_now(self, events: list[Event]) -> bool:
+        """The consumer's sink: its writer waits for events, and no retired consumer's are left."""
         assert self._sink is not None
-        return not self._retiring and self._closing is None and self._sink(event.json)
+        return not self._retiring and self._closing is None and self._sink([event.json for event in events])
 
     def _wanted(self, item: Item) -> bool:
         """Whether the current filters want `item`, a retired consumer's item: notices always."""
@@ -771,16 +785,14 @@ class _WebSocketSession:
         while True:
             if self._closing is not None:
                 raise _Close(_CLOSE_GOING_AWAY, self._closing)
-            item: Item | None
+            items: list[Item]
             if self._retiring:
                 old = self._retiring[0]
                 if not old.queued:
                     self._retiring.popleft()
                     old.close(_RESUBSCRIBED)
                     continue
-                item = await self._get(old)  # returns at once: the queue is not empty
-                if item is not None and not self._wanted(item):
-                    continue
+                items = [item for item in await self._get(old) if self._wanted(item)]  # at once: queued
             elif self.consumer is None:
                 turns.leave(self)  # no filters, nothing to send until they change
                 self._changed.clear()
@@ -788,44 +800,51 @@ class _WebSocketSession:
                 continue
             else:
                 consumer = self.consumer
-                item = await self._get(consumer)
-                # The filters changed while this get was waking up: the item is the retired consumer's.
-                if consumer is not self.consumer and item is not None and not self._wanted(item):
-                    continue
-            if item is not None:
-                await self._send(self._frame(item))
-                sent += 1
+                items = await self._get(consumer)
+                # The filters changed while this get was waking up: the items are the retired consumer's.
+                if consumer is not self.consumer:
+                    items = [item for item in items if self._wanted(item)]
+            if items:
+                await self._send_all([self._frame(item) for item in items])
+                sent += len(items)
                 if not self._backlog():
                     turns.leave(self)
                 elif sent >= BURST:
                     await turns.next(self)
                     sent = 0
 
+    async def _send_all(self, texts: list[bytes]) -> None:
+        """Send each of `texts` as a text message: in one write while the connection takes one
+        without waiting, else one `send` (watched by the send timeout) each."""
+        if self._sink is not None and self._sink(texts):
+            return
+        for text in texts:
+            await self._send(text.decode())
+
     def _backlog(self) -> bool:
         consumer = self.consumer
         return any(old.queued for old in self._retiring) or (consumer is not None and consumer.queued > 0)
 
-    async def _get(self, consumer: Consumer) -> Item | None:
-        """The consumer's next item; None when it was replaced by a filter change."""
+    async def _get(self, consumer: Consumer) -> list[Item]:
+        """The consumer's next items, at most a burst; none when it was replaced by a filter change."""
         try:
-            return await consumer.get()
+            return await consumer.get_batch(BURST)
         except ConsumerClosed as exc:
             if self._closing is not None:
                 raise _Close(_CLOSE_GOING_AWAY, self._closing) from None
             if exc.reason == _RESUBSCRIBED:
-                return None
+                return []
             raise _Close(_CLOSE_POLICY, exc.reason) from None
 
-    def _frame(self, item: Item) -> str:
+    def _frame(self, item: Item) -> bytes:
         if isinstance(item, Event):
-            # ASGI takes text as str; uvicorn encodes it again. Decoding ASCII-heavy JSON is a copy.
-            return item.json.decode()
+            return item.json
         if isinstance(item, Retained):
-            return item.event.json.decode()
+            return item.event.json
         if isinstance(item, Dropped):
             self._dropped += item.count  # across filter changes, not per hub consumer
-            return _encode({"type": "dropped", "count": item.count, "total": self._dropped})
-        return _encode({"type": "reset", "after_id": item.after_id, "oldest_id": item.oldest_id})
+            return _encode({"type": "dropped", "count": item.count, "total": self._dropped}).encode()
+        return _encode({"type": "reset", "after_id": item.after_id, "oldest_id": item.oldest_id}).encode()
 
     async def _read(self) -> None:
         websocket = self.websocket
@@ -996,7 +1015,7 @@ class _EventStream(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sink = _http_sink(scope)
         if sink is not None:
-            self._consumer.sink = lambda event: sink(_sse_frame(event))
+            self._consumer.sink = lambda events: sink(b"".join([_sse_frame(event) for event in events]))
         try:
             async with asyncio.TaskGroup() as tasks:
                 watchdog = tasks.create_task(self._watch_sends(scope), name="bridges.sse.watchdog")

@@ -12,8 +12,9 @@ them: one batch of `BURST` events per round, and the round waits for its write, 
 writers do not send a burst on every turn of the loop while the write is in flight.
 
 A stream whose handler waits for an event with nothing queued is written to from the fan-out
-(`Consumer.sink`, as WebSocket and SSE are): the event goes to grpc as the hub offers it, without
-waking the handler, and the next one waits in the queue while that write is in flight. grpc.aio's
+(`Consumer.sink`, as WebSocket and SSE are): the events of a loop turn go to grpc in one batch at
+the turn's end, without waking the handler, and those of later turns wait in the queue, for the
+handler, while that write is in flight. grpc.aio's
 poller thread runs under `SCHED_BATCH` while the bridge is not busy, so that grpc does not switch to
 it at each write: it takes the completions of a turn together once the loop waits
 (`PollerScheduling`). At 50 msg/s to 90 streams this cut the
@@ -322,17 +323,21 @@ class FleetBridgeServicer:
             self.streams.discard(stream)
             consumer.close("the gRPC stream ended")
 
-    def _sink(self, stream: _Stream, event: Event) -> bool:
-        """Write `event` to the stream from the fan-out while its handler waits for one; False if a
-        write is in flight or the call has ended (the event is then queued for the handler).
+    def _sink(self, stream: _Stream, events: list[Event]) -> bool:
+        """Write `events` to the stream in one batch from the fan-out while its handler waits for
+        events; False if a write is in flight, the call has ended, or they make more than one batch
+        (they stay queued for the handler then).
 
         grpc.aio writes only from a coroutine: this one, `context.write`, is run by hand instead of
         by a task. Its first step starts grpc's batch and yields grpc's completion future; the step
-        after that completion (`_written`) ends it. So a delivery costs grpc's write and one loop
+        after that completion (`_written`) ends it. So a turn's events cost grpc's write and one loop
         callback, instead of two wakes of the handler's task and its generators."""
-        if stream.written is not None:
+        if stream.written is not None or len(events) > BATCH_EVENTS:
             return False
-        data = self._encoded.get(event)
+        encoded = self._encoded
+        data = b"".join([encoded.get(event) for event in events])
+        if len(data) > BATCH_BYTES and len(events) > 1:
+            return False
         write = stream.context.write(b"%b%b%b" % (_EVENTS_TAG, _varint(len(data)), data))
         try:
             written = write.send(None)

@@ -11,9 +11,12 @@ notice on `$bridge/oversized` instead. A consumer's queue has a stated overflow 
 - `disconnect`: the consumer is closed with a reason, and its transport ends the connection.
 
 A slow consumer never stalls the others: offering an event never waits. A consumer whose writer
-waits with nothing queued may have a `sink`, set by its transport: the first event of each turn of
-the loop is then written through it at once, without waking the writer (a task wake per event cost
-more than the write), and the events after it in the turn are queued, as is one the sink refuses.
+waits with nothing queued may have a `sink`, set by its transport: the events it gets in one turn of
+the loop are then queued, and at the end of that turn the hub writes them through the sink in one
+write, without waking the writer. A connection's write costs about as much for one event as for
+many, and a task wake more than the write, so a delivery costs about the same whether a turn brings
+one event or a hundred. Events the sink refuses (its connection cannot take a write now) stay queued,
+and the writer wakes for them.
 
 The hub also keeps the latest retained message of each topic (`RetainedCache`, bounded in bytes),
 and a new consumer gets the entries its filters match (`Retained` items) before any live event, as
@@ -197,7 +200,7 @@ class Consumer:
     """One subscriber of the hub (a WebSocket, an SSE stream or a gRPC stream)."""
 
     __slots__ = (
-        "_direct_turn",
+        "_due",
         "_live_from",
         "_pending_drops",
         "_queue",
@@ -247,10 +250,11 @@ class Consumer:
         self.queue_drops_seen = 0
         self.closed: str | None = None
         self.overflowed = False  # closed because its queue was full (policy: disconnect)
-        # Set by the transport: writes an event to the client at once, without waiting, or returns
-        # False (its connection cannot take a write now). Used only while the writer waits in `get`.
-        self.sink: Callable[[Event], bool] | None = None
-        self._direct_turn = -1  # the hub's turn of the last event written through `sink`
+        # Set by the transport: writes events to the client at once, in one write and without
+        # waiting, or returns False (its connection cannot take a write now). Used only while the
+        # writer waits in `get`, for the events queued in one turn of the loop.
+        self.sink: Callable[[list[Event]], bool] | None = None
+        self._due = False  # the hub writes its queue through `sink` at the end of this turn
         # Events from this id on are live; older ones were replayed on request and may be old.
         self._live_from = hub.next_id
 
@@ -264,15 +268,6 @@ class Consumer:
         asks for 10,000 events), and what it alone keeps alive stays within `max_bytes`."""
         if self.closed is not None:
             return
-        waiter, sink = self._waiter, self.sink
-        # The writer waits with nothing queued: write from here, and it sleeps on (a task wake and
-        # a write per event cost several times the write alone). Once per turn of the loop: the
-        # events after it in the same turn are queued, and the writer sends them in one batch.
-        idle = waiter is not None and not waiter.done()
-        if idle and sink is not None and type(item) is Event and self._direct_turn != self.hub.turn():
-            self._direct_turn = self.hub.turn()
-            if sink(item):
-                return
         queue = self._queue
         size = item.size if type(item) is Event else 0
         if queue and type(item) is Event:
@@ -292,7 +287,34 @@ class Consumer:
                 self._drop_oldest()
         queue.append(item)
         self.queued_bytes += size
-        self._wake()
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the writer is awake: it takes the queue
+        if self.sink is not None and type(item) is Event:
+            if not self._due:
+                self._due = True
+                self.hub.write_soon(self)
+        else:
+            waiter.set_result(None)
+
+    def write_due(self) -> None:
+        """The end of a turn in which events were queued for this consumer while its writer waited:
+        write them through the sink in one write, or wake the writer for what is left."""
+        self._due = False
+        waiter, queue, sink = self._waiter, self._queue, self.sink
+        if self.closed is not None or waiter is None or waiter.done() or not queue:
+            return
+        if sink is not None and not self._retained and not self._pending_drops:
+            events: list[Event] = []
+            for item in queue:
+                if type(item) is not Event:
+                    break
+                events.append(item)
+            if events and sink(events):
+                for _ in events:
+                    self._pop()
+        if queue or self._pending_drops:
+            waiter.set_result(None)
 
     def _behind(self, cutoff: float) -> None:
         """The oldest queued live event waited more than the hub's `max_lag` behind the newest: drop
@@ -447,8 +469,9 @@ class Hub:
         self.drops: dict[str, int] = {}
         self.send_timeouts: dict[str, int] = {}
         self.turns = Turns()  # the consumers' writers take turns under a backlog
-        self._turn = 0  # counts the loop's turns in which a consumer's sink wrote, to the next such
+        self._turn = 0  # counts the loop's turns in which `turn()` was asked, to the next such
         self._turn_counted = False
+        self._due: list[Consumer] = []  # consumers to write through their sinks at the turn's end
 
     @property
     def next_id(self) -> int:
@@ -465,6 +488,18 @@ class Hub:
     def _next_turn(self) -> None:
         self._turn += 1
         self._turn_counted = False
+
+    def write_soon(self, consumer: Consumer) -> None:
+        """Write the events queued for `consumer` in this turn of the loop through its sink once the
+        turn's callbacks have run (`Consumer.write_due`): one write per consumer and turn."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._write_due)
+        self._due.append(consumer)
+
+    def _write_due(self) -> None:
+        due, self._due = self._due, []
+        for consumer in due:
+            consumer.write_due()
 
     @staticmethod
     def validate_filters(filters: Iterable[str]) -> tuple[str, ...]:

@@ -264,34 +264,31 @@ async def test_subscribe_without_resume_starts_live(broker: Broker) -> None:
 
 
 async def test_a_slow_stream_sees_dropped_counts(broker: Broker) -> None:
-    """Under drop-oldest, a stream that falls behind gets its first event (written at once, as its
-    handler waited), a Dropped item, then the newest events."""
+    """Under drop-oldest, a stream that gets more events in one loop turn than its queue holds gets a
+    Dropped item, then the newest events."""
     hub = Hub()
     async with serving(hub, MqttSource(hub, SourceSettings(port=broker.port)), queue_size=2) as channel:
         call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
         (consumer,) = hub.consumers
         await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
         ids = ingest(hub, 5)  # all at once: the server gets no chance to send in between
-        assert (await call.event()).id == ids[0]
         dropped = await call.item()
         assert isinstance(dropped, pb.Dropped), dropped
-        assert (dropped.count, dropped.total) == (2, 2)
+        assert (dropped.count, dropped.total) == (3, 3)
         assert [(await call.event()).id for _ in range(2)] == ids[3:]
         call.cancel()
-    assert hub.drops == {"grpc": 2}
+    assert hub.drops == {"grpc": 3}
 
 
 async def test_a_slow_stream_is_cut_under_the_disconnect_policy(broker: Broker) -> None:
-    """Under the disconnect policy, overflowing the queue ends the stream with RESOURCE_EXHAUSTED, after
-    the event written before the overflow."""
+    """Under the disconnect policy, overflowing the queue ends the stream with RESOURCE_EXHAUSTED."""
     hub = Hub()
     source = MqttSource(hub, SourceSettings(port=broker.port))
     async with serving(hub, source, policy="disconnect", queue_size=2) as channel:
         call = await subscribe(bridge_pb2_grpc.FleetBridgeServiceStub(channel), "fleet/#")
         (consumer,) = hub.consumers
         await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
-        ids = ingest(hub, 4)  # the first is written at once, the third queued overflows
-        assert (await call.event()).id == ids[0]
+        ingest(hub, 3)  # in one loop turn: the third overflows the queue
         error = await rpc_error(call.read())
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "too slow" in (error.details() or "")
@@ -443,17 +440,17 @@ def test_waiting_events_go_out_in_batches_encoded_once(hub: Hub, broker: Broker)
 async def test_an_idle_stream_is_written_from_the_fan_out_and_keeps_order(
     stub: Stub, hub: Hub, publisher: RawClient
 ) -> None:
-    """The first event of a turn for a stream that waits goes to grpc from `Hub.ingest` itself, not
-    through the queue; the events after it queue behind that write, and the client reads all in order."""
+    """The events of a turn for a stream that waits go to grpc in one batch once the turn's callbacks
+    have run, not through its handler; events of later turns queue behind that write while it is in
+    flight, and the client reads all in order."""
     subscription = await subscribe(stub, "fleet/#")
     (consumer,) = [c for c in hub.consumers if c.transport == "grpc"]
     await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
 
-    first = hub.ingest("fleet/dev-1/telemetry", b'{"seq": 0}', qos=0, retain=False)
-    assert consumer.queued == 0  # written, not queued
-    rest = [hub.ingest("fleet/dev-1/telemetry", b'{"seq": %d}' % n, qos=0, retain=False) for n in (1, 2)]
-    assert consumer.queued == 2  # the same turn: queued behind the write in flight
-    ids = [first.id, *(e.id for e in rest)]
+    ids = [hub.ingest("fleet/dev-1/telemetry", b'{"seq": %d}' % n, qos=0, retain=False).id for n in range(3)]
+    assert consumer.queued == 3  # until the turn ends
+    await asyncio.sleep(0)
+    assert consumer.queued == 0  # written together, not handed to the stream's handler
     for n in range(3, 40):  # one event a turn: through the sink, or queued while a write is in flight
         await asyncio.sleep(0)
         ids.append(hub.ingest("fleet/dev-1/telemetry", b'{"seq": %d}' % n, qos=0, retain=False).id)
@@ -548,9 +545,9 @@ async def test_a_stalled_write_from_the_fan_out_is_cut_after_the_send_timeout(
     streams: list[Any] = []
     sink = FleetBridgeServicer._sink
 
-    def spy(self: FleetBridgeServicer, stream: Any, event: Any) -> bool:
+    def spy(self: FleetBridgeServicer, stream: Any, events: Any) -> bool:
         streams.append(stream)
-        return sink(self, stream, event)
+        return sink(self, stream, events)
 
     monkeypatch.setattr(FleetBridgeServicer, "_sink", spy)
     hub = Hub()
@@ -566,8 +563,10 @@ async def test_a_stalled_write_from_the_fan_out_is_cut_after_the_send_timeout(
         await wait_until(lambda: consumer.sink is not None, "the stream's handler to wait for events")
         blob = json.dumps({"blob": "x" * 60_000}).encode()
         hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+        await asyncio.sleep(0)  # the turn ends: the fan-out writes
         await wait_until(lambda: streams[-1].written is None, "the first write to complete")
         hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
+        await asyncio.sleep(0)  # the turn ends: the fan-out writes
         assert consumer.queued == 0  # the fan-out's write, in flight
         assert streams[-1].written is not None
         await wait_until(lambda: hub.send_timeouts == {"grpc": 1}, "the stalled stream to be cut")

@@ -193,17 +193,18 @@ async def test_a_consumer_that_dropped_events_since_the_last_look_counts_as_over
     assert not hub.overflowing()
 
 
-async def test_a_waiting_writer_gets_the_first_event_of_a_turn_through_its_sink_the_rest_queued() -> None:
-    """While its writer waits, a consumer's first event of a loop turn goes to its sink, not the
-    queue; later events of that turn, and any the sink refuses, are queued in order."""
+async def test_a_waiting_writer_gets_a_turns_events_through_its_sink_in_one_write_at_the_turns_end() -> None:
+    """While its writer waits, the events a consumer gets in one loop turn are written through its
+    sink together once the turn's callbacks have run, without waking the writer; events the sink
+    refuses stay queued in order, and the writer wakes for them."""
     hub = Hub()
     consumer = hub.add(["fleet/#"], transport="test")
-    written: list[int] = []
+    writes: list[list[int]] = []
     accept = True
 
-    def sink(event: Event) -> bool:
+    def sink(events: list[Event]) -> bool:
         if accept:
-            written.append(event.payload["seq"])
+            writes.append([event.payload["seq"] for event in events])
         return accept
 
     consumer.sink = sink
@@ -211,15 +212,18 @@ async def test_a_waiting_writer_gets_the_first_event_of_a_turn_through_its_sink_
     await asyncio.sleep(0)  # the writer now waits in get
     for seq in range(3):
         hub.ingest("fleet/d/telemetry", json.dumps({"seq": seq}).encode(), qos=0, retain=False)
-    assert written == [0]
-    assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [1, 2]
+    assert writes == []
+    assert consumer.queued == 3
+    await asyncio.sleep(0)
+    assert writes == [[0, 1, 2]]
+    assert consumer.queued == 0
+    assert not getting.done()
 
-    getting = asyncio.create_task(consumer.get_batch(10))
-    await asyncio.sleep(0)  # a new turn, and the writer waits again
     accept = False
     hub.ingest("fleet/d/telemetry", b'{"seq": 3}', qos=0, retain=False)
-    assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [3]
-    assert written == [0]
+    hub.ingest("fleet/d/telemetry", b'{"seq": 4}', qos=0, retain=False)
+    assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [3, 4]
+    assert writes == [[0, 1, 2]]
 
 
 async def test_a_consumer_that_falls_behind_by_max_lag_loses_the_old_events_and_is_told() -> None:
