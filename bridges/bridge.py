@@ -60,6 +60,7 @@ async def running(config: BridgeConfig) -> AsyncIterator[Bridge]:
         queue_bytes=config.queue_bytes,
         max_event_bytes=config.max_event_bytes,
         max_lag=config.max_lag,
+        write_interval=config.write_interval,
     )
     source = MqttSource(
         hub,

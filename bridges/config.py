@@ -8,7 +8,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridges.auth import is_loopback
-from bridges.hub import MAX_EVENT_BYTES, MAX_LAG, QUEUE_BYTES, RETAINED_BYTES, RETAINED_TOPICS, RING_BYTES
+from bridges.hub import (
+    MAX_EVENT_BYTES,
+    MAX_LAG,
+    QUEUE_BYTES,
+    RETAINED_BYTES,
+    RETAINED_TOPICS,
+    RING_BYTES,
+    WRITE_INTERVAL,
+)
 from bridges.server import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from bridges.source import MAX_PUBLISH_BYTES
 from fleet.config import load_table, validated
@@ -49,6 +57,12 @@ class BridgeConfig(BaseModel):
     queue_size: int = Field(default=1_000, ge=1, description="events queued per consumer")
     max_lag: float = Field(
         default=MAX_LAG, gt=0, description="seconds a consumer's queue may fall behind before it drops"
+    )
+    write_interval: float = Field(
+        default=WRITE_INTERVAL,
+        ge=0,
+        le=1,
+        description="seconds between the fan-out's writes to a consumer at least; 0: a write each loop turn",
     )
     ring_bytes: int = Field(default=RING_BYTES, ge=1, description="bytes the replay ring's events may hold")
     queue_bytes: int = Field(

@@ -86,10 +86,14 @@ _KINDS: Final[dict[Kind, pb.Kind.ValueType]] = {
 }
 
 # A batch holds at most this many events (`BURST`, a round's share, while other writers wait for
-# their turn), and stops growing once it holds this many bytes: below HTTP/2's initial 64 KB stream
-# window, so that one write never waits for a window update.
-BATCH_EVENTS: Final = 512
-BATCH_BYTES: Final = 48 * 1024
+# their turn), and stops growing once it holds this many bytes. grpc.aio takes one write per stream
+# at a time, and its completion comes a loop turn or more later: on a loaded bridge, whose turns are
+# long, a stream gets one write every few turns, so a batch must carry what those turns brought (a
+# full default queue), or gRPC streams fall behind WebSocket and SSE, which write every turn. Past
+# HTTP/2's initial 64 KB stream window a write waits for the client's window update; grpc's clients
+# grow the window (BDP probing) as they read.
+BATCH_EVENTS: Final = 1024
+BATCH_BYTES: Final = 256 * 1024
 # The tag of SubscribeResponse.events (field 4, length-delimited).
 _EVENTS_TAG: Final = bytes([4 << 3 | 2])
 

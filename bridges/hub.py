@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +49,7 @@ __all__ = [
     "RETAINED_BYTES",
     "RETAINED_TOPICS",
     "RING_BYTES",
+    "WRITE_INTERVAL",
     "Consumer",
     "ConsumerClosed",
     "Dropped",
@@ -103,6 +105,11 @@ MAX_EVENT_BYTES: Final = 64 * 1024
 # A consumer whose oldest queued live event is this many seconds older than the newest is behind:
 # it loses the old events (and is told), or is cut, instead of falling further behind.
 MAX_LAG: Final = 1.0
+# The fan-out writes to a waiting consumer at most once in this many seconds: the events of the turns
+# in between go out together. A write costs about as much for one event as for many (a system call,
+# and the wake-up of the reader), so without it a bridge whose turns each bring a few events spends
+# most of its CPU on writes (bench/README.md, "Writes per loop turn").
+WRITE_INTERVAL: Final = 0.008
 # The device scheme publishes every status retained (birth, will, clean offline).
 RETAINED_TOPICS: Final = ("fleet/+/status",)
 
@@ -276,6 +283,8 @@ class Consumer:
                 self._behind(item.received_at - self.hub.max_lag)
                 if self.closed is not None:
                     return
+        if self._due and self.hub.deferred and len(queue) >= self.size:
+            self.write_due()  # its write waits for `write_interval`: write now rather than drop
         if len(queue) >= self.size or (self.queued_bytes + size > self.max_bytes and self._head_dropped()):
             if self.policy == "disconnect":
                 self._cut(f"{len(queue)} events, {self.queued_bytes} bytes queued")
@@ -437,6 +446,7 @@ class Hub:
         queue_bytes: int = QUEUE_BYTES,
         max_event_bytes: int = MAX_EVENT_BYTES,
         max_lag: float = MAX_LAG,
+        write_interval: float = WRITE_INTERVAL,
     ) -> None:
         if ring_size < 1 or queue_size < 1:
             raise ValueError("ring_size and queue_size must be at least 1")
@@ -472,6 +482,9 @@ class Hub:
         self._turn = 0  # counts the loop's turns in which `turn()` was asked, to the next such
         self._turn_counted = False
         self._due: list[Consumer] = []  # consumers to write through their sinks at the turn's end
+        self.write_interval = write_interval
+        self._written_at = -math.inf  # the loop's time at the last write of due consumers
+        self.deferred = False  # the next write of due consumers waits for `write_interval`
 
     @property
     def next_id(self) -> int:
@@ -490,13 +503,22 @@ class Hub:
         self._turn_counted = False
 
     def write_soon(self, consumer: Consumer) -> None:
-        """Write the events queued for `consumer` in this turn of the loop through its sink once the
-        turn's callbacks have run (`Consumer.write_due`): one write per consumer and turn."""
+        """Write the events queued for `consumer` through its sink (`Consumer.write_due`) once this
+        turn's callbacks have run, or `write_interval` seconds after the last such write if that is
+        later: one write per consumer for the events of one turn, or of the turns in between."""
         if not self._due:
-            asyncio.get_running_loop().call_soon(self._write_due)
+            loop = asyncio.get_running_loop()
+            at = self._written_at + self.write_interval
+            self.deferred = at > loop.time()
+            if self.deferred:
+                loop.call_at(at, self._write_due)
+            else:
+                loop.call_soon(self._write_due)
         self._due.append(consumer)
 
     def _write_due(self) -> None:
+        self._written_at = asyncio.get_running_loop().time()
+        self.deferred = False
         due, self._due = self._due, []
         for consumer in due:
             consumer.write_due()

@@ -136,6 +136,7 @@ _OWN_ID = 2
 
 
 _READ_SIZE = 65536
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # After a read, more than this many bytes still waiting in the kernel means the intake is behind:
 # the loop has no CPU left to fan out what arrives, and what it reads meanwhile is shed.
 _BEHIND_BYTES = 4 * _READ_SIZE
@@ -333,6 +334,8 @@ class _BufferedSocket:
         self._reads += 1
         data = sock.recv(_READ_SIZE)
         intake.reads += 1
+        if _QUICKACK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         if not data:
             self._eof = True
             return

@@ -115,8 +115,12 @@ def _query(query: dict[str, Any]) -> str:
 async def running_bridge(
     broker_port: int, *, hub: Hub | None = None, wait_connected: bool = True, **app_options: Any
 ) -> AsyncIterator[RunningBridge]:
-    """An MqttSource feeding a hub from `broker_port`, and the HTTP app served on a free port."""
-    hub = hub or Hub()
+    """An MqttSource feeding a hub from `broker_port`, and the HTTP app served on a free port.
+
+    The default hub writes to its consumers at the end of every loop turn (`write_interval` 0), so
+    that a burst ingested in one turn is one batch whatever came before it: the tests of queue
+    policies count on that. The interval itself is tested in test_hub.py and through `fleet bridge`."""
+    hub = hub or Hub(write_interval=0)
     source = MqttSource(hub, SourceSettings(port=broker_port, backoff_initial=0.05, backoff_max=0.2))
     task = asyncio.create_task(source.run(), name="test.bridges.source")
     try:

@@ -431,10 +431,10 @@ def test_waiting_events_go_out_in_batches_encoded_once(hub: Hub, broker: Broker)
     assert [r.WhichOneof("item") for r in responses] == ["events", "dropped", "events"]
     assert [len(responses[0].events.events), len(responses[2].events.events)] == [1, 2]
 
-    blob = json.dumps({"blob": "x" * (BATCH_BYTES // 3)}).encode()
-    big = [hub.ingest("fleet/dev-2/telemetry", blob, qos=0, retain=False) for _ in range(4)]
+    blob = json.dumps({"blob": "x" * (BATCH_BYTES // 5 - 1000)}).encode()  # five stay under BATCH_BYTES
+    big = [hub.ingest("fleet/dev-2/telemetry", blob, qos=0, retain=False) for _ in range(7)]
     sizes = [len(pb.SubscribeResponse.FromString(d).events.events) for d in servicer.encode(big)]
-    assert sizes == [3, 1]
+    assert sizes == [6, 1]  # the sixth takes the batch past BATCH_BYTES: it ends there
 
 
 async def test_an_idle_stream_is_written_from_the_fan_out_and_keeps_order(
@@ -566,8 +566,7 @@ async def test_a_stalled_write_from_the_fan_out_is_cut_after_the_send_timeout(
         await asyncio.sleep(0)  # the turn ends: the fan-out writes
         await wait_until(lambda: streams[-1].written is None, "the first write to complete")
         hub.ingest("fleet/dev-1/telemetry", blob, qos=0, retain=False)
-        await asyncio.sleep(0)  # the turn ends: the fan-out writes
-        assert consumer.queued == 0  # the fan-out's write, in flight
+        await wait_until(lambda: consumer.queued == 0, "the fan-out to write it")  # its write_interval
         assert streams[-1].written is not None
         await wait_until(lambda: hub.send_timeouts == {"grpc": 1}, "the stalled stream to be cut")
         assert not hub.consumers

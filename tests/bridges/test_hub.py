@@ -11,6 +11,7 @@ import pytest
 from bridges.envelope import Event, classify
 from bridges.hub import ConsumerClosed, Dropped, Hub, Reset
 from fleet.errors import TopicError
+from tests.bridges.conftest import wait_until
 
 
 def test_envelope_has_the_architecture_fields_and_is_encoded_once() -> None:
@@ -224,6 +225,41 @@ async def test_a_waiting_writer_gets_a_turns_events_through_its_sink_in_one_writ
     hub.ingest("fleet/d/telemetry", b'{"seq": 4}', qos=0, retain=False)
     assert [item.payload["seq"] for item in await getting if isinstance(item, Event)] == [3, 4]
     assert writes == [[0, 1, 2]]
+
+
+async def test_events_within_the_write_interval_go_out_together_and_a_full_queue_is_written_at_once() -> (
+    None
+):
+    """After a write through the sinks, the events of the next `write_interval` seconds wait and go out
+    in one write when it ends; a queue that fills meanwhile is written at once instead of dropping."""
+    hub = Hub(write_interval=0.2, queue_size=3)
+    consumer = hub.add(["fleet/#"], transport="test")
+    writes: list[list[int]] = []
+    consumer.sink = lambda events: writes.append([event.payload["seq"] for event in events]) is None
+    getting = asyncio.create_task(consumer.get_batch(10))
+    await asyncio.sleep(0)  # the writer now waits in get
+
+    def ingest(seq: int) -> None:
+        hub.ingest("fleet/d/telemetry", json.dumps({"seq": seq}).encode(), qos=0, retain=False)
+
+    ingest(0)
+    await asyncio.sleep(0)
+    assert writes == [[0]]  # the first write goes at the end of its turn
+    ingest(1)
+    await asyncio.sleep(0)
+    ingest(2)
+    await asyncio.sleep(0)
+    assert writes == [[0]]  # within the interval: they wait
+    await wait_until(lambda: len(writes) == 2, "the interval to end")
+    assert writes[1] == [1, 2]
+    for seq in range(3, 7):  # in the next interval, one more than the queue holds
+        ingest(seq)
+    assert writes[2:] == [[3, 4, 5]]  # written at once when the queue filled
+    await wait_until(lambda: len(writes) == 4, "the interval to end")
+    assert writes[3] == [6]
+    assert consumer.dropped == 0
+    assert not getting.done()
+    getting.cancel()
 
 
 async def test_a_consumer_that_falls_behind_by_max_lag_loses_the_old_events_and_is_told() -> None:
