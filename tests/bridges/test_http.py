@@ -236,3 +236,14 @@ async def test_a_port_in_use_is_an_oserror() -> None:
         with pytest.raises(OSError, match="in use"):
             async with serve_http(app, port=taken.getsockname()[1]):
                 pass
+
+
+async def test_the_http_server_turns_nagles_algorithm_off_on_every_connection(bridge: RunningBridge) -> None:
+    """A connection the bridge accepts has TCP_NODELAY, set when it is accepted, before any request:
+    with Nagle's algorithm on, an event written while the one before was unacknowledged waited for the
+    client's delayed ACK, up to 40 ms."""
+    async with connect(bridge.ws(filter="fleet/#")):
+        await wait_until(lambda: len(bridge.hub.consumers) == 1, "the consumer to join")
+        (session,) = bridge.app.state.bridge.streams
+        sock = session.websocket.scope["fleet.bridge.transport"].get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
