@@ -55,7 +55,7 @@ from grpc_reflection.v1alpha import reflection
 from bridges.auth import Access, bearer
 from bridges.cpu import CpuShare
 from bridges.envelope import Event, Kind
-from bridges.hub import Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
+from bridges.hub import WRITE_BYTES, Consumer, ConsumerClosed, Dropped, Hub, Item, Policy, Reset, Retained
 from bridges.proto.mqtt_fleet.bridge.v1 import bridge_pb2 as pb
 from bridges.source import MAX_PUBLISH_BYTES, BrokerUnavailable, PublishTooLarge
 from bridges.tokens import Grant
@@ -93,7 +93,7 @@ _KINDS: Final[dict[Kind, pb.Kind.ValueType]] = {
 # HTTP/2's initial 64 KB stream window a write waits for the client's window update; grpc's clients
 # grow the window (BDP probing) as they read.
 BATCH_EVENTS: Final = 1024
-BATCH_BYTES: Final = 256 * 1024
+BATCH_BYTES: Final = WRITE_BYTES
 # The tag of SubscribeResponse.events (field 4, length-delimited).
 _EVENTS_TAG: Final = bytes([4 << 3 | 2])
 

@@ -49,6 +49,7 @@ __all__ = [
     "RETAINED_BYTES",
     "RETAINED_TOPICS",
     "RING_BYTES",
+    "WRITE_BYTES",
     "WRITE_INTERVAL",
     "Consumer",
     "ConsumerClosed",
@@ -93,7 +94,7 @@ Item = Event | Dropped | Reset | Retained
 
 # 16 MiB: the statuses of 10,000 devices take about 2.5 MB.
 RETAINED_BYTES: Final = 16 * 1024 * 1024
-# The byte limits that keep a bridge under about 256 MB whatever is published (docs/bridge.md
+# The byte limits that keep a bridge under about 280 MiB whatever is published (docs/bridge.md
 # "Limits" has the arithmetic). A telemetry event holds about 400 bytes: 10,000 of them fit the
 # ring, and 1,000 a queue, so the event counts stay the binding limits for ordinary traffic.
 RING_BYTES: Final = 8 * 1024 * 1024
@@ -110,6 +111,9 @@ MAX_LAG: Final = 1.0
 # and the wake-up of the reader), so without it a bridge whose turns each bring a few events spends
 # most of its CPU on writes (bench/README.md, "Writes per loop turn").
 WRITE_INTERVAL: Final = 0.008
+# A write through a consumer's sink stops growing once it holds this many bytes of events: what a
+# connection holds in flight stays bounded (docs/bridge.md, "The memory bound").
+WRITE_BYTES: Final = 256 * 1024
 # The device scheme publishes every status retained (birth, will, clean offline).
 RETAINED_TOPICS: Final = ("fleet/+/status",)
 
@@ -315,10 +319,12 @@ class Consumer:
             return
         if sink is not None and not self._retained and not self._pending_drops:
             events: list[Event] = []
+            size = 0
             for item in queue:
-                if type(item) is not Event:
+                if type(item) is not Event or size >= WRITE_BYTES:
                     break
                 events.append(item)
+                size += item.size
             if events and sink(events):
                 for _ in events:
                     self._pop()

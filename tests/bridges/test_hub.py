@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bridges.envelope import Event, classify
-from bridges.hub import ConsumerClosed, Dropped, Hub, Reset
+from bridges.hub import WRITE_BYTES, ConsumerClosed, Dropped, Hub, Reset
 from fleet.errors import TopicError
 from tests.bridges.conftest import wait_until
 
@@ -227,9 +227,7 @@ async def test_a_waiting_writer_gets_a_turns_events_through_its_sink_in_one_writ
     assert writes == [[0, 1, 2]]
 
 
-async def test_events_within_the_write_interval_go_out_together_and_a_full_queue_is_written_at_once() -> (
-    None
-):
+async def test_events_within_the_write_interval_go_out_together_and_a_full_queue_is_written_at_once() -> None:
     """After a write through the sinks, the events of the next `write_interval` seconds wait and go out
     in one write when it ends; a queue that fills meanwhile is written at once instead of dropping."""
     hub = Hub(write_interval=0.2, queue_size=3)
@@ -260,6 +258,25 @@ async def test_events_within_the_write_interval_go_out_together_and_a_full_queue
     assert consumer.dropped == 0
     assert not getting.done()
     getting.cancel()
+
+
+async def test_a_sink_write_stops_growing_past_write_bytes_and_the_writer_takes_the_rest() -> None:
+    """One write through a sink holds events up to WRITE_BYTES, the one that crosses it included, so
+    that what a connection holds in flight stays bounded; the events after it go to the writer, in
+    order."""
+    hub = Hub(write_interval=0)
+    consumer = hub.add(["fleet/#"], transport="test")
+    writes: list[list[Event]] = []
+    consumer.sink = lambda events: writes.append(events) is None
+    getting = asyncio.create_task(consumer.get_batch(100))
+    await asyncio.sleep(0)  # the writer now waits in get
+    blob = json.dumps({"blob": "x" * 60_000}).encode()
+    ids = [hub.ingest("fleet/d/telemetry", blob, qos=0, retain=False).id for _ in range(8)]
+    await asyncio.sleep(0)
+    (written,) = writes
+    assert sum(event.size for event in written[:-1]) < WRITE_BYTES <= sum(event.size for event in written)
+    rest = await getting
+    assert [event.id for event in written] + [getattr(item, "id", None) for item in rest] == ids
 
 
 async def test_a_consumer_that_falls_behind_by_max_lag_loses_the_old_events_and_is_told() -> None:
