@@ -114,6 +114,8 @@ WRITE_INTERVAL: Final = 0.008
 # A write through a consumer's sink stops growing once it holds this many bytes of events: what a
 # connection holds in flight stays bounded (docs/bridge.md, "The memory bound").
 WRITE_BYTES: Final = 256 * 1024
+# The drops of what the intake shed are counted, and told to the consumers, at most this often.
+SHED_COUNT_INTERVAL: Final = 0.1
 # The device scheme publishes every status retained (birth, will, clean offline).
 RETAINED_TOPICS: Final = ("fleet/+/status",)
 
@@ -471,7 +473,7 @@ class Hub:
         self.max_lag = max_lag  # seconds a live event may wait in a queue behind the newest
         self.oversized = 0  # messages not bridged for their size
         self.shed_total = 0  # messages the intake shed (`shed`)
-        self._shed_topics: dict[str, int] = {}  # this turn's, counted as drops at its end
+        self._shed_topics: dict[str, int] = {}  # counted as drops every SHED_COUNT_INTERVAL
         self.prefix = prefix
         self.consumers: set[Consumer] = set()
         self._routes: SubscriptionTree[Consumer] = SubscriptionTree()
@@ -628,13 +630,14 @@ class Hub:
         for every consumer it was for, which is told as for a queue overflow. It gets no id and no
         place in the ring, and its topic's retained entry, which it may have replaced, is forgotten.
 
-        The drops are counted once per topic at the end of the loop's turn, so that shedding a
-        message costs far less than fanning it out."""
+        The drops are counted, and told, once per topic and consumer every `SHED_COUNT_INTERVAL`
+        seconds, so that shedding a message costs far less than fanning it out: a shedding intake
+        sheds in every turn, and a notice each turn woke every consumer's writer each turn."""
         self.events_in += 1
         self.shed_total += 1
         shed = self._shed_topics
         if not shed:
-            asyncio.get_running_loop().call_soon(self._count_shed)
+            asyncio.get_running_loop().call_later(SHED_COUNT_INTERVAL, self._count_shed)
         shed[topic] = shed.get(topic, 0) + 1
 
     def _count_shed(self) -> None:

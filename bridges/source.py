@@ -14,10 +14,13 @@ one readable event now takes every whole packet received. Under load that also b
 because each consumer's writer wakes once for all the messages of one turn of the event loop.
 
 It fans out what one read of the kernel's socket brings per turn of the loop, so that the
-consumers' writers get the loop between reads however fast the broker sends. When more than one
-read has waited in the kernel for `_LATE_AFTER` seconds (longer than a burst lasts), the bridge
-has no CPU left to fan out what arrives: while more than `_BEHIND_BYTES` wait after a read, it reads
-on in the same turn and sheds what it reads, and it sheds the turn's first read too while half of
+consumers' writers get the loop between reads however fast the broker sends. When the turn's
+first read has left more than `_BEHIND_BYTES` in the kernel for `_LATE_AFTER` seconds (longer than
+a burst lasts), the bridge has no CPU left to fan out what arrives (Linux keeps the window of a
+socket that is not read fast at about 64 KB, so a backlog shows as a buffer that one read no longer
+empties, and waits in the broker, not in the kernel). It then fans out a smaller first read per turn
+(`_LATE_READ_SIZE`), so that its turns stay short, and reads on in the same turn, shedding what it
+reads, while more than `_BEHIND_BYTES` wait; it sheds the turn's first read too while half of
 the consumers do not keep up either (`Hub.overflowing`). The intake may
 keep up while the fan-out does not: each message is then offered to every consumer only to be
 dropped from its full queue, which costs as much as a delivery, so the deliveries fall as the
@@ -136,10 +139,14 @@ _OWN_ID = 2
 
 
 _READ_SIZE = 65536
+# A late intake's first read of a turn, the one fanned out: about 90 telemetry messages, so that a
+# turn of an overloaded bridge, and the answer to a request waiting for a few of them (`/healthz`),
+# stays short; what it leaves is shed.
+_LATE_READ_SIZE = 16 * 1024
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # After a read, more than this many bytes still waiting in the kernel means the intake is behind:
 # the loop has no CPU left to fan out what arrives, and what it reads meanwhile is shed.
-_BEHIND_BYTES = 4 * _READ_SIZE
+_BEHIND_BYTES = 8 * 1024
 # Reads of the kernel's socket in one turn of the loop, at most: one to fan out, the others to shed.
 _SHED_READS = 16
 # A backlog in the kernel for less than this many seconds is a burst, fanned out in full, not shed
@@ -211,10 +218,12 @@ class _Intake:
         return now - self._pressed_since >= _LATE_AFTER
 
     def late(self, unread: int, now: float) -> bool:
-        """Whether, with `unread` bytes waiting at the start of a turn, the intake is late: more
-        than one read has waited for `_LATE_AFTER` seconds, so this is no burst but a bridge
-        without CPU left for what arrives."""
-        if unread <= _READ_SIZE:
+        """Whether, with `unread` bytes still waiting after the first read of a turn, the intake is
+        late: bytes have been left after that read for `_LATE_AFTER` seconds, so this is no burst
+        but a bridge without CPU left for what arrives. (Linux's window for a socket that is not
+        read fast is about 64 KB: a backlog shows as a kernel buffer that one read no longer empties,
+        not as a larger one.)"""
+        if unread <= _BEHIND_BYTES:
             self._behind_since = self.late_since = None
             return False
         if self._behind_since is None:
@@ -271,9 +280,11 @@ class _BufferedSocket:
     stops), unless the intake is late (`_Intake.late`) and more than `_BEHIND_BYTES` still wait in
     the kernel: then the loop has no CPU left for them, and it reads on with `intake.behind` set,
     so that what it reads is shed: the QoS 0 PUBLISH packets here, before paho parses them (which
-    costs far more), the others by the hub's hand-off. The first read of a turn is shed too while
-    the intake is late and the hub is `overflowing()`. aiomqtt's reader goes on while `pending()`
-    is not zero, and paho reads the rest of a packet that straddles the buffer's end, so without
+    costs far more), the others by the hub's hand-off. `pending()` is then 1 with nothing buffered,
+    since aiomqtt's reader asks paho for more only while it is not zero. The first read of a turn
+    is shed too while the intake is late and the hub is `overflowing()`. aiomqtt's reader goes on
+    while `pending()` is not zero, and paho reads the rest of a packet that straddles the buffer's
+    end, so without
     this bound one readable event could go on fanning out one 64 KB buffer after another for as long
     as the broker keeps the socket full, and the consumers' writers would get no turn at all
     (receive livelock)."""
@@ -320,20 +331,17 @@ class _BufferedSocket:
         if not self._reads:
             now = self._loop.time()
             overflowing = intake.hub.overflowing()
-            late = intake.late(_unread_bytes(sock), now)
             pressed = intake.pressed(overflowing, intake.busy(now, time.process_time()), now)
-            intake.behind = pressed or (late and overflowing)
-        elif (
-            self._reads < _SHED_READS
-            and intake.late_since is not None
-            and _unread_bytes(sock) > _BEHIND_BYTES
-        ):
+            intake.behind = pressed or (intake.is_late() and overflowing)
+        elif self._sheds():
             intake.behind = True  # read on in this turn, to shed what the loop has no CPU for
         else:
             raise BlockingIOError  # the rest waits for the next turn
         self._reads += 1
-        data = sock.recv(_READ_SIZE)
+        data = sock.recv(_LATE_READ_SIZE if self._reads == 1 and intake.is_late() else _READ_SIZE)
         intake.reads += 1
+        if self._reads == 1:
+            intake.late(_unread_bytes(sock), self._loop.time())
         if _QUICKACK is not None:
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         if not data:
@@ -345,8 +353,21 @@ class _BufferedSocket:
         self._pos = 0
         del partial[:end]
 
+    def _sheds(self) -> bool:
+        """Whether this turn reads the kernel's socket again, to shed what it reads."""
+        return (
+            0 < self._reads < _SHED_READS
+            and self._turn == self.intake.hub.turn()
+            and self.intake.late_since is not None
+            and _unread_bytes(self._sock) > _BEHIND_BYTES
+        )
+
     def pending(self) -> int:
-        return len(self._data) - self._pos
+        """The bytes of whole packets buffered; or 1, with none buffered, while this turn is to read
+        the kernel's socket again and shed what it reads: aiomqtt's reader reads on while this is
+        not zero."""
+        buffered = len(self._data) - self._pos
+        return buffered if buffered or not self._sheds() else 1
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
