@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import Coroutine, Generator
 from typing import Any
 
 import pytest
 
 from bridges.hub import Hub
-from bridges.source import MqttSource, SourceSettings, _frame, _Intake
+from bridges.source import (
+    _BEHIND_BYTES,
+    _LATE_AFTER,
+    MqttSource,
+    SourceSettings,
+    _BufferedSocket,
+    _frame,
+    _Intake,
+)
 from broker.server import Broker
 from fleet.errors import TopicError
 from tests.bridges.conftest import wait_until
@@ -159,3 +168,42 @@ def test_the_bridge_is_busy_when_its_process_used_95_percent_of_a_core_over_half
     assert intake.busy(11.0, 100.96)
     assert intake.busy(11.2, 101.0)  # within the window: as it was
     assert not intake.busy(12.0, 101.9)  # 0.94 s of CPU in 1 s
+
+
+def test_the_intake_is_late_once_a_first_read_has_left_a_backlog_for_late_after_seconds() -> None:
+    """Bytes left in the kernel after a turn's first read make the intake late only once they have
+    been left for _LATE_AFTER seconds (a burst is fanned out in full), and a read that empties the
+    kernel ends it."""
+    intake = _Intake(Hub())
+    assert not intake.late(_BEHIND_BYTES + 1, 10.0)
+    assert not intake.late(_BEHIND_BYTES + 1, 10.0 + _LATE_AFTER / 2)
+    assert intake.late(_BEHIND_BYTES + 1, 10.0 + _LATE_AFTER)
+    assert not intake.late(_BEHIND_BYTES, 10.0 + _LATE_AFTER + 0.1)
+    assert not intake.is_late()
+
+
+async def test_a_late_intake_reads_on_in_the_same_turn_and_sheds_what_it_reads() -> None:
+    """Once late, the turn's first read is fanned out; then `pending()` asks aiomqtt's reader for
+    more while more than _BEHIND_BYTES wait, and what those reads bring is shed and counted before
+    paho parses it, until no more than that is left for the next turn."""
+    hub = Hub()
+    intake = _Intake(hub)
+    intake.late_since = 0.0  # late, as after _LATE_AFTER seconds of backlog
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours = socket.create_connection(server.getsockname())
+        broker, _ = server.accept()
+    with ours, broker:
+        ours.setblocking(False)
+        packet = _publish("fleet/d/telemetry", b"x" * 100, 0)
+        broker.sendall(packet * (150_000 // len(packet)))
+        sock = _BufferedSocket(ours, asyncio.get_running_loop(), intake)
+        fanned = sock.recv(sock.pending() or 1)  # the turn's first read, as paho takes it
+        fanned += sock.recv(sock.pending())
+        assert not intake.behind
+        assert sock.pending() == 1  # nothing buffered, but the turn is to read on
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)  # the reads on shed all they bring, and stop once the kernel is nearly empty
+        assert hub.shed_total > 0
+        left = 150_000 // len(packet) - len(fanned) // len(packet) - hub.shed_total
+        assert 0 <= left <= _BEHIND_BYTES // len(packet) + 1  # left for the next turn
+        assert sock.pending() == 0
