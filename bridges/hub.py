@@ -12,8 +12,9 @@ notice on `$bridge/oversized` instead. A consumer's queue has a stated overflow 
 
 A slow consumer never stalls the others: offering an event never waits. A consumer whose writer
 waits with nothing queued may have a `sink`, set by its transport: the events it gets in one turn of
-the loop are then queued, and at the end of that turn the hub writes them through the sink in one
-write, without waking the writer. A connection's write costs about as much for one event as for
+the loop are then queued, and once the turn's callbacks have run (or `write_interval` after the last
+such write, if that is later) the hub writes them through the sink in one write, without waking the
+writer. A connection's write costs about as much for one event as for
 many, and a task wake more than the write, so a delivery costs about the same whether a turn brings
 one event or a hundred. Events the sink refuses (its connection cannot take a write now) stay queued,
 and the writer wakes for them.
