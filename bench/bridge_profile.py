@@ -251,8 +251,8 @@ def instrument(counters: Counters) -> None:
         started: dict[int, tuple[int, float]] = {}  # by id of the stream
         done = grpc_service._written
 
-        def timed_sink(self: Any, stream: Any, event: Any) -> bool:
-            if not sink(self, stream, event):
+        def timed_sink(self: Any, stream: Any, events: Any) -> bool:
+            if not sink(self, stream, events):
                 return False
             started[id(stream)] = (counters.turns, time.perf_counter())
             return True
@@ -422,6 +422,10 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
         stats = workdir / "profile.json"
         rig = Rig(scale, workdir, "profile", "fleet")
         fleet_args = rig.bridge.cmd[rig.bridge.cmd.index("bridge") + 1 :]
+        if args.write_interval is not None:
+            config = workdir / "bridge.toml"
+            config.write_text(f"[bridge]\nwrite_interval = {args.write_interval}\n")
+            fleet_args += ["--config", str(config)]
         own = [sys.executable, str(SCRIPT), "serve", "--stats", str(stats)]
         if args.cprofile is not None:
             own += ["--cprofile", str(args.cprofile.resolve())]
@@ -515,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", type=int, default=2000, help="messages published before consumers join")
     p.add_argument("--cprofile", type=Path, help="also profile the bridge's loop thread into this file")
     p.add_argument("--syscalls", action="store_true", help="also count syscalls per thread (perf stat)")
+    p.add_argument(
+        "--write-interval",
+        type=float,
+        help="the bridge's [bridge] write_interval, seconds (default: the bridge's own, 0.008)",
+    )
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     p.add_argument("--log-dir", type=Path, help="keep the logs here (default: a temp dir)")
     p.add_argument(
