@@ -231,7 +231,7 @@ async def test_a_waiting_writer_gets_a_turns_events_through_its_sink_in_one_writ
 async def test_events_within_the_write_interval_go_out_together_and_a_full_queue_is_written_at_once() -> None:
     """After a write through the sinks, the events of the next `write_interval` seconds wait and go out
     in one write when it ends; a queue that fills meanwhile is written at once instead of dropping."""
-    hub = Hub(write_interval=0.2, queue_size=3)
+    hub = Hub(write_interval=0.5, queue_size=3)  # far longer than the two turns it must outlast
     consumer = hub.add(["fleet/#"], transport="test")
     writes: list[list[int]] = []
     consumer.sink = lambda events: writes.append([event.payload["seq"] for event in events]) is None

@@ -20,6 +20,7 @@ from bridges.source import (
     _BufferedSocket,
     _frame,
     _Intake,
+    _unread_bytes,
 )
 from broker.server import Broker
 from fleet.errors import TopicError
@@ -189,13 +190,17 @@ async def test_a_late_intake_reads_on_in_the_same_turn_and_sheds_what_it_reads()
     hub = Hub()
     intake = _Intake(hub)
     intake.late_since = 0.0  # late, as after _LATE_AFTER seconds of backlog
+    packet = _publish("fleet/d/telemetry", b"x" * 100, 0)
+    sent = packet * (150_000 // len(packet))
     with socket.create_server(("127.0.0.1", 0)) as server:
-        ours = socket.create_connection(server.getsockname())
+        ours = socket.socket()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * len(sent))  # room for all of it
+        ours.connect(server.getsockname())
         broker, _ = server.accept()
     with ours, broker:
         ours.setblocking(False)
-        packet = _publish("fleet/d/telemetry", b"x" * 100, 0)
-        broker.sendall(packet * (150_000 // len(packet)))
+        broker.sendall(sent)
+        await wait_until(lambda: _unread_bytes(ours) == len(sent), "all of it to wait in our socket")
         sock = _BufferedSocket(ours, asyncio.get_running_loop(), intake)
         fanned = sock.recv(sock.pending() or 1)  # the turn's first read, as paho takes it
         fanned += sock.recv(sock.pending())
@@ -204,6 +209,6 @@ async def test_a_late_intake_reads_on_in_the_same_turn_and_sheds_what_it_reads()
         with pytest.raises(BlockingIOError):
             sock.recv(1)  # the reads on shed all they bring, and stop once the kernel is nearly empty
         assert hub.shed_total > 0
-        left = 150_000 // len(packet) - len(fanned) // len(packet) - hub.shed_total
+        left = len(sent) // len(packet) - len(fanned) // len(packet) - hub.shed_total
         assert 0 <= left <= _BEHIND_BYTES // len(packet) + 1  # left for the next turn
         assert sock.pending() == 0
