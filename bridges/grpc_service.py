@@ -329,8 +329,9 @@ class FleetBridgeServicer:
 
     def _sink(self, stream: _Stream, events: list[Event]) -> bool:
         """Write `events` to the stream in one batch from the fan-out while its handler waits for
-        events; False if a write is in flight, the call has ended, or they make more than one batch
-        (they stay queued for the handler then).
+        events; False if a write is in flight, the call has ended, or they are more than a batch's
+        `BATCH_EVENTS` (they stay queued for the handler then). Their bytes the hub has bounded
+        already (`WRITE_BYTES`, which is `BATCH_BYTES`).
 
         grpc.aio writes only from a coroutine: this one, `context.write`, is run by hand instead of
         by a task. Its first step starts grpc's batch and yields grpc's completion future; the step
@@ -340,8 +341,6 @@ class FleetBridgeServicer:
             return False
         encoded = self._encoded
         data = b"".join([encoded.get(event) for event in events])
-        if len(data) > BATCH_BYTES and len(events) > 1:
-            return False
         write = stream.context.write(b"%b%b%b" % (_EVENTS_TAG, _varint(len(data)), data))
         try:
             written = write.send(None)
