@@ -243,19 +243,27 @@ async def test_the_event_log_shows_the_disconnect_of_a_message_too_large_for_the
     kind: str, broker_factory: BrokerFactory, tmp_path: Path
 ) -> None:
     """A broker with a Maximum Packet Size of 500 bytes disconnects the watcher that publishes 1,000:
-    the event log shows 'DISCONNECT 0x95 Packet too large' [MQTT-3.2.2-15 / 4.13]."""
+    the event log shows 'DISCONNECT 0x95 Packet too large' [MQTT-3.2.2-15 / 4.13] (from Mosquitto,
+    or the connection reset that may overtake it)."""
     async with broker_port(kind, broker_factory, tmp_path, max_packet_size=500) as port:
         source = MqttSource(Endpoint("mqtt", "127.0.0.1", port), version=5, backoff_max=5.0)
         app = WatchApp(source)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: source.attached, "attached")
             app.publish_message("lab/big", b"x" * 1000, qos=1, retain=False, result=lambda *_: None)
-            told = "DISCONNECT 0x95 Packet too large"
-            await until(pilot, lambda: any(told in e.text for e in app.model.events), "the DISCONNECT")
+            told = ("DISCONNECT 0x95 Packet too large",)
+            if kind == "mosquitto":
+                # Mosquitto closes the socket with the rest of the packet unread, so its kernel resets
+                # the connection, and the reset may drop the DISCONNECT before the client reads it
+                # (about half of the runs here): the log then shows the reset instead.
+                told += ("the connection failed: [Errno 104] Connection reset by peer",)
+            await until(
+                pilot, lambda: any(t in e.text for e in app.model.events for t in told), "the DISCONNECT"
+            )
             await pilot.press("l")
             app.refresh_view()
             await pilot.pause()
-            assert any(told in line for line in logged(app))
+            assert any(t in line for line in logged(app) for t in told)
 
 
 def test_a_disconnect_reads_as_its_code_its_name_and_the_brokers_reason_string() -> None:
