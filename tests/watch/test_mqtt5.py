@@ -251,7 +251,7 @@ async def test_the_event_log_shows_the_disconnect_of_a_message_too_large_for_the
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: source.attached, "attached")
             app.publish_message("lab/big", b"x" * 1000, qos=1, retain=False, result=lambda *_: None)
-            told = ("DISCONNECT 0x95 Packet too large",)
+            told: tuple[str, ...] = ("DISCONNECT 0x95 Packet too large",)
             if kind == "mosquitto":
                 # Mosquitto closes the socket with the rest of the packet unread, so its kernel resets
                 # the connection, and the reset may drop the DISCONNECT before the client reads it
