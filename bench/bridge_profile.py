@@ -106,6 +106,10 @@ class Counters:
         self.reads_turn_max = 0
         self._ingest_turn = 0  # this turn's
         self._reads_turn = 0
+        # By transport: the fan-out's writes through a consumer's sink (`Consumer.write_due`), and
+        # the writers it woke instead (the sink refused, or a notice was queued).
+        self.fanout_writes: dict[str, int] = {}
+        self.fanout_wakes: dict[str, int] = {}
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -152,7 +156,7 @@ def instrument(counters: Counters) -> None:
 
     from bridges import grpc_service, source
     from bridges.grpc_service import FleetBridgeServicer
-    from bridges.hub import Hub
+    from bridges.hub import Consumer, Hub
 
     run_once = base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
     found: dict[str, int | None] = {}
@@ -205,6 +209,21 @@ def instrument(counters: Counters) -> None:
 
     Hub.ingest = counted_ingest  # type: ignore[method-assign]
 
+    write_due = Consumer.write_due
+
+    def counted_write_due(self: Consumer) -> None:
+        queued, waiter = self.queued, self._waiter
+        waiting = waiter is not None and not waiter.done()
+        write_due(self)
+        if waiting and self.closed is None:
+            c, t = counters, self.transport
+            if self.queued < queued:
+                c.fanout_writes[t] = c.fanout_writes.get(t, 0) + 1
+            if waiter is not None and waiter.done():
+                c.fanout_wakes[t] = c.fanout_wakes.get(t, 0) + 1
+
+    Consumer.write_due = counted_write_due  # type: ignore[method-assign]
+
     buffered = source._BufferedSocket
     recv: Callable[..., bytes] = buffered.recv
 
@@ -251,11 +270,11 @@ def instrument(counters: Counters) -> None:
         started: dict[int, tuple[int, float]] = {}  # by id of the stream
         done = grpc_service._written
 
-        def timed_sink(self: Any, stream: Any, events: Any) -> bool:
-            if not sink(self, stream, events):
-                return False
-            started[id(stream)] = (counters.turns, time.perf_counter())
-            return True
+        def timed_sink(self: Any, stream: Any, events: Any) -> bool | None:
+            written: bool | None = sink(self, stream, events)
+            if written:
+                started[id(stream)] = (counters.turns, time.perf_counter())
+            return written
 
         def timed_written(stream: Any, write: Any, future: Any) -> None:
             done(stream, write, future)
@@ -325,6 +344,12 @@ def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "wakeup_bytes_max": b["wakeup_max"],
         "ingest_turn_max": b["ingest_turn_max"],
         "reads_turn_max": b["reads_turn_max"],
+        "fanout_writes_per_s": {
+            t: (n - a["fanout_writes"].get(t, 0)) / seconds for t, n in b["fanout_writes"].items()
+        },
+        "fanout_wakes_per_s": {
+            t: (n - a["fanout_wakes"].get(t, 0)) / seconds for t, n in b["fanout_wakes"].items()
+        },
     }
 
 
@@ -463,6 +488,7 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                     row["syscalls"] = _per_delivery(await counting, after["threads"], deliveries)
                 rows.append(row)
                 print(_row_text(row), flush=True)
+                print(_fanout_text(row), flush=True)
                 if "syscalls" in row:
                     print(_syscalls_text(row["syscalls"]), flush=True)
             if args.cprofile is not None and rig.bridge.proc is not None:
@@ -475,6 +501,16 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
         finally:
             rig.stop()
     return rows
+
+
+def _fanout_text(r: dict[str, Any]) -> str:
+    def per(key: str) -> str:
+        return " / ".join(f"{r[key].get(t, 0):,.0f}" for t in ("websocket", "sse", "grpc"))
+
+    return (
+        f"    the fan-out's writes per s, ws / sse / grpc: {per('fanout_writes_per_s')}; "
+        f"writers it woke instead: {per('fanout_wakes_per_s')}"
+    )
 
 
 _HEADER = (
