@@ -324,10 +324,9 @@ class FleetBridgeServicer:
                     await turns.next(stream)
                 else:
                     turns.leave(stream)  # no other writer waits for a turn: no round to keep
-                    if consumer.queued <= BURST:
-                        # What came during the write goes out with the fan-out's next write, as if
-                        # the handler had waited (one that finds events queued never waits again).
-                        await consumer.hand_over()
+                    # What came during the write goes out with the fan-out's next write, as if the
+                    # handler had waited (a handler that finds events queued never waits again).
+                    await consumer.hand_over()
         finally:
             consumer.sink = None
             turns.leave(stream)
@@ -346,8 +345,6 @@ class FleetBridgeServicer:
         after that completion (`_written`) ends it. So a turn's events cost grpc's write and one loop
         callback, instead of two wakes of the handler's task and its generators."""
         if stream.written is not None:
-            if len(events) > BURST:
-                return False  # a backlog: the handler takes turns with the other writers
             stream.owed = True
             return None
         if len(events) > BATCH_EVENTS:
