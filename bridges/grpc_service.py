@@ -11,12 +11,10 @@ or SSE writers wait for their turn (`bridges.turns`), a stream with a backlog ta
 them: one batch of `BURST` events per round, and the round waits for its write, so that those
 writers do not send a burst on every turn of the loop while the write is in flight.
 
-A stream whose handler waits for an event is written to from the fan-out (`Consumer.sink`, as
-WebSocket and SSE are): the events of a loop turn go to grpc in one batch at the turn's end, without
-waking the handler, and those that come while that write is in flight wait in the queue for the
-fan-out's next write, once grpc has completed it. A handler woken for a notice hands the stream
-back to the fan-out after its own write (`Consumer.hand_over`), instead of taking every write from
-then on through its generators (bench/README.md, "gRPC back to the fan-out"). grpc.aio's
+A stream whose handler waits for an event with nothing queued is written to from the fan-out
+(`Consumer.sink`, as WebSocket and SSE are): the events of a loop turn go to grpc in one batch at
+the turn's end, without waking the handler, and those of later turns wait in the queue, for the
+handler, while that write is in flight. grpc.aio's
 poller thread runs under `SCHED_BATCH` while the bridge is not busy, so that grpc does not switch to
 it at each write: it takes the completions of a turn together once the loop waits
 (`PollerScheduling`). At 50 msg/s to 90 streams this cut the
@@ -193,7 +191,7 @@ class _Stream:
     """One Subscribe call: its consumer, its handler task, since when a write has been pending, and
     the fan-out's write in flight (see `FleetBridgeServicer._sink`)."""
 
-    __slots__ = ("consumer", "context", "owed", "sending_since", "task", "written")
+    __slots__ = ("consumer", "context", "sending_since", "task", "written")
 
     def __init__(
         self, consumer: Consumer, context: grpc.aio.ServicerContext[Any, Any], task: asyncio.Task[Any]
@@ -204,7 +202,6 @@ class _Stream:
         self.sending_since = 0.0  # 0: no write pending
         # grpc's completion of the fan-out's write in flight; None: none in flight.
         self.written: asyncio.Future[None] | None = None
-        self.owed = False  # the fan-out found that write in flight: its events wait in the queue
 
 
 class FleetBridgeServicer:
@@ -324,19 +321,15 @@ class FleetBridgeServicer:
                     await turns.next(stream)
                 else:
                     turns.leave(stream)  # no other writer waits for a turn: no round to keep
-                    # What came during the write goes out with the fan-out's next write, as if the
-                    # handler had waited (a handler that finds events queued never waits again).
-                    await consumer.hand_over()
         finally:
             consumer.sink = None
             turns.leave(stream)
             self.streams.discard(stream)
             consumer.close("the gRPC stream ended")
 
-    def _sink(self, stream: _Stream, events: list[Event]) -> bool | None:
+    def _sink(self, stream: _Stream, events: list[Event]) -> bool:
         """Write `events` to the stream in one batch from the fan-out while its handler waits for
-        events; None while its previous write is in flight (`_written` asks the hub for the next
-        once that completes); False if the call has ended, or they are more than a batch's
+        events; False if a write is in flight, the call has ended, or they are more than a batch's
         `BATCH_EVENTS` (they stay queued for the handler then). Their bytes the hub has bounded
         already (`WRITE_BYTES`, which is `BATCH_BYTES`).
 
@@ -344,10 +337,7 @@ class FleetBridgeServicer:
         by a task. Its first step starts grpc's batch and yields grpc's completion future; the step
         after that completion (`_written`) ends it. So a turn's events cost grpc's write and one loop
         callback, instead of two wakes of the handler's task and its generators."""
-        if stream.written is not None:
-            stream.owed = True
-            return None
-        if len(events) > BATCH_EVENTS:
+        if stream.written is not None or len(events) > BATCH_EVENTS:
             return False
         encoded = self._encoded
         data = b"".join([encoded.get(event) for event in events])
@@ -452,9 +442,6 @@ def _written(stream: _Stream, write: Coroutine[Any, Any, None], written: asyncio
     try:
         write.send(None)
     except StopIteration:
-        if stream.owed:
-            stream.owed = False
-            stream.consumer.write_later()
         return
     except Exception as exc:  # the call ended (grpc may have released it: no peer() here)
         log.debug("a gRPC write from the fan-out failed: %r", exc)

@@ -17,8 +17,7 @@ such write, if that is later) the hub writes them through the sink in one write,
 writer. A connection's write costs about as much for one event as for
 many, and a task wake more than the write, so a delivery costs about the same whether a turn brings
 one event or a hundred. Events the sink refuses (its connection cannot take a write now) stay queued,
-and the writer wakes for them; events a sink cannot take while a write of its own is in flight (a
-gRPC stream) stay queued for the fan-out's next write, which the sink asks for once that completes.
+and the writer wakes for them.
 
 The hub also keeps the latest retained message of each topic (`RetainedCache`, bounded in bytes),
 and a new consumer gets the entries its filters match (`Retained` items) before any live event, as
@@ -266,11 +265,9 @@ class Consumer:
         self.closed: str | None = None
         self.overflowed = False  # closed because its queue was full (policy: disconnect)
         # Set by the transport: writes events to the client at once, in one write and without
-        # waiting (True); or returns False (its connection cannot take a write now: the writer wakes
-        # and sends them, watched by its send timeout); or None (a write of its own is in flight:
-        # the transport calls `write_later` once it completes). Used only while the writer waits in
-        # `get` or `hand_over`, for the events queued in the turns since the fan-out's last write.
-        self.sink: Callable[[list[Event]], bool | None] | None = None
+        # waiting, or returns False (its connection cannot take a write now). Used only while the
+        # writer waits in `get`, for the events queued in one turn of the loop.
+        self.sink: Callable[[list[Event]], bool] | None = None
         self._due = False  # the hub writes its queue through `sink` at the end of this turn
         # Events from this id on are live; older ones were replayed on request and may be old.
         self._live_from = hub.next_id
@@ -331,20 +328,11 @@ class Consumer:
                     break
                 events.append(item)
                 size += item.size
-            written = sink(events) if events else False
-            if written is None:
-                return  # they stay queued: the sink calls `write_later`
-            if written:
+            if events and sink(events):
                 for _ in events:
                     self._pop()
         if queue or self._pending_drops:
             waiter.set_result(None)
-
-    def write_later(self) -> None:
-        """The sink's own write has completed: the fan-out writes what is queued at its next write."""
-        if not self._due and self._queue and self.closed is None:
-            self._due = True
-            self.hub.write_soon(self)
 
     def _behind(self, cutoff: float) -> None:
         """The oldest queued live event waited more than the hub's `max_lag` behind the newest: drop
@@ -424,22 +412,6 @@ class Consumer:
                 await self._waiter
             finally:
                 self._waiter = None
-
-    async def hand_over(self) -> None:
-        """Leave the queued events to the fan-out, which writes them through the sink at its next
-        write (`write_due`), as it does for a writer that waits in `get`: a writer that found events
-        queued after its own write need not wake for them. Returns when the writer is needed again
-        (a notice is queued, the sink refused, or the consumer closed); at once without a sink."""
-        if self.closed is not None or self.sink is None:
-            return
-        if self._queue and not self._due:
-            self._due = True
-            self.hub.write_soon(self)
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
 
     async def get_batch(self, limit: int) -> list[Item]:
         """The next items in order, at least one and at most `limit`: waits only for the first.

@@ -280,65 +280,6 @@ async def test_a_sink_write_stops_growing_past_write_bytes_and_the_writer_takes_
     assert [event.id for event in written] + [getattr(item, "id", None) for item in rest] == ids
 
 
-async def test_a_busy_sink_keeps_the_events_queued_without_waking_the_writer_until_it_asks_again() -> None:
-    """A sink whose own write is in flight (None) leaves the events queued, in order, and the writer
-    asleep; once the sink calls `write_later`, the fan-out's next write takes them all."""
-    hub = Hub(write_interval=0)
-    consumer = hub.add(["fleet/#"], transport="test")
-    writes: list[list[int]] = []
-    busy = True
-
-    def sink(events: list[Event]) -> bool | None:
-        if busy:
-            return None
-        writes.append([event.payload["seq"] for event in events])
-        return True
-
-    consumer.sink = sink
-    getting = asyncio.create_task(consumer.get_batch(10))
-    await asyncio.sleep(0)  # the writer now waits in get
-    hub.ingest("fleet/d/telemetry", b'{"seq": 0}', qos=0, retain=False)
-    await asyncio.sleep(0)
-    hub.ingest("fleet/d/telemetry", b'{"seq": 1}', qos=0, retain=False)
-    await asyncio.sleep(0)
-    assert writes == []
-    assert consumer.queued == 2
-    busy = False
-    consumer.write_later()
-    await asyncio.sleep(0)
-    assert writes == [[0, 1]]
-    assert consumer.queued == 0
-    assert not getting.done()
-    getting.cancel()
-
-
-async def test_a_writer_that_hands_over_leaves_its_queue_to_the_sink_and_wakes_for_a_drop_notice() -> None:
-    """A writer that found events queued after its own write hands them to the fan-out, which
-    writes them through the sink without waking it; a drop notice, which the sink does not carry,
-    wakes it."""
-    hub = Hub(write_interval=0, queue_size=2)
-    consumer = hub.add(["fleet/#"], transport="test")
-    writes: list[list[int]] = []
-    consumer.sink = lambda events: writes.append([event.payload["seq"] for event in events]) is None
-
-    def ingest(seq: int) -> None:
-        hub.ingest("fleet/d/telemetry", json.dumps({"seq": seq}).encode(), qos=0, retain=False)
-
-    ingest(0)  # queued while the writer is busy elsewhere
-    handing = asyncio.create_task(consumer.hand_over())
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert writes == [[0]]
-    assert not handing.done()
-    consumer.sink = lambda events: False  # the connection cannot take a write now
-    for seq in range(1, 4):  # one more than the queue holds: the oldest is dropped
-        ingest(seq)
-    await asyncio.wait_for(handing, 5)
-    notice, *events = await consumer.get_batch(10)
-    assert notice == Dropped(1, 1)
-    assert [getattr(item, "payload", {}).get("seq") for item in events] == [2, 3]
-
-
 async def test_a_consumer_that_falls_behind_by_max_lag_loses_the_old_events_and_is_told() -> None:
     """A queued live event older than max_lag behind the newest is dropped and told, not sent late."""
     hub = Hub(max_lag=0.05)
