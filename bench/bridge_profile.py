@@ -270,11 +270,11 @@ def instrument(counters: Counters) -> None:
         started: dict[int, tuple[int, float]] = {}  # by id of the stream
         done = grpc_service._written
 
-        def timed_sink(self: Any, stream: Any, events: Any) -> bool | None:
-            written: bool | None = sink(self, stream, events)
-            if written:
-                started[id(stream)] = (counters.turns, time.perf_counter())
-            return written
+        def timed_sink(self: Any, stream: Any, events: Any) -> bool:
+            if not sink(self, stream, events):
+                return False
+            started[id(stream)] = (counters.turns, time.perf_counter())
+            return True
 
         def timed_written(stream: Any, write: Any, future: Any) -> None:
             done(stream, write, future)
