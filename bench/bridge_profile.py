@@ -16,7 +16,10 @@ consumers of `bench/bridge_scale.py` (`bench/bridge_rig.py`) on core 1, offers e
   turn (mean and max): each is one more `_handle_events` call on a later turn;
 - **ingest/turn max, reads/turn max**: the most MQTT messages ingested, and reads of the MQTT
   socket, in a single turn (a turn that ingests for seconds is receive livelock);
-- **shed/s**: messages the bridge's intake shed (`fleet_bridge_shed_total`).
+- **shed/s**: messages the bridge's intake shed (`fleet_bridge_shed_total`);
+- **the fan-out's writes per s** (a second line): per transport, the writes of the fan-out through
+  the consumers' sinks (`Consumer.write_due`), and the writers it woke instead (a sink refused, or a
+  notice was queued); a transport with none is written by its woken writers, in rounds.
 
     .venv/bin/python bench/bridge_profile.py [--rates 300,1500,6000] [--seconds 5] [--json FILE]
     .venv/bin/python bench/bridge_profile.py --layout grpc=100 --cprofile /tmp/bridge.prof
