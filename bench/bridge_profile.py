@@ -17,9 +17,11 @@ consumers of `bench/bridge_scale.py` (`bench/bridge_rig.py`) on core 1, offers e
 - **ingest/turn max, reads/turn max**: the most MQTT messages ingested, and reads of the MQTT
   socket, in a single turn (a turn that ingests for seconds is receive livelock);
 - **shed/s**: messages the bridge's intake shed (`fleet_bridge_shed_total`);
-- **the fan-out's writes per s** (a second line): per transport, the writes of the fan-out through
-  the consumers' sinks (`Consumer.write_due`), and the writers it woke instead (a sink refused, or a
-  notice was queued); a transport with none is written by its woken writers, in rounds.
+- a second line: of **the µs a delivery, in the kernel** (the process's system time: system calls,
+  and the loopback network stack they run); and **the fan-out's writes per s**: per transport, the
+  writes of the fan-out through the consumers' sinks (`Consumer.write_due`), and the writers it woke
+  instead (a sink refused, or a notice was queued); a transport with none is written by its woken
+  writers, in rounds.
 
     .venv/bin/python bench/bridge_profile.py [--rates 300,1500,6000] [--seconds 5] [--json FILE]
     .venv/bin/python bench/bridge_profile.py --layout grpc=100 --cprofile /tmp/bridge.prof
@@ -51,6 +53,7 @@ import cProfile
 import fcntl
 import json
 import math
+import os
 import signal
 import struct
 import sys
@@ -118,6 +121,7 @@ class Counters:
         return {
             "t": time.perf_counter(),
             "cpu": time.process_time(),
+            "cpu_system": os.times().system,  # of it, in the kernel (system calls, the network stack)
             "threads": _thread_roles(),
             **{k: (list(v) if isinstance(v, list) else v) for k, v in vars(self).items() if k[0] != "_"},
         }
@@ -477,12 +481,14 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                 window = after["t"] - before["t"]
                 delivered = st.deliveries_per_s
                 cpu_us = (after["cpu"] - before["cpu"]) / window * 1e6
+                system_us = (after["cpu_system"] - before["cpu_system"]) / window * 1e6
                 row = {
                     "rate": rate,
                     "deliveries_per_s": delivered,
                     "per_consumer_per_s": st.per_consumer_per_s,
                     "bridge_cpu_pct": st.bridge_cpu_pct,
                     "us_per_delivery": cpu_us / delivered if delivered else None,
+                    "system_us_per_delivery": system_us / delivered if delivered else None,
                     "shed_per_s": (m1.get(SHED, 0) - m0.get(SHED, 0)) / window,
                     **_delta(before, after),
                 }
@@ -510,8 +516,10 @@ def _fanout_text(r: dict[str, Any]) -> str:
     def per(key: str) -> str:
         return " / ".join(f"{r[key].get(t, 0):,.0f}" for t in ("websocket", "sse", "grpc"))
 
+    system = r["system_us_per_delivery"]
     return (
-        f"    the fan-out's writes per s, ws / sse / grpc: {per('fanout_writes_per_s')}; "
+        f"    of the µs a delivery, in the kernel: {'-' if system is None else f'{system:.1f}'}; "
+        f"the fan-out's writes per s, ws / sse / grpc: {per('fanout_writes_per_s')}; "
         f"writers it woke instead: {per('fanout_wakes_per_s')}"
     )
 
