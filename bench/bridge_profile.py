@@ -123,7 +123,12 @@ class Counters:
             "cpu": time.process_time(),
             "cpu_system": os.times().system,  # of it, in the kernel (system calls, the network stack)
             "threads": _thread_roles(),
-            **{k: (list(v) if isinstance(v, list) else v) for k, v in vars(self).items() if k[0] != "_"},
+            # Copies, each taken whole under the GIL: the loop's thread goes on counting meanwhile.
+            **{
+                k: (v.copy() if isinstance(v, list | dict) else v)
+                for k, v in vars(self).items()
+                if k[0] != "_"
+            },
         }
 
 
@@ -497,7 +502,7 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                     row["syscalls"] = _per_delivery(await counting, after["threads"], deliveries)
                 rows.append(row)
                 print(_row_text(row), flush=True)
-                print(_fanout_text(row), flush=True)
+                print(_second_line(row), flush=True)
                 if "syscalls" in row:
                     print(_syscalls_text(row["syscalls"]), flush=True)
             if args.cprofile is not None and rig.bridge.proc is not None:
@@ -512,7 +517,7 @@ async def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _fanout_text(r: dict[str, Any]) -> str:
+def _second_line(r: dict[str, Any]) -> str:
     def per(key: str) -> str:
         return " / ".join(f"{r[key].get(t, 0):,.0f}" for t in ("websocket", "sse", "grpc"))
 
