@@ -358,7 +358,7 @@ class _BufferedSocket:
         return (
             0 < self._reads < _SHED_READS
             and self._turn == self.intake.hub.turn()
-            and self.intake.late_since is not None
+            and self.intake.is_late()
             and _unread_bytes(self._sock) > _BEHIND_BYTES
         )
 
